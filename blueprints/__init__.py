@@ -1,0 +1,101 @@
+"""The HTTP layer: an app factory per role, and the WSGI entry that swaps apps when a node is (re)configured."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, current_app, jsonify, request
+
+from hefl.errors import HeflError, Unauthorized
+from hefl.nodes import Node, build_node
+from hefl.push import parse_push
+from hefl.wire import TOKEN_HEADER, round_of
+
+log = logging.getLogger(__name__)
+MAX_BODY = 2 << 30  # 2 GiB: the largest update a node accepts
+
+
+class NodeServer:
+    """WSGI entry of a node. A role change builds a fresh Flask app (Flask refuses
+    register_blueprint after the first request) and swaps it in under a lock."""
+
+    def __init__(self, log_dir: Path, token: str = "") -> None:
+        self.log_dir = log_dir
+        self.token = token
+        self.node: Node | None = None
+        self._lock = threading.Lock()
+        self._app = create_app(self, None)
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        return self._app(environ, start_response)
+
+    def configure(self, payload: Any) -> dict[str, Any]:
+        """Take a pushed config: validate it, build the role's node and app, retire the old ones."""
+        ctx = parse_push(payload, self.log_dir, self.token)
+        with self._lock:
+            old, self.node = self.node, None
+            if old is not None:
+                old.close()
+            node = build_node(ctx)
+            self.node = node
+            self._app = create_app(self, node)
+        log.info("%s configured as %s for experiment %s", ctx.node_id, node.role, ctx.experiment)
+        return node.status()
+
+    def health(self) -> dict[str, Any]:
+        node = self.node
+        if node is None:
+            return {"state": "idle", "role": None, "experiment": None, "round": None}
+        return node.status()
+
+
+def create_app(server: NodeServer, node: Node | None) -> Flask:
+    """An app with the common endpoints, plus the blueprint of `node`'s role when there is one."""
+    from blueprints import aggregator, client, common, switch
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.extensions["hefl_server"] = server
+    app.extensions["hefl_node"] = node
+    app.register_blueprint(common.bp)
+    if node is not None:
+        app.register_blueprint({"client": client.bp, "switch": switch.bp, "aggregator": aggregator.bp}[node.role])
+    app.before_request(_check_token)
+    app.after_request(_count_bytes)
+    app.register_error_handler(HeflError, _on_error)
+    return app
+
+
+def current_node() -> Any:
+    """The node serving this request (the blueprint of its role is registered, so it exists)."""
+    return current_app.extensions["hefl_node"]
+
+
+def _check_token() -> None:
+    """Every endpoint but /health needs the experiment's credential when the node has one."""
+    token = current_app.extensions["hefl_server"].token
+    if token and request.path != "/health":
+        given = request.headers.get(TOKEN_HEADER, "")
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise Unauthorized(f"{request.method} {request.path}: missing or wrong {TOKEN_HEADER}")
+
+
+def _count_bytes(response: Response) -> Response:
+    """Count body bytes of every round message this node answers, where they cross the wire."""
+    node = current_app.extensions["hefl_node"]
+    round_ = round_of(request.headers)
+    if node is not None and round_ is not None and not response.is_streamed:
+        node.meter_in(round_, request.content_length or 0, len(response.get_data()))
+    return response
+
+
+def _on_error(exc: HeflError) -> tuple[Response, int]:
+    node = current_app.extensions["hefl_node"]
+    who = node.id if node is not None else "unconfigured node"
+    sender = request.headers.get("X-Hefl-Sender", request.remote_addr)
+    log.warning("%s: refused %s %s from %s: %s", who, request.method, request.path, sender, exc)
+    return jsonify(error=str(exc)), exc.status_code

@@ -1,0 +1,40 @@
+"""Run a node under gunicorn: one worker (node state lives in its memory), several threads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from blueprints import NodeServer
+
+
+class _NodeApplication(BaseApplication):  # type: ignore[misc]
+    def __init__(self, options: dict[str, Any], log_dir: Path, token: str) -> None:
+        self.options = options
+        self.log_dir = log_dir
+        self.token = token
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> NodeServer:
+        return NodeServer(self.log_dir, self.token)  # built in the worker, not in the master
+
+
+def serve(host: str, port: int, log_dir: Path, token: str, threads: int = 8) -> None:
+    """Serve until SIGTERM/SIGINT; never needs a terminal."""
+    options = {
+        "bind": f"{host}:{port}",
+        "workers": 1,
+        "worker_class": "gthread",
+        "threads": threads,
+        "timeout": 120,
+        "graceful_timeout": 5,
+        "loglevel": "warning",
+        "accesslog": None,
+    }
+    _NodeApplication(options, log_dir, token).run()

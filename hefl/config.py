@@ -1,0 +1,354 @@
+"""Experiment config: raw JSON in, frozen dataclasses or a one-line ConfigError naming the path out."""
+
+from __future__ import annotations
+
+import json
+import types
+from collections.abc import Mapping
+import difflib
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+from hefl.errors import ConfigError
+from hefl.modelspec import check_model
+from hefl.topology import check_topology
+
+Role = Literal["client", "switch", "aggregator"]
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """Which data the clients train on and how it is split between them."""
+
+    name: Literal["digits", "mnist", "synthetic"] = "digits"
+    path: str = "data/mnist"  # mnist: folder holding the IDX files
+    download: bool = False  # mnist: fetch the IDX files when they are missing
+    resize: int = 0  # mnist: side length to resize to (the original study used 12); 0 keeps 28
+    partition: Literal["iid", "dirichlet"] = "iid"
+    alpha: float = 0.5  # dirichlet: label-skew concentration (smaller is more skewed)
+    test_fraction: float = 0.2
+    samples: int = 2000  # synthetic: number of samples
+    features: int = 64  # synthetic: input size
+    classes: int = 10  # synthetic: number of labels
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The shared model; `hidden` overrides the layer widths of an MLP."""
+
+    name: Literal["mlp", "mlp_wide", "cnn"] = "mlp"
+    hidden: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Local training on each client."""
+
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    save_models: bool = False  # write each round's local and global weights (.npy) beside the logs
+
+
+@dataclass(frozen=True)
+class EncryptionConfig:
+    """How updates are protected on the wire; `none` is the plaintext baseline on the same path."""
+
+    scheme: Literal["none"] = "none"
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Ports, timeouts and retries of every call between nodes."""
+
+    port: int = 5000  # port of a node whose address names none
+    connect_timeout_s: float = 3.0
+    read_timeout_s: float = 60.0
+    retries: int = 3
+    startup_timeout_s: float = 120.0  # how long `agg` waits for every node to answer /health
+    round_timeout_s: float = 900.0  # how long the controller waits for one round
+
+
+@dataclass(frozen=True)
+class AggregatorConfig:
+    """The root of the tree: its address and the number of rounds (`iteration`)."""
+
+    ip: str
+    iteration: int = 10
+    key: str = ""  # the original study's placeholder: accepted, never used as key material
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """One node of `others` (or the aggregator), keyed by its address `host[:port]`."""
+
+    id: str
+    type: Role
+    send: str = ""
+    receive: tuple[str, ...] = ()
+    dumb: bool = False
+    client_number: int = 0
+    index: int = 0
+    ip: str = ""
+    key: str = ""  # placeholder in the original configs: ignored
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A whole validated experiment: experiment-wide sections plus every node, aggregator included."""
+
+    aggregator: AggregatorConfig
+    nodes: Mapping[str, NodeConfig]
+    name: str = "experiment"
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+
+    @property
+    def rounds(self) -> int:
+        return self.aggregator.iteration
+
+    @property
+    def root(self) -> str:
+        return self.aggregator.ip
+
+    def children(self, node_id: str) -> tuple[str, ...]:
+        """Direct children of a node, in config order."""
+        return tuple(n.id for n in self.nodes.values() if n.send == node_id)
+
+    def clients(self) -> tuple[str, ...]:
+        """Every client, ordered by slice index."""
+        found = [n for n in self.nodes.values() if n.type == "client"]
+        return tuple(n.id for n in sorted(found, key=lambda n: n.index))
+
+    def clients_under(self, node_id: str) -> tuple[str, ...]:
+        """The clients whose updates pass through `node_id`."""
+        node = self.nodes[node_id]
+        if node.type == "client":
+            return (node_id,)
+        return tuple(c for child in self.children(node_id) for c in self.clients_under(child))
+
+    def contributors(self, node_id: str) -> tuple[str, ...]:
+        """Senders whose messages `node_id` adds: dumb switches pass their children's through."""
+        found: list[str] = []
+        for child in self.children(node_id):
+            node = self.nodes[child]
+            if node.type == "switch" and node.dumb:
+                found.extend(self.contributors(child))
+            else:
+                found.append(child)
+        return tuple(found)
+
+    def default_endpoints(self) -> dict[str, str]:
+        """Base URL of every node: its address, with the default port where it names none."""
+        return {nid: f"http://{_host(nid)}:{node_port(nid, self.network.port)}" for nid in self.nodes}
+
+
+def _host(node_id: str) -> str:
+    return node_id.rsplit(":", 1)[0] if ":" in node_id else node_id
+
+
+# ---------------------------------------------------------------- generic section parsing
+
+
+def check_keys(raw: Mapping[str, Any], allowed: list[str], path: str) -> None:
+    """Refuse the first unknown key, suggesting the closest allowed one (a typo must not pass)."""
+    for key in raw:
+        if key not in allowed:
+            near = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+            hint = f" (did you mean {near[0]!r}?)" if near else f" (allowed: {', '.join(allowed)})"
+            raise ConfigError(f"{path}: unknown key {key!r}{hint}")
+
+
+def node_port(node_id: str, default: int, path: str = "others") -> int:
+    """The port in a `host[:port]` address, or `default`; a malformed address is a ConfigError."""
+    host, sep, port = node_id.rpartition(":")
+    if not sep:
+        host, port = node_id, ""
+    if not host or any(c.isspace() or c in "/@?#" for c in host):
+        raise ConfigError(f"{path}: {node_id!r} is not an address of the form host[:port]")
+    if not port:
+        return default
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{path}: {node_id!r} has an invalid port")
+    return int(port)
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check one JSON value against a field type; ints are accepted where floats are."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"{path}: {value!r} is not one of {_type_name(tp)}")
+        return value
+    if origin in (Union, types.UnionType):
+        return _coerce(value, next(a for a in get_args(tp) if a is not type(None)), path)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__}")
+        inner = get_args(tp)[0]
+        return tuple(_coerce(v, inner, f"{path}[{i}]") for i, v in enumerate(value))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {json.dumps(value)}")
+    return value
+
+
+def parse_section(raw: Any, cls: type, path: str, skip: tuple[str, ...] = (), **extra: Any) -> Any:
+    """Build dataclass `cls` from a JSON object, refusing unknown keys and wrong types."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected an object, got {json.dumps(raw)}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in fields(cls) if f.name not in skip]
+    check_keys(raw, names, path)
+    values = {k: _coerce(v, hints[k], f"{path}.{k}") for k, v in raw.items()} | extra
+    missing = [f.name for f in fields(cls) if f.name not in values and f.name not in skip
+               and f.default is MISSING and f.default_factory is MISSING]
+    if missing:
+        raise ConfigError(f"{path}: missing key {missing[0]!r}")
+    return cls(**values)
+
+
+# ---------------------------------------------------------------- the experiment
+
+_SECTIONS: dict[str, type] = {
+    "dataset": DatasetConfig,
+    "model": ModelConfig,
+    "training": TrainingConfig,
+    "encryption": EncryptionConfig,
+    "network": NetworkConfig,
+}
+_NODE_KEYS: dict[str, tuple[str, ...]] = {
+    "client": ("type", "client_number", "index", "send", "ip", "key"),
+    "switch": ("type", "receive", "send", "dumb", "ip", "key"),
+    "aggregator": ("type", "ip", "key"),
+}
+
+
+def parse_config(raw: Any) -> ExperimentConfig:
+    """Validate a whole experiment config (a parsed JSON object)."""
+    if not isinstance(raw, dict):
+        raise ConfigError("config: expected a JSON object at the top level")
+    check_keys(raw, ["name", "aggregator", "others", *_SECTIONS], "config")
+    if "aggregator" not in raw:
+        raise ConfigError("config: missing key 'aggregator'")
+    agg = parse_section(raw["aggregator"], AggregatorConfig, "aggregator")
+    sections = {k: parse_section(raw[k], cls, k) for k, cls in _SECTIONS.items() if k in raw}
+    name = raw.get("name", "experiment")
+    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name):
+        raise ConfigError(f"name: {name!r} must be a non-empty string of letters, digits, '-', '_', '.'")
+    nodes = _parse_nodes(raw.get("others"), agg)
+    check_topology(nodes, agg.ip)
+    cfg = ExperimentConfig(aggregator=agg, nodes=nodes, name=name, **sections)
+    _check_values(cfg)
+    check_model(cfg.model, cfg.dataset)
+    return cfg
+
+
+def _check_values(cfg: ExperimentConfig) -> None:
+    """Ranges the types alone do not catch."""
+    positive = {
+        "aggregator.iteration": cfg.aggregator.iteration, "training.epochs": cfg.training.epochs,
+        "training.batch_size": cfg.training.batch_size, "training.lr": cfg.training.lr,
+        "dataset.samples": cfg.dataset.samples, "dataset.features": cfg.dataset.features,
+        "dataset.alpha": cfg.dataset.alpha, "network.connect_timeout_s": cfg.network.connect_timeout_s,
+        "network.read_timeout_s": cfg.network.read_timeout_s,
+        "network.startup_timeout_s": cfg.network.startup_timeout_s,
+        "network.round_timeout_s": cfg.network.round_timeout_s,
+    }
+    for path, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{path}: must be positive, got {value}")
+    if not 0 < cfg.dataset.test_fraction < 1:
+        raise ConfigError(f"dataset.test_fraction: must be between 0 and 1, got {cfg.dataset.test_fraction}")
+    if cfg.dataset.classes < 2:
+        raise ConfigError(f"dataset.classes: needs at least 2, got {cfg.dataset.classes}")
+    if cfg.dataset.resize and not 4 <= cfg.dataset.resize <= 28:
+        raise ConfigError(f"dataset.resize: must be 0 (keep 28) or 4..28, got {cfg.dataset.resize}")
+    if cfg.training.momentum < 0 or cfg.network.retries < 0:
+        raise ConfigError("training.momentum and network.retries must not be negative")
+
+
+def _parse_nodes(others: Any, agg: AggregatorConfig) -> dict[str, NodeConfig]:
+    if not isinstance(others, dict) or not others:
+        raise ConfigError("others: expected an object mapping node addresses to node configs")
+    nodes: dict[str, NodeConfig] = {}
+    for node_id, body in others.items():
+        nodes[node_id] = _parse_node(node_id, body)
+    if agg.ip not in nodes:
+        nodes[agg.ip] = NodeConfig(id=agg.ip, type="aggregator", ip=_host(agg.ip))
+    elif nodes[agg.ip].type != "aggregator":
+        raise ConfigError(f"others[{agg.ip!r}].type: the aggregator's address must have type 'aggregator'")
+    return nodes
+
+
+def _parse_node(node_id: str, body: Any) -> NodeConfig:
+    path = f"others[{node_id!r}]"
+    if not isinstance(body, dict):
+        raise ConfigError(f"{path}: expected an object, got {json.dumps(body)}")
+    role = body.get("type")
+    if role not in _NODE_KEYS:
+        raise ConfigError(f"{path}.type: {role!r} is not one of 'client' | 'switch' | 'aggregator'")
+    node_port(node_id, 0, path)
+    skip = tuple(f.name for f in fields(NodeConfig) if f.name not in _NODE_KEYS[role])
+    node: NodeConfig = parse_section(body, NodeConfig, path, skip=(*skip, "id"), id=node_id)
+    if node.ip and node.ip not in (node_id, _host(node_id)):
+        raise ConfigError(f"{path}.ip: {node.ip!r} differs from the node's address {node_id!r}")
+    return node
+
+
+def load_config(path: str | Path, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> ExperimentConfig:
+    """Read, merge `overrides` into sections, and validate a config file; errors name the file."""
+    return load_raw_config(path, overrides)[1]
+
+
+def load_raw_config(path: str | Path, overrides: Mapping[str, Mapping[str, Any]] | None = None,
+                    ) -> tuple[dict[str, Any], ExperimentConfig]:
+    """The raw JSON (what gets pushed) and its validated config."""
+    raw = read_raw(path, overrides)
+    try:
+        return raw, parse_config(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _json_error(text: str, exc: json.JSONDecodeError) -> str:
+    """Place a missing comma where it belongs (after the previous value), not at the next token."""
+    pos, msg = exc.pos, exc.msg
+    if msg == "Expecting ',' delimiter":
+        pos = len(text[:pos].rstrip())
+        msg = "missing ',' after the value that ends here"
+    line = text.count("\n", 0, pos) + 1
+    col = pos - (text.rfind("\n", 0, pos) + 1) + 1
+    return f"line {line} column {col}: invalid JSON: {msg}"
+
+
+def read_raw(path: str | Path, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """Read a config file as JSON; a syntax error names file, line and column in one line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: {_json_error(text, exc)}") from None
+    for section, values in (overrides or {}).items():
+        if isinstance(raw, dict):
+            merged = dict(raw.get(section) or {})
+            merged.update(values)
+            raw[section] = merged
+    return raw  # type: ignore[no-any-return]

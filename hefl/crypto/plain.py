@@ -1,0 +1,41 @@
+"""The `none` scheme: float32 values, little-endian, summed in float64 at every adding node."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from hefl.errors import ProtocolError
+
+WIRE = np.dtype("<f4")
+
+
+class PlainScheme:
+    """Plaintext baseline on the very same path as the encrypted schemes."""
+
+    name = "none"
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def encrypt(self, values: np.ndarray) -> bytes:
+        if values.shape != (self.size,):
+            raise ValueError(f"update has shape {values.shape}, expected ({self.size},)")
+        return values.astype(WIRE).tobytes()
+
+    def check(self, payload: bytes) -> None:
+        expected = self.size * WIRE.itemsize
+        if len(payload) != expected:
+            raise ProtocolError(f"payload is {len(payload)} bytes, expected {expected} ({self.size} float32 values)")
+
+    def add(self, payloads: Sequence[bytes]) -> bytes:
+        total = np.zeros(self.size, dtype=np.float64)
+        for payload in payloads:
+            self.check(payload)
+            total += np.frombuffer(payload, dtype=WIRE)
+        return total.astype(WIRE).tobytes()
+
+    def decrypt(self, payload: bytes) -> np.ndarray:
+        self.check(payload)
+        return np.frombuffer(payload, dtype=WIRE).astype(np.float64)

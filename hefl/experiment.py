@@ -1,0 +1,115 @@
+"""Drive an experiment: wait for the nodes, push their configs, start, follow the rounds, report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from hefl.config import ExperimentConfig
+from hefl.errors import ConfigError, HeflError, PeerUnreachable
+from hefl.push import make_push
+from hefl.report import format_round, node_table, read_logs
+from hefl.runlog import write_json_atomic
+from hefl.transport import Timeouts, Transport
+
+log = logging.getLogger(__name__)
+
+
+class ExperimentFailed(HeflError, RuntimeError):
+    """A node reported a failure, or a round ran past its deadline."""
+
+
+def new_experiment_id(name: str) -> str:
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+class Controller:
+    """What `main.py agg` (and local mode) does from outside the nodes, over HTTP only."""
+
+    def __init__(self, raw: Mapping[str, Any], cfg: ExperimentConfig, endpoints: Mapping[str, str],
+                 experiment: str, log_dir: Path, token: str = "", out: Callable[[str], None] = print) -> None:
+        self.raw, self.cfg, self.endpoints = raw, cfg, dict(endpoints)
+        self.experiment = experiment
+        self.exp_dir = log_dir / experiment
+        self.out = out
+        net = cfg.network
+        self.transport = Transport(endpoints, Timeouts(net.connect_timeout_s, net.read_timeout_s, retries=0), token)
+
+    def run(self) -> list[dict[str, Any]]:
+        self.exp_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.exp_dir / "config.json", self.raw)
+        self.wait_for_nodes()
+        self.push_configs()
+        self.transport.post(self.cfg.root, "/start", b"", content_type="application/json")
+        rows = self.follow()
+        self.out(f"logs: {self.exp_dir}")
+        for line in node_table(read_logs(self.exp_dir), self.cfg):
+            self.out(line)
+        return rows
+
+    def wait_for_nodes(self) -> None:
+        """Poll /health until every node answers; at the deadline name every silent node."""
+        deadline = time.monotonic() + self.cfg.network.startup_timeout_s
+        pending = {n: "not tried" for n in self.cfg.nodes}
+        while pending:
+            for node in list(pending):
+                try:
+                    self.transport.get(node, "/health")
+                    del pending[node]
+                except HeflError as exc:
+                    pending[node] = str(exc)
+            if pending and time.monotonic() > deadline:
+                detail = "; ".join(f"{n} ({self.endpoints[n]}): {why.split(': ')[-1]}" for n, why in pending.items())
+                raise PeerUnreachable(f"{len(pending)} node(s) not answering /health after "
+                                      f"{self.cfg.network.startup_timeout_s:g}s: {detail}")
+            if pending:
+                time.sleep(0.3)
+        self.out(f"all {len(self.cfg.nodes)} nodes answer; experiment {self.experiment}")
+
+    def push_configs(self) -> None:
+        """POST each node its config; every refusal is named before anything starts."""
+        errors = []
+        for node in self.cfg.nodes:
+            body = make_push(self.raw, node, self.experiment, self.endpoints)
+            try:
+                self.transport.post(node, "/config", json.dumps(body).encode(), content_type="application/json")
+            except HeflError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise ConfigError(f"{len(errors)} node(s) refused their config: " + " | ".join(errors))
+
+    def follow(self) -> list[dict[str, Any]]:
+        """Print each round as the aggregator closes it; stop on failure or a stalled round."""
+        shown = 0
+        last_progress = time.monotonic()
+        while True:
+            status = self.transport.get(self.cfg.root, "/status").json()
+            rows = status.get("rounds", [])
+            for row in rows[shown:]:
+                self.out(format_round(row, self.cfg.rounds))
+            if len(rows) > shown:
+                shown, last_progress = len(rows), time.monotonic()
+            if status["state"] == "failed":
+                raise ExperimentFailed(status["error"])
+            if status["state"] == "finished":
+                write_json_atomic(self.exp_dir / "rounds.json", rows)
+                return list(rows)
+            if time.monotonic() - last_progress > self.cfg.network.round_timeout_s:
+                raise ExperimentFailed(f"round {shown} did not finish within {self.cfg.network.round_timeout_s:g}s "
+                                       f"(network.round_timeout_s); node states: {self.states()}")
+            time.sleep(0.2)
+
+    def states(self) -> str:
+        found = []
+        for node in self.cfg.nodes:
+            try:
+                st = self.transport.get(node, "/health").json()
+                found.append(f"{node}={st.get('state')}@{st.get('round')}")
+            except HeflError:
+                found.append(f"{node}=unreachable")
+        return ", ".join(found)

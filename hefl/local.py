@@ -1,0 +1,71 @@
+"""Local mode: every node of a config as its own process on a free 127.0.0.1 port."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from hefl.config import ExperimentConfig
+
+log = logging.getLogger(__name__)
+MAIN = Path(__file__).resolve().parent.parent / "main.py"
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the OS reports free on 127.0.0.1 (held open together so that they differ)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@contextmanager
+def local_nodes(cfg: ExperimentConfig, log_dir: Path, out_dir: Path) -> Iterator[tuple[dict[str, str], str]]:
+    """Start one node process per config node; yield (endpoints, token); always stop them all."""
+    token = secrets.token_hex(16)
+    env = {**os.environ, "HEFL_TOKEN": token, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ports = free_ports(len(cfg.nodes))
+    endpoints = {node: f"http://127.0.0.1:{port}" for node, port in zip(cfg.nodes, ports, strict=True)}
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for node, port in zip(cfg.nodes, ports, strict=True):
+            with open(out_dir / f"{node.replace(':', '_')}.out", "wb") as sink:
+                procs.append(subprocess.Popen(
+                    [sys.executable, str(MAIN), "node", "--host", "127.0.0.1", "--port", str(port),
+                     "--log-dir", str(log_dir)],
+                    env=env, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+        yield endpoints, token
+    finally:
+        stop_all(procs)
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]], grace: float = 10.0) -> None:
+    """SIGTERM every process, then SIGKILL what is still alive after `grace` seconds."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def describe(endpoints: Mapping[str, str]) -> str:
+    return ", ".join(f"{n}->{u.rsplit(':', 1)[1]}" for n, u in endpoints.items())

@@ -1,0 +1,130 @@
+"""What every role shares: its context, run log, transport, and one worker thread for round work."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hefl.config import ExperimentConfig
+from hefl.crypto import Scheme, make_scheme
+from hefl.errors import HeflError, ProtocolError
+from hefl.modelspec import param_count
+from hefl.runlog import RunLog, log_name
+from hefl.transport import Timeouts, Transport
+from hefl.wire import Envelope
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NodeContext:
+    """Everything a node is configured with: who it is, the experiment, where its peers are."""
+
+    cfg: ExperimentConfig
+    node_id: str
+    experiment: str
+    endpoints: Mapping[str, str]
+    log_dir: Path
+    token: str = ""
+
+    @property
+    def exp_dir(self) -> Path:
+        return self.log_dir / self.experiment
+
+
+class Node:
+    """Round state of one role; views call `on_*` methods, slow work runs on the worker thread."""
+
+    role = "node"
+
+    def __init__(self, ctx: NodeContext) -> None:
+        self.ctx = ctx
+        self.cfg = ctx.cfg
+        self.id = ctx.node_id
+        self.me = ctx.cfg.nodes[ctx.node_id]
+        self.runlog = RunLog(ctx.exp_dir / log_name(ctx.node_id), self.id, self.role, ctx.experiment)
+        net = ctx.cfg.network
+        self.transport = Transport(ctx.endpoints, Timeouts(net.connect_timeout_s, net.read_timeout_s, net.retries),
+                                   ctx.token, meter=self._meter_out)
+        self.scheme: Scheme = make_scheme(ctx.cfg.encryption, param_count(ctx.cfg.model, ctx.cfg.dataset))
+        self.error = ""
+        self.round = 0
+        self._marks: dict[tuple[str, int], float] = {}
+        self._jobs: queue.Queue[tuple[Callable[..., None], tuple[Any, ...]] | None] = queue.Queue()
+        self._worker = threading.Thread(target=self._work, name=f"{self.role}-worker", daemon=True)
+        self._worker.start()
+
+    # ------------------------------------------------------------ work and failure
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run `fn(*args)` on this node's worker thread, after the jobs already queued."""
+        self._jobs.put((fn, args))
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, args = job
+            try:
+                fn(*args)
+            except Exception as exc:  # the worker must survive to report; the node keeps serving
+                self.fail(f"{fn.__name__}: {exc}", exc)
+
+    def fail(self, reason: str, exc: BaseException | None = None) -> None:
+        """Record a failure, keep every log line written so far, and tell the aggregator."""
+        self.error = f"{self.id} ({self.role}), round {self.round}: {reason}"
+        log.error("%s", self.error, exc_info=exc if not isinstance(exc, HeflError) else None)
+        self.runlog.flush()
+        if self.id != self.cfg.root:
+            try:
+                self.transport.post(self.cfg.root, "/fail", self.error.encode(), {"X-Hefl-Sender": self.id},
+                                    content_type="text/plain")
+            except HeflError as exc2:
+                log.error("%s: could not report the failure to the aggregator: %s", self.id, exc2)
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self.runlog.flush()
+        self.transport.close()
+
+    # ------------------------------------------------------------ accounting
+
+    def _meter_out(self, round_: int, sent: int, received: int) -> None:
+        self.runlog.add_bytes(round_, sent, received, outbound=True)
+
+    def meter_in(self, round_: int, received: int, sent: int) -> None:
+        """Count a request this node answered (called by the HTTP layer after each response)."""
+        self.runlog.add_bytes(round_, sent, received, outbound=False)
+
+    def mark(self, what: str, round_: int) -> None:
+        """Remember when something happened, to time a wait phase later."""
+        self._marks[(what, round_)] = time.monotonic()
+
+    def since(self, what: str, round_: int) -> float:
+        started = self._marks.pop((what, round_), None)
+        return 0.0 if started is None else time.monotonic() - started
+
+    # ------------------------------------------------------------ messages
+
+    def envelope(self, round_: int, samples: int = 0, contributors: int = 0) -> Envelope:
+        return Envelope(self.ctx.experiment, round_, self.id, samples, contributors)
+
+    def check_downward(self, env: Envelope, payload: bytes, allow_empty: bool = False) -> None:
+        """A global result must come from this node's parent, for this experiment, in range."""
+        if env.experiment != self.ctx.experiment:
+            raise ProtocolError(f"experiment {env.experiment!r} is not the running experiment {self.ctx.experiment!r}")
+        if env.sender != self.me.send:
+            raise ProtocolError(f"{env.sender!r} is not this node's parent {self.me.send!r}")
+        if not 0 <= env.round < self.cfg.rounds:
+            raise ProtocolError(f"round {env.round} is outside 0..{self.cfg.rounds - 1}")
+        if not (allow_empty and not payload):
+            self.scheme.check(payload)
+
+    def status(self) -> dict[str, Any]:
+        return {"state": "failed" if self.error else ("finished" if self.runlog.finished else "running"),
+                "role": self.role, "node": self.id, "experiment": self.ctx.experiment, "round": self.round,
+                "error": self.error}

@@ -1,0 +1,50 @@
+"""Human-readable lines from the aggregator's round rows and the nodes' logs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hefl.config import ExperimentConfig
+from hefl.runlog import log_name
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def format_round(row: dict[str, Any], rounds: int) -> str:
+    """One line per round: accuracy, loss, bytes the clients sent and received, seconds."""
+    return (f"round {row['round'] + 1:>3}/{rounds}  accuracy {row['accuracy']:.4f}  loss {row['loss']:.4f}  "
+            f"clients sent {human_bytes(row['client_byte_send'])}  received {human_bytes(row['client_byte_received'])}  "
+            f"{row['duration_s']:.2f} s")
+
+
+def read_logs(exp_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every node log in an experiment folder, by node id."""
+    logs = {}
+    for path in sorted(exp_dir.glob("*.json")):
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and "node" in data and "iteration" in data:
+            logs[data["node"]] = data
+    return logs
+
+
+def node_table(logs: dict[str, dict[str, Any]], cfg: ExperimentConfig) -> list[str]:
+    """Per node: mean body bytes sent and received per round, mean seconds per round."""
+    lines = [f"{'node':<22}{'role':<11}{'sent/round':>13}{'recv/round':>13}{'s/round':>9}"]
+    for node in cfg.nodes:
+        data = logs.get(node)
+        if data is None:
+            lines.append(f"{node:<22}{cfg.nodes[node].type:<11}  (no log: see {log_name(node)})")
+            continue
+        recs = data["iteration"] or [{}]
+        mean = lambda key: sum(r.get(key) or 0 for r in recs) / len(recs)  # noqa: E731
+        lines.append(f"{node:<22}{data['role']:<11}{human_bytes(mean('byte_send')):>13}"
+                     f"{human_bytes(mean('byte_received')):>13}{mean('duration_s'):>9.2f}")
+    return lines

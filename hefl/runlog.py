@@ -1,0 +1,109 @@
+"""Per-node iteration records, written atomically (temp file + rename) after every iteration."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def log_name(node_id: str) -> str:
+    """File name of a node's log: its address, with ':' (not allowed everywhere) as '_'."""
+    return node_id.replace(":", "_") + ".json"
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON so that a reader (or a crash) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunLog:
+    """One node's records, one per round; thread-safe, written to disk whenever a round ends."""
+
+    def __init__(self, path: Path, node: str, role: str, experiment: str) -> None:
+        self.path = path
+        self.header = {"node": node, "role": role, "experiment": experiment}
+        self._records: dict[int, dict[str, Any]] = {}
+        self._started: dict[int, float] = {}
+        self._lock = threading.Lock()
+        self.finished = False
+
+    def _record(self, round_: int) -> dict[str, Any]:
+        rec = self._records.get(round_)
+        if rec is None:
+            rec = {"round": round_, "start_time": time.time(), "end_time": None, "duration_s": None,
+                   "byte_received": 0, "byte_send": 0, "messages_received": 0, "messages_sent": 0,
+                   "phases": {}}
+            self._records[round_] = rec
+            self._started[round_] = time.monotonic()
+        return rec
+
+    def begin(self, round_: int) -> None:
+        with self._lock:
+            self._record(round_)
+
+    def add_bytes(self, round_: int, sent: int, received: int, outbound: bool) -> None:
+        """Count one HTTP exchange's body bytes: a request this node made (outbound) or answered."""
+        with self._lock:
+            rec = self._record(round_)
+            rec["byte_send"] += sent
+            rec["byte_received"] += received
+            rec["messages_sent" if outbound else "messages_received"] += 1
+
+    def add_phase(self, round_: int, name: str, seconds: float) -> None:
+        with self._lock:
+            phases = self._record(round_)["phases"]
+            phases[name] = round(phases.get(name, 0.0) + seconds, 6)
+
+    @contextmanager
+    def phase(self, round_: int, name: str) -> Iterator[None]:
+        """Time a block with the monotonic clock and add it to the round's phase `name`."""
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.add_phase(round_, name, time.monotonic() - t0)
+
+    def set(self, round_: int, **values: Any) -> None:
+        with self._lock:
+            self._record(round_).update(values)
+
+    def end(self, round_: int, final: bool = False) -> None:
+        """Close a round (wall-clock end, monotonic duration) and write the whole log."""
+        with self._lock:
+            rec = self._record(round_)
+            rec["end_time"] = time.time()
+            rec["duration_s"] = round(time.monotonic() - self._started[round_], 6)
+            self.finished = self.finished or final
+            self._write_locked()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._write_locked()
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return self._snapshot_locked()
+
+    def _snapshot_locked(self) -> dict[str, Any]:
+        records = [json.loads(json.dumps(self._records[r])) for r in sorted(self._records)]
+        return {**self.header, "finished": self.finished, "iteration": records}
+
+    def _write_locked(self) -> None:
+        write_json_atomic(self.path, self._snapshot_locked())

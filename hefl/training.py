@@ -1,0 +1,50 @@
+"""Local training and evaluation of a client's model on its slice."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hefl.config import TrainingConfig
+from hefl.data import Split
+
+
+def pick_device(want: str) -> torch.device:
+    """`auto` takes CUDA when torch sees a GPU, else the CPU."""
+    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def train_epochs(model: nn.Module, data: Split, cfg: TrainingConfig, device: torch.device, seed: int) -> float:
+    """Run `cfg.epochs` of SGD over the slice; the shuffles depend only on `seed`. Returns mean loss."""
+    x = torch.from_numpy(data.x).to(device)
+    y = torch.from_numpy(data.y).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    gen = torch.Generator().manual_seed(seed)
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    total, seen = 0.0, 0
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(y), generator=gen).to(device)
+        for start in range(0, len(y), cfg.batch_size):
+            idx = order[start:start + cfg.batch_size]
+            opt.zero_grad()
+            loss = loss_fn(model(x[idx]), y[idx])
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+            seen += len(idx)
+    return total / max(seen, 1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Split, device: torch.device) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) on a slice."""
+    model.eval()
+    x = torch.from_numpy(data.x).to(device)
+    y = torch.from_numpy(data.y).to(device)
+    logits = model(x)
+    loss = nn.functional.cross_entropy(logits, y).item()
+    acc = (logits.argmax(dim=1) == y).float().mean().item()
+    return loss, acc

@@ -1,0 +1,59 @@
+"""The message envelope: (experiment, round, sender, samples, contributors) <-> HTTP headers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from hefl.errors import ProtocolError
+
+BINARY = "application/octet-stream"
+PREFIX = "X-Hefl-"
+TOKEN_HEADER = "X-Hefl-Token"
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """Metadata of one update or global result; the payload travels as the binary body."""
+
+    experiment: str
+    round: int
+    sender: str
+    samples: int = 0  # training samples behind the payload (summed by aggregating nodes)
+    contributors: int = 0  # clients whose updates are added into the payload
+
+    @property
+    def key(self) -> tuple[str, int, str]:
+        """What makes a message unique: a second one with the same key is a duplicate."""
+        return (self.experiment, self.round, self.sender)
+
+    def headers(self) -> dict[str, str]:
+        return {
+            f"{PREFIX}Experiment": self.experiment,
+            f"{PREFIX}Round": str(self.round),
+            f"{PREFIX}Sender": self.sender,
+            f"{PREFIX}Samples": str(self.samples),
+            f"{PREFIX}Contributors": str(self.contributors),
+        }
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str]) -> Envelope:
+        """Parse the envelope headers; anything missing or malformed is a ProtocolError."""
+        values: dict[str, str] = {}
+        for name in ("Experiment", "Round", "Sender", "Samples", "Contributors"):
+            value = headers.get(f"{PREFIX}{name}")
+            if value is None:
+                raise ProtocolError(f"missing header {PREFIX}{name}")
+            values[name] = value
+        numbers = {}
+        for name in ("Round", "Samples", "Contributors"):
+            if not values[name].isdigit():
+                raise ProtocolError(f"header {PREFIX}{name}: {values[name]!r} is not a non-negative integer")
+            numbers[name] = int(values[name])
+        return cls(values["Experiment"], numbers["Round"], values["Sender"], numbers["Samples"], numbers["Contributors"])
+
+
+def round_of(headers: Mapping[str, str]) -> int | None:
+    """The round a request belongs to, for byte accounting; None for control-plane requests."""
+    value = headers.get(f"{PREFIX}Round", "")
+    return int(value) if value.isdigit() else None
