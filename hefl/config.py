@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import types
 from collections.abc import Mapping
-import difflib
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints

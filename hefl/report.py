@@ -44,7 +44,10 @@ def node_table(logs: dict[str, dict[str, Any]], cfg: ExperimentConfig) -> list[s
             lines.append(f"{node:<22}{cfg.nodes[node].type:<11}  (no log: see {log_name(node)})")
             continue
         recs = data["iteration"] or [{}]
-        mean = lambda key: sum(r.get(key) or 0 for r in recs) / len(recs)  # noqa: E731
-        lines.append(f"{node:<22}{data['role']:<11}{human_bytes(mean('byte_send')):>13}"
-                     f"{human_bytes(mean('byte_received')):>13}{mean('duration_s'):>9.2f}")
+        lines.append(f"{node:<22}{data['role']:<11}{human_bytes(_mean(recs, 'byte_send')):>13}"
+                     f"{human_bytes(_mean(recs, 'byte_received')):>13}{_mean(recs, 'duration_s'):>9.2f}")
     return lines
+
+
+def _mean(records: list[dict[str, Any]], key: str) -> float:
+    return sum(r.get(key) or 0 for r in records) / len(records)

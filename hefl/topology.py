@@ -79,9 +79,8 @@ def _check_clients(nodes: Mapping[str, NodeConfig]) -> None:
     for node in clients:
         path = f"others[{node.id!r}]"
         if node.client_number != clients[0].client_number:
-            raise ConfigError(
-                f"{path}.client_number: {node.client_number} differs from {clients[0].id!r}'s {clients[0].client_number}"
-            )
+            first = clients[0]
+            raise ConfigError(f"{path}.client_number: {node.client_number} differs from {first.client_number} of {first.id!r}")
         if not 0 <= node.index < node.client_number:
             raise ConfigError(f"{path}.index: {node.index} is not in 0..{node.client_number - 1} (client_number)")
         if node.index in seen:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from hefl.errors import ProtocolError
 
 BINARY = "application/octet-stream"
 PREFIX = "X-Hefl-"
 TOKEN_HEADER = "X-Hefl-Token"
+
+
+class Headers(Protocol):
+    """A case-insensitive header lookup: a dict of str, or werkzeug's / requests' headers."""
+
+    def get(self, key: str, /) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -37,7 +43,7 @@ class Envelope:
         }
 
     @classmethod
-    def from_headers(cls, headers: Mapping[str, str]) -> Envelope:
+    def from_headers(cls, headers: Headers) -> Envelope:
         """Parse the envelope headers; anything missing or malformed is a ProtocolError."""
         values: dict[str, str] = {}
         for name in ("Experiment", "Round", "Sender", "Samples", "Contributors"):
@@ -53,7 +59,7 @@ class Envelope:
         return cls(values["Experiment"], numbers["Round"], values["Sender"], numbers["Samples"], numbers["Contributors"])
 
 
-def round_of(headers: Mapping[str, str]) -> int | None:
+def round_of(headers: Headers) -> int | None:
     """The round a request belongs to, for byte accounting; None for control-plane requests."""
-    value = headers.get(f"{PREFIX}Round", "")
+    value = headers.get(f"{PREFIX}Round") or ""
     return int(value) if value.isdigit() else None

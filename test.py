@@ -1,0 +1,60 @@
+"""Push one node its part of config.json and print its answer (the original study's debugging script).
+
+    python test.py 10.10.1.3                  # the node whose address in config.json is 10.10.1.3
+    python test.py 127.0.0.1:5003 --as 10.10.1.3   # a node on another address plays 10.10.1.3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from hefl.config import load_raw_config
+from hefl.errors import HeflError
+from hefl.experiment import new_experiment_id
+from hefl.push import make_push
+from hefl.transport import Timeouts, Transport
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="test.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("target", help="HOST[:PORT] of the node to push to")
+    p.add_argument("--config", default="config.json")
+    p.add_argument("--as", dest="node", help="the config node it plays (default: the one whose address is TARGET)")
+    p.add_argument("--experiment", help="experiment id (default: a new one)")
+    p.add_argument("--token-file", type=Path, default=Path("keys/token"))
+    args = p.parse_args(argv)
+    try:
+        raw, cfg = load_raw_config(args.config)
+        node = args.node or _match(args.target, list(cfg.nodes))
+        if node not in cfg.nodes:
+            raise HeflError(f"{node!r} is not a node of {args.config}")
+        host = args.target if ":" in args.target else f"{args.target}:{cfg.network.port}"
+        endpoints = {**cfg.default_endpoints(), node: f"http://{host}"}
+        token = os.environ.get("HEFL_TOKEN") or (args.token_file.read_text().strip() if args.token_file.is_file() else "")
+        transport = Transport(endpoints, Timeouts(cfg.network.connect_timeout_s, 30.0, retries=0), token)
+        body = make_push(raw, node, args.experiment or new_experiment_id(cfg.name), endpoints)
+        resp = transport.post(node, "/config", json.dumps(body).encode(), content_type="application/json")
+    except HeflError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{resp.status_code} {json.dumps(resp.json(), indent=1)}")
+    return 0
+
+
+def _match(target: str, nodes: list[str]) -> str:
+    """The config node at TARGET: the exact address, else the one with the same host."""
+    if target in nodes:
+        return target
+    host = target.rsplit(":", 1)[0]
+    same = [n for n in nodes if n.rsplit(":", 1)[0] == host]
+    if len(same) != 1:
+        raise HeflError(f"{target!r} matches {len(same)} nodes of the config; name one with --as")
+    return same[0]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

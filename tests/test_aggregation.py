@@ -1,0 +1,86 @@
+"""Weighted averaging, round buffers that accept or refuse messages, and the plaintext scheme."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hefl.aggregation import RoundBuffer, weighted_mean, weighted_sum
+from hefl.crypto.plain import PlainScheme
+from hefl.errors import DuplicateMessage, ProtocolError
+from hefl.wire import Envelope, round_of
+
+
+def test_tree_of_weighted_sums_equals_weighted_mean_of_models() -> None:
+    rng = np.random.default_rng(0)
+    start = rng.standard_normal(1000)
+    models = [start + rng.standard_normal(1000) * 0.1 for _ in range(5)]
+    samples = [180, 179, 180, 3, 250]
+    # what the tree computes: each client sends (model - start) * n; switches add; the client divides
+    left, n_left = weighted_sum([(m - start, n) for m, n in zip(models[:2], samples[:2], strict=True)])
+    right, n_right = weighted_sum([(m - start, n) for m, n in zip(models[2:], samples[2:], strict=True)])
+    result = start + (left + right) / (n_left + n_right)
+    expected = sum(m * n for m, n in zip(models, samples, strict=True)) / sum(samples)
+    np.testing.assert_allclose(result, expected, atol=1e-12)
+    np.testing.assert_allclose(weighted_mean(models, samples), expected, atol=1e-12)
+
+
+def test_plain_scheme_sum_through_float32_wire_within_1e6() -> None:
+    rng = np.random.default_rng(1)
+    start = rng.standard_normal(5000) * 0.3
+    models = [start + rng.standard_normal(5000) * 0.05 for _ in range(8)]
+    samples = [180] * 7 + [178]
+    scheme = PlainScheme(5000)
+    payloads = [scheme.encrypt((m - start) * n) for m, n in zip(models, samples, strict=True)]
+    halves = [scheme.add(payloads[:4]), scheme.add(payloads[4:])]
+    result = start + scheme.decrypt(scheme.add(halves)) / sum(samples)
+    np.testing.assert_allclose(result, weighted_mean(models, samples), atol=1e-6)
+
+
+def test_plain_scheme_refuses_wrong_length() -> None:
+    scheme = PlainScheme(10)
+    with pytest.raises(ProtocolError, match="payload is 36 bytes, expected 40"):
+        scheme.add([scheme.encrypt(np.zeros(10)), b"\x00" * 36])
+
+
+def env(sender: str, round_: int = 0, experiment: str = "e") -> Envelope:
+    return Envelope(experiment, round_, sender, samples=10, contributors=1)
+
+
+def test_round_buffer_completes_when_every_sender_arrived() -> None:
+    buf = RoundBuffer("e", ["a", "b"], rounds=3)
+    assert buf.accept(env("a"), b"1") is False
+    assert buf.accept(env("b", 1), b"x") is False  # another round does not complete round 0
+    assert buf.accept(env("b"), b"2") is True
+    assert buf.release(0).payloads == {"a": b"1", "b": b"2"}
+
+
+@pytest.mark.parametrize(("message", "error", "match"), [
+    (env("a"), DuplicateMessage, "round 0 from 'a' already received"),
+    (env("z"), ProtocolError, "sender 'z' is not one this node adds"),
+    (env("b", experiment="other"), ProtocolError, "experiment 'other' is not the running experiment 'e'"),
+    (env("b", 3), ProtocolError, r"round 3 is outside 0..2"),
+])
+def test_round_buffer_refuses(message: Envelope, error: type[Exception], match: str) -> None:
+    buf = RoundBuffer("e", ["a", "b"], rounds=3)
+    buf.accept(env("a"), b"1")
+    with pytest.raises(error, match=match):
+        buf.accept(message, b"2")
+
+
+def test_released_round_refuses_late_repeat() -> None:
+    buf = RoundBuffer("e", ["a"], rounds=2)
+    assert buf.accept(env("a"), b"1")
+    buf.release(0)
+    with pytest.raises(DuplicateMessage):
+        buf.accept(env("a"), b"1")
+
+
+def test_envelope_round_trips_through_headers() -> None:
+    e = Envelope("exp-1", 4, "10.10.1.3", samples=180, contributors=2)
+    assert Envelope.from_headers(e.headers()) == e
+    assert round_of(e.headers()) == 4
+    with pytest.raises(ProtocolError, match="X-Hefl-Round: '-1' is not a non-negative integer"):
+        Envelope.from_headers({**e.headers(), "X-Hefl-Round": "-1"})
+    with pytest.raises(ProtocolError, match="missing header X-Hefl-Sender"):
+        Envelope.from_headers({k: v for k, v in e.headers().items() if k != "X-Hefl-Sender"})
