@@ -14,7 +14,7 @@ from hefl.config import ExperimentConfig
 from hefl.errors import ConfigError, HeflError, PeerUnreachable
 from hefl.push import make_push
 from hefl.report import format_round, node_table, read_logs
-from hefl.runlog import write_json_atomic
+from hefl.runlog import log_name, write_json_atomic
 from hefl.transport import Timeouts, Transport
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class Controller:
         self.push_configs()
         self.transport.post(self.cfg.root, "/start", b"", content_type="application/json")
         rows = self.follow()
+        self.fetch_missing_logs()
         self.out(f"logs: {self.exp_dir}")
         for line in node_table(read_logs(self.exp_dir), self.cfg):
             self.out(line)
@@ -103,6 +104,14 @@ class Controller:
                 raise ExperimentFailed(f"round {shown} did not finish within {self.cfg.network.round_timeout_s:g}s "
                                        f"(network.round_timeout_s); node states: {self.states()}")
             time.sleep(0.2)
+
+    def fetch_missing_logs(self) -> None:
+        """The aggregator node gathered every log into its own log folder; when this command writes
+        elsewhere (another --log-dir, another machine), fetch the logs it lacks from the nodes."""
+        for node in self.cfg.nodes:
+            path = self.exp_dir / log_name(node)
+            if not path.exists():
+                write_json_atomic(path, self.transport.get(node, f"/log/{self.experiment}").json())
 
     def states(self) -> str:
         found = []

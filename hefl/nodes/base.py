@@ -49,6 +49,7 @@ class Node:
         self.id = ctx.node_id
         self.me = ctx.cfg.nodes[ctx.node_id]
         self.runlog = RunLog(ctx.exp_dir / log_name(ctx.node_id), self.id, self.role, ctx.experiment)
+        self.runlog.flush()  # the log (and its folder) exists from the moment the node is configured
         net = ctx.cfg.network
         self.transport = Transport(ctx.endpoints, Timeouts(net.connect_timeout_s, net.read_timeout_s, net.retries),
                                    ctx.token, meter=self._meter_out)

@@ -1,0 +1,187 @@
+"""Each role over real HTTP on 127.0.0.1: a NodeServer in a thread, its peers played by a recorder."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+
+from hefl.config import parse_config
+from hefl.crypto.plain import PlainScheme
+from hefl.modelspec import param_count
+from hefl.push import make_push
+from hefl.wire import BINARY, Envelope
+from tests.conftest import Recorder, tree_config
+
+EXP = "exp-1"
+C0, C1, S0, AGG = "127.0.0.1:100", "127.0.0.1:101", "127.0.0.1:10", "127.0.0.1:1"
+
+
+def push(url: str, raw: dict[str, Any], node: str, endpoints: dict[str, str], token: str = "") -> requests.Response:
+    body = make_push(raw, node, EXP, endpoints)
+    return requests.post(f"{url}/config", json=body, headers={"X-Hefl-Token": token}, timeout=30)
+
+
+def post(url: str, path: str, env: Envelope, body: bytes, content_type: str = BINARY) -> requests.Response:
+    return requests.post(url + path, data=body, headers={**env.headers(), "Content-Type": content_type}, timeout=10)
+
+
+def small(**kw: Any) -> dict[str, Any]:
+    """Two clients under one switch under the aggregator."""
+    return tree_config(clients=2, leaves=1, spine=False, **kw)
+
+
+def size_of(raw: dict[str, Any]) -> int:
+    cfg = parse_config(raw)
+    return param_count(cfg.model, cfg.dataset)
+
+
+def wait_health(url: str, state: str, timeout: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        health = requests.get(f"{url}/health", timeout=5).json()
+        if health["state"] == state or time.monotonic() > deadline:
+            return health  # type: ignore[no-any-return]
+        time.sleep(0.05)
+
+
+def test_unconfigured_node_answers_health_and_refuses_bad_config(serve_node: Any) -> None:
+    url, _ = serve_node()
+    assert requests.get(f"{url}/health", timeout=5).json()["state"] == "idle"
+    raw = small()
+    raw["others"][C0]["index"] = 7
+    resp = push(url, raw, C0, {})
+    assert resp.status_code == 400
+    assert resp.json()["error"] == f"others['{C0}'].index: 7 is not in 0..1 (client_number)"
+    assert requests.post(f"{url}/config", data="{not json", timeout=5).status_code == 400
+    assert requests.post(f"{url}/update", data=b"", timeout=5).status_code == 404
+    assert requests.get(f"{url}/health", timeout=5).json()["state"] == "idle"
+
+
+def test_token_guards_every_endpoint_but_health(serve_node: Any) -> None:
+    url, _ = serve_node(token="s3cret")
+    assert requests.get(f"{url}/health", timeout=5).status_code == 200
+    resp = push(url, small(), S0, {}, token="wrong")
+    assert resp.status_code == 401 and "X-Hefl-Token" in resp.json()["error"]
+    assert push(url, small(), S0, {}, token="s3cret").status_code == 200
+
+
+class Wire:
+    """Posts round messages and remembers the body bytes that crossed in each direction."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.out, self.back = url, 0, 0
+
+    def post(self, path: str, env: Envelope, body: bytes, content_type: str = BINARY) -> int:
+        resp = post(self.url, path, env, body, content_type)
+        self.out += len(body)
+        self.back += len(resp.content)
+        return resp.status_code
+
+
+ACK = len(json.dumps({"accepted": True}))  # the recorder's answer body
+
+
+@pytest.mark.parametrize("dumb", [False, True])
+def test_switch_adds_or_forwards_and_relays_down(serve_node: Any, recorder: Recorder, dumb: bool) -> None:
+    raw = small(dumb=(0,) if dumb else (), rounds=1)
+    url, _ = serve_node()
+    endpoints = {C0: recorder.url, C1: recorder.url, AGG: recorder.url, S0: url}
+    assert push(url, raw, S0, endpoints).status_code == 200
+    scheme = PlainScheme(size_of(raw))
+    rng = np.random.default_rng(0)
+    updates = {C0: rng.standard_normal(scheme.size), C1: rng.standard_normal(scheme.size)}
+    sent = {c: scheme.encrypt(u) for c, u in updates.items()}
+    wire = Wire(url)
+    assert wire.post("/update", Envelope(EXP, 0, C0, 100, 1), sent[C0]) == 202
+    # refused with a clear 4xx, and the switch keeps serving
+    assert wire.post("/update", Envelope(EXP, 0, C0, 100, 1), sent[C0]) == 409
+    assert wire.post("/update", Envelope(EXP, 0, C1, 90, 1), sent[C1][:-4]) == 400
+    assert wire.post("/update", Envelope(EXP, 0, "127.0.0.1:9", 90, 1), sent[C1]) == 400
+    assert wire.post("/update", Envelope("other", 0, C1, 90, 1), sent[C1]) == 400
+    assert wire.post("/update", Envelope(EXP, 0, C1, 90, 2), sent[C1]) == 400
+    assert wire.post("/update", Envelope(EXP, 0, C1, 90, 1), sent[C1], "application/json") == 400
+    assert wire.post("/update", Envelope(EXP, 0, C1, 90, 1), sent[C1]) == 202
+    if dumb:
+        msgs = recorder.wait_for(2)
+        assert sorted((m[1]["X-Hefl-Sender"], m[2]) for m in msgs) == sorted(sent.items())
+    else:
+        (path, headers, body), = recorder.wait_for(1)
+        assert (path, headers["X-Hefl-Sender"], headers["X-Hefl-Samples"], headers["X-Hefl-Contributors"]) == \
+            ("/update", S0, "190", "2")
+        np.testing.assert_allclose(scheme.decrypt(body), updates[C0] + updates[C1], atol=1e-5)
+    count = len(recorder.messages)
+    total = scheme.encrypt(updates[C0] + updates[C1])
+    assert wire.post("/global", Envelope(EXP, 0, C0, 190, 2), total) == 400  # not its parent
+    assert wire.post("/global", Envelope(EXP, 0, AGG, 190, 2), total) == 202
+    down = recorder.wait_for(count + 2)[count:]
+    assert sorted(m[0] for m in down) == ["/global", "/global"]
+    assert all(m[2] == total and m[1]["X-Hefl-Sender"] == S0 for m in down)
+    assert wait_health(url, "finished")["state"] == "finished"
+    rec = requests.get(f"{url}/log/{EXP}", timeout=5).json()["iteration"][0]
+    forwarded = [m[2] for m in recorder.messages]  # every body the switch sent out
+    assert rec["byte_received"] == wire.out + ACK * len(forwarded)
+    assert rec["byte_send"] == wire.back + sum(len(b) for b in forwarded)
+    assert rec["messages_sent"] == len(forwarded) and rec["messages_received"] == 10
+
+
+def test_aggregator_sums_sends_down_and_collects(serve_node: Any, recorder: Recorder, tmp_path: Path) -> None:
+    raw = small(rounds=1)
+    url, server = serve_node()
+    endpoints = {C0: recorder.url, C1: recorder.url, S0: recorder.url, AGG: url}
+    assert push(url, raw, AGG, endpoints).status_code == 200
+    scheme = PlainScheme(size_of(raw))
+    assert requests.post(f"{url}/start", timeout=5).status_code == 202
+    assert requests.post(f"{url}/start", timeout=5).status_code == 400  # only once
+    (path, headers, body), = recorder.wait_for(1)
+    assert (path, headers["X-Hefl-Round"], body) == ("/begin", "0", b"")
+    total = scheme.encrypt(np.arange(scheme.size, dtype=np.float64))
+    assert post(url, "/update", Envelope(EXP, 0, S0, 190, 1), total).status_code == 400  # S0 has 2 clients
+    assert post(url, "/update", Envelope(EXP, 0, S0, 190, 2), total).status_code == 202
+    (path, headers, body), = recorder.wait_for(2)[1:]
+    assert (path, headers["X-Hefl-Samples"], headers["X-Hefl-Contributors"], body) == ("/global", "190", "2", total)
+    report = {"loss": 0.5, "accuracy": 0.9, "test_samples": 30, "byte_send": 1, "byte_received": 2}
+    assert post(url, "/metrics", Envelope(EXP, 0, C0, 30, 1), b"{}", "application/json").status_code == 400
+    assert post(url, "/metrics", Envelope(EXP, 0, C0, 30, 1), json.dumps(report).encode(),
+                "application/json").status_code == 202
+    report.update(accuracy=0.6, test_samples=10)
+    assert post(url, "/metrics", Envelope(EXP, 0, C1, 10, 1), json.dumps(report).encode(),
+                "application/json").status_code == 202
+    status = wait_health(url, "finished")
+    assert status["state"] == "finished"
+    (row,) = requests.get(f"{url}/status", timeout=5).json()["rounds"]
+    assert row["accuracy"] == pytest.approx((0.9 * 30 + 0.6 * 10) / 40)
+    exp_dir = server.log_dir / EXP
+    assert sorted(p.name for p in exp_dir.glob("*.json")) == sorted(f"{n.replace(':', '_')}.json" for n in endpoints)
+
+
+def test_client_trains_sends_and_applies_global(serve_node: Any, recorder: Recorder) -> None:
+    raw = small(rounds=1)
+    raw["training"]["save_models"] = True
+    url, server = serve_node()
+    endpoints = {C0: url, C1: recorder.url, S0: recorder.url, AGG: recorder.url}
+    assert push(url, raw, C0, endpoints).status_code == 200
+    scheme = PlainScheme(size_of(raw))
+    assert post(url, "/begin", Envelope(EXP, 0, AGG), b"").status_code == 400  # not its parent
+    assert post(url, "/begin", Envelope(EXP, 0, S0), b"").status_code == 202
+    assert post(url, "/begin", Envelope(EXP, 0, S0), b"").status_code == 409
+    (path, headers, body), = recorder.wait_for(1)
+    samples = int(headers["X-Hefl-Samples"])
+    assert (path, headers["X-Hefl-Sender"], headers["X-Hefl-Contributors"]) == ("/update", C0, "1")
+    assert samples == 1438 // 2 and len(body) == 4 * scheme.size
+    other = np.full(scheme.size, 0.01) * 700
+    total = scheme.encrypt(scheme.decrypt(body) + other)
+    assert post(url, "/global", Envelope(EXP, 0, S0, samples + 700, 1), total).status_code == 400  # 1 of 2 clients
+    assert post(url, "/global", Envelope(EXP, 0, S0, samples + 700, 2), total).status_code == 202
+    (path, headers, body2), = recorder.wait_for(2)[1:]
+    assert path == "/metrics" and 0 <= json.loads(body2)["accuracy"] <= 1
+    assert wait_health(url, "finished")["state"] == "finished"
+    stem = server.log_dir / EXP / C0.replace(":", "_")
+    local, glob = np.load(f"{stem}.r0.local.npy"), np.load(f"{stem}.r0.global.npy")
+    start = local - scheme.decrypt(body) / samples  # what the update was computed from
+    np.testing.assert_allclose(glob, start + scheme.decrypt(total) / (samples + 700), atol=1e-6)

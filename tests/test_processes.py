@@ -1,0 +1,212 @@
+"""Real node processes over HTTP on 127.0.0.1: `main.py local`, `main.py agg` + `main.py node`, test.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from hefl.local import free_ports
+from tests.conftest import ROOT, tree_config
+
+PY = sys.executable
+
+
+def run_main(*args: str, timeout: float = 240, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PY, str(ROOT / "main.py"), *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=kw.pop("cwd", ROOT), **kw)
+
+
+def experiment_dir(log_dir: Path) -> Path:
+    (found,) = [p for p in log_dir.iterdir() if p.is_dir()]
+    return found
+
+
+def node_logs(exp: Path) -> dict[str, dict[str, Any]]:
+    out = {}
+    for p in exp.glob("*.json"):
+        data = json.loads(p.read_text())
+        if "node" in data:
+            out[data["node"]] = data
+    return out
+
+
+def two_level(rounds: int = 3) -> dict[str, Any]:
+    """4 clients under 2 leaf switches (the second dumb) under a spine switch under the aggregator."""
+    raw = tree_config(clients=4, leaves=2, spine=True, dumb=(1,), rounds=rounds)
+    raw["training"].update(save_models=True, epochs=2)
+    return raw
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
+    tmp = tmp_path_factory.mktemp("local")
+    cfg = tmp / "config.json"
+    cfg.write_text(json.dumps(two_level()))
+    proc = run_main("local", "--config", str(cfg), "--log-dir", str(tmp / "log"))
+    return proc, cfg, experiment_dir(tmp / "log")
+
+
+def test_local_run_completes_through_two_level_tree(local_run: Any) -> None:
+    proc, _, exp = local_run
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rounds = [line for line in proc.stdout.splitlines() if line.startswith("round ")]
+    assert len(rounds) == 3 and rounds[-1].startswith("round   3/3  accuracy")
+    logs = node_logs(exp)
+    assert len(logs) == 8 and all(d["finished"] for d in logs.values())
+    assert all([r["round"] for r in d["iteration"]] == [0, 1, 2] for d in logs.values())
+    final = json.loads((exp / "rounds.json").read_text())[-1]
+    assert final["accuracy"] > 0.8
+
+
+def test_global_model_is_the_sample_weighted_mean(local_run: Any) -> None:
+    _, _, exp = local_run
+    logs = node_logs(exp)
+    clients = sorted(n for n, d in logs.items() if d["role"] == "client")
+    for r in range(3):
+        samples = [logs[c]["iteration"][r]["train_samples"] for c in clients]
+        local = [np.load(exp / f"{c.replace(':', '_')}.r{r}.local.npy") for c in clients]
+        glob = [np.load(exp / f"{c.replace(':', '_')}.r{r}.global.npy") for c in clients]
+        expected = sum(m * n for m, n in zip(local, samples, strict=True)) / sum(samples)
+        for g in glob:
+            np.testing.assert_allclose(g, expected, atol=1e-6)
+
+
+def test_bytes_are_counted_on_both_ends(local_run: Any) -> None:
+    _, _, exp = local_run
+    logs = node_logs(exp)
+    for r in range(3):
+        recs = [d["iteration"][r] for d in logs.values()]
+        assert sum(x["byte_send"] for x in recs) == sum(x["byte_received"] for x in recs)
+        assert sum(x["messages_sent"] for x in recs) == sum(x["messages_received"] for x in recs)
+    client = next(d for d in logs.values() if d["role"] == "client")["iteration"][1]
+    params = 64 * 32 + 32 + 32 * 10 + 10
+    assert client["byte_send"] >= 4 * params and client["byte_received"] >= 4 * params
+    assert set(client["phases"]) >= {"train", "serialize", "send", "wait", "apply", "evaluate"}
+
+
+def test_same_config_gives_identical_accuracies(local_run: Any, tmp_path: Path) -> None:
+    _, cfg, exp = local_run
+    proc = run_main("local", "--config", str(cfg), "--log-dir", str(tmp_path / "log"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first = json.loads((exp / "rounds.json").read_text())
+    second = json.loads((experiment_dir(tmp_path / "log") / "rounds.json").read_text())
+    assert [r["accuracy"] for r in first] == [r["accuracy"] for r in second]
+    assert [r["loss"] for r in first] == [r["loss"] for r in second]
+
+
+def _addressed_config(ports: list[int], rounds: int = 2) -> dict[str, Any]:
+    """Two clients, one switch, the aggregator, at real 127.0.0.1 ports (as on a cluster)."""
+    c0, c1, sw, agg = (f"127.0.0.1:{p}" for p in ports)
+    return {"name": "agg-test", "aggregator": {"iteration": rounds, "ip": agg},
+            "training": {"device": "cpu"}, "network": {"startup_timeout_s": 60},
+            "others": {c0: {"type": "client", "client_number": 2, "index": 0, "send": sw},
+                       c1: {"type": "client", "client_number": 2, "index": 1, "send": sw},
+                       sw: {"type": "switch", "receive": [c0, c1], "send": agg, "dumb": False}}}
+
+
+def _start_nodes(ports: list[int], log_dir: Path, env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
+    return [subprocess.Popen([PY, str(ROOT / "main.py"), "--port", str(p), "--host", "127.0.0.1",
+                              "--log-dir", str(log_dir)], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, cwd=ROOT) for p in ports]
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait(timeout=20)
+
+
+def test_agg_waits_for_late_nodes_pushes_and_runs(tmp_path: Path) -> None:
+    ports = free_ports(4)
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(_addressed_config(ports)))
+    env = {**os.environ, "HEFL_TOKEN": "t0ken", "OMP_NUM_THREADS": "1"}
+    agg = subprocess.Popen([PY, str(ROOT / "main.py"), "agg", "--config", str(cfg), "--log-dir", str(tmp_path / "agg")],
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    time.sleep(1.0)  # the aggregator command starts first: start order must not matter
+    nodes = _start_nodes(ports, tmp_path / "nodes", env)
+    try:
+        out, err = agg.communicate(timeout=180)
+        assert agg.returncode == 0, err[-2000:]
+        assert sum(line.startswith("round ") for line in out.splitlines()) == 2
+        exp = experiment_dir(tmp_path / "agg")
+        assert len(node_logs(exp)) == 4  # every node's log gathered by the aggregator
+        push = subprocess.run([PY, str(ROOT / "test.py"), f"127.0.0.1:{ports[2]}", "--config", str(cfg)],
+                              capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
+        assert push.returncode == 0 and push.stdout.startswith("200 ") and '"role": "switch"' in push.stdout
+        bad = subprocess.run([PY, str(ROOT / "test.py"), f"127.0.0.1:{ports[2]}", "--config", str(cfg)],
+                             capture_output=True, text=True, timeout=60, env={**env, "HEFL_TOKEN": "wrong"}, cwd=ROOT)
+        assert bad.returncode == 1 and "401" in bad.stderr
+    finally:
+        agg.kill()
+        _stop(nodes)
+
+
+def test_agg_names_every_unreachable_node(tmp_path: Path) -> None:
+    ports = free_ports(4)
+    raw = _addressed_config(ports)
+    raw["network"]["startup_timeout_s"] = 2
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(raw))
+    nodes = _start_nodes(ports[:2], tmp_path / "nodes", {**os.environ, "HEFL_TOKEN": "x"})
+    try:
+        proc = run_main("agg", "--config", str(cfg), "--log-dir", str(tmp_path / "agg"), timeout=120,
+                        env={**os.environ, "HEFL_TOKEN": "x"})
+    finally:
+        _stop(nodes)
+    assert proc.returncode == 1
+    (line,) = proc.stderr.strip().splitlines()
+    assert f"2 node(s) not answering /health after 2s: 127.0.0.1:{ports[2]}" in line
+    assert f"127.0.0.1:{ports[3]}" in line and "connection refused" in line
+
+
+def _children_alive(marker: str) -> list[int]:
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmd and "node" in cmd:
+            found.append(int(pid))
+    return found
+
+
+def test_failed_config_push_names_the_node_and_stops_everything(tmp_path: Path) -> None:
+    raw = tree_config(clients=2, leaves=1, spine=False, dataset={"name": "mnist", "path": str(tmp_path / "nothing")})
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(raw))
+    proc = run_main("local", "--config", str(cfg), "--log-dir", str(tmp_path / "log"), timeout=120)
+    assert proc.returncode == 1
+    (line,) = proc.stderr.strip().splitlines()
+    assert "2 node(s) refused their config" in line and "127.0.0.1:100 refused POST /config: 400" in line
+    assert "train-images-idx3-ubyte not found" in line
+    assert _children_alive(str(tmp_path)) == []
+
+
+def test_ctrl_c_stops_every_node_and_keeps_logs(tmp_path: Path) -> None:
+    raw = tree_config(clients=2, leaves=1, spine=False, rounds=500)
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(raw))
+    proc = subprocess.Popen([PY, str(ROOT / "main.py"), "local", "--config", str(cfg), "--log-dir", str(tmp_path / "log")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # wait until rounds are running
+        if line.startswith("round   2/"):
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err
+    assert _children_alive(str(tmp_path)) == []
+    logs = node_logs(experiment_dir(tmp_path / "log"))
+    assert len(logs) == 4 and all(len(d["iteration"]) >= 1 for d in logs.values())
