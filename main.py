@@ -16,8 +16,9 @@ log = logging.getLogger("main")
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(_with_command(sys.argv[1:] if argv is None else argv))
+    label = f"[{args.label}] " if getattr(args, "label", "") else ""
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=f"%(asctime)s {label}%(levelname)s %(name)s: %(message)s")
     logging.getLogger("hefl").setLevel(logging.INFO)
     try:
         return int(args.func(args) or 0)
@@ -41,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     node.add_argument("--host", default="0.0.0.0")
     node.add_argument("--port", type=int, default=5000)
     node.add_argument("--threads", type=int, default=8)
+    node.add_argument("--label", default="", help="shown in ps and the node's log lines (local mode: the node id)")
     node.set_defaults(func=_node)
     for name, helptext, func in (("agg", "push config.json to every node and run the experiment", _agg),
                                  ("local", "run the whole experiment on this machine, one process per node",

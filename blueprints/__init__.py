@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
 
 from hefl.errors import HeflError, Unauthorized
 from hefl.nodes import Node, build_node
@@ -67,6 +68,7 @@ def create_app(server: NodeServer, node: Node | None) -> Flask:
     app.before_request(_check_token)
     app.after_request(_count_bytes)
     app.register_error_handler(HeflError, _on_error)
+    app.register_error_handler(HTTPException, _on_http_error)
     return app
 
 
@@ -99,3 +101,12 @@ def _on_error(exc: HeflError) -> tuple[Response, int]:
     sender = request.headers.get("X-Hefl-Sender", request.remote_addr)
     log.warning("%s: refused %s %s from %s: %s", who, request.method, request.path, sender, exc)
     return jsonify(error=str(exc)), exc.status_code
+
+
+def _on_http_error(exc: HTTPException) -> tuple[Response, int]:
+    """Flask's own refusals (no such endpoint for this role, body too large) as one JSON line too."""
+    node = current_app.extensions["hefl_node"]
+    role = node.role if node is not None else "unconfigured"
+    code = exc.code or 500
+    reason = f"not an endpoint of this node (role: {role})" if code in (404, 405) else (exc.description or exc.name)
+    return jsonify(error=f"{request.method} {request.path}: {reason}"), code

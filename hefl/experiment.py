@@ -20,6 +20,9 @@ from hefl.transport import Timeouts, Transport
 log = logging.getLogger(__name__)
 
 
+HEALTH_EVERY_S = 3.0  # how often the controller checks that every node is alive
+
+
 class ExperimentFailed(HeflError, RuntimeError):
     """A node reported a failure, or a round ran past its deadline."""
 
@@ -38,7 +41,7 @@ class Controller:
         self.exp_dir = log_dir / experiment
         self.out = out
         net = cfg.network
-        self.transport = Transport(endpoints, Timeouts(net.connect_timeout_s, net.read_timeout_s, retries=0), token)
+        self.transport = Transport(endpoints, Timeouts(net.connect_timeout_s, net.read_timeout_s, retries=2), token)
 
     def run(self) -> list[dict[str, Any]]:
         self.exp_dir.mkdir(parents=True, exist_ok=True)
@@ -87,7 +90,7 @@ class Controller:
     def follow(self) -> list[dict[str, Any]]:
         """Print each round as the aggregator closes it; stop on failure or a stalled round."""
         shown = 0
-        last_progress = time.monotonic()
+        last_progress = last_check = time.monotonic()
         while True:
             status = self.transport.get(self.cfg.root, "/status").json()
             rows = status.get("rounds", [])
@@ -103,7 +106,22 @@ class Controller:
             if time.monotonic() - last_progress > self.cfg.network.round_timeout_s:
                 raise ExperimentFailed(f"round {shown} did not finish within {self.cfg.network.round_timeout_s:g}s "
                                        f"(network.round_timeout_s); node states: {self.states()}")
+            if time.monotonic() - last_check > HEALTH_EVERY_S:
+                self.check_nodes(shown)
+                last_check = time.monotonic()
             time.sleep(0.2)
+
+    def check_nodes(self, round_: int) -> None:
+        """Stop early when a node died, failed, or was taken over by another experiment."""
+        for node in self.cfg.nodes:
+            try:
+                health = self.transport.get(node, "/health").json()
+            except HeflError as exc:
+                raise ExperimentFailed(f"{node} stopped answering during round {round_ + 1}: {exc}") from None
+            if health.get("state") == "failed":
+                raise ExperimentFailed(health.get("error") or f"{node} failed")
+            if health.get("experiment") != self.experiment:
+                raise ExperimentFailed(f"{node} now runs experiment {health.get('experiment')!r}, not {self.experiment!r}")
 
     def fetch_missing_logs(self) -> None:
         """The aggregator node gathered every log into its own log folder; when this command writes

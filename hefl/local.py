@@ -47,7 +47,7 @@ def local_nodes(cfg: ExperimentConfig, log_dir: Path, out_dir: Path) -> Iterator
             with open(out_dir / f"{node.replace(':', '_')}.out", "wb") as sink:
                 procs.append(subprocess.Popen(
                     [sys.executable, str(MAIN), "node", "--host", "127.0.0.1", "--port", str(port),
-                     "--log-dir", str(log_dir)],
+                     "--log-dir", str(log_dir), "--label", node],
                     env=env, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
         yield endpoints, token
     finally:

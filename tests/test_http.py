@@ -59,7 +59,8 @@ def test_unconfigured_node_answers_health_and_refuses_bad_config(serve_node: Any
     assert resp.status_code == 400
     assert resp.json()["error"] == f"others['{C0}'].index: 7 is not in 0..1 (client_number)"
     assert requests.post(f"{url}/config", data="{not json", timeout=5).status_code == 400
-    assert requests.post(f"{url}/update", data=b"", timeout=5).status_code == 404
+    resp = requests.post(f"{url}/update", data=b"", timeout=5)
+    assert (resp.status_code, resp.json()["error"]) == (404, "POST /update: not an endpoint of this node (role: unconfigured)")
     assert requests.get(f"{url}/health", timeout=5).json()["state"] == "idle"
 
 
@@ -185,3 +186,17 @@ def test_client_trains_sends_and_applies_global(serve_node: Any, recorder: Recor
     local, glob = np.load(f"{stem}.r0.local.npy"), np.load(f"{stem}.r0.global.npy")
     start = local - scheme.decrypt(body) / samples  # what the update was computed from
     np.testing.assert_allclose(glob, start + scheme.decrypt(total) / (samples + 700), atol=1e-6)
+
+
+def test_node_is_reconfigured_for_a_new_role_without_restart(serve_node: Any, recorder: Recorder) -> None:
+    url, server = serve_node()
+    endpoints = {C0: recorder.url, C1: recorder.url, S0: url, AGG: recorder.url}
+    assert push(url, small(), S0, endpoints).json()["role"] == "switch"
+    old = server.node
+    body = make_push(small(), AGG, "exp-2", {**endpoints, AGG: url, S0: recorder.url})
+    health = requests.post(f"{url}/config", json=body, timeout=30).json()
+    assert (health["role"], health["experiment"], health["state"]) == ("aggregator", "exp-2", "running")
+    assert requests.get(f"{url}/status", timeout=5).status_code == 200  # the aggregator blueprint now answers
+    gone = post(url, "/global", Envelope(EXP, 0, AGG, 1, 2), b"")  # the switch's endpoint is gone
+    assert (gone.status_code, gone.json()) == (404, {"error": "POST /global: not an endpoint of this node (role: aggregator)"})
+    assert old is not None and server.node is not old

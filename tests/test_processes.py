@@ -210,3 +210,33 @@ def test_ctrl_c_stops_every_node_and_keeps_logs(tmp_path: Path) -> None:
     assert _children_alive(str(tmp_path)) == []
     logs = node_logs(experiment_dir(tmp_path / "log"))
     assert len(logs) == 4 and all(len(d["iteration"]) >= 1 for d in logs.values())
+
+
+def test_node_killed_mid_run_is_named_and_logs_are_kept(tmp_path: Path) -> None:
+    raw = tree_config(clients=4, leaves=2, spine=False, rounds=500)
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(raw))
+    proc = subprocess.Popen([PY, str(ROOT / "main.py"), "local", "--config", str(cfg), "--log-dir", str(tmp_path / "log")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("round   3/"):
+            break
+    victim = "127.0.0.1:102"
+    for pid in _children_alive(str(tmp_path)):
+        if f"--label\x00{victim}\x00" in Path(f"/proc/{pid}/cmdline").read_bytes().decode():
+            os.kill(pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: ") and victim in line, line
+    assert _children_alive(str(tmp_path)) == []
+    logs = node_logs(experiment_dir(tmp_path / "log"))
+    assert len(logs) == 7 and all(len(d["iteration"]) >= 3 for d in logs.values())
+
+
+def test_original_config_runs_unchanged(tmp_path: Path) -> None:
+    proc = run_main("local", "--config", str(ROOT / "tests/data/cs277-base-case.json"), "--log-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sum(line.startswith("round ") for line in proc.stdout.splitlines()) == 10
+    assert len(node_logs(experiment_dir(tmp_path))) == 7
