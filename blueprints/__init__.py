@@ -56,15 +56,16 @@ class NodeServer:
 
 def create_app(server: NodeServer, node: Node | None) -> Flask:
     """An app with the common endpoints, plus the blueprint of `node`'s role when there is one."""
-    from blueprints import aggregator, client, common, switch
+    from blueprints import aggregator, common, down, switch
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.extensions["hefl_server"] = server
     app.extensions["hefl_node"] = node
     app.register_blueprint(common.bp)
-    if node is not None:
-        app.register_blueprint({"client": client.bp, "switch": switch.bp, "aggregator": aggregator.bp}[node.role])
+    roles = {"client": [down.bp], "switch": [switch.bp, down.bp], "aggregator": [aggregator.bp]}
+    for bp in roles[node.role] if node is not None else []:
+        app.register_blueprint(bp)
     app.before_request(_check_token)
     app.after_request(_count_bytes)
     app.register_error_handler(HeflError, _on_error)

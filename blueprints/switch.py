@@ -1,4 +1,4 @@
-"""Switch endpoints: updates from children, begin and global messages from the parent."""
+"""Switch endpoints: updates from its children (begin and global messages come through `down`)."""
 
 from __future__ import annotations
 
@@ -16,18 +16,4 @@ bp = Blueprint("switch", __name__)
 def update() -> Any:
     env, payload = binary_message()
     current_node().on_update(env, payload)
-    return jsonify(accepted=True), 202
-
-
-@bp.post("/begin")
-def begin() -> Any:
-    env, payload = binary_message()
-    current_node().on_down("/begin", env, payload)
-    return jsonify(accepted=True), 202
-
-
-@bp.post("/global")
-def global_result() -> Any:
-    env, payload = binary_message()
-    current_node().on_down("/global", env, payload)
     return jsonify(accepted=True), 202

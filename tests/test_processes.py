@@ -194,16 +194,21 @@ def test_failed_config_push_names_the_node_and_stops_everything(tmp_path: Path) 
     assert _children_alive(str(tmp_path)) == []
 
 
-def test_ctrl_c_stops_every_node_and_keeps_logs(tmp_path: Path) -> None:
-    raw = tree_config(clients=2, leaves=1, spine=False, rounds=500)
+def _local_until_round(tmp_path: Path, raw: dict[str, Any], round_: int) -> subprocess.Popen[str]:
+    """Start `main.py local` and return once it printed round `round_` (1-based)."""
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps(raw))
     proc = subprocess.Popen([PY, str(ROOT / "main.py"), "local", "--config", str(cfg), "--log-dir", str(tmp_path / "log")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     assert proc.stdout is not None
-    for line in proc.stdout:  # wait until rounds are running
-        if line.startswith("round   2/"):
-            break
+    for line in proc.stdout:
+        if line.startswith(f"round {round_:>3}/"):
+            return proc
+    raise AssertionError(f"the run ended before round {round_}: {proc.communicate()[1][-2000:]}")
+
+
+def test_ctrl_c_stops_every_node_and_keeps_logs(tmp_path: Path) -> None:
+    proc = _local_until_round(tmp_path, tree_config(clients=2, leaves=1, spine=False, rounds=500), 2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted" in err
@@ -213,15 +218,7 @@ def test_ctrl_c_stops_every_node_and_keeps_logs(tmp_path: Path) -> None:
 
 
 def test_node_killed_mid_run_is_named_and_logs_are_kept(tmp_path: Path) -> None:
-    raw = tree_config(clients=4, leaves=2, spine=False, rounds=500)
-    cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps(raw))
-    proc = subprocess.Popen([PY, str(ROOT / "main.py"), "local", "--config", str(cfg), "--log-dir", str(tmp_path / "log")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("round   3/"):
-            break
+    proc = _local_until_round(tmp_path, tree_config(clients=4, leaves=2, spine=False, rounds=500), 3)
     victim = "127.0.0.1:102"
     for pid in _children_alive(str(tmp_path)):
         if f"--label\x00{victim}\x00" in Path(f"/proc/{pid}/cmdline").read_bytes().decode():
