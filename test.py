@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from hefl.config import load_raw_config
+from hefl.credential import read_token
 from hefl.errors import HeflError
 from hefl.experiment import new_experiment_id
 from hefl.push import make_push
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
             raise HeflError(f"{node!r} is not a node of {args.config}")
         host = args.target if ":" in args.target else f"{args.target}:{cfg.network.port}"
         endpoints = {**cfg.default_endpoints(), node: f"http://{host}"}
-        token = os.environ.get("HEFL_TOKEN") or (args.token_file.read_text().strip() if args.token_file.is_file() else "")
+        token = read_token(args.token_file, warn=False)
         transport = Transport(endpoints, Timeouts(cfg.network.connect_timeout_s, 30.0, retries=0), token)
         body = make_push(raw, node, args.experiment or new_experiment_id(cfg.name), endpoints)
         resp = transport.post(node, "/config", json.dumps(body).encode(), content_type="application/json")

@@ -8,16 +8,16 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, current_app, jsonify, request
+from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from hefl.errors import HeflError, Unauthorized
+from hefl.errors import ConfigError, DuplicateMessage, HeflError, Unauthorized
 from hefl.nodes import Node, build_node
 from hefl.push import parse_push
-from hefl.wire import TOKEN_HEADER, round_of
+from hefl.wire import TOKEN_HEADER
 
 log = logging.getLogger(__name__)
-MAX_BODY = 2 << 30  # 2 GiB: the largest update a node accepts
+CONFIG_BODY = 16 << 20  # the largest body an unconfigured node reads (a config push)
 
 
 class NodeServer:
@@ -35,15 +35,24 @@ class NodeServer:
         return self._app(environ, start_response)
 
     def configure(self, payload: Any) -> dict[str, Any]:
-        """Take a pushed config: validate it, build the role's node and app, retire the old ones."""
+        """Take a pushed config: build the role's node and app first, then retire the old ones.
+        A push that fails leaves the node as it was."""
         ctx = parse_push(payload, self.log_dir, self.token)
         with self._lock:
-            old, self.node = self.node, None
-            if old is not None:
-                old.close()
-            node = build_node(ctx)
-            self.node = node
+            current = self.node
+            if current is not None and (current.ctx.experiment, current.id) == (ctx.experiment, ctx.node_id):
+                raise DuplicateMessage(f"already configured as {ctx.node_id} for experiment {ctx.experiment!r}")
+            try:
+                node = build_node(ctx)
+            except HeflError:
+                raise
+            except Exception as exc:  # e.g. torch cannot use the device: still the push's fault, one line
+                raise ConfigError(f"push: {ctx.node_id} cannot be set up: {type(exc).__name__}: {exc}") from exc
             self._app = create_app(self, node)
+            self.node = node
+            node.start()
+        if current is not None:
+            current.close()
         log.info("%s configured as %s for experiment %s", ctx.node_id, node.role, ctx.experiment)
         return node.status()
 
@@ -56,18 +65,17 @@ class NodeServer:
 
 def create_app(server: NodeServer, node: Node | None) -> Flask:
     """An app with the common endpoints, plus the blueprint of `node`'s role when there is one."""
-    from blueprints import aggregator, common, down, switch
+    from blueprints import aggregator, client, common, switch
 
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.config["MAX_CONTENT_LENGTH"] = node.max_body if node is not None else CONFIG_BODY
     app.extensions["hefl_server"] = server
     app.extensions["hefl_node"] = node
     app.register_blueprint(common.bp)
-    roles = {"client": [down.bp], "switch": [switch.bp, down.bp], "aggregator": [aggregator.bp]}
-    for bp in roles[node.role] if node is not None else []:
-        app.register_blueprint(bp)
+    if node is not None:
+        app.register_blueprint({"client": client.bp, "switch": switch.bp, "aggregator": aggregator.bp}[node.role])
     app.before_request(_check_token)
-    app.after_request(_count_bytes)
+    app.after_request(_count_refusal)
     app.register_error_handler(HeflError, _on_error)
     app.register_error_handler(HTTPException, _on_http_error)
     return app
@@ -87,12 +95,12 @@ def _check_token() -> None:
             raise Unauthorized(f"{request.method} {request.path}: missing or wrong {TOKEN_HEADER}")
 
 
-def _count_bytes(response: Response) -> Response:
-    """Count body bytes of every round message this node answers, where they cross the wire."""
-    node = current_app.extensions["hefl_node"]
-    round_ = round_of(request.headers)
-    if node is not None and round_ is not None and not response.is_streamed:
-        node.meter_in(round_, request.content_length or 0, len(response.get_data()))
+def _count_refusal(response: Response) -> Response:
+    """A refused round message still crossed the wire: count the error body this node sends back.
+    (Its request body was counted when it was read; an accepted message's answer has no body.)"""
+    metered = g.pop("metered", None)
+    if metered is not None and response.status_code >= 400 and not response.is_streamed:
+        current_node().meter_in(metered, 0, len(response.get_data()), message=False)
     return response
 
 

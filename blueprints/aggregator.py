@@ -6,38 +6,29 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request
 
-from blueprints import current_node
-from blueprints.messages import binary_message
-from hefl.errors import ProtocolError
+from blueprints import current_node, messages
 from hefl.wire import Envelope
 
 bp = Blueprint("aggregator", __name__)
-
-
-@bp.post("/update")
-def update() -> Any:
-    env, payload = binary_message()
-    current_node().on_update(env, payload)
-    return jsonify(accepted=True), 202
+bp.add_url_rule("/update", view_func=messages.update, methods=["POST"])
 
 
 @bp.post("/metrics")
 def metrics() -> Any:
-    if request.mimetype != "application/json":
-        raise ProtocolError("metrics: Content-Type must be application/json")
-    current_node().on_metrics(Envelope.from_headers(request.headers), request.get_data())
-    return jsonify(accepted=True), 202
+    env, body = messages.read_message(messages.JSON)
+    current_node().on_metrics(env, body)
+    return messages.accepted()
 
 
 @bp.post("/fail")
 def fail() -> Any:
-    current_node().on_fail(request.headers.get("X-Hefl-Sender", ""), request.get_data(as_text=True))
-    return jsonify(accepted=True), 202
+    current_node().on_fail(Envelope.from_headers(request.headers), request.get_data(as_text=True))
+    return messages.accepted()
 
 
 @bp.post("/start")
 def start() -> Any:
-    current_node().start()
+    current_node().begin_experiment()
     return jsonify(current_node().status()), 202
 
 

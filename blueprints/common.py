@@ -7,7 +7,8 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
-from hefl.errors import ConfigError, NotConfigured
+from hefl.errors import ConfigError, HeflError, NotFound
+from hefl.push import EXPERIMENT_ID
 from hefl.runlog import log_name
 
 bp = Blueprint("common", __name__)
@@ -20,7 +21,10 @@ def health() -> Any:
 
 @bp.post("/config")
 def config() -> Any:
-    payload = request.get_json(silent=True)
+    try:
+        payload = request.get_json(silent=True)
+    except RecursionError:
+        payload = None
     if payload is None:
         raise ConfigError("push: body is not JSON (send Content-Type: application/json)")
     return jsonify(current_app.extensions["hefl_server"].configure(payload))
@@ -32,9 +36,10 @@ def node_log(experiment: str) -> Any:
     node = current_app.extensions["hefl_node"]
     if node is not None and node.ctx.experiment == experiment:
         return jsonify(node.runlog.snapshot())
-    server = current_app.extensions["hefl_server"]
-    if node is not None:
-        path = server.log_dir / experiment / log_name(node.id)
-        if "/" not in experiment and path.is_file():
-            return jsonify(json.loads(path.read_text()))
-    raise NotConfigured(f"no log of experiment {experiment!r} on this node")
+    path = current_app.extensions["hefl_server"].log_dir / experiment / log_name(node.id if node else "")
+    if node is None or not EXPERIMENT_ID.match(experiment) or not path.is_file():
+        raise NotFound(f"no log of experiment {experiment!r} on this node")
+    try:
+        return jsonify(json.loads(path.read_text()))
+    except (OSError, ValueError) as exc:
+        raise HeflError(f"log of experiment {experiment!r} on this node is unreadable: {exc}") from None

@@ -1,19 +1,12 @@
-"""Switch endpoints: updates from its children (begin and global messages come through `down`)."""
+"""Switch endpoints: updates from its children; begin and global messages from its parent."""
 
 from __future__ import annotations
 
-from typing import Any
+from flask import Blueprint
 
-from flask import Blueprint, jsonify
-
-from blueprints import current_node
-from blueprints.messages import binary_message
+from blueprints import messages
 
 bp = Blueprint("switch", __name__)
-
-
-@bp.post("/update")
-def update() -> Any:
-    env, payload = binary_message()
-    current_node().on_update(env, payload)
-    return jsonify(accepted=True), 202
+bp.add_url_rule("/update", view_func=messages.update, methods=["POST"])
+bp.add_url_rule("/begin", view_func=messages.downward, methods=["POST"], endpoint="begin")
+bp.add_url_rule("/global", view_func=messages.downward, methods=["POST"], endpoint="global")

@@ -1,37 +1,16 @@
-"""Round buffers that accept or reject each incoming message, and the pure sum / mean math."""
+"""Round buffers: the one place where a node accepts or refuses each update it adds."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from hefl.errors import DuplicateMessage, ProtocolError
-from hefl.wire import Envelope
+from hefl.wire import Envelope, check_scope
 
 log = logging.getLogger(__name__)
-
-
-def weighted_sum(updates: Iterable[tuple[np.ndarray, int]]) -> tuple[np.ndarray, int]:
-    """Sum of delta_i * n_i and of n_i: what the tree computes, before the client divides."""
-    total: np.ndarray | None = None
-    count = 0
-    for delta, n in updates:
-        term = np.asarray(delta, dtype=np.float64) * n
-        total = term if total is None else total + term
-        count += n
-    if total is None:
-        raise ValueError("weighted_sum of no updates")
-    return total, count
-
-
-def weighted_mean(models: Sequence[np.ndarray], samples: Sequence[int]) -> np.ndarray:
-    """Sample-weighted mean of flat models: FedAvg's global model."""
-    total, count = weighted_sum(zip(models, samples, strict=True))
-    return total / count
 
 
 @dataclass
@@ -58,21 +37,18 @@ class RoundBuffer:
         self._lock = threading.Lock()
 
     def check(self, env: Envelope) -> None:
-        """Raise ProtocolError if `env` does not belong here (call before reading a large body)."""
-        if env.experiment != self.experiment:
-            raise ProtocolError(f"experiment {env.experiment!r} is not the running experiment {self.experiment!r}")
+        """Raise ProtocolError if `env` does not belong here."""
+        check_scope(env, self.experiment, self.rounds)
         if env.sender not in self.senders:
             raise ProtocolError(f"sender {env.sender!r} is not one this node adds (expected {list(self.senders)})")
-        if not 0 <= env.round < self.rounds:
-            raise ProtocolError(f"round {env.round} is outside 0..{self.rounds - 1}")
 
     def accept(self, env: Envelope, payload: bytes) -> bool:
         """Store a message; True when it completes its round."""
         self.check(env)
         with self._lock:
-            inbox = self._inboxes.setdefault(env.round, Inbox())
-            if env.round in self._released or env.sender in inbox.payloads:
+            if env.round in self._released or env.sender in self._inboxes.get(env.round, Inbox()).payloads:
                 raise DuplicateMessage(f"round {env.round} from {env.sender!r} already received")
+            inbox = self._inboxes.setdefault(env.round, Inbox())
             inbox.payloads[env.sender] = payload
             inbox.envelopes[env.sender] = env
             return len(inbox.payloads) == len(self.senders)

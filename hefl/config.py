@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import difflib
 import json
-import types
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal
 
 from hefl.errors import ConfigError
 from hefl.modelspec import check_model
+from hefl.schema import SAFE_NAME, check_keys, node_port, parse_section
 from hefl.topology import check_topology
 
 Role = Literal["client", "switch", "aggregator"]
@@ -154,74 +153,6 @@ def _host(node_id: str) -> str:
     return node_id.rsplit(":", 1)[0] if ":" in node_id else node_id
 
 
-# ---------------------------------------------------------------- generic section parsing
-
-
-def check_keys(raw: Mapping[str, Any], allowed: list[str], path: str) -> None:
-    """Refuse the first unknown key, suggesting the closest allowed one (a typo must not pass)."""
-    for key in raw:
-        if key not in allowed:
-            near = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-            hint = f" (did you mean {near[0]!r}?)" if near else f" (allowed: {', '.join(allowed)})"
-            raise ConfigError(f"{path}: unknown key {key!r}{hint}")
-
-
-def node_port(node_id: str, default: int, path: str = "others") -> int:
-    """The port in a `host[:port]` address, or `default`; a malformed address is a ConfigError."""
-    host, sep, port = node_id.rpartition(":")
-    if not sep:
-        host, port = node_id, ""
-    if not host or any(c.isspace() or c in "/@?#" for c in host):
-        raise ConfigError(f"{path}: {node_id!r} is not an address of the form host[:port]")
-    if not port:
-        return default
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{path}: {node_id!r} has an invalid port")
-    return int(port)
-
-
-def _type_name(tp: Any) -> str:
-    if get_origin(tp) is Literal:
-        return " | ".join(repr(a) for a in get_args(tp))
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, path: str) -> Any:
-    """Check one JSON value against a field type; ints are accepted where floats are."""
-    origin = get_origin(tp)
-    if origin is Literal:
-        if value not in get_args(tp):
-            raise ConfigError(f"{path}: {value!r} is not one of {_type_name(tp)}")
-        return value
-    if origin in (Union, types.UnionType):
-        return _coerce(value, next(a for a in get_args(tp) if a is not type(None)), path)
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise ConfigError(f"{path}: expected a list, got {type(value).__name__}")
-        inner = get_args(tp)[0]
-        return tuple(_coerce(v, inner, f"{path}[{i}]") for i, v in enumerate(value))
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
-        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {json.dumps(value)}")
-    return value
-
-
-def parse_section(raw: Any, cls: type, path: str, skip: tuple[str, ...] = (), **extra: Any) -> Any:
-    """Build dataclass `cls` from a JSON object, refusing unknown keys and wrong types."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected an object, got {json.dumps(raw)}")
-    hints = get_type_hints(cls)
-    names = [f.name for f in fields(cls) if f.name not in skip]
-    check_keys(raw, names, path)
-    values = {k: _coerce(v, hints[k], f"{path}.{k}") for k, v in raw.items()} | extra
-    missing = [f.name for f in fields(cls) if f.name not in values and f.name not in skip
-               and f.default is MISSING and f.default_factory is MISSING]
-    if missing:
-        raise ConfigError(f"{path}: missing key {missing[0]!r}")
-    return cls(**values)
-
-
 # ---------------------------------------------------------------- the experiment
 
 _SECTIONS: dict[str, type] = {
@@ -248,8 +179,8 @@ def parse_config(raw: Any) -> ExperimentConfig:
     agg = parse_section(raw["aggregator"], AggregatorConfig, "aggregator")
     sections = {k: parse_section(raw[k], cls, k) for k, cls in _SECTIONS.items() if k in raw}
     name = raw.get("name", "experiment")
-    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name):
-        raise ConfigError(f"name: {name!r} must be a non-empty string of letters, digits, '-', '_', '.'")
+    if not isinstance(name, str) or not SAFE_NAME.match(name):
+        raise ConfigError(f"name: {name!r} must be 1-64 ASCII letters, digits, '-', '_', '.'")
     nodes = _parse_nodes(raw.get("others"), agg)
     check_topology(nodes, agg.ip)
     cfg = ExperimentConfig(aggregator=agg, nodes=nodes, name=name, **sections)
@@ -272,6 +203,10 @@ def _check_values(cfg: ExperimentConfig) -> None:
     for path, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{path}: must be positive, got {value}")
+    if cfg.aggregator.iteration > 100_000:
+        raise ConfigError(f"aggregator.iteration: {cfg.aggregator.iteration} rounds is more than 100000")
+    if not 0 < cfg.network.port < 65536:
+        raise ConfigError(f"network.port: {cfg.network.port} is not a TCP port")
     if not 0 < cfg.dataset.test_fraction < 1:
         raise ConfigError(f"dataset.test_fraction: must be between 0 and 1, got {cfg.dataset.test_fraction}")
     if cfg.dataset.classes < 2:

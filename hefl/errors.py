@@ -27,10 +27,14 @@ class DuplicateMessage(ProtocolError):
     status_code = 409
 
 
-class NotConfigured(HeflError, RuntimeError):
-    """The node has no role yet, or not the role the request needs."""
+class NotFound(HeflError, LookupError):
+    """What a request asks for does not exist here (no log of that experiment on this node)."""
 
-    status_code = 409
+    status_code = 404
+
+
+class ExperimentFailed(HeflError, RuntimeError):
+    """A node reported a failure, stopped answering, or a round ran past its deadline."""
 
 
 class PeerUnreachable(HeflError, ConnectionError):

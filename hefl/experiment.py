@@ -7,11 +7,12 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from hefl.config import ExperimentConfig
-from hefl.errors import ConfigError, HeflError, PeerUnreachable
+from hefl.errors import ConfigError, ExperimentFailed, HeflError, PeerUnreachable
 from hefl.push import make_push
 from hefl.report import format_round, node_table, read_logs
 from hefl.runlog import log_name, write_json_atomic
@@ -21,10 +22,6 @@ log = logging.getLogger(__name__)
 
 
 HEALTH_EVERY_S = 3.0  # how often the controller checks that every node is alive
-
-
-class ExperimentFailed(HeflError, RuntimeError):
-    """A node reported a failure, or a round ran past its deadline."""
 
 
 def new_experiment_id(name: str) -> str:
@@ -76,16 +73,23 @@ class Controller:
         self.out(f"all {len(self.cfg.nodes)} nodes answer; experiment {self.experiment}")
 
     def push_configs(self) -> None:
-        """POST each node its config; every refusal is named before anything starts."""
-        errors = []
-        for node in self.cfg.nodes:
-            body = make_push(self.raw, node, self.experiment, self.endpoints)
-            try:
-                self.transport.post(node, "/config", json.dumps(body).encode(), content_type="application/json")
-            except HeflError as exc:
-                errors.append(str(exc))
+        """POST every node its config, all at once; every refusal is named before anything starts."""
+        self.out("pushing configs (clients load their data and torch: a few seconds)")
+        started = time.monotonic()
+        with ThreadPoolExecutor(max_workers=min(32, len(self.cfg.nodes))) as pool:
+            errors = [e for e in pool.map(self._push, self.cfg.nodes) if e]
         if errors:
             raise ConfigError(f"{len(errors)} node(s) refused their config: " + " | ".join(errors))
+        self.out(f"configured {len(self.cfg.nodes)} nodes in {time.monotonic() - started:.1f} s; "
+                 f"running {self.cfg.rounds} rounds")
+
+    def _push(self, node: str) -> str:
+        body = make_push(self.raw, node, self.experiment, self.endpoints)
+        try:
+            self.transport.post(node, "/config", json.dumps(body).encode(), content_type="application/json")
+        except HeflError as exc:
+            return str(exc)
+        return ""
 
     def follow(self) -> list[dict[str, Any]]:
         """Print each round as the aggregator closes it; stop on failure or a stalled round."""

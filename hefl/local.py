@@ -9,7 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -65,7 +65,3 @@ def stop_all(procs: list[subprocess.Popen[bytes]], grace: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
-
-
-def describe(endpoints: Mapping[str, str]) -> str:
-    return ", ".join(f"{n}->{u.rsplit(':', 1)[1]}" for n, u in endpoints.items())

@@ -58,13 +58,15 @@ class RunLog:
         with self._lock:
             self._record(round_)
 
-    def add_bytes(self, round_: int, sent: int, received: int, outbound: bool) -> None:
-        """Count one HTTP exchange's body bytes: a request this node made (outbound) or answered."""
+    def add_bytes(self, round_: int, sent: int, received: int, outbound: bool, message: bool = True) -> None:
+        """Count body bytes of one HTTP exchange: a request this node made (outbound) or was sent;
+        `message` False adds bytes to an exchange already counted (an error answer's body)."""
         with self._lock:
             rec = self._record(round_)
             rec["byte_send"] += sent
             rec["byte_received"] += received
-            rec["messages_sent" if outbound else "messages_received"] += 1
+            if message:
+                rec["messages_sent" if outbound else "messages_received"] += 1
 
     def add_phase(self, round_: int, name: str, seconds: float) -> None:
         with self._lock:
@@ -96,6 +98,11 @@ class RunLog:
     def flush(self) -> None:
         with self._lock:
             self._write_locked()
+
+    def record(self, round_: int) -> dict[str, Any]:
+        """A copy of one round's record as it stands."""
+        with self._lock:
+            return json.loads(json.dumps(self._record(round_)))  # type: ignore[no-any-return]
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:

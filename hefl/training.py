@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import copy
+from dataclasses import replace
+
 import torch
 from torch import nn
 
 from hefl.config import TrainingConfig
 from hefl.data import Split
+from hefl.errors import ConfigError
 
 
 def pick_device(want: str) -> torch.device:
     """`auto` takes CUDA when torch sees a GPU, else the CPU."""
+    if want == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("training.device: 'cuda', but torch on this node sees no GPU (use 'auto' or 'cpu')")
     if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
@@ -48,3 +54,11 @@ def evaluate(model: nn.Module, data: Split, device: torch.device) -> tuple[float
     loss = nn.functional.cross_entropy(logits, y).item()
     acc = (logits.argmax(dim=1) == y).float().mean().item()
     return loss, acc
+
+
+def warm_up(model: nn.Module, data: Split, cfg: TrainingConfig, device: torch.device) -> None:
+    """One training step and one evaluation on a copy, at configure time: torch's lazy set-up
+    (the optimizer's first construction alone takes over a second) would otherwise land in round 1."""
+    spare = copy.deepcopy(model)
+    train_epochs(spare, Split(data.x[:cfg.batch_size], data.y[:cfg.batch_size]), replace(cfg, epochs=1), device, 0)
+    evaluate(spare, data, device)

@@ -69,7 +69,7 @@ class Transport:
                 self._count(round_, len(body), 0)
                 reason = f"no answer within {self.timeouts.read:g}s ({type(exc).__name__})"
                 continue
-            except requests.ConnectionError as exc:
+            except requests.RequestException as exc:  # refused, reset, bad URL, broken chunking, ...
                 reason = _short(exc)
                 continue
             self._count(round_, len(body), len(resp.content))

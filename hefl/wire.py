@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -10,6 +11,7 @@ from hefl.errors import ProtocolError
 BINARY = "application/octet-stream"
 PREFIX = "X-Hefl-"
 TOKEN_HEADER = "X-Hefl-Token"
+_COUNT = re.compile(r"[0-9]{1,12}")  # ASCII digits only: str.isdigit() also takes '²'
 
 
 class Headers(Protocol):
@@ -53,13 +55,21 @@ class Envelope:
             values[name] = value
         numbers = {}
         for name in ("Round", "Samples", "Contributors"):
-            if not values[name].isdigit():
+            if not _COUNT.fullmatch(values[name]):
                 raise ProtocolError(f"header {PREFIX}{name}: {values[name]!r} is not a non-negative integer")
             numbers[name] = int(values[name])
         return cls(values["Experiment"], numbers["Round"], values["Sender"], numbers["Samples"], numbers["Contributors"])
 
 
+def check_scope(env: Envelope, experiment: str, rounds: int) -> None:
+    """Refuse a message of another experiment, or of a round this experiment does not have."""
+    if env.experiment != experiment:
+        raise ProtocolError(f"experiment {env.experiment!r} is not the running experiment {experiment!r}")
+    if not 0 <= env.round < rounds:
+        raise ProtocolError(f"round {env.round} is outside 0..{rounds - 1}")
+
+
 def round_of(headers: Headers) -> int | None:
     """The round a request belongs to, for byte accounting; None for control-plane requests."""
     value = headers.get(f"{PREFIX}Round") or ""
-    return int(value) if value.isdigit() else None
+    return int(value) if _COUNT.fullmatch(value) else None

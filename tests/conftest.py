@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,7 +74,7 @@ class Recorder:
             with self.event:
                 self.messages.append(("/" + path, dict(request.headers), request.get_data()))
                 self.event.notify_all()
-            return json.dumps({"accepted": True}), 202
+            return "", 202  # as a node answers an accepted message: no body
 
         @app.get("/log/<experiment>")
         def node_log(experiment: str) -> Any:  # what a finished peer answers to log collection

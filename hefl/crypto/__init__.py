@@ -16,6 +16,7 @@ class Scheme(Protocol):
 
     name: str
     size: int  # values per update
+    wire_size: int  # bytes of one payload on the wire (an upper bound where it varies)
 
     def encrypt(self, values: np.ndarray) -> bytes: ...
 

@@ -18,6 +18,7 @@ class PlainScheme:
 
     def __init__(self, size: int) -> None:
         self.size = size
+        self.wire_size = size * WIRE.itemsize  # bytes of one payload
 
     def encrypt(self, values: np.ndarray) -> bytes:
         if values.shape != (self.size,):
@@ -25,9 +26,8 @@ class PlainScheme:
         return values.astype(WIRE).tobytes()
 
     def check(self, payload: bytes) -> None:
-        expected = self.size * WIRE.itemsize
-        if len(payload) != expected:
-            raise ProtocolError(f"payload is {len(payload)} bytes, expected {expected} ({self.size} float32 values)")
+        if len(payload) != self.wire_size:
+            raise ProtocolError(f"payload is {len(payload)} bytes, expected {self.wire_size} ({self.size} float32 values)")
 
     def add(self, payloads: Sequence[bytes]) -> bytes:
         total = np.zeros(self.size, dtype=np.float64)

@@ -32,9 +32,9 @@ class Adder(Node):
     def on_update(self, env: Envelope, payload: bytes) -> None:
         """Accept one child's update (a duplicate raises DuplicateMessage); work goes to the worker."""
         self.check_upward(env, payload)
+        complete = self.buffer.accept(env, payload)
         self.runlog.begin(env.round)
         self._marks.setdefault(("first", env.round), time.monotonic())
-        complete = self.buffer.accept(env, payload)
         self.accepted(env, payload, complete)
 
     def accepted(self, env: Envelope, payload: bytes, complete: bool) -> None:

@@ -17,7 +17,7 @@ from hefl.errors import HeflError, ProtocolError
 from hefl.modelspec import param_count
 from hefl.runlog import RunLog, log_name
 from hefl.transport import Timeouts, Transport
-from hefl.wire import Envelope
+from hefl.wire import Envelope, check_scope
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +49,25 @@ class Node:
         self.id = ctx.node_id
         self.me = ctx.cfg.nodes[ctx.node_id]
         self.runlog = RunLog(ctx.exp_dir / log_name(ctx.node_id), self.id, self.role, ctx.experiment)
-        self.runlog.flush()  # the log (and its folder) exists from the moment the node is configured
         net = ctx.cfg.network
         self.transport = Transport(ctx.endpoints, Timeouts(net.connect_timeout_s, net.read_timeout_s, net.retries),
                                    ctx.token, meter=self._meter_out)
         self.scheme: Scheme = make_scheme(ctx.cfg.encryption, param_count(ctx.cfg.model, ctx.cfg.dataset))
         self.error = ""
         self.round = 0
+        self.closed = False
         self._marks: dict[tuple[str, int], float] = {}
         self._jobs: queue.Queue[tuple[Callable[..., None], tuple[Any, ...]] | None] = queue.Queue()
         self._worker = threading.Thread(target=self._work, name=f"{self.role}-worker", daemon=True)
+
+    @property
+    def max_body(self) -> int:
+        """The largest request body this node reads: twice a payload, at least 16 MiB."""
+        return max(16 << 20, 2 * self.scheme.wire_size)
+
+    def start(self) -> None:
+        """Go live once fully built: write the (empty) log and start the worker thread."""
+        self.runlog.flush()
         self._worker.start()
 
     # ------------------------------------------------------------ work and failure
@@ -69,6 +78,8 @@ class Node:
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
+            if self.closed:  # retired by a reconfiguration: drop what is left of the old experiment
+                continue
             fn, args = job
             try:
                 fn(*args)
@@ -80,14 +91,17 @@ class Node:
         self.error = f"{self.id} ({self.role}), round {self.round}: {reason}"
         log.error("%s", self.error, exc_info=exc if not isinstance(exc, HeflError) else None)
         self.runlog.flush()
-        if self.id != self.cfg.root:
-            try:
-                self.transport.post(self.cfg.root, "/fail", self.error.encode(), {"X-Hefl-Sender": self.id},
-                                    content_type="text/plain")
-            except HeflError as exc2:
-                log.error("%s: could not report the failure to the aggregator: %s", self.id, exc2)
+        if self.id == self.cfg.root or self.closed:
+            return
+        try:
+            self.transport.post(self.cfg.root, "/fail", self.error.encode(), self.envelope(self.round).headers(),
+                                content_type="text/plain")
+        except Exception as exc2:  # reporting is best effort; the failure is logged above
+            log.error("%s: could not report the failure to the aggregator: %s", self.id, exc2)
 
     def close(self) -> None:
+        """Retire this node: queued work is dropped, the log is written, connections closed."""
+        self.closed = True
         self._jobs.put(None)
         self.runlog.flush()
         self.transport.close()
@@ -97,9 +111,13 @@ class Node:
     def _meter_out(self, round_: int, sent: int, received: int) -> None:
         self.runlog.add_bytes(round_, sent, received, outbound=True)
 
-    def meter_in(self, round_: int, received: int, sent: int) -> None:
-        """Count a request this node answered (called by the HTTP layer after each response)."""
-        self.runlog.add_bytes(round_, sent, received, outbound=False)
+    def meter_in(self, env: Envelope, received: int, sent: int = 0, message: bool = True) -> bool:
+        """Count the body bytes of a round message this node was sent (by the HTTP layer, before
+        the node acts on it); messages of other experiments or rounds make no records. True if counted."""
+        if env.experiment != self.ctx.experiment or not 0 <= env.round < self.cfg.rounds:
+            return False
+        self.runlog.add_bytes(env.round, sent, received, outbound=False, message=message)
+        return True
 
     def mark(self, what: str, round_: int) -> None:
         """Remember when something happened, to time a wait phase later."""
@@ -116,12 +134,9 @@ class Node:
 
     def check_downward(self, env: Envelope, payload: bytes, allow_empty: bool = False) -> None:
         """A global result must come from this node's parent, for this experiment, in range."""
-        if env.experiment != self.ctx.experiment:
-            raise ProtocolError(f"experiment {env.experiment!r} is not the running experiment {self.ctx.experiment!r}")
+        check_scope(env, self.ctx.experiment, self.cfg.rounds)
         if env.sender != self.me.send:
             raise ProtocolError(f"{env.sender!r} is not this node's parent {self.me.send!r}")
-        if not 0 <= env.round < self.cfg.rounds:
-            raise ProtocolError(f"round {env.round} is outside 0..{self.cfg.rounds - 1}")
         if not (allow_empty and not payload):
             self.scheme.check(payload)
 

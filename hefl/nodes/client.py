@@ -12,7 +12,7 @@ from hefl.errors import DuplicateMessage, ProtocolError
 from hefl.model import build_model, get_flat, set_flat
 from hefl.nodes.base import Node, NodeContext
 from hefl.runlog import log_name
-from hefl.training import evaluate, pick_device, train_epochs
+from hefl.training import evaluate, pick_device, train_epochs, warm_up
 from hefl.wire import Envelope
 
 
@@ -27,6 +27,7 @@ class ClientNode(Node):
         self.model = build_model(self.cfg.model, self.cfg.dataset, t.seed).to(self.device)
         self.base = get_flat(self.model)  # the global model this round started from
         self.samples = len(self.train)
+        warm_up(self.model, self.train, t, self.device)
         self._seen: set[tuple[str, int]] = set()
         self._lock = threading.Lock()
 
@@ -81,7 +82,7 @@ class ClientNode(Node):
             self.train_round(r + 1)
 
     def report(self, r: int, loss: float, acc: float) -> None:
-        rec = self.runlog.snapshot()["iteration"][-1]
+        rec = self.runlog.record(r)
         body = json.dumps({"loss": loss, "accuracy": acc, "test_samples": len(self.test),
                            "byte_send": rec["byte_send"], "byte_received": rec["byte_received"]}).encode()
         self.transport.post(self.cfg.root, "/metrics", body, self.envelope(r, len(self.test), 1).headers(),

@@ -21,6 +21,8 @@ class SwitchNode(Adder):
 
     def accepted(self, env: Envelope, payload: bytes, complete: bool) -> None:
         if self.dumb:
+            if complete:  # the children's wait ends with the last arrival, not after forwarding it
+                self.runlog.add_phase(env.round, "wait", self.since("first", env.round))
             self.submit(self.forward, env, payload, complete)
         elif complete:
             self.submit(self.complete, env.round)
@@ -31,7 +33,6 @@ class SwitchNode(Adder):
         with self.runlog.phase(env.round, "send"):
             self.transport.post(self.me.send, "/update", payload, env.headers(), round_=env.round)
         if last:
-            self.runlog.add_phase(env.round, "wait", self.since("first", env.round))
             self.buffer.release(env.round)
             self.mark("global", env.round)
 
