@@ -56,7 +56,7 @@ class Envelope:
         numbers = {}
         for name in ("Round", "Samples", "Contributors"):
             if not _COUNT.fullmatch(values[name]):
-                raise ProtocolError(f"header {PREFIX}{name}: {values[name]!r} is not a non-negative integer")
+                raise ProtocolError(f"header {PREFIX}{name}: {values[name][:20]!r} is not a non-negative integer")
             numbers[name] = int(values[name])
         return cls(values["Experiment"], numbers["Round"], values["Sender"], numbers["Samples"], numbers["Contributors"])
 
