@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
                                   _local)):
         cmd = sub.add_parser(name, help=helptext)
         cmd.add_argument("--config", default="config.json", help="experiment config (default: %(default)s)")
-        cmd.add_argument("--scheme", choices=["none"], help="override encryption.scheme of the config")
+        cmd.add_argument("--scheme", choices=["none", "ckks", "bfv"], help="override encryption.scheme of the config")
         cmd.set_defaults(func=func)
     token = sub.add_parser("token", help=f"create the experiment credential file ({DEFAULT_TOKEN}) if missing")
     token.set_defaults(func=_token)
@@ -87,12 +87,13 @@ def _agg(args: argparse.Namespace) -> int:
 def _local(args: argparse.Namespace) -> int:
     from hefl.config import load_raw_config
     from hefl.experiment import Controller, new_experiment_id
-    from hefl.local import local_nodes
+    from hefl.local import local_keys, local_nodes
 
     raw, cfg = load_raw_config(args.config, _overrides(args))
     experiment = new_experiment_id(cfg.name)
     print(f"starting {len(cfg.nodes)} local node processes for {args.config}")
-    with local_nodes(cfg, args.log_dir, args.log_dir / experiment / "stdout") as (endpoints, token):
+    with local_keys(raw, cfg, experiment) as (raw, cfg), \
+            local_nodes(cfg, args.log_dir, args.log_dir / experiment / "stdout") as (endpoints, token):
         Controller(raw, cfg, endpoints, experiment, args.log_dir, token).run()
     return 0
 

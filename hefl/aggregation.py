@@ -6,6 +6,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from hefl.errors import DuplicateMessage, ProtocolError
 from hefl.wire import Envelope, check_scope
@@ -17,7 +18,7 @@ log = logging.getLogger(__name__)
 class Inbox:
     """The messages of one round at one node, keyed by sender."""
 
-    payloads: dict[str, bytes] = field(default_factory=dict)
+    payloads: dict[str, Any] = field(default_factory=dict)  # as the scheme loaded them
     envelopes: dict[str, Envelope] = field(default_factory=dict)
 
 
@@ -42,7 +43,7 @@ class RoundBuffer:
         if env.sender not in self.senders:
             raise ProtocolError(f"sender {env.sender!r} is not one this node adds (expected {list(self.senders)})")
 
-    def accept(self, env: Envelope, payload: bytes) -> bool:
+    def accept(self, env: Envelope, payload: Any) -> bool:
         """Store a message; True when it completes its round."""
         self.check(env)
         with self._lock:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from hefl.crypto.params import check_encryption
 from hefl.errors import ConfigError
 from hefl.modelspec import check_model
 from hefl.schema import SAFE_NAME, check_keys, node_port, parse_section
@@ -57,7 +58,14 @@ class TrainingConfig:
 class EncryptionConfig:
     """How updates are protected on the wire; `none` is the plaintext baseline on the same path."""
 
-    scheme: Literal["none"] = "none"
+    scheme: Literal["none", "ckks", "bfv"] = "none"
+    poly_modulus_degree: int = 4096
+    coeff_mod_bit_sizes: tuple[int, ...] = ()  # () takes the scheme's default: ckks [40, 20], bfv [60, 20]
+    scale_bits: int = 30  # ckks: values are scaled by 2^scale_bits
+    plain_modulus_bits: int = 47  # bfv: t is the largest batching prime below 2^bits
+    quant_bits: int = 16  # bfv: bits per quantized value
+    clip: float = 1.0  # every scheme: each value a client sends is clipped to [-clip, clip]
+    key_dir: str = "keys"  # clients read secret.ctx here; `agg` reads public.ctx here
 
 
 @dataclass(frozen=True)
@@ -186,6 +194,7 @@ def parse_config(raw: Any) -> ExperimentConfig:
     cfg = ExperimentConfig(aggregator=agg, nodes=nodes, name=name, **sections)
     _check_values(cfg)
     check_model(cfg.model, cfg.dataset)
+    check_encryption(cfg.encryption, len(cfg.clients()))
     return cfg
 
 

@@ -156,8 +156,9 @@ def dirichlet_slices(labels: np.ndarray, parts: int, alpha: float, seed: int) ->
     return [np.sort(np.asarray(s, dtype=np.int64)) for s in slices]
 
 
-def client_data(ds: DatasetConfig, seed: int, parts: int, index: int) -> tuple[Split, Split]:
-    """Client `index`'s train slice (IID or label skew) and its contiguous test slice."""
+def client_data(ds: DatasetConfig, seed: int, parts: int, index: int) -> tuple[Split, Split, int]:
+    """Client `index`'s train slice (IID or label skew), its contiguous test slice, and the number
+    of training samples of all clients together."""
     train, test = load(ds, seed)
     if ds.partition == "dirichlet":
         idx = dirichlet_slices(train.y, parts, ds.alpha, seed)[index]
@@ -165,4 +166,4 @@ def client_data(ds: DatasetConfig, seed: int, parts: int, index: int) -> tuple[S
         idx = iid_slice(len(train), parts, index)
     if len(idx) == 0:
         raise ConfigError(f"dataset: client {index} of {parts} gets no training samples")
-    return train.take(idx), test.take(iid_slice(len(test), parts, index))
+    return train.take(idx), test.take(iid_slice(len(test), parts, index)), len(train)

@@ -28,6 +28,15 @@ def new_experiment_id(name: str) -> str:
     return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
+def public_context(cfg: ExperimentConfig) -> bytes:
+    """The keyless context from the key folder, for switches and the aggregator (b"" for `none`)."""
+    if cfg.encryption.scheme == "none":
+        return b""
+    from hefl.crypto.keys import read_public
+
+    return read_public(cfg.encryption)
+
+
 class Controller:
     """What `main.py agg` (and local mode) does from outside the nodes, over HTTP only."""
 
@@ -39,6 +48,7 @@ class Controller:
         self.out = out
         net = cfg.network
         self.transport = Transport(endpoints, Timeouts(net.connect_timeout_s, net.read_timeout_s, retries=2), token)
+        self.public_context = public_context(cfg)
 
     def run(self) -> list[dict[str, Any]]:
         self.exp_dir.mkdir(parents=True, exist_ok=True)
@@ -84,7 +94,7 @@ class Controller:
                  f"running {self.cfg.rounds} rounds")
 
     def _push(self, node: str) -> str:
-        body = make_push(self.raw, node, self.experiment, self.endpoints)
+        body = make_push(self.raw, node, self.experiment, self.endpoints, self.public_context)
         try:
             self.transport.post(node, "/config", json.dumps(body).encode(), content_type="application/json")
         except HeflError as exc:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,8 +14,10 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from hefl.config import ExperimentConfig
+from hefl.config import EncryptionConfig, ExperimentConfig, parse_config
+from hefl.crypto.params import fingerprint
 
 log = logging.getLogger(__name__)
 MAIN = Path(__file__).resolve().parent.parent / "main.py"
@@ -65,3 +69,32 @@ def stop_all(procs: list[subprocess.Popen[bytes]], grace: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+@contextmanager
+def local_keys(raw: dict[str, Any], cfg: ExperimentConfig, experiment: str,
+               ) -> Iterator[tuple[dict[str, Any], ExperimentConfig]]:
+    """Key material for one local run: the config's key folder when seal.sh made keys for these
+    parameters there, else fresh keys in keys/local-<experiment>/, removed when the run ends."""
+    enc = cfg.encryption
+    if enc.scheme == "none" or keys_match(enc):
+        yield raw, cfg
+        return
+    from hefl.crypto.keys import generate
+
+    key_dir = (Path("keys") / f"local-{experiment}").resolve()
+    raw = {**raw, "encryption": {**raw.get("encryption", {}), "scheme": enc.scheme, "key_dir": str(key_dir)}}
+    cfg = parse_config(raw)
+    try:
+        generate(cfg.encryption, key_dir)
+        yield raw, cfg
+    finally:
+        shutil.rmtree(key_dir, ignore_errors=True)
+
+
+def keys_match(enc: EncryptionConfig) -> bool:
+    try:
+        made_for = json.loads((Path(enc.key_dir) / "params.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(made_for == fingerprint(enc))

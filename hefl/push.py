@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,16 +15,22 @@ from hefl.nodes.base import NodeContext
 EXPERIMENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
-def make_push(raw: Mapping[str, Any], node: str, experiment: str, endpoints: Mapping[str, str]) -> dict[str, Any]:
-    """The body of POST /config for one node: the whole experiment, who it is, where its peers are."""
-    return {"node": node, "experiment": experiment, "config": dict(raw), "endpoints": dict(endpoints)}
+def make_push(raw: Mapping[str, Any], node: str, experiment: str, endpoints: Mapping[str, str],
+              public_context: bytes = b"") -> dict[str, Any]:
+    """The body of POST /config for one node: the whole experiment, who it is, where its peers are,
+    and, for a switch or the aggregator of an encrypted experiment, the keyless HE context (base64:
+    it is configuration, sent once; ciphertexts always travel as raw bytes)."""
+    body = {"node": node, "experiment": experiment, "config": dict(raw), "endpoints": dict(endpoints)}
+    if public_context and raw["others"].get(node, {}).get("type") != "client":
+        body["context"] = base64.b64encode(public_context).decode()
+    return body
 
 
 def parse_push(payload: Any, log_dir: Path, token: str) -> NodeContext:
     """Validate a pushed config; every problem is a one-line ConfigError."""
     if not isinstance(payload, dict):
         raise ConfigError("push: expected a JSON object")
-    unknown = set(payload) - {"node", "experiment", "config", "endpoints"}
+    unknown = set(payload) - {"node", "experiment", "config", "endpoints", "context"}
     if unknown:
         raise ConfigError(f"push: unknown key {sorted(unknown)[0]!r}")
     cfg = parse_config(payload.get("config"))
@@ -38,4 +45,8 @@ def parse_push(payload: Any, log_dir: Path, token: str) -> NodeContext:
     for nid, url in endpoints.items():
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ConfigError(f"push.endpoints[{nid!r}]: {url!r} is not an http(s) URL")
-    return NodeContext(cfg, node, experiment, endpoints, log_dir, token)
+    try:
+        context = base64.b64decode(payload.get("context") or "", validate=True)
+    except (ValueError, TypeError):
+        raise ConfigError("push.context: not base64") from None
+    return NodeContext(cfg, node, experiment, endpoints, log_dir, token, context)

@@ -38,7 +38,7 @@ class RunLog:
 
     def __init__(self, path: Path, node: str, role: str, experiment: str) -> None:
         self.path = path
-        self.header = {"node": node, "role": role, "experiment": experiment}
+        self.header: dict[str, Any] = {"node": node, "role": role, "experiment": experiment}
         self._records: dict[int, dict[str, Any]] = {}
         self._started: dict[int, float] = {}
         self._lock = threading.Lock()

@@ -1,37 +1,12 @@
-"""Weighted averaging, round buffers that accept or refuse messages, and the plaintext scheme."""
+"""Round buffers that accept or refuse messages, and the envelope."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from hefl.aggregation import RoundBuffer
-from hefl.crypto.plain import PlainScheme
 from hefl.errors import DuplicateMessage, ProtocolError
 from hefl.wire import Envelope, round_of
-
-
-def weighted_mean(models: list[np.ndarray], samples: list[int]) -> np.ndarray:
-    """FedAvg's global model, computed directly: the oracle for what the tree computes."""
-    return sum(m * n for m, n in zip(models, samples, strict=True)) / sum(samples)  # type: ignore[no-any-return]
-
-
-def test_plain_scheme_sum_through_float32_wire_within_1e6() -> None:
-    rng = np.random.default_rng(1)
-    start = rng.standard_normal(5000) * 0.3
-    models = [start + rng.standard_normal(5000) * 0.05 for _ in range(8)]
-    samples = [180] * 7 + [178]
-    scheme = PlainScheme(5000)
-    payloads = [scheme.encrypt((m - start) * n) for m, n in zip(models, samples, strict=True)]
-    halves = [scheme.add(payloads[:4]), scheme.add(payloads[4:])]
-    result = start + scheme.decrypt(scheme.add(halves)) / sum(samples)
-    np.testing.assert_allclose(result, weighted_mean(models, samples), atol=1e-6)
-
-
-def test_plain_scheme_refuses_wrong_length() -> None:
-    scheme = PlainScheme(10)
-    with pytest.raises(ProtocolError, match="payload is 36 bytes, expected 40"):
-        scheme.add([scheme.encrypt(np.zeros(10)), b"\x00" * 36])
 
 
 def env(sender: str, round_: int = 0, experiment: str = "e") -> Envelope:

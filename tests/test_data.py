@@ -37,9 +37,10 @@ def test_digits_clients_get_disjoint_slices_of_one_split() -> None:
     ds = DatasetConfig()
     parts = [client_data(ds, seed=0, parts=4, index=i) for i in range(4)]
     train_all, test_all = load(ds, seed=0)
-    assert sum(len(tr) for tr, _ in parts) == len(train_all) == 1797 - round(1797 * 0.2)
-    assert sum(len(te) for _, te in parts) == len(test_all)
-    np.testing.assert_array_equal(np.concatenate([tr.x for tr, _ in parts]), train_all.x)
+    assert sum(len(tr) for tr, _, _ in parts) == len(train_all) == 1797 - round(1797 * 0.2)
+    assert all(total == len(train_all) for _, _, total in parts)
+    assert sum(len(te) for _, te, _ in parts) == len(test_all)
+    np.testing.assert_array_equal(np.concatenate([tr.x for tr, _, _ in parts]), train_all.x)
     assert parts[0][0].x.shape[1:] == (1, 8, 8) and parts[0][0].x.max() <= 1.0
 
 

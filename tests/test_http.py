@@ -115,7 +115,7 @@ def test_switch_adds_or_forwards_and_relays_down(serve_node: Any, recorder: Reco
         (path, headers, body), = recorder.wait_for(1)
         assert (path, headers["X-Hefl-Sender"], headers["X-Hefl-Samples"], headers["X-Hefl-Contributors"]) == \
             ("/update", S0, "190", "2")
-        np.testing.assert_allclose(scheme.decrypt(body), updates[C0] + updates[C1], atol=1e-5)
+        np.testing.assert_allclose(scheme.decrypt(scheme.load(body), 1), updates[C0] + updates[C1], atol=1e-5)
     count = len(recorder.messages)
     total = scheme.encrypt(updates[C0] + updates[C1])
     assert wire.post("/global", Envelope(EXP, 0, C0, 190, 2), total) == 400  # not its parent
@@ -176,17 +176,18 @@ def test_client_trains_sends_and_applies_global(serve_node: Any, recorder: Recor
     samples = int(headers["X-Hefl-Samples"])
     assert (path, headers["X-Hefl-Sender"], headers["X-Hefl-Contributors"]) == ("/update", C0, "1")
     assert samples == 1438 // 2 and len(body) == 4 * scheme.size
-    other = np.full(scheme.size, 0.01) * 700
-    total = scheme.encrypt(scheme.decrypt(body) + other)
-    assert post(url, "/global", Envelope(EXP, 0, S0, samples + 700, 1), total).status_code == 400  # 1 of 2 clients
-    assert post(url, "/global", Envelope(EXP, 0, S0, samples + 700, 2), total).status_code == 202
+    sent = scheme.decrypt(scheme.load(body), 1)  # delta x n_i x m / N: here n_i x 2 / N = 1
+    other = np.full(scheme.size, 0.01)  # the other client's update
+    total = scheme.encrypt(sent + other)
+    assert post(url, "/global", Envelope(EXP, 0, S0, 1438, 1), total).status_code == 400  # 1 of 2 clients
+    assert post(url, "/global", Envelope(EXP, 0, S0, 1438, 2), total).status_code == 202
     (path, headers, body2), = recorder.wait_for(2)[1:]
     assert path == "/metrics" and 0 <= json.loads(body2)["accuracy"] <= 1
     assert wait_health(url, "finished")["state"] == "finished"
     stem = server.log_dir / EXP / C0.replace(":", "_")
     local, glob = np.load(f"{stem}.r0.local.npy"), np.load(f"{stem}.r0.global.npy")
-    start = local - scheme.decrypt(body) / samples  # what the update was computed from
-    np.testing.assert_allclose(glob, start + scheme.decrypt(total) / (samples + 700), atol=1e-6)
+    start = local - sent  # what the update was computed from (weight 1, nothing clipped)
+    np.testing.assert_allclose(glob, start + (sent + other) / 2, atol=1e-6)  # the mean of the two clients' models
 
 
 def test_node_is_reconfigured_for_a_new_role_without_restart(serve_node: Any, recorder: Recorder) -> None:

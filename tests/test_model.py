@@ -39,7 +39,7 @@ def test_flat_weights_round_trip() -> None:
 
 def test_training_is_seeded_and_learns() -> None:
     ds, t = DatasetConfig("digits"), TrainingConfig(epochs=3, device="cpu")
-    train, test = client_data(ds, seed=0, parts=1, index=0)
+    train, test, _ = client_data(ds, seed=0, parts=1, index=0)
     cpu = torch.device("cpu")
     runs = []
     for _ in range(2):

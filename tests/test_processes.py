@@ -237,3 +237,35 @@ def test_original_config_runs_unchanged(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sum(line.startswith("round ") for line in proc.stdout.splitlines()) == 10
     assert len(node_logs(experiment_dir(tmp_path))) == 7
+
+
+@pytest.mark.parametrize("scheme", ["ckks", "bfv"])
+def test_encrypted_run_matches_the_plaintext_run(local_run: Any, tmp_path: Path, scheme: str) -> None:
+    """Same seed, same tree: the encrypted global model follows the plaintext one; only clients can decrypt;
+    no byte of the secret key reaches a log."""
+    from hefl.config import EncryptionConfig
+    from hefl.crypto.keys import SECRET, generate
+
+    _, cfg, plain_exp = local_run
+    raw = json.loads(cfg.read_text())
+    raw["encryption"] = {"scheme": scheme, "key_dir": str(tmp_path / "keys")}
+    generate(EncryptionConfig(scheme=scheme, key_dir=str(tmp_path / "keys")), tmp_path / "keys")  # type: ignore[arg-type]
+    (tmp_path / "c.json").write_text(json.dumps(raw))
+    proc = run_main("local", "--config", str(tmp_path / "c.json"), "--log-dir", str(tmp_path / "log"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    exp = experiment_dir(tmp_path / "log")
+    plain = json.loads((plain_exp / "rounds.json").read_text())[-1]["accuracy"]
+    enc = json.loads((exp / "rounds.json").read_text())[-1]["accuracy"]
+    assert abs(plain - enc) <= (0.005 if scheme == "ckks" else 0.01)
+    client = "127.0.0.1_100.r2.global.npy"
+    diff = np.abs(np.load(exp / client) - np.load(plain_exp / client)).max()
+    assert diff <= (1e-4 if scheme == "ckks" else 5e-3), diff
+    logs = node_logs(exp)
+    assert {(d["role"], d["can_decrypt"], d["scheme"]) for d in logs.values()} == {
+        ("client", True, scheme), ("switch", False, scheme), ("aggregator", False, scheme)}
+    secret = (tmp_path / "keys" / SECRET).read_bytes()
+    windows = [secret[i:i + 32] for i in range(len(secret) // 8, len(secret) - 32, len(secret) // 8)]
+    for path in (tmp_path / "log").rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert not any(w in data for w in windows), path

@@ -37,7 +37,7 @@ def test_failed_reconfiguration_keeps_the_node_as_it_was(serve_node: Any, record
     for child in (C0, "127.0.0.1:101"):
         assert post(url, "/update", Envelope(EXP, 0, child, 10, 1), scheme.encrypt(np.ones(scheme.size))).status_code == 202
     (path, headers, body), = recorder.wait_for(1)  # the old role still works: it forwarded the sum
-    np.testing.assert_allclose(scheme.decrypt(body), 2 * np.ones(scheme.size))
+    np.testing.assert_allclose(scheme.decrypt(scheme.load(body), 1), 2 * np.ones(scheme.size))
 
 
 def test_repushing_the_running_experiment_keeps_its_log(serve_node: Any, recorder: Recorder) -> None:
@@ -117,7 +117,7 @@ def test_concurrent_updates_are_added_once(serve_node: Any, recorder: Recorder) 
     assert sorted(codes) == [202] * 8 + [409] * 8
     (path, headers, body), = recorder.wait_for(1)
     assert headers["X-Hefl-Contributors"] == "8" and headers["X-Hefl-Samples"] == "80"
-    np.testing.assert_allclose(scheme.decrypt(body), np.full(scheme.size, 36.0))  # 1 + ... + 8, each once
+    np.testing.assert_allclose(scheme.decrypt(scheme.load(body), 1), np.full(scheme.size, 36.0))  # 1 + ... + 8, each once
     assert wait_health(url, "running")["state"] == "running" and len(recorder.messages) == 1
 
 

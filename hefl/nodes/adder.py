@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from hefl.aggregation import RoundBuffer
 from hefl.errors import ProtocolError
@@ -19,20 +20,24 @@ class Adder(Node):
         self.buffer = RoundBuffer(ctx.experiment, self.cfg.contributors(self.id), self.cfg.rounds)
         self.clients = self.cfg.clients_under(self.id)
 
-    def check_upward(self, env: Envelope, payload: bytes) -> None:
-        """Refuse a message from a stranger, for another experiment or round, or with a bad payload."""
+    def check_upward(self, env: Envelope, payload: bytes) -> Any:
+        """Refuse a message from a stranger, for another experiment or round, or with a bad payload;
+        return the payload loaded (for ciphertexts: deserialized in this node's context, once)."""
         self.buffer.check(env)
         expected = len(self.cfg.clients_under(env.sender))
         if env.contributors != expected:
             raise ProtocolError(f"{env.sender!r} claims {env.contributors} contributors; it has {expected} clients")
         if env.samples <= 0:
             raise ProtocolError(f"{env.sender!r} sent an update of {env.samples} samples")
-        self.scheme.check(payload)
+        started = time.monotonic()
+        loaded = self.scheme.load(payload)
+        self.runlog.add_phase(env.round, "load", time.monotonic() - started)
+        return loaded
 
     def on_update(self, env: Envelope, payload: bytes) -> None:
         """Accept one child's update (a duplicate raises DuplicateMessage); work goes to the worker."""
-        self.check_upward(env, payload)
-        complete = self.buffer.accept(env, payload)
+        loaded = self.check_upward(env, payload)
+        complete = self.buffer.accept(env, loaded)
         self.runlog.begin(env.round)
         self._marks.setdefault(("first", env.round), time.monotonic())
         self.accepted(env, payload, complete)

@@ -9,15 +9,18 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hefl.config import ExperimentConfig
 from hefl.crypto import Scheme, make_scheme
-from hefl.errors import HeflError, ProtocolError
+from hefl.errors import ConfigError, HeflError, ProtocolError
 from hefl.modelspec import param_count
 from hefl.runlog import RunLog, log_name
 from hefl.transport import Timeouts, Transport
 from hefl.wire import Envelope, check_scope
+
+if TYPE_CHECKING:
+    from hefl.crypto.keys import KeyRing
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,7 @@ class NodeContext:
     endpoints: Mapping[str, str]
     log_dir: Path
     token: str = ""
+    context: bytes = b""  # the keyless HE context pushed to switches and the aggregator
 
     @property
     def exp_dir(self) -> Path:
@@ -52,13 +56,31 @@ class Node:
         net = ctx.cfg.network
         self.transport = Transport(ctx.endpoints, Timeouts(net.connect_timeout_s, net.read_timeout_s, net.retries),
                                    ctx.token, meter=self._meter_out)
-        self.scheme: Scheme = make_scheme(ctx.cfg.encryption, param_count(ctx.cfg.model, ctx.cfg.dataset))
+        self.scheme: Scheme = make_scheme(ctx.cfg.encryption, param_count(ctx.cfg.model, ctx.cfg.dataset),
+                                          self._keys(), seed=self.scheme_seed())
+        self.runlog.header.update(scheme=self.scheme.name, can_decrypt=self.scheme.can_decrypt)
         self.error = ""
         self.round = 0
         self.closed = False
         self._marks: dict[tuple[str, int], float] = {}
         self._jobs: queue.Queue[tuple[Callable[..., None], tuple[Any, ...]] | None] = queue.Queue()
         self._worker = threading.Thread(target=self._work, name=f"{self.role}-worker", daemon=True)
+
+    def _keys(self) -> KeyRing | None:
+        """Clients load the secret context from disk; every other role the pushed keyless one."""
+        enc = self.cfg.encryption
+        if enc.scheme == "none":
+            return None
+        from hefl.crypto import keys  # TenSEAL: only for encrypted experiments
+
+        if self.me.type == "client":
+            return keys.load_secret(enc)
+        if not self.ctx.context:
+            raise ConfigError(f"push.context: a {self.me.type} of a {enc.scheme} experiment needs the public context")
+        return keys.load_public(enc, self.ctx.context)
+
+    def scheme_seed(self) -> int:
+        return 0
 
     @property
     def max_body(self) -> int:
@@ -138,9 +160,9 @@ class Node:
         if env.sender != self.me.send:
             raise ProtocolError(f"{env.sender!r} is not this node's parent {self.me.send!r}")
         if not (allow_empty and not payload):
-            self.scheme.check(payload)
+            self.scheme.check(payload)  # a relay checks the shape; a client loads it as well
 
     def status(self) -> dict[str, Any]:
         return {"state": "failed" if self.error else ("finished" if self.runlog.finished else "running"),
                 "role": self.role, "node": self.id, "experiment": self.ctx.experiment, "round": self.round,
-                "error": self.error}
+                "scheme": self.scheme.name, "can_decrypt": self.scheme.can_decrypt, "error": self.error}

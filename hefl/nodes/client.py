@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from typing import Any
 
 import numpy as np
 
@@ -23,13 +25,20 @@ class ClientNode(Node):
         super().__init__(ctx)
         t = self.cfg.training
         self.device = pick_device(t.device)
-        self.train, self.test = client_data(self.cfg.dataset, t.seed, self.me.client_number, self.me.index)
+        self.train, self.test, self.all_samples = client_data(self.cfg.dataset, t.seed, self.me.client_number,
+                                                              self.me.index)
         self.model = build_model(self.cfg.model, self.cfg.dataset, t.seed).to(self.device)
         self.base = get_flat(self.model)  # the global model this round started from
         self.samples = len(self.train)
+        # what this client sends: its delta x n_i x m / N (m clients, N samples in all), so that the
+        # sum over clients is m x the weighted mean delta and stays within [-m clip, m clip]
+        self.weight = self.samples * self.me.client_number / self.all_samples
         warm_up(self.model, self.train, t, self.device)
         self._seen: set[tuple[str, int]] = set()
         self._lock = threading.Lock()
+
+    def scheme_seed(self) -> int:
+        return self.cfg.training.seed * 1_000_003 + self.me.index * 7919 + 17
 
     def on_down(self, path: str, env: Envelope, payload: bytes) -> None:
         """Accept the begin message (round 0) or a round's global result, once each."""
@@ -45,11 +54,14 @@ class ClientNode(Node):
             self._seen.add((path, env.round))
         if path == "/begin":
             self.submit(self.train_round, 0)
-        else:
-            self.submit(self.apply_global, env, payload)
+            return
+        started = time.monotonic()
+        loaded = self.scheme.load(payload)
+        self.runlog.add_phase(env.round, "load", time.monotonic() - started)
+        self.submit(self.apply_global, env, loaded)
 
     def train_round(self, r: int) -> None:
-        """Train locally, then send delta x samples, encoded by the scheme, to the parent."""
+        """Train locally, then send the weighted, clipped delta, encoded by the scheme, to the parent."""
         self.round = r
         self.runlog.begin(r)
         t = self.cfg.training
@@ -57,20 +69,24 @@ class ClientNode(Node):
             loss = train_epochs(self.model, self.train, t, self.device, seed=t.seed * 1_000_003 + self.me.index * 7919 + r)
             local = get_flat(self.model)
         self.save(f"r{r}.local", local)
+        update = (local - self.base) * self.weight
+        clip = self.cfg.encryption.clip
+        clipped = int(np.count_nonzero(np.abs(update) > clip))
         with self.runlog.phase(r, "serialize"):
-            payload = self.scheme.encrypt((local - self.base) * self.samples)
-        self.runlog.set(r, train_loss=loss, train_samples=self.samples)
+            payload = self.scheme.encrypt(np.clip(update, -clip, clip))
+        self.runlog.set(r, train_loss=loss, train_samples=self.samples, clipped=clipped)
         with self.runlog.phase(r, "send"):
             self.transport.post(self.me.send, "/update", payload, self.envelope(r, self.samples, 1).headers(), round_=r)
         self.mark("global", r)
 
-    def apply_global(self, env: Envelope, payload: bytes) -> None:
-        """New model = start of round + (sum of n_i x delta_i) / (sum of n_i); evaluate; report."""
+    def apply_global(self, env: Envelope, loaded: Any) -> None:
+        """New model = start of round + sum of n_i x delta_i / sum of n_i (FedAvg); evaluate; report."""
         r = env.round
         self.runlog.add_phase(r, "wait", self.since("global", r))
         with self.runlog.phase(r, "apply"):
-            total = self.scheme.decrypt(payload)
-            set_flat(self.model, self.base + total / env.samples)
+            total = self.scheme.decrypt(loaded, env.contributors)
+            scale = self.all_samples / (self.me.client_number * env.samples)  # 1/m when every client added
+            set_flat(self.model, self.base + total * scale)
             self.base = get_flat(self.model)
         self.save(f"r{r}.global", self.base)
         with self.runlog.phase(r, "evaluate"):

@@ -1,0 +1,35 @@
+"""Several ciphertexts in one binary body: a magic, a count, the lengths, then the bytes as serialized."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+from hefl.errors import ProtocolError
+
+MAGIC = b"HEF1"
+
+
+def frame(parts: Sequence[bytes]) -> bytes:
+    head = MAGIC + struct.pack(f"<I{len(parts)}I", len(parts), *(len(p) for p in parts))
+    return head + b"".join(parts)
+
+
+def unframe(payload: bytes, count: int) -> list[bytes]:
+    """Split a framed body into exactly `count` parts; anything else is a ProtocolError."""
+    if len(payload) < 8 or payload[:4] != MAGIC:
+        raise ProtocolError(f"payload of {len(payload)} bytes is not a framed ciphertext list")
+    (found,) = struct.unpack_from("<I", payload, 4)
+    if found != count:
+        raise ProtocolError(f"payload holds {found} ciphertexts, expected {count}")
+    start = 8 + 4 * count
+    if len(payload) < start:
+        raise ProtocolError("payload ends inside its header")
+    lengths = struct.unpack_from(f"<{count}I", payload, 8)
+    if start + sum(lengths) != len(payload):
+        raise ProtocolError(f"payload is {len(payload)} bytes, its header says {start + sum(lengths)}")
+    parts, at = [], start
+    for n in lengths:
+        parts.append(payload[at:at + n])
+        at += n
+    return parts

@@ -1,0 +1,102 @@
+"""HE parameters without TenSEAL: defaults, sizes, headroom, and refusing sets that cannot hold the sum."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from hefl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from hefl.config import EncryptionConfig
+
+DEFAULT_COEFFS = {"ckks": (40, 20), "bfv": (60, 20)}
+MAX_COEFF_BITS = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}  # SEAL, 128-bit security
+
+
+def coeffs(enc: EncryptionConfig) -> tuple[int, ...]:
+    return enc.coeff_mod_bit_sizes or DEFAULT_COEFFS.get(enc.scheme, ())
+
+
+def slots(enc: EncryptionConfig) -> int:
+    """Values in one ciphertext: n/2 for CKKS; n slots of two packed values for BFV."""
+    return enc.poly_modulus_degree // 2 if enc.scheme == "ckks" else 2 * enc.poly_modulus_degree
+
+
+def lane_bits(enc: EncryptionConfig) -> int:
+    """BFV packs two values per slot, each in a lane this wide; the slot must stay below t."""
+    return (enc.plain_modulus_bits - 1) // 2
+
+
+def max_clients(enc: EncryptionConfig) -> int:
+    """How many clients' updates one sum can hold without overflow."""
+    if enc.scheme == "bfv":
+        return int(2 ** (lane_bits(enc) - enc.quant_bits))
+    if enc.scheme == "ckks":
+        headroom = 2.0 ** (coeffs(enc)[0] - enc.scale_bits - 1)  # |sum| must stay below this
+        return math.floor(headroom / enc.clip - 1e-9)
+    return 2**31
+
+
+def check_encryption(enc: EncryptionConfig, clients: int) -> None:
+    """Refuse a parameter set that is malformed or cannot hold the sum of `clients` updates."""
+    if not enc.clip > 0:
+        raise ConfigError(f"encryption.clip: must be positive, got {enc.clip}")
+    if enc.scheme == "none":
+        return
+    n = enc.poly_modulus_degree
+    if n not in MAX_COEFF_BITS:
+        raise ConfigError(f"encryption.poly_modulus_degree: {n} is not one of {sorted(MAX_COEFF_BITS)}")
+    bits = coeffs(enc)
+    if len(bits) < 2 or any(not 17 <= b <= 60 for b in bits):
+        raise ConfigError(f"encryption.coeff_mod_bit_sizes: {list(bits)}: give at least two primes of 17..60 bits")
+    if sum(bits) > MAX_COEFF_BITS[n]:
+        raise ConfigError(f"encryption.coeff_mod_bit_sizes: {sum(bits)} bits in all is more than the "
+                          f"{MAX_COEFF_BITS[n]} that poly_modulus_degree {n} allows at 128-bit security")
+    if enc.scheme == "ckks" and not 10 <= enc.scale_bits < bits[0]:
+        raise ConfigError(f"encryption.scale_bits: {enc.scale_bits} must be at least 10 and below the first prime's {bits[0]}")
+    if enc.scheme == "bfv" and not (8 <= enc.quant_bits < lane_bits(enc) and enc.plain_modulus_bits < bits[0] - 4):
+        raise ConfigError(f"encryption: quant_bits {enc.quant_bits} and plain_modulus_bits {enc.plain_modulus_bits} "
+                          f"need 8 <= quant_bits < (plain_modulus_bits - 1) // 2 and plain_modulus_bits < {bits[0] - 4}")
+    if clients > max_clients(enc):
+        raise ConfigError(f"encryption: {enc.scheme} with these parameters holds the sum of at most "
+                          f"{max_clients(enc)} clients (clip {enc.clip:g}); the config has {clients}")
+
+
+def batching_prime(bits: int, poly_degree: int) -> int:
+    """The largest prime below 2^bits that is 1 mod 2n (BFV batching needs it)."""
+    step = 2 * poly_degree
+    k = (2**bits - 1) // step
+    while k > 0 and not _is_prime(k * step + 1):
+        k -= 1
+    return int(k * step + 1)
+
+
+def _is_prime(n: int) -> bool:
+    """Miller-Rabin with fixed bases: exact below 3.3e24, far past any plain modulus here."""
+    bases = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41)
+    if n < 2 or any(n % p == 0 for p in bases):
+        return n in bases
+    d, s = n - 1, 0
+    while d % 2 == 0:
+        d, s = d // 2, s + 1
+    for a in bases:
+        x = pow(a, d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(s - 1):
+            x = pow(x, 2, n)
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
+
+
+def fingerprint(enc: EncryptionConfig) -> dict[str, object]:
+    """What a context must have been made with to serve this config."""
+    fp: dict[str, object] = {"scheme": enc.scheme, "poly_modulus_degree": enc.poly_modulus_degree,
+                             "coeff_mod_bit_sizes": list(coeffs(enc))}
+    if enc.scheme == "bfv":
+        fp["plain_modulus"] = batching_prime(enc.plain_modulus_bits, enc.poly_modulus_degree)
+    return fp

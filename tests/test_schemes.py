@@ -1,0 +1,159 @@
+"""The three schemes behind one interface: sums through a tree, precision, refusals, keys by role."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tenseal as ts
+
+from hefl.config import EncryptionConfig, parse_config
+from hefl.crypto import Scheme, make_scheme
+from hefl.crypto.keys import PUBLIC, SECRET, generate, load_public, load_secret, read_public
+from hefl.crypto.params import batching_prime
+from hefl.errors import ConfigError, ProtocolError
+from hefl.push import make_push
+from tests.conftest import tree_config
+
+SCHEMES = ["none", "ckks", "bfv"]
+
+
+@pytest.fixture(scope="session")
+def key_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One key folder per encrypted scheme, made once (default parameters: already small)."""
+    dirs = {}
+    for name in ("ckks", "bfv"):
+        path = tmp_path_factory.mktemp(name)
+        generate(EncryptionConfig(scheme=name, key_dir=str(path)), path)  # type: ignore[arg-type]
+        dirs[name] = path
+    return dirs
+
+
+def schemes(name: str, size: int, key_dirs: dict[str, Path], seed: int = 0) -> tuple[Scheme, Scheme]:
+    """(a client's scheme, a switch's scheme) of one experiment."""
+    enc = EncryptionConfig(scheme=name, key_dir=str(key_dirs.get(name, "")))  # type: ignore[arg-type]
+    if name == "none":
+        return make_scheme(enc, size), make_scheme(enc, size)
+    return (make_scheme(enc, size, load_secret(enc), seed),
+            make_scheme(enc, size, load_public(enc, read_public(enc))))
+
+
+TOLERANCE = {"none": 1e-5, "ckks": 1e-4, "bfv": 8 * 2 / (2**16 - 1)}  # bfv: one quantization step per client
+
+
+@pytest.mark.parametrize("name", SCHEMES)
+def test_sum_through_a_two_level_tree(name: str, key_dirs: dict[str, Path]) -> None:
+    size = 5000  # more than one ciphertext for every scheme
+    rng = np.random.default_rng(0)
+    values = [rng.uniform(-1, 1, size) for _ in range(8)]
+    client, switch = schemes(name, size, key_dirs)
+    payloads = [client.encrypt(v) for v in values]
+    halves = [switch.add([switch.load(p) for p in payloads[:4]]), switch.add([switch.load(p) for p in payloads[4:]])]
+    total = switch.add([switch.load(h) for h in halves])
+    np.testing.assert_allclose(client.decrypt(client.load(total), 8), np.sum(values, axis=0), atol=TOLERANCE[name])
+
+
+def test_ckks_sum_of_100_unit_vectors(key_dirs: dict[str, Path]) -> None:
+    client, switch = schemes("ckks", 2048, key_dirs)
+    rng = np.random.default_rng(1)
+    values = [rng.uniform(-1, 1, 2048) for _ in range(100)]
+    total = switch.add([switch.load(client.encrypt(v)) for v in values])
+    assert np.abs(client.decrypt(client.load(total), 100) - np.sum(values, axis=0)).max() < 1e-4
+
+
+def test_bfv_sums_of_128_clients_are_exact(key_dirs: dict[str, Path]) -> None:
+    """What decrypts equals the sum of the quantized integers, exactly: no overflow, no noise."""
+    size = 3000
+    rng = np.random.default_rng(2)
+    values = [rng.uniform(-1, 1, size) for _ in range(128)]
+    clients = [schemes("bfv", size, key_dirs, seed=i)[0] for i in range(128)]
+    switch = schemes("bfv", size, key_dirs)[1]
+    total = switch.add([switch.load(c.encrypt(v)) for c, v in zip(clients, values, strict=True)])
+    from hefl.crypto.quantize import dequantize_sum, quantize
+
+    ints = sum(quantize(v, 1.0, 16, np.random.default_rng(i)) for i, v in enumerate(values))
+    expected = dequantize_sum(np.asarray(ints), 1.0, 16, 128)
+    np.testing.assert_allclose(clients[0].decrypt(clients[0].load(total), 128), expected, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["ckks", "bfv"])
+def test_switches_cannot_decrypt(name: str, key_dirs: dict[str, Path]) -> None:
+    client, switch = schemes(name, 100, key_dirs)
+    assert client.can_decrypt and not switch.can_decrypt
+    loaded = switch.load(client.encrypt(np.zeros(100)))
+    with pytest.raises(ValueError, match="secret"):
+        switch.decrypt(loaded, 1)
+
+
+@pytest.mark.parametrize("name", ["ckks", "bfv"])
+def test_load_refuses_foreign_or_broken_ciphertexts(name: str, key_dirs: dict[str, Path], tmp_path: Path) -> None:
+    client, switch = schemes(name, 5000, key_dirs)
+    good = client.encrypt(np.zeros(5000))
+    other_enc = EncryptionConfig(scheme=name, poly_modulus_degree=8192, coeff_mod_bit_sizes=(60, 40, 60),  # type: ignore[arg-type]
+                                 scale_bits=40, key_dir=str(tmp_path))
+    generate(other_enc, tmp_path)
+    foreign = make_scheme(other_enc, 5000, load_secret(other_enc)).encrypt(np.zeros(5000))
+    short = schemes(name, 100, key_dirs)[0].encrypt(np.zeros(100))
+    for bad, match in ((good[:-50], "payload is|header says"), (b"x" * 100, "not a framed"),
+                       (foreign, "ciphertext|payload"), (short, "holds")):
+        with pytest.raises(ProtocolError, match=match):
+            switch.load(bad)
+
+
+def test_wire_sizes_per_parameter(key_dirs: dict[str, Path]) -> None:
+    size = 300_000  # large updates: the last, partly filled ciphertext hardly counts
+    values = np.random.default_rng(3).uniform(-1, 1, size)
+    per_param = {name: len(schemes(name, size, key_dirs)[0].encrypt(values)) / size for name in SCHEMES}
+    assert per_param["none"] == 4
+    assert per_param["ckks"] <= 25
+    assert per_param["bfv"] <= 8.5
+
+
+@pytest.mark.parametrize(("encryption", "clients", "match"), [
+    ({"scheme": "bfv"}, 129, "holds the sum of at most 128 clients"),
+    ({"scheme": "ckks", "clip": 100.0}, 8, "at most 5 clients"),
+    ({"scheme": "ckks", "coeff_mod_bit_sizes": [60, 60]}, 2, "120 bits in all is more than the 109"),
+    ({"scheme": "ckks", "scale_bits": 40}, 2, "scale_bits: 40 must be at least 10 and below the first prime's 40"),
+    ({"scheme": "bfv", "quant_bits": 23}, 2, "quant_bits 23"),
+    ({"scheme": "none", "clip": 0}, 2, "clip: must be positive"),
+])
+def test_parameters_that_cannot_hold_the_sum_are_refused(encryption: dict[str, Any], clients: int, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        parse_config(tree_config(clients=clients, leaves=1, spine=False, encryption=encryption))
+
+
+def test_key_files_by_role(key_dirs: dict[str, Path], tmp_path: Path) -> None:
+    folder = key_dirs["ckks"]
+    assert (os.stat(folder / SECRET).st_mode & 0o777) == 0o600
+    assert ts.context_from((folder / SECRET).read_bytes()).is_private()
+    public = (folder / PUBLIC).read_bytes()
+    assert not ts.context_from(public).is_private() and len(public) < 200
+    enc = EncryptionConfig(scheme="ckks", key_dir=str(folder))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="holds a secret key"):
+        load_public(enc, (folder / SECRET).read_bytes())
+    with pytest.raises(ConfigError, match="were made for"):
+        load_secret(EncryptionConfig(scheme="ckks", key_dir=str(folder), poly_modulus_degree=8192))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="run ./seal.sh"):
+        load_secret(EncryptionConfig(scheme="ckks", key_dir=str(tmp_path)))  # type: ignore[arg-type]
+    assert json.loads((key_dirs["bfv"] / "params.json").read_text())["plain_modulus"] == batching_prime(47, 4096)
+
+
+def test_only_the_keyless_context_is_pushed(key_dirs: dict[str, Path]) -> None:
+    raw = tree_config(encryption={"scheme": "ckks", "key_dir": str(key_dirs["ckks"])})
+    cfg = parse_config(raw)
+    secret = (key_dirs["ckks"] / SECRET).read_bytes()
+    windows = [secret[i:i + 48] for i in range(len(secret) // 4, len(secret), len(secret) // 4)]
+    public = read_public(cfg.encryption)
+    for node in cfg.nodes:
+        body = make_push(raw, node, "e", {}, public)
+        if cfg.nodes[node].type == "client":
+            assert "context" not in body
+        else:
+            assert not ts.context_from(base64.b64decode(body["context"])).is_private()
+        text = json.dumps(body).encode()
+        assert not any(w in text or w in base64.b64decode(body.get("context", "")) for w in windows)
