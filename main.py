@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from hefl.credential import DEFAULT_TOKEN, create_token, read_token
@@ -53,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
         cmd.set_defaults(func=func)
     token = sub.add_parser("token", help=f"create the experiment credential file ({DEFAULT_TOKEN}) if missing")
     token.set_defaults(func=_token)
+    seal = sub.add_parser("seal", help="self-test TenSEAL and write the key material of the config (seal.sh runs it)")
+    seal.add_argument("--config", default="config.json", help="experiment config (default: %(default)s)")
+    seal.add_argument("--scheme", choices=["ckks", "bfv"], help="override encryption.scheme of the config")
+    seal.add_argument("--key-dir", help="where to write the keys (default: the config's encryption.key_dir)")
+    seal.set_defaults(func=_seal)
     for cmd in (node, *sub.choices.values()):
         if not any(a.dest == "log_dir" for a in cmd._actions):
             cmd.add_argument("--log-dir", type=Path, default=Path("log"), help="experiment logs (default: %(default)s)")
@@ -101,6 +107,30 @@ def _local(args: argparse.Namespace) -> int:
 def _token(args: argparse.Namespace) -> int:
     written = create_token(args.token_file)
     print(f"{'wrote' if written else 'kept the existing'} {args.token_file}; copy it to every node (deploy/ does)")
+    return 0
+
+
+def _seal(args: argparse.Namespace) -> int:
+    from hefl.config import load_config
+    from hefl.crypto.selftest import round_trip, versions
+
+    overrides: dict[str, dict[str, str]] = {"encryption": {}}
+    if args.scheme:
+        overrides["encryption"]["scheme"] = args.scheme
+    if args.key_dir:
+        overrides["encryption"]["key_dir"] = args.key_dir
+    enc = load_config(args.config, overrides).encryption
+    print(versions())
+    for scheme in ("ckks", "bfv"):
+        round_trip(replace(enc, scheme=scheme) if scheme != enc.scheme else enc)
+    if enc.scheme == "none":
+        print(f"{args.config} uses scheme none: no keys needed (give --scheme ckks|bfv to make some)")
+        return 0
+    from hefl.crypto.keys import generate
+
+    generate(enc, Path(enc.key_dir))
+    print(f"wrote {enc.key_dir}/secret.ctx (mode 600: clients only), {enc.key_dir}/public.ctx (parameters only: "
+          f"`agg` pushes it to switches and the aggregator), {enc.key_dir}/params.json, for {enc.scheme}")
     return 0
 
 

@@ -1,0 +1,54 @@
+"""seal.sh's checks: TenSEAL imports and round-trips (encrypt, add, decrypt) with the experiment's parameters."""
+
+from __future__ import annotations
+
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from hefl.config import EncryptionConfig
+from hefl.crypto import make_scheme
+from hefl.crypto.keys import generate, load_public, load_secret, read_public
+from hefl.errors import HeflError
+
+
+def round_trip(enc: EncryptionConfig, size: int = 20_000, out: Callable[[str], None] = print) -> None:
+    """Encrypt two vectors on 'clients', add them on a keyless 'switch', decrypt: check and time it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        enc = replace(enc, key_dir=tmp)
+        generate(enc, Path(tmp))
+        client = make_scheme(enc, size, load_secret(enc), seed=1)
+        switch = make_scheme(enc, size, load_public(enc, read_public(enc)))
+        rng = np.random.default_rng(0)
+        a, b = rng.uniform(-enc.clip, enc.clip, size), rng.uniform(-enc.clip, enc.clip, size)
+        t0 = time.perf_counter()
+        pa, pb = client.encrypt(a), client.encrypt(b)
+        t1 = time.perf_counter()
+        total = switch.add([switch.load(pa), switch.load(pb)])
+        t2 = time.perf_counter()
+        got = client.decrypt(client.load(total), 2)
+        t3 = time.perf_counter()
+        error = float(np.abs(got - (a + b)).max())
+        tolerance = 1e-3 if enc.scheme == "ckks" else 4 * enc.clip / 2**enc.quant_bits
+        try:
+            switch.decrypt(switch.load(total), 2)
+            keyless = False
+        except ValueError:
+            keyless = True
+        out(f"{enc.scheme}: {len(pa) / size:.1f} B/param, encrypt {2 * size / (t1 - t0) / 1e6:.2f} Mparam/s, "
+            f"load+add {2 * size / (t2 - t1) / 1e6:.2f} Mparam/s, decrypt {size / (t3 - t2) / 1e6:.2f} Mparam/s, "
+            f"max error {error:.1e}, keyless context cannot decrypt: {keyless}")
+        if error > tolerance or not keyless:
+            raise HeflError(f"{enc.scheme} self-test failed: max error {error:.2e} (tolerance {tolerance:.1e}), "
+                            f"keyless context refused decryption: {keyless}")
+
+
+def versions() -> str:
+    import tenseal
+
+    return f"python {platform.python_version()}, tenseal {tenseal.__version__}, numpy {np.__version__}"

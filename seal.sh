@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set up the HE library (TenSEAL) in .venv, self-test it, and write the experiment's key material.
+#   ./seal.sh [--config config.json] [--scheme ckks|bfv] [--key-dir keys]
+# Writes KEY_DIR/secret.ctx (clients only: deploy/cluster.sh keys copies it to them),
+# KEY_DIR/public.ctx (parameters only) and KEY_DIR/params.json.
+set -euo pipefail
+cd "$(dirname "$0")"
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+if ! .venv/bin/python -c "import tenseal" 2>/dev/null; then
+  .venv/bin/pip install -r requirements.txt
+fi
+exec .venv/bin/python main.py seal "$@"
