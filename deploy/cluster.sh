@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Drive every host of a config from the aggregator node over ssh/rsync: sync, setup, token, firewall,
-# start, stop, status, collect. A host that is this machine runs locally. See deploy/README.md.
+# Drive every host of a config from the aggregator node over ssh/rsync: sync, setup, token, keys,
+# firewall, start, stop, status, collect. A host that is this machine runs locally. See deploy/README.md.
 set -euo pipefail
 
-USAGE="usage: deploy/cluster.sh {hosts|sync|setup|token|firewall|start|stop|status|collect} [--config config.json] [--user USER] [--dir REMOTE_REPO] [--subnet 10.10.1.0/24] [--only HOST,...]"
-COMMANDS=" hosts sync setup token firewall start stop status collect "
+USAGE="usage: deploy/cluster.sh {hosts|sync|setup|token|keys|firewall|start|stop|status|collect} [--config config.json] [--user USER] [--dir REMOTE_REPO] [--subnet 10.10.1.0/24] [--only HOST,...]"
+COMMANDS=" hosts sync setup token keys firewall start stop status collect "
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 bad_usage() { echo "cluster.sh: $*; $USAGE" >&2; exit 2; }
@@ -68,7 +68,7 @@ try:
     cfg = load_config(sys.argv[1])
     for nid in cfg.nodes:
         host = nid.rsplit(":", 1)[0] if ":" in nid else nid
-        print(host, node_port(nid, cfg.network.port))
+        print(host, node_port(nid, cfg.network.port), cfg.nodes[nid].type)
 except Exception as exc:  # one line, whatever went wrong
     sys.exit(f"error: {exc}")
 EOF
@@ -77,9 +77,11 @@ EOF
 NODES=() # "host port", one per node
 HOSTS=() # distinct hosts, in config order
 declare -A PORTS=() # host -> its distinct ports, space separated
-while read -r h p; do
+declare -A CLIENT_HOSTS=() # hosts with a client node: the only ones that get the secret HE context
+while read -r h p role; do
     [[ -n $h ]] || continue
     NODES+=("$h $p")
+    [[ $role != client ]] || CLIENT_HOSTS[$h]=1
     if [[ -z ${PORTS[$h]+set} ]]; then HOSTS+=("$h"); PORTS[$h]=$p
     elif [[ " ${PORTS[$h]} " != *" $p "* ]]; then PORTS[$h]+=" $p"; fi
 done <<<"$nodes_out"
@@ -129,8 +131,10 @@ one_port() {
 
 do_sync() {
     local h=$1
+    # key material never travels with the code: `keys` sends each host only what its role may hold
     local excludes=(--exclude=/.venv --exclude=/log --exclude=/.git --exclude=__pycache__/
-        --exclude=.pytest_cache/ --exclude=.mypy_cache/ --exclude=.ruff_cache/)
+        --exclude=.pytest_cache/ --exclude=.mypy_cache/ --exclude=.ruff_cache/
+        --exclude='/keys/*.ctx' --exclude=/keys/params.json --exclude='/keys/local-*')
     if is_local "$h"; then
         [[ $dir != "$ROOT" ]] || { echo "this machine is the source"; return 0; }
         mkdir -p "$dir" && rsync -a "${excludes[@]}" ./ "$dir/"
@@ -152,6 +156,19 @@ do_token() {
     on_host "$h" "mkdir -p $QDIR/keys && chmod 700 $QDIR/keys && umask 077 \
         && cat >$QDIR/keys/token.new && chmod 600 $QDIR/keys/token.new && mv -f $QDIR/keys/token.new $QDIR/keys/token \
         && echo 'keys/token copied (mode 600)'" <keys/token
+}
+
+do_keys() { # clients get secret.ctx; every host gets public.ctx and params.json, and loses any secret.ctx
+    local h=$1 files=(keys/public.ctx keys/params.json)
+    [[ -z ${CLIENT_HOSTS[$h]+set} ]] || files+=(keys/secret.ctx)
+    if is_local "$h" && [[ $dir == "$ROOT" ]]; then echo "this machine holds the key folder"; return 0; fi
+    on_host "$h" "mkdir -p $QDIR/keys && chmod 700 $QDIR/keys && rm -f $QDIR/keys/secret.ctx" || return 1
+    if is_local "$h"; then
+        cp -p "${files[@]}" "$dir/keys/"
+    else
+        rsync -a -e "$RSYNC_SSH" --chmod=F600 "${files[@]}" "$(target "$h"):$dir/keys/"
+    fi
+    echo "copied ${files[*]##*/}"
 }
 
 do_firewall() {
@@ -236,6 +253,18 @@ case $command in
         [[ -s keys/token ]] || die "keys/token is empty"
         chmod 700 keys && chmod 600 keys/token
         run_all token "${HOSTS[@]}"
+        ;;
+    keys)
+        for f in keys/secret.ctx keys/public.ctx keys/params.json; do
+            [[ -f $f ]] || die "$f missing: run ./seal.sh (with the config's scheme) first"
+        done
+        run_all keys "${HOSTS[@]}"
+        mine=no
+        for h in "${!CLIENT_HOSTS[@]}"; do if is_local "$h"; then mine=yes; fi; done
+        if [[ $mine == no ]]; then
+            rm -f keys/secret.ctx
+            echo "removed keys/secret.ctx here: this machine runs no client, and only clients hold the secret key"
+        fi
         ;;
     firewall)
         # Every node must reach every other node: refuse a subnet that leaves one of them out.
