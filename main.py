@@ -121,8 +121,8 @@ def _seal(args: argparse.Namespace) -> int:
         overrides["encryption"]["key_dir"] = args.key_dir
     enc = load_config(args.config, overrides).encryption
     print(versions())
-    for scheme in ("ckks", "bfv"):
-        round_trip(replace(enc, scheme=scheme) if scheme != enc.scheme else enc)
+    for scheme in ("ckks", "bfv"):  # the config's parameters for its scheme, the defaults for the other
+        round_trip(enc if scheme == enc.scheme else replace(enc, scheme=scheme, coeff_mod_bit_sizes=()))
     if enc.scheme == "none":
         print(f"{args.config} uses scheme none: no keys needed (give --scheme ckks|bfv to make some)")
         return 0

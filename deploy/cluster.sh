@@ -261,7 +261,7 @@ case $command in
         run_all keys "${HOSTS[@]}"
         mine=no
         for h in "${!CLIENT_HOSTS[@]}"; do if is_local "$h"; then mine=yes; fi; done
-        if [[ $mine == no ]]; then
+        if [[ $mine == no && -z $only ]]; then
             rm -f keys/secret.ctx
             echo "removed keys/secret.ctx here: this machine runs no client, and only clients hold the secret key"
         fi

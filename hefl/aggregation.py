@@ -43,6 +43,12 @@ class RoundBuffer:
         if env.sender not in self.senders:
             raise ProtocolError(f"sender {env.sender!r} is not one this node adds (expected {list(self.senders)})")
 
+    def check_new(self, env: Envelope) -> None:
+        """Raise DuplicateMessage if this (round, sender) was already taken (`accept` decides for sure)."""
+        with self._lock:
+            if env.round in self._released or env.sender in self._inboxes.get(env.round, Inbox()).payloads:
+                raise DuplicateMessage(f"round {env.round} from {env.sender!r} already received")
+
     def accept(self, env: Envelope, payload: Any) -> bool:
         """Store a message; True when it completes its round."""
         self.check(env)

@@ -66,6 +66,7 @@ class EncryptionConfig:
     quant_bits: int = 16  # bfv: bits per quantized value
     clip: float = 1.0  # every scheme: each value a client sends is clipped to [-clip, clip]
     key_dir: str = "keys"  # clients read secret.ctx here; `agg` reads public.ctx here
+    processes: int = 1  # clients: worker processes that encrypt an update's ciphertexts (set to the cores)
 
 
 @dataclass(frozen=True)

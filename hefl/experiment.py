@@ -49,6 +49,7 @@ class Controller:
         net = cfg.network
         self.transport = Transport(endpoints, Timeouts(net.connect_timeout_s, net.read_timeout_s, retries=2), token)
         self.public_context = public_context(cfg)
+        self.key_ids: dict[str, str] = {}
 
     def run(self) -> list[dict[str, Any]]:
         self.exp_dir.mkdir(parents=True, exist_ok=True)
@@ -90,15 +91,21 @@ class Controller:
             errors = [e for e in pool.map(self._push, self.cfg.nodes) if e]
         if errors:
             raise ConfigError(f"{len(errors)} node(s) refused their config: " + " | ".join(errors))
+        ids = {self.key_ids.get(n, "") for n in self.cfg.clients()}
+        if len(ids) > 1:
+            found = ", ".join(f"{n}={self.key_ids.get(n)}" for n in self.cfg.clients())
+            raise ConfigError(f"clients hold different key pairs ({found}): copy one ./seal.sh run to all of them "
+                              "(deploy/cluster.sh keys)")
         self.out(f"configured {len(self.cfg.nodes)} nodes in {time.monotonic() - started:.1f} s; "
                  f"running {self.cfg.rounds} rounds")
 
     def _push(self, node: str) -> str:
         body = make_push(self.raw, node, self.experiment, self.endpoints, self.public_context)
         try:
-            self.transport.post(node, "/config", json.dumps(body).encode(), content_type="application/json")
+            resp = self.transport.post(node, "/config", json.dumps(body).encode(), content_type="application/json")
         except HeflError as exc:
             return str(exc)
+        self.key_ids[node] = resp.json().get("key_id", "") if resp.status_code == 200 else ""
         return ""
 
     def follow(self) -> list[dict[str, Any]]:

@@ -118,9 +118,13 @@ def test_wire_sizes_per_parameter(key_dirs: dict[str, Path]) -> None:
     ({"scheme": "bfv"}, 129, "holds the sum of at most 128 clients"),
     ({"scheme": "ckks", "clip": 100.0}, 8, "at most 5 clients"),
     ({"scheme": "ckks", "coeff_mod_bit_sizes": [60, 60]}, 2, "120 bits in all is more than the 109"),
-    ({"scheme": "ckks", "scale_bits": 40}, 2, "scale_bits: 40 must be at least 10 and below the first prime's 40"),
-    ({"scheme": "bfv", "quant_bits": 23}, 2, "quant_bits 23"),
+    ({"scheme": "ckks", "scale_bits": 40}, 2, r"scale_bits: 40 must be at least 20 \(precision\) and below the first prime's 40"),
+    ({"scheme": "bfv", "quant_bits": 23}, 2, "quant_bits: 23 must be 8 or more"),
     ({"scheme": "none", "clip": 0}, 2, "clip: must be positive"),
+    ({"scheme": "bfv", "plain_modulus_bits": 50}, 64, "bfv noise"),
+    ({"scheme": "bfv", "plain_modulus_bits": 55}, 2, "bfv noise"),
+    ({"scheme": "bfv", "poly_modulus_degree": 8192, "plain_modulus_bits": 19, "quant_bits": 8}, 2, "no batching prime above"),
+    ({"scheme": "ckks", "scale_bits": 10}, 2, "must be at least 20"),
 ])
 def test_parameters_that_cannot_hold_the_sum_are_refused(encryption: dict[str, Any], clients: int, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
@@ -155,5 +159,90 @@ def test_only_the_keyless_context_is_pushed(key_dirs: dict[str, Path]) -> None:
             assert "context" not in body
         else:
             assert not ts.context_from(base64.b64decode(body["context"])).is_private()
-        text = json.dumps(body).encode()
-        assert not any(w in text or w in base64.b64decode(body.get("context", "")) for w in windows)
+        pushed = base64.b64decode(body.get("context", ""))
+        assert not any(w in pushed for w in windows)
+
+
+@pytest.mark.parametrize("name", ["ckks", "bfv"])
+def test_encryption_in_worker_processes(name: str, key_dirs: dict[str, Path]) -> None:
+    size = 4 * 8192  # enough ciphertexts for two workers
+    enc = EncryptionConfig(scheme=name, key_dir=str(key_dirs[name]), processes=2)  # type: ignore[arg-type]
+    client = make_scheme(enc, size, load_secret(enc), seed=3)
+    switch = schemes(name, size, key_dirs)[1]
+    try:
+        values = np.random.default_rng(4).uniform(-1, 1, size)
+        total = switch.add([switch.load(client.encrypt(values)), switch.load(client.encrypt(values))])
+        np.testing.assert_allclose(client.decrypt(client.load(total), 2), 2 * values, atol=TOLERANCE[name])
+    finally:
+        client.close()
+
+
+def _fields(blob: bytes) -> list[tuple[int, bytes]]:
+    """Top-level (field number, raw bytes of the whole field) of a protobuf message (TenSEAL's vectors)."""
+    out, i = [], 0
+    while i < len(blob):
+        start = i
+        key, i = _varint(blob, i)
+        kind = key & 7
+        if kind == 0:
+            _, i = _varint(blob, i)
+        elif kind == 1:
+            i += 8
+        elif kind == 2:
+            n, i = _varint(blob, i)
+            i += n
+        else:
+            raise ValueError(kind)
+        out.append((key >> 3, blob[start:i]))
+    return out
+
+
+def _varint(blob: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = blob[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, i
+
+
+@pytest.mark.parametrize("name", ["ckks", "bfv"])
+@pytest.mark.parametrize("ciphertexts", [0, 2])
+def test_vectors_without_exactly_one_ciphertext_are_refused(name: str, ciphertexts: int, key_dirs: dict[str, Path]) -> None:
+    """A vector declaring its size but holding no (or two) SEAL ciphertexts loads in TenSEAL and used to
+    crash the adding node (segfault); it must be refused when it arrives."""
+    from hefl.crypto.frame import frame, unframe
+
+    client, switch = schemes(name, 100, key_dirs)
+    (part,) = unframe(client.encrypt(np.zeros(100)), 1)
+    fields = _fields(part)
+    cts = [raw for number, raw in fields if number == 2]
+    crafted = b"".join(raw for number, raw in fields if number != 2) + b"".join(cts * ciphertexts)
+    with pytest.raises(ProtocolError, match=f"holds {ciphertexts} SEAL ciphertexts"):
+        switch.load(frame([crafted]))
+
+
+@pytest.mark.parametrize("edge", [-1.0, 1.0])
+def test_bfv_128_clients_at_the_clip_edges(edge: float, key_dirs: dict[str, Path]) -> None:
+    size = 2 * 8192 + 5  # several ciphertexts, the last partly filled, an odd count
+    client, switch = schemes("bfv", size, key_dirs)
+    one = switch.load(client.encrypt(np.full(size, edge)))
+    total = switch.add([one] + [switch.load(client.encrypt(np.full(size, edge))) for _ in range(127)])
+    np.testing.assert_allclose(client.decrypt(client.load(total), 128), np.full(size, 128 * edge), atol=1e-9)
+
+
+def test_seal_with_an_explicit_parameter_list(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps(tree_config(encryption={"scheme": "ckks", "coeff_mod_bit_sizes": [40, 20]})))
+    proc = subprocess.run([sys.executable, "main.py", "seal", "--config", str(cfg), "--key-dir", str(tmp_path / "k")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ckks:" in proc.stdout and "bfv:" in proc.stdout and (tmp_path / "k" / SECRET).is_file()
+    assert json.loads((tmp_path / "k" / "params.json").read_text())["key_id"]

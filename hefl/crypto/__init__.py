@@ -35,6 +35,8 @@ class Scheme(Protocol):
 
     def decrypt(self, loaded: Any, contributors: int) -> np.ndarray: ...
 
+    def close(self) -> None: ...
+
 
 def make_scheme(enc: EncryptionConfig, size: int, keys: KeyRing | None = None, seed: int = 0) -> Scheme:
     """The experiment's scheme for updates of `size` values; `keys` holds this node's context

@@ -6,7 +6,6 @@ import numpy as np
 import tenseal as ts
 
 from hefl.config import EncryptionConfig
-from hefl.crypto.frame import frame
 from hefl.crypto.keys import KeyRing
 from hefl.crypto.params import batching_prime, lane_bits
 from hefl.crypto.quantize import dequantize_sum, pack, quantize, unpack
@@ -29,11 +28,9 @@ class BfvScheme(VectorScheme):
         q = quantize(values, self.enc.clip, self.enc.quant_bits, self.rng)
         packed = pack(q, self.lane)
         per_ct = self.slots // 2
-        parts = [ts.bfv_vector(self.ctx, packed[i:i + per_ct].tolist()).serialize()
-                 for i in range(0, len(packed), per_ct)]
-        return frame(parts)
+        return self.encrypt_chunks([packed[i:i + per_ct] for i in range(0, len(packed), per_ct)], ts.bfv_vector)
 
     def decrypt(self, loaded: list[ts.BFVVector], contributors: int) -> np.ndarray:
-        slots = np.concatenate([np.asarray(vec.decrypt(), dtype=object) % self.modulus for vec in loaded])
-        total = unpack(slots.astype(np.int64), self.lane, self.size)
+        slots = np.concatenate([np.asarray(vec.decrypt(), dtype=np.int64) % self.modulus for vec in loaded])
+        total = unpack(slots, self.lane, self.size)
         return dequantize_sum(total, self.enc.clip, self.enc.quant_bits, contributors)

@@ -12,11 +12,11 @@ MAGIC = b"HEF1"
 
 def frame(parts: Sequence[bytes]) -> bytes:
     head = MAGIC + struct.pack(f"<I{len(parts)}I", len(parts), *(len(p) for p in parts))
-    return head + b"".join(parts)
+    return b"".join([head, *parts])  # one copy of the ciphertexts, not two
 
 
-def unframe(payload: bytes, count: int) -> list[bytes]:
-    """Split a framed body into exactly `count` parts; anything else is a ProtocolError."""
+def frame_lengths(payload: bytes, count: int) -> tuple[int, ...]:
+    """The part lengths a framed body declares, checked against its size (nothing is copied)."""
     if len(payload) < 8 or payload[:4] != MAGIC:
         raise ProtocolError(f"payload of {len(payload)} bytes is not a framed ciphertext list")
     (found,) = struct.unpack_from("<I", payload, 4)
@@ -25,10 +25,16 @@ def unframe(payload: bytes, count: int) -> list[bytes]:
     start = 8 + 4 * count
     if len(payload) < start:
         raise ProtocolError("payload ends inside its header")
-    lengths = struct.unpack_from(f"<{count}I", payload, 8)
+    lengths: tuple[int, ...] = struct.unpack_from(f"<{count}I", payload, 8)
     if start + sum(lengths) != len(payload):
         raise ProtocolError(f"payload is {len(payload)} bytes, its header says {start + sum(lengths)}")
-    parts, at = [], start
+    return lengths
+
+
+def unframe(payload: bytes, count: int) -> list[bytes]:
+    """Split a framed body into exactly `count` parts; anything else is a ProtocolError."""
+    lengths = frame_lengths(payload, count)
+    parts, at = [], 8 + 4 * count
     for n in lengths:
         parts.append(payload[at:at + n])
         at += n

@@ -7,6 +7,7 @@ key_dir/params.json (what they were made for). Loading checks the kind it expect
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ class KeyRing:
 
     context: Any  # tenseal.Context
     private: bool
+    key_id: str = ""  # clients: which key pair (all clients of an experiment must agree)
 
 
 def new_context(enc: EncryptionConfig) -> Any:
@@ -48,10 +50,17 @@ def public_part(ctx: Any) -> bytes:
                                save_relin_keys=False))
 
 
+def key_id(ctx: Any) -> str:
+    """Names a key pair (a hash of its public key): clients of one experiment must agree on it."""
+    blob = ctx.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False)
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
 def generate(enc: EncryptionConfig, key_dir: Path) -> None:
-    """Write an experiment's key material; the secret file is readable by its owner only."""
+    """Write an experiment's key material; the folder and the secret file are its owner's only."""
     ctx = new_context(enc)
     key_dir.mkdir(parents=True, exist_ok=True)
+    key_dir.chmod(0o700)
     secret = ctx.serialize(save_public_key=True, save_secret_key=True, save_galois_keys=False, save_relin_keys=False)
     path = key_dir / SECRET
     path.unlink(missing_ok=True)
@@ -59,23 +68,26 @@ def generate(enc: EncryptionConfig, key_dir: Path) -> None:
     with os.fdopen(fd, "wb") as fh:
         fh.write(secret)
     (key_dir / PUBLIC).write_bytes(public_part(ctx))
-    (key_dir / PARAMS).write_text(json.dumps(fingerprint(enc), indent=1) + "\n")
+    (key_dir / PARAMS).write_text(json.dumps({**fingerprint(enc), "key_id": key_id(ctx)}, indent=1) + "\n")
 
 
-def _check_params(enc: EncryptionConfig, key_dir: Path) -> None:
+def _check_params(enc: EncryptionConfig, key_dir: Path) -> str:
+    """Refuse keys made for other parameters; return the key id they were made with."""
     try:
         made_for = json.loads((key_dir / PARAMS).read_text())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"encryption.key_dir: no readable {key_dir / PARAMS} ({exc}); run ./seal.sh") from None
+    made_id = str(made_for.pop("key_id", ""))
     if made_for != fingerprint(enc):
         raise ConfigError(f"encryption: the keys in {key_dir} were made for {made_for}, the config asks for "
                           f"{fingerprint(enc)}; run ./seal.sh for this config")
+    return made_id
 
 
 def load_secret(enc: EncryptionConfig) -> KeyRing:
     """A client's context, from its key folder; refuses a file without a secret key."""
     key_dir = Path(enc.key_dir)
-    _check_params(enc, key_dir)
+    made_id = _check_params(enc, key_dir)
     try:
         ctx = ts.context_from((key_dir / SECRET).read_bytes())
     except (OSError, ValueError, RuntimeError) as exc:
@@ -84,7 +96,11 @@ def load_secret(enc: EncryptionConfig) -> KeyRing:
         raise ConfigError(f"encryption.key_dir: {key_dir / SECRET} holds no secret key")
     if enc.scheme == "ckks":
         ctx.global_scale = 2.0**enc.scale_bits
-    return KeyRing(ctx, private=True)
+    found = key_id(ctx)
+    if made_id and found != made_id:
+        raise ConfigError(f"encryption.key_dir: {key_dir / SECRET} is key {found}, {key_dir / PARAMS} says {made_id}; "
+                          "copy both from the same ./seal.sh run")
+    return KeyRing(ctx, private=True, key_id=found)
 
 
 def read_public(enc: EncryptionConfig) -> bytes:

@@ -42,6 +42,8 @@ def check_encryption(enc: EncryptionConfig, clients: int) -> None:
     """Refuse a parameter set that is malformed or cannot hold the sum of `clients` updates."""
     if not enc.clip > 0:
         raise ConfigError(f"encryption.clip: must be positive, got {enc.clip}")
+    if not 1 <= enc.processes <= 256:
+        raise ConfigError(f"encryption.processes: must be 1..256, got {enc.processes}")
     if enc.scheme == "none":
         return
     n = enc.poly_modulus_degree
@@ -53,14 +55,39 @@ def check_encryption(enc: EncryptionConfig, clients: int) -> None:
     if sum(bits) > MAX_COEFF_BITS[n]:
         raise ConfigError(f"encryption.coeff_mod_bit_sizes: {sum(bits)} bits in all is more than the "
                           f"{MAX_COEFF_BITS[n]} that poly_modulus_degree {n} allows at 128-bit security")
-    if enc.scheme == "ckks" and not 10 <= enc.scale_bits < bits[0]:
-        raise ConfigError(f"encryption.scale_bits: {enc.scale_bits} must be at least 10 and below the first prime's {bits[0]}")
-    if enc.scheme == "bfv" and not (8 <= enc.quant_bits < lane_bits(enc) and enc.plain_modulus_bits < bits[0] - 4):
-        raise ConfigError(f"encryption: quant_bits {enc.quant_bits} and plain_modulus_bits {enc.plain_modulus_bits} "
-                          f"need 8 <= quant_bits < (plain_modulus_bits - 1) // 2 and plain_modulus_bits < {bits[0] - 4}")
+    if enc.scheme == "ckks" and not 20 <= enc.scale_bits < bits[0]:
+        raise ConfigError(f"encryption.scale_bits: {enc.scale_bits} must be at least 20 (precision) and below the "
+                          f"first prime's {bits[0]}")
+    if enc.scheme == "bfv":
+        _check_bfv(enc, bits, clients)
     if clients > max_clients(enc):
         raise ConfigError(f"encryption: {enc.scheme} with these parameters holds the sum of at most "
                           f"{max_clients(enc)} clients (clip {enc.clip:g}); the config has {clients}")
+
+
+def bfv_noise_margin(enc: EncryptionConfig, clients: int) -> float:
+    """Bits of noise budget left after adding `clients` fresh ciphertexts: the data modulus, less t,
+    less the fresh noise (about log2(n) - 5 bits, measured with SEAL's invariant_noise_budget: 6 bits
+    left fresh at n=4096, q=60, t=47), less half a bit per doubling of the clients (independent noises
+    add like a random walk). Below 1 the sum may decrypt to garbage."""
+    data_bits = sum(coeffs(enc)[:-1])
+    fresh = data_bits - enc.plain_modulus_bits - (math.log2(enc.poly_modulus_degree) - 5)
+    return fresh - 0.5 * math.log2(max(clients, 1))
+
+
+def _check_bfv(enc: EncryptionConfig, bits: tuple[int, ...], clients: int) -> None:
+    if not 8 <= enc.quant_bits < lane_bits(enc):
+        raise ConfigError(f"encryption.quant_bits: {enc.quant_bits} must be 8 or more and below the lane of "
+                          f"{lane_bits(enc)} bits ((plain_modulus_bits - 1) // 2)")
+    t = batching_prime(enc.plain_modulus_bits, enc.poly_modulus_degree)
+    if t <= 2 ** (2 * lane_bits(enc)):
+        raise ConfigError(f"encryption.plain_modulus_bits: {enc.plain_modulus_bits} leaves no batching prime above "
+                          f"2^{2 * lane_bits(enc)} for poly_modulus_degree {enc.poly_modulus_degree}")
+    margin = bfv_noise_margin(enc, clients)
+    if margin < 1:
+        raise ConfigError(f"encryption: bfv noise: {sum(bits[:-1])} data bits, t of {enc.plain_modulus_bits} bits and "
+                          f"{clients} clients leave {margin:.1f} bits of noise budget (need 1); lower "
+                          f"plain_modulus_bits or use a larger first prime")
 
 
 def batching_prime(bits: int, poly_degree: int) -> int:
@@ -69,6 +96,8 @@ def batching_prime(bits: int, poly_degree: int) -> int:
     k = (2**bits - 1) // step
     while k > 0 and not _is_prime(k * step + 1):
         k -= 1
+    if k == 0:
+        raise ConfigError(f"encryption.plain_modulus_bits: no batching prime below 2^{bits} for degree {poly_degree}")
     return int(k * step + 1)
 
 

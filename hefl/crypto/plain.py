@@ -42,3 +42,6 @@ class PlainScheme:
 
     def decrypt(self, loaded: np.ndarray, contributors: int) -> np.ndarray:
         return loaded.astype(np.float64)
+
+    def close(self) -> None:
+        """Nothing to release."""

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from hefl.config import EncryptionConfig
-from hefl.crypto.frame import frame, unframe
+from hefl.crypto.frame import frame, frame_lengths, unframe
 from hefl.crypto.keys import KeyRing
 from hefl.crypto.params import coeffs, slots
 from hefl.errors import ProtocolError
+
+if TYPE_CHECKING:
+    from hefl.crypto.pool import EncryptPool
 
 
 class VectorScheme:
@@ -26,9 +31,27 @@ class VectorScheme:
         self.slots = slots(enc)
         self.chunks = math.ceil(size / self.slots)
         self._loader = loader
+        self.ntt = enc.scheme == "ckks"  # SEAL keeps CKKS ciphertexts in NTT form, BFV ones not
+        self.parms_id = list(self.ctx.seal_context().data.first_parms_id())
+        self._pool: EncryptPool | None = None
+        if keys.private and enc.processes > 1:
+            from hefl.crypto.pool import EncryptPool
+
+            scale = 2.0**enc.scale_bits if enc.scheme == "ckks" else 0.0
+            self._pool = EncryptPool(self.ctx, enc.scheme, enc.processes, scale)
         data_primes = len(coeffs(enc)) - 1  # only the data primes reach the wire
         per_ct = 2 * enc.poly_modulus_degree * 8 * data_primes + 4096  # 64-bit words before SEAL's compression
         self.wire_size = self.chunks * per_ct + 8 + 4 * self.chunks  # an upper bound
+
+    def encrypt_chunks(self, chunks: list[np.ndarray], make: Callable[[Any, list[Any]], Any]) -> bytes:
+        """Serialized ciphertexts of `chunks`, in worker processes when there are several chunks each."""
+        if self._pool is not None and len(chunks) >= 2 * self.enc.processes:
+            return frame(self._pool.encrypt(chunks))
+        return frame([make(self.ctx, chunk.tolist()).serialize() for chunk in chunks])
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
 
     def chunk_lengths(self) -> list[int]:
         """Vector length of each ciphertext (values for CKKS, slots for BFV)."""
@@ -38,8 +61,8 @@ class VectorScheme:
         return values
 
     def check(self, payload: bytes) -> None:
-        """The payload's shape only: a frame of the right number of ciphertexts, none oversized."""
-        if len(payload) > self.wire_size or not all(unframe(payload, self.chunks)):
+        """The payload's shape only: a frame of the right number of ciphertexts, none empty or oversized."""
+        if len(payload) > self.wire_size or 0 in frame_lengths(payload, self.chunks):
             raise ProtocolError(f"payload of {len(payload)} bytes is not {self.chunks} ciphertexts of this experiment")
 
     def load(self, payload: bytes) -> list[Any]:
@@ -50,14 +73,30 @@ class VectorScheme:
                 vec = self._loader(self.ctx, part)
             except (ValueError, RuntimeError, TypeError) as exc:
                 raise ProtocolError(f"ciphertext {i} does not load in this experiment's context: {exc}") from None
-            if vec.size() != self.slot_count(want):
-                raise ProtocolError(f"ciphertext {i} holds {vec.size()} slots, expected {self.slot_count(want)}")
-            self.check_vector(i, vec)
+            try:
+                if vec.size() != self.slot_count(want):
+                    raise ProtocolError(f"ciphertext {i} holds {vec.size()} slots, expected {self.slot_count(want)}")
+                self.check_vector(i, vec)
+            except (ValueError, RuntimeError, TypeError, AttributeError) as exc:
+                if isinstance(exc, ProtocolError):
+                    raise
+                raise ProtocolError(f"ciphertext {i} cannot be checked: {exc}") from None
             vectors.append(vec)
         return vectors
 
     def check_vector(self, index: int, vec: Any) -> None:
-        """Scheme-specific checks of one loaded ciphertext."""
+        """One fresh-shaped ciphertext of this context per vector: anything else (no ciphertext, two,
+        another parameter level, NTT form flipped) would make TenSEAL fail, or crash, when adding."""
+        cts = vec.ciphertext()
+        if len(cts) != 1:
+            raise ProtocolError(f"ciphertext {index} holds {len(cts)} SEAL ciphertexts, expected 1")
+        ct = cts[0]
+        if ct.size() != 2 or ct.is_transparent() or ct.is_ntt_form() != self.ntt or list(ct.parms_id()) != self.parms_id:
+            raise ProtocolError(f"ciphertext {index} is not a ciphertext of this experiment's parameters")
+        self.check_scale(index, ct)
+
+    def check_scale(self, index: int, ct: Any) -> None:
+        """CKKS: the scale must be the configured one."""
 
     def add(self, loaded: Sequence[list[Any]]) -> bytes:
         """Add loaded payloads ciphertext by ciphertext (in place on the first: no extra copies)."""

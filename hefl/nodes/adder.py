@@ -24,6 +24,7 @@ class Adder(Node):
         """Refuse a message from a stranger, for another experiment or round, or with a bad payload;
         return the payload loaded (for ciphertexts: deserialized in this node's context, once)."""
         self.buffer.check(env)
+        self.buffer.check_new(env)  # a retried update is refused before it costs a deserialization
         expected = len(self.cfg.clients_under(env.sender))
         if env.contributors != expected:
             raise ProtocolError(f"{env.sender!r} claims {env.contributors} contributors; it has {expected} clients")

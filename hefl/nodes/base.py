@@ -56,8 +56,10 @@ class Node:
         net = ctx.cfg.network
         self.transport = Transport(ctx.endpoints, Timeouts(net.connect_timeout_s, net.read_timeout_s, net.retries),
                                    ctx.token, meter=self._meter_out)
+        keys = self._keys()
+        self.key_id = keys.key_id if keys is not None else ""
         self.scheme: Scheme = make_scheme(ctx.cfg.encryption, param_count(ctx.cfg.model, ctx.cfg.dataset),
-                                          self._keys(), seed=self.scheme_seed())
+                                          keys, seed=self.scheme_seed())
         self.runlog.header.update(scheme=self.scheme.name, can_decrypt=self.scheme.can_decrypt)
         self.error = ""
         self.round = 0
@@ -127,6 +129,7 @@ class Node:
         self._jobs.put(None)
         self.runlog.flush()
         self.transport.close()
+        self.scheme.close()
 
     # ------------------------------------------------------------ accounting
 
@@ -165,4 +168,5 @@ class Node:
     def status(self) -> dict[str, Any]:
         return {"state": "failed" if self.error else ("finished" if self.runlog.finished else "running"),
                 "role": self.role, "node": self.id, "experiment": self.ctx.experiment, "round": self.round,
-                "scheme": self.scheme.name, "can_decrypt": self.scheme.can_decrypt, "error": self.error}
+                "scheme": self.scheme.name, "can_decrypt": self.scheme.can_decrypt, "key_id": self.key_id,
+                "error": self.error}

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from hefl.data import client_data
-from hefl.errors import DuplicateMessage, ProtocolError
+from hefl.errors import DuplicateMessage, ExperimentFailed, ProtocolError
 from hefl.model import build_model, get_flat, set_flat
 from hefl.nodes.base import Node, NodeContext
 from hefl.runlog import log_name
@@ -48,15 +48,17 @@ class ClientNode(Node):
         if path == "/global" and (env.contributors != len(self.cfg.clients()) or env.samples <= 0):
             raise ProtocolError(f"global result of round {env.round} adds {env.contributors} clients, "
                                 f"{env.samples} samples; expected {len(self.cfg.clients())} clients")
-        with self._lock:
+        if (path, env.round) in self._seen:  # early answer for a plain repeat; the lock below decides
+            raise DuplicateMessage(f"{path} of round {env.round} already received")
+        started = time.monotonic()
+        loaded = self.scheme.load(payload) if path == "/global" else None
+        with self._lock:  # marked seen only once it loaded: a corrected retry of a refused one is taken
             if (path, env.round) in self._seen:
                 raise DuplicateMessage(f"{path} of round {env.round} already received")
             self._seen.add((path, env.round))
         if path == "/begin":
             self.submit(self.train_round, 0)
             return
-        started = time.monotonic()
-        loaded = self.scheme.load(payload)
         self.runlog.add_phase(env.round, "load", time.monotonic() - started)
         self.submit(self.apply_global, env, loaded)
 
@@ -70,6 +72,9 @@ class ClientNode(Node):
             local = get_flat(self.model)
         self.save(f"r{r}.local", local)
         update = (local - self.base) * self.weight
+        if not np.all(np.isfinite(update)):
+            raise ExperimentFailed(f"training produced {np.count_nonzero(~np.isfinite(update))} non-finite weights "
+                                f"(diverged? lower training.lr)")
         clip = self.cfg.encryption.clip
         clipped = int(np.count_nonzero(np.abs(update) > clip))
         with self.runlog.phase(r, "serialize"):

@@ -1,0 +1,43 @@
+"""Encryption of an update's chunks spread over worker processes (TenSEAL holds the GIL: threads do
+not help). Each worker loads the client's context once, at start; the node keeps its one process."""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import numpy as np
+import tenseal as ts
+
+_CTX: Any = None
+_SCHEME = ""
+
+
+def _start(context: bytes, scheme: str, scale: float) -> None:
+    global _CTX, _SCHEME
+    _CTX = ts.context_from(context)
+    if scale:
+        _CTX.global_scale = scale
+    _SCHEME = scheme
+
+
+def _encrypt(chunk: np.ndarray) -> bytes:
+    make = ts.ckks_vector if _SCHEME == "ckks" else ts.bfv_vector
+    return bytes(make(_CTX, chunk.tolist()).serialize())
+
+
+class EncryptPool:
+    """`processes` workers that turn chunks of values (or packed slots) into serialized ciphertexts."""
+
+    def __init__(self, context: Any, scheme: str, processes: int, scale: float = 0.0) -> None:
+        blob = context.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False,
+                                 save_relin_keys=False)  # encryption needs the public key only
+        self.pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_start, initargs=(blob, scheme, scale))
+
+    def encrypt(self, chunks: list[np.ndarray]) -> list[bytes]:
+        return list(self.pool.map(_encrypt, chunks))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
