@@ -6,15 +6,18 @@ import json
 import subprocess
 import sys
 import threading
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import requests
 
 from hefl.crypto.plain import PlainScheme
 from hefl.wire import Envelope
 from tests.conftest import ROOT, Recorder, tree_config
-from tests.test_http import AGG, C0, EXP, S0, post, push, size_of, small, wait_health
+from tests.test_http import AGG, C0, C1, EXP, S0, post, push, size_of, small, wait_health
 
 
 def test_failed_reconfiguration_keeps_the_node_as_it_was(serve_node: Any, recorder: Recorder) -> None:
@@ -136,3 +139,42 @@ sys.exit(bool(bad))
 """
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("name", ["none", "ckks", "bfv"])
+def test_encrypted_switch_refuses_foreign_and_short_ciphertexts(name: str, serve_node: Any, recorder: Recorder,
+                                                              key_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """Over HTTP, for every scheme: a payload from another context or of the wrong length gets a clear
+    4xx, a repeat gets 409, and the switch goes on to add the valid ones."""
+    from hefl.config import parse_config
+    from hefl.crypto import make_scheme
+    from hefl.crypto.keys import generate, load_secret, read_public
+    from hefl.modelspec import param_count
+    from hefl.push import make_push
+
+    raw = small(encryption={"scheme": name, "key_dir": str(key_dirs.get(name, tmp_path))})
+    cfg = parse_config(raw)
+    size = param_count(cfg.model, cfg.dataset)
+    url, _ = serve_node()
+    endpoints = {C0: recorder.url, "127.0.0.1:101": recorder.url, AGG: recorder.url, S0: url}
+    public = read_public(cfg.encryption) if name != "none" else b""
+    resp = requests.post(f"{url}/config", json=make_push(raw, S0, EXP, endpoints, public), timeout=30)
+    assert resp.status_code == 200 and resp.json()["can_decrypt"] is (name == "none")
+    keys = load_secret(cfg.encryption) if name != "none" else None
+    client = make_scheme(cfg.encryption, size, keys, seed=1)
+    good = client.encrypt(np.full(size, 0.25))
+    bad = [good[:-7], b"\x00" * 64]
+    if name != "none":  # plaintext has no context to be foreign to
+        other_enc = replace(cfg.encryption, key_dir=str(tmp_path / "other"), poly_modulus_degree=8192)
+        generate(other_enc, tmp_path / "other")
+        bad.append(make_scheme(other_enc, size, load_secret(other_enc)).encrypt(np.zeros(size)))
+    for payload in bad:
+        resp = post(url, "/update", Envelope(EXP, 0, C1, 10, 1), payload)
+        assert resp.status_code == 400 and "\n" not in resp.json()["error"], resp.text
+    assert post(url, "/update", Envelope(EXP, 0, C0, 10, 1), good).status_code == 202
+    assert post(url, "/update", Envelope(EXP, 0, C0, 10, 1), good).status_code == 409
+    assert requests.get(f"{url}/health", timeout=5).json()["state"] == "running"
+    assert post(url, "/update", Envelope(EXP, 0, C1, 10, 1), client.encrypt(np.full(size, 0.5))).status_code == 202
+    (path, headers, body), = recorder.wait_for(1)
+    tolerance = {"none": 1e-6, "ckks": 1e-4, "bfv": 1e-4}[name]
+    np.testing.assert_allclose(client.decrypt(client.load(body), 2), np.full(size, 0.75), atol=tolerance)

@@ -23,17 +23,6 @@ from tests.conftest import tree_config
 SCHEMES = ["none", "ckks", "bfv"]
 
 
-@pytest.fixture(scope="session")
-def key_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """One key folder per encrypted scheme, made once (default parameters: already small)."""
-    dirs = {}
-    for name in ("ckks", "bfv"):
-        path = tmp_path_factory.mktemp(name)
-        generate(EncryptionConfig(scheme=name, key_dir=str(path)), path)  # type: ignore[arg-type]
-        dirs[name] = path
-    return dirs
-
-
 def schemes(name: str, size: int, key_dirs: dict[str, Path], seed: int = 0) -> tuple[Scheme, Scheme]:
     """(a client's scheme, a switch's scheme) of one experiment."""
     enc = EncryptionConfig(scheme=name, key_dir=str(key_dirs.get(name, "")))  # type: ignore[arg-type]
