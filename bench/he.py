@@ -133,6 +133,29 @@ def bench_per_element(shape: tuple[int, int] = (8, 8)) -> Figures:
                    float("nan"), float("nan"))
 
 
+def bench_processes(size: int) -> None:
+    """A client's whole encrypt (quantize, encrypt, serialize, frame) in 1 process and in one per core."""
+    import os
+
+    from hefl.crypto import make_scheme
+    from hefl.crypto.keys import generate, load_secret
+
+    values = np.random.default_rng(5).uniform(-1, 1, size)
+    cores = os.cpu_count() or 1
+    for scheme in ("ckks", "bfv"):
+        line = []
+        for processes in sorted({1, cores}):
+            with tempfile.TemporaryDirectory() as tmp:
+                enc = EncryptionConfig(scheme=scheme, key_dir=tmp, processes=processes)  # type: ignore[arg-type]
+                generate(enc, Path(tmp))
+                client = make_scheme(enc, size, load_secret(enc), seed=1)
+                client.encrypt(values)  # starts the workers
+                _, t = timed(lambda: client.encrypt(values))  # noqa: B023
+                client.close()
+            line.append(f"{processes} process(es) {size / t / 1e6:.2f} Mparam/s")
+        print(f"{scheme} client encrypt of {size:,} values: " + ", ".join(line))
+
+
 def print_table(rows: list[Figures]) -> None:
     keys = ["encrypt", "serialize", "deserialize", "add", "decrypt"]
     print(f"{'scheme / parameters':<52}{'B/param':>9}" + "".join(f"{k:>12}" for k in keys) + f"{'err@10':>10}{'err@100':>10}")
@@ -216,6 +239,7 @@ def main() -> int:
     rows = [bench_vectors(name, enc, args.size) for name, enc in sets]  # type: ignore[arg-type]
     rows.append(bench_per_element())
     print_table(rows)
+    bench_processes(args.size)
     if args.skip_round:
         return 0
     features, hidden = 1000, 990  # 1000*990 + 990 + 990*10 + 10 = 1,000,900 parameters

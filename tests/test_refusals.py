@@ -178,3 +178,39 @@ def test_encrypted_switch_refuses_foreign_and_short_ciphertexts(name: str, serve
     (path, headers, body), = recorder.wait_for(1)
     tolerance = {"none": 1e-6, "ckks": 1e-4, "bfv": 1e-4}[name]
     np.testing.assert_allclose(client.decrypt(client.load(body), 2), np.full(size, 0.75), atol=tolerance)
+
+
+@pytest.mark.parametrize("name", ["ckks", "bfv"])
+def test_switch_and_aggregator_processes_cannot_decrypt(name: str, key_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """Configured as they are by `agg` (the pushed keyless context), a switch and an aggregator in their
+    own process hold no secret key: decrypting a client's ciphertext fails there."""
+    raw = tree_config(encryption={"scheme": name, "key_dir": str(key_dirs[name])})
+    code = f"""
+import sys
+from pathlib import Path
+import numpy as np
+from blueprints import NodeServer
+from hefl.config import parse_config
+from hefl.crypto import make_scheme
+from hefl.crypto.keys import load_secret, read_public
+from hefl.modelspec import param_count
+from hefl.push import make_push
+raw = {raw!r}
+cfg = parse_config(raw)
+size = param_count(cfg.model, cfg.dataset)
+payload = make_scheme(cfg.encryption, size, load_secret(cfg.encryption), 1).encrypt(np.zeros(size))
+for node in ("127.0.0.1:10", "127.0.0.1:1"):
+    server = NodeServer(Path({str(tmp_path)!r}))
+    server.configure(make_push(raw, node, "e", {{}}, read_public(cfg.encryption)))
+    scheme = server.node.scheme
+    try:
+        scheme.decrypt(scheme.load(payload), 1)
+        print(node, "DECRYPTED")
+    except ValueError as exc:
+        print(node, "refused:", exc)
+    server.node.close()
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 2 and all("refused:" in line and "secret_key" in line for line in lines), proc.stdout
