@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -90,6 +91,8 @@ def local_keys(raw: dict[str, Any], cfg: ExperimentConfig, experiment: str,
         yield raw, cfg
     finally:
         shutil.rmtree(key_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            key_dir.parent.rmdir()  # keys/ itself, when this run created it and nothing else is there
 
 
 def keys_match(enc: EncryptionConfig) -> bool:
@@ -97,4 +100,5 @@ def keys_match(enc: EncryptionConfig) -> bool:
         made_for = json.loads((Path(enc.key_dir) / "params.json").read_text())
     except (OSError, ValueError):
         return False
-    return bool(made_for == fingerprint(enc))
+    made_for.pop("key_id", None)  # names the key pair; the parameters are the rest
+    return bool(made_for == fingerprint(enc)) and (Path(enc.key_dir) / "secret.ctx").is_file()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -104,8 +105,8 @@ def test_wire_sizes_per_parameter(key_dirs: dict[str, Path]) -> None:
 
 
 @pytest.mark.parametrize(("encryption", "clients", "match"), [
-    ({"scheme": "bfv"}, 129, "holds the sum of at most 128 clients"),
-    ({"scheme": "ckks", "clip": 100.0}, 8, "at most 5 clients"),
+    ({"scheme": "bfv"}, 129, "holds the sum of at most 128 clients, the config has 129: lower quant_bits"),
+    ({"scheme": "ckks", "clip": 100.0}, 8, "at most 5 clients, the config has 8: lower clip"),
     ({"scheme": "ckks", "coeff_mod_bit_sizes": [60, 60]}, 2, "120 bits in all is more than the 109"),
     ({"scheme": "ckks", "scale_bits": 40}, 2, r"scale_bits: 40 must be at least 20 \(precision\) and below the first prime's 40"),
     ({"scheme": "bfv", "quant_bits": 23}, 2, "quant_bits: 23 must be 8 or more"),
@@ -235,3 +236,13 @@ def test_seal_with_an_explicit_parameter_list(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "ckks:" in proc.stdout and "bfv:" in proc.stdout and (tmp_path / "k" / SECRET).is_file()
     assert json.loads((tmp_path / "k" / "params.json").read_text())["key_id"]
+
+
+def test_local_mode_reuses_sealed_keys_only_when_they_fit(key_dirs: dict[str, Path]) -> None:
+    from hefl.local import keys_match
+
+    enc = EncryptionConfig(scheme="ckks", key_dir=str(key_dirs["ckks"]))  # type: ignore[arg-type]
+    assert keys_match(enc)
+    assert keys_match(replace(enc, scale_bits=25))  # the scale is set at load: the same keys serve
+    assert not keys_match(replace(enc, poly_modulus_degree=8192))
+    assert not keys_match(replace(enc, scheme="bfv"))

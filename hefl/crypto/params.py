@@ -61,8 +61,10 @@ def check_encryption(enc: EncryptionConfig, clients: int) -> None:
     if enc.scheme == "bfv":
         _check_bfv(enc, bits, clients)
     if clients > max_clients(enc):
+        hint = ("lower quant_bits or raise plain_modulus_bits" if enc.scheme == "bfv"
+                else f"lower clip ({enc.clip:g}) or scale_bits, or raise the first prime")
         raise ConfigError(f"encryption: {enc.scheme} with these parameters holds the sum of at most "
-                          f"{max_clients(enc)} clients (clip {enc.clip:g}); the config has {clients}")
+                          f"{max_clients(enc)} clients, the config has {clients}: {hint}")
 
 
 def bfv_noise_margin(enc: EncryptionConfig, clients: int) -> float:
