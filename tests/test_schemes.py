@@ -130,6 +130,8 @@ def test_key_files_by_role(key_dirs: dict[str, Path], tmp_path: Path) -> None:
     enc = EncryptionConfig(scheme="ckks", key_dir=str(folder))  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="holds a secret key"):
         load_public(enc, (folder / SECRET).read_bytes())
+    with pytest.raises(ConfigError, match="made for other parameters"):
+        load_public(replace(enc, poly_modulus_degree=8192), public)
     with pytest.raises(ConfigError, match="were made for"):
         load_secret(EncryptionConfig(scheme="ckks", key_dir=str(folder), poly_modulus_degree=8192))  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="run ./seal.sh"):

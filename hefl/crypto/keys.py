@@ -121,6 +121,9 @@ def load_public(enc: EncryptionConfig, data: bytes) -> KeyRing:
         raise ConfigError(f"push.context: not a TenSEAL context: {exc}") from None
     if ctx.is_private():
         raise ConfigError("push.context: holds a secret key; only clients may have one")
+    expected = list(new_context(enc).seal_context().data.first_parms_id())  # once, at configure time
+    if list(ctx.seal_context().data.first_parms_id()) != expected:
+        raise ConfigError(f"push.context: made for other parameters than the config's {fingerprint(enc)}")
     if enc.scheme == "ckks":
         ctx.global_scale = 2.0**enc.scale_bits
     return KeyRing(ctx, private=False)
