@@ -269,3 +269,15 @@ def test_encrypted_run_matches_the_plaintext_run(local_run: Any, tmp_path: Path,
         if path.is_file():
             data = path.read_bytes()
             assert not any(w in data for w in windows), path
+
+
+def test_cnn_on_label_skewed_slices_with_bfv(tmp_path: Path) -> None:
+    raw = tree_config(clients=4, leaves=2, rounds=2, model={"name": "cnn"},
+                      dataset={"name": "digits", "partition": "dirichlet", "alpha": 0.5}, encryption={"scheme": "bfv"})
+    (tmp_path / "c.json").write_text(json.dumps(raw))
+    proc = run_main("local", "--config", str(tmp_path / "c.json"), "--log-dir", str(tmp_path / "log"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    logs = node_logs(experiment_dir(tmp_path / "log"))
+    samples = sorted(d["iteration"][0]["train_samples"] for d in logs.values() if d["role"] == "client")
+    assert sum(samples) == 1438 and samples[0] != samples[-1]  # label skew: unequal slices of one split
+    assert all(len(d["iteration"]) == 2 and d["scheme"] == "bfv" for d in logs.values())
