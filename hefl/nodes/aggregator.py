@@ -82,14 +82,13 @@ class AggregatorNode(Adder):
 
     def on_metrics(self, env: Envelope, body: bytes) -> None:
         """Accept one client's loss and accuracy for a round."""
-        Report.parse(body, env.sender)
-        if self.metrics.accept(env, body):
+        if self.metrics.accept(env, Report.parse(body, env.sender)):
             self.submit(self.close_round, env.round)
 
     def close_round(self, r: int) -> None:
         """Weighted metrics of the round (by test samples); the last round also collects the logs."""
         self.runlog.add_phase(r, "wait_metrics", self.since("metrics", r))
-        reports = [Report.parse(body, sender) for sender, body in self.metrics.release(r).payloads.items()]
+        reports: list[Report] = list(self.metrics.release(r).payloads.values())  # parsed on arrival
         n = sum(p.test_samples for p in reports)
         row: dict[str, Any] = {
             "round": r,
