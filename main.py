@@ -17,7 +17,6 @@ def main(argv: list[str] | None = None) -> int:
     label = f"[{args.label}] " if getattr(args, "label", "") else ""
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format=f"%(asctime)s {label}%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("hefl").setLevel(logging.INFO)
     try:
         return int(args.func(args) or 0)
     except HeflError as exc:
@@ -36,10 +35,18 @@ def _with_command(argv: list[str]) -> list[str]:
 
 
 def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)  # the flags every command takes
+    common.add_argument("--log-dir", type=Path, default=Path("log"), help="experiment logs (default: %(default)s)")
+    common.add_argument("--token-file", type=Path, default=DEFAULT_TOKEN,
+                        help="the experiment credential; $HEFL_TOKEN wins (default: %(default)s)")
+    common.add_argument("-v", "--verbose", action="store_true", help="log every event, not only warnings")
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument("--config", default="config.json", help="experiment config (default: %(default)s)")
     p = argparse.ArgumentParser(prog="main.py", description=__doc__,
                                 epilog="`python main.py` with no command serves a node. Details: README.md")
     sub = p.add_subparsers(dest="command", required=True)
-    node = sub.add_parser("node", help="serve this node on --host:--port and wait for a config (the default)")
+    node = sub.add_parser("node", parents=[common],
+                          help="serve this node on --host:--port and wait for a config (the default)")
     node.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
     node.add_argument("--port", type=int, default=5000, help="port to listen on (default: %(default)s)")
     node.add_argument("--threads", type=int, default=8, help="request threads of the one worker (default: %(default)s)")
@@ -48,23 +55,17 @@ def _parser() -> argparse.ArgumentParser:
     for name, helptext, func in (("agg", "push config.json to every node and run the experiment", _agg),
                                  ("local", "run the whole experiment on this machine, one process per node",
                                   _local)):
-        cmd = sub.add_parser(name, help=helptext)
-        cmd.add_argument("--config", default="config.json", help="experiment config (default: %(default)s)")
+        cmd = sub.add_parser(name, parents=[common, config], help=helptext)
         cmd.add_argument("--scheme", choices=["none", "ckks", "bfv"], help="override encryption.scheme of the config")
         cmd.set_defaults(func=func)
-    token = sub.add_parser("token", help=f"create the experiment credential file ({DEFAULT_TOKEN}) if missing")
+    token = sub.add_parser("token", parents=[common],
+                           help=f"create the experiment credential file ({DEFAULT_TOKEN}) if missing")
     token.set_defaults(func=_token)
-    seal = sub.add_parser("seal", help="self-test TenSEAL and write the key material of the config (seal.sh runs it)")
-    seal.add_argument("--config", default="config.json", help="experiment config (default: %(default)s)")
+    seal = sub.add_parser("seal", parents=[common, config],
+                          help="self-test TenSEAL and write the key material of the config (seal.sh runs it)")
     seal.add_argument("--scheme", choices=["ckks", "bfv"], help="override encryption.scheme of the config")
     seal.add_argument("--key-dir", help="where to write the keys (default: the config's encryption.key_dir)")
     seal.set_defaults(func=_seal)
-    for cmd in (node, *sub.choices.values()):
-        if not any(a.dest == "log_dir" for a in cmd._actions):
-            cmd.add_argument("--log-dir", type=Path, default=Path("log"), help="experiment logs (default: %(default)s)")
-            cmd.add_argument("--token-file", type=Path, default=DEFAULT_TOKEN,
-                             help="the experiment credential; $HEFL_TOKEN wins (default: %(default)s)")
-            cmd.add_argument("-v", "--verbose", action="store_true", help="log every event, not only warnings")
     return p
 
 

@@ -17,6 +17,7 @@ from hefl.errors import HeflError
 from hefl.experiment import new_experiment_id, public_context
 from hefl.push import make_push
 from hefl.transport import Timeouts, Transport
+from hefl.wire import Kind
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,9 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         host = args.target if ":" in args.target else f"{args.target}:{cfg.network.port}"
         endpoints = {**cfg.default_endpoints(), node: f"http://{host}"}
         token = read_token(args.token_file, warn=False)
-        transport = Transport(endpoints, Timeouts(cfg.network.connect_timeout_s, 30.0, retries=0), token)
+        transport = Transport(endpoints, Timeouts.of(cfg.network), token)
         body = make_push(raw, node, args.experiment or new_experiment_id(cfg.name), endpoints, public_context(cfg))
-        resp = transport.post(node, "/config", json.dumps(body).encode(), content_type="application/json")
+        resp = transport.call(node, Kind.CONFIG, json.dumps(body).encode())
     except HeflError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import hmac
 import logging
-import threading
 from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from hefl.errors import ConfigError, DuplicateMessage, HeflError, Unauthorized
-from hefl.nodes import Node, build_node
-from hefl.push import parse_push
-from hefl.wire import TOKEN_HEADER
+from hefl.errors import HeflError, ProtocolError, Unauthorized
+from hefl.host import Host
+from hefl.nodes import Node
+from hefl.wire import OPEN, TOKEN_HEADER, Envelope, Kind, kind_at
 
 log = logging.getLogger(__name__)
 CONFIG_BODY = 16 << 20  # the largest body an unconfigured node reads (a config push)
@@ -22,45 +21,28 @@ CONFIG_BODY = 16 << 20  # the largest body an unconfigured node reads (a config 
 
 class NodeServer:
     """WSGI entry of a node. A role change builds a fresh Flask app (Flask refuses
-    register_blueprint after the first request) and swaps it in under a lock."""
+    register_blueprint after the first request), which the host swaps in under its lock."""
 
     def __init__(self, log_dir: Path, token: str = "") -> None:
-        self.log_dir = log_dir
-        self.token = token
-        self.node: Node | None = None
-        self._lock = threading.Lock()
+        self.host = Host(log_dir, token)
         self._app = create_app(self, None)
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         return self._app(environ, start_response)
 
-    def configure(self, payload: Any) -> dict[str, Any]:
-        """Take a pushed config: build the role's node and app first, then retire the old ones.
-        A push that fails leaves the node as it was."""
-        ctx = parse_push(payload, self.log_dir, self.token)
-        with self._lock:
-            current = self.node
-            if current is not None and (current.ctx.experiment, current.id) == (ctx.experiment, ctx.node_id):
-                raise DuplicateMessage(f"already configured as {ctx.node_id} for experiment {ctx.experiment!r}")
-            try:
-                node = build_node(ctx)
-            except HeflError:
-                raise
-            except Exception as exc:  # e.g. torch cannot use the device: still the push's fault, one line
-                raise ConfigError(f"push: {ctx.node_id} cannot be set up: {type(exc).__name__}: {exc}") from exc
-            self._app = create_app(self, node)
-            self.node = node
-            node.start()
-        if current is not None:
-            current.close()
-        log.info("%s configured as %s for experiment %s", ctx.node_id, node.role, ctx.experiment)
-        return node.status()
+    @property
+    def node(self) -> Node | None:
+        return self.host.node
 
-    def health(self) -> dict[str, Any]:
-        node = self.node
-        if node is None:
-            return {"state": "idle", "role": None, "experiment": None, "round": None}
-        return node.status()
+    @property
+    def log_dir(self) -> Path:
+        return self.host.log_dir
+
+    def configure(self, payload: Any) -> dict[str, Any]:
+        return self.host.configure(payload, swap=self._swap)
+
+    def _swap(self, node: Node) -> None:
+        self._app = create_app(self, node)
 
 
 def create_app(server: NodeServer, node: Node | None) -> Flask:
@@ -75,7 +57,8 @@ def create_app(server: NodeServer, node: Node | None) -> Flask:
     if node is not None:
         app.register_blueprint({"client": client.bp, "switch": switch.bp, "aggregator": aggregator.bp}[node.role])
     app.before_request(_check_token)
-    app.after_request(_count_refusal)
+    app.before_request(_meter_request)
+    app.after_request(_meter_answer)
     app.register_error_handler(HeflError, _on_error)
     app.register_error_handler(HTTPException, _on_http_error)
     return app
@@ -88,19 +71,35 @@ def current_node() -> Any:
 
 def _check_token() -> None:
     """Every endpoint but /health needs the experiment's credential when the node has one."""
-    token = current_app.extensions["hefl_server"].token
-    if token and request.path != "/health":
+    token = current_app.extensions["hefl_server"].host.token
+    if token and request.path not in {kind.route.path for kind in OPEN}:
         given = request.headers.get(TOKEN_HEADER, "")
         if not hmac.compare_digest(given.encode(), token.encode()):
             raise Unauthorized(f"{request.method} {request.path}: missing or wrong {TOKEN_HEADER}")
 
 
-def _count_refusal(response: Response) -> Response:
-    """A refused round message still crossed the wire: count the error body this node sends back.
-    (Its request body was counted when it was read; an accepted message's answer has no body.)"""
-    metered = g.pop("metered", None)
-    if metered is not None and response.status_code >= 400 and not response.is_streamed:
-        current_node().meter_in(metered, 0, len(response.get_data()), message=False)
+def _meter_request() -> None:
+    """A round message's body is counted here, where it is read, before the node acts on it."""
+    node = current_app.extensions["hefl_node"]
+    kind = kind_at(request.path) if request.url_rule is not None else None
+    if node is None or kind is None:
+        return
+    env = Envelope.from_headers(request.headers)
+    node.meter.inbound(kind, env, len(request.get_data()))
+    g.message = (kind, env)
+    wanted = kind.route.content_type
+    if kind.route.strict and request.mimetype != wanted:
+        raise ProtocolError(f"Content-Type must be {wanted}, got {request.mimetype or 'none'!r}")
+
+
+def _meter_answer(response: Response) -> Response:
+    """The answer to a round message crossed the wire too: count its body (a refusal's error line;
+    an accepted message is answered 202 with no body)."""
+    message: tuple[Kind, Envelope] | None = g.pop("message", None)
+    if message is not None and not response.is_streamed:
+        sent = len(response.get_data())
+        if sent:
+            current_node().meter.inbound(*message, 0, sent, message=False)
     return response
 
 

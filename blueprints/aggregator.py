@@ -4,34 +4,35 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify
 
-from blueprints import current_node, messages
-from hefl.wire import Envelope
+from blueprints import current_node
+from blueprints.messages import accepted, add_route, message, update
+from hefl.wire import Kind
 
 bp = Blueprint("aggregator", __name__)
-bp.add_url_rule("/update", view_func=messages.update, methods=["POST"])
+add_route(bp, Kind.UPDATE, update)
 
 
-@bp.post("/metrics")
 def metrics() -> Any:
-    env, body = messages.read_message(messages.JSON)
-    current_node().on_metrics(env, body)
-    return messages.accepted()
+    current_node().on_metrics(*message())
+    return accepted()
 
 
-@bp.post("/fail")
 def fail() -> Any:
-    current_node().on_fail(Envelope.from_headers(request.headers), request.get_data(as_text=True))
-    return messages.accepted()
+    env, body = message()
+    current_node().on_fail(env, body.decode("utf-8", errors="replace"))
+    return accepted()
 
 
-@bp.post("/start")
 def start() -> Any:
     current_node().begin_experiment()
     return jsonify(current_node().status()), 202
 
 
-@bp.get("/status")
 def status() -> Any:
     return jsonify(current_node().status())
+
+
+for _kind, _view in ((Kind.METRICS, metrics), (Kind.FAIL, fail), (Kind.START, start), (Kind.STATUS, status)):
+    add_route(bp, _kind, _view)

@@ -1,25 +1,25 @@
-"""Round messages off a request: envelope headers, body, byte counting; shared by the role blueprints."""
+"""Round message views shared by the role blueprints: one call on the node each, then 202."""
 
 from __future__ import annotations
 
-from flask import Response, g, request
+from collections.abc import Callable
+from typing import Any
+
+from flask import Blueprint, Response, g, request
 
 from blueprints import current_node
-from hefl.errors import ProtocolError
-from hefl.wire import BINARY, Envelope
-
-JSON = "application/json"
+from hefl.wire import Envelope, Kind
 
 
-def read_message(content_type: str = BINARY) -> tuple[Envelope, bytes]:
-    """The envelope and body of a round message, its bytes counted before the node acts on it."""
-    env = Envelope.from_headers(request.headers)
-    body = request.get_data(cache=False)
-    if current_node().meter_in(env, len(body)):
-        g.metered = env
-    if request.mimetype != content_type:
-        raise ProtocolError(f"Content-Type must be {content_type}, got {request.mimetype or 'none'!r}")
-    return env, body
+def add_route(bp: Blueprint, kind: Kind, view: Callable[[], Any]) -> None:
+    """Serve `kind` at its path from the wire table."""
+    bp.add_url_rule(kind.route.path, view_func=view, methods=[kind.route.method], endpoint=kind.value)
+
+
+def message() -> tuple[Envelope, bytes]:
+    """The envelope and body of this request's round message (parsed and counted by the meter hook)."""
+    _, env = g.message
+    return env, request.get_data()
 
 
 def accepted() -> tuple[Response, int]:
@@ -28,14 +28,15 @@ def accepted() -> tuple[Response, int]:
 
 
 def update() -> tuple[Response, int]:
-    """POST /update: a child's update (switches and the aggregator)."""
-    env, payload = read_message()
-    current_node().on_update(env, payload)
+    current_node().on_update(*message())
     return accepted()
 
 
-def downward() -> tuple[Response, int]:
-    """POST /begin and /global: from the parent (clients and switches)."""
-    env, payload = read_message()
-    current_node().on_down(request.path, env, payload)
+def begin() -> tuple[Response, int]:
+    current_node().on_begin(*message())
+    return accepted()
+
+
+def global_() -> tuple[Response, int]:
+    current_node().on_global(*message())
     return accepted()

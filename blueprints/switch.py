@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from blueprints import messages
+from blueprints.messages import add_route, begin, global_, update
+from hefl.wire import Kind
 
 bp = Blueprint("switch", __name__)
-bp.add_url_rule("/update", view_func=messages.update, methods=["POST"])
-bp.add_url_rule("/begin", view_func=messages.downward, methods=["POST"], endpoint="begin")
-bp.add_url_rule("/global", view_func=messages.downward, methods=["POST"], endpoint="global")
+add_route(bp, Kind.UPDATE, update)
+add_route(bp, Kind.BEGIN, begin)
+add_route(bp, Kind.GLOBAL, global_)

@@ -1,17 +1,49 @@
-"""Round buffers: the one place where a node accepts or refuses each update it adds."""
+"""The accept point of every node (reserve, fill or cancel) and FedAvg's arithmetic as pure functions."""
 
 from __future__ import annotations
 
-import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from hefl.errors import DuplicateMessage, ProtocolError
 from hefl.wire import Envelope, check_scope
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from hefl.config import ExperimentConfig
+
+
+# ---------------------------------------------------------------- accepting messages
+
+
+class AcceptPoint:
+    """Each key is taken once. `reserve` claims it under the lock (a second claim is a duplicate);
+    if the work inside the `with` fails, the claim is cancelled, so a corrected retry is taken."""
+
+    def __init__(self) -> None:
+        self._taken: set[Hashable] = set()
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def reserve(self, key: Hashable, what: str) -> Iterator[None]:
+        with self._lock:
+            if key in self._taken:
+                raise DuplicateMessage(f"{what} already received")
+            self._taken.add(key)
+        try:
+            yield
+        except BaseException:
+            with self._lock:
+                self._taken.discard(key)
+            raise
+
+    def taken(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._taken
 
 
 @dataclass
@@ -25,43 +57,79 @@ class Inbox:
 class RoundBuffer:
     """Collects the messages a node adds for each round; says when a round is complete.
 
-    A message is accepted only for this experiment, an expected sender and a round not yet
-    released; a second message with the same (experiment, round, sender) raises DuplicateMessage.
+    A message is accepted only for this experiment, an expected sender and a round in range; a
+    second message with the same (round, sender) is a DuplicateMessage, also once the round is out.
     """
 
     def __init__(self, experiment: str, senders: Sequence[str], rounds: int) -> None:
         self.experiment = experiment
         self.senders = tuple(senders)
         self.rounds = rounds
+        self.accept_point = AcceptPoint()
         self._inboxes: dict[int, Inbox] = {}
-        self._released: set[int] = set()
         self._lock = threading.Lock()
 
     def check(self, env: Envelope) -> None:
         """Raise ProtocolError if `env` does not belong here."""
         check_scope(env, self.experiment, self.rounds)
         if env.sender not in self.senders:
-            raise ProtocolError(f"sender {env.sender!r} is not one this node adds (expected {list(self.senders)})")
+            raise ProtocolError(
+                f"sender {env.sender!r} is not one this node adds (expected {list(self.senders)})"
+            )
 
-    def check_new(self, env: Envelope) -> None:
-        """Raise DuplicateMessage if this (round, sender) was already taken (`accept` decides for sure)."""
-        with self._lock:
-            if env.round in self._released or env.sender in self._inboxes.get(env.round, Inbox()).payloads:
-                raise DuplicateMessage(f"round {env.round} from {env.sender!r} already received")
-
-    def accept(self, env: Envelope, payload: Any) -> bool:
-        """Store a message; True when it completes its round."""
+    @contextmanager
+    def reserve(self, env: Envelope) -> Iterator[None]:
+        """Check `env` and claim its (round, sender) while the payload is loaded inside the `with`."""
         self.check(env)
+        what = f"round {env.round} from {env.sender!r}"
+        with self.accept_point.reserve((env.round, env.sender), what):
+            yield
+
+    def fill(self, env: Envelope, payload: Any) -> bool:
+        """Store a reserved message's payload; True when it completes its round."""
         with self._lock:
-            if env.round in self._released or env.sender in self._inboxes.get(env.round, Inbox()).payloads:
-                raise DuplicateMessage(f"round {env.round} from {env.sender!r} already received")
             inbox = self._inboxes.setdefault(env.round, Inbox())
             inbox.payloads[env.sender] = payload
             inbox.envelopes[env.sender] = env
             return len(inbox.payloads) == len(self.senders)
 
+    def accept(self, env: Envelope, payload: Any) -> bool:
+        """Reserve and fill in one step (for payloads that need no loading)."""
+        with self.reserve(env):
+            return self.fill(env, payload)
+
     def release(self, round_: int) -> Inbox:
-        """Hand over a complete round; later messages for it are duplicates."""
+        """Hand over a complete round; its (round, sender) keys stay taken."""
         with self._lock:
-            self._released.add(round_)
-            return self._inboxes.pop(round_)
+            return self._inboxes.pop(round_, Inbox())
+
+
+# ---------------------------------------------------------------- FedAvg
+
+
+def expected_contributors(cfg: ExperimentConfig, node_id: str) -> int:
+    """How many clients' updates a message from `node_id` must add: the clients under it (for the
+    aggregator, every client). The one place the rule lives."""
+    return len(cfg.clients_under(node_id))
+
+
+def client_weight(samples: int, clients: int, total_samples: int) -> float:
+    """What a client multiplies its delta by: n_i x m / N (m clients, N samples in all), so that the
+    sum over all clients is m x the sample-weighted mean delta, within [-m clip, m clip]."""
+    return samples * clients / total_samples
+
+
+def apply_sum(base: np.ndarray, total: np.ndarray, clients: int, total_samples: int,
+              summed_samples: int) -> np.ndarray:
+    """FedAvg's new model from the decrypted sum of weighted deltas: base + sum x N / (m x n_sum),
+    where n_sum is the samples of the clients that contributed (N when every client did)."""
+    out: np.ndarray = base + total * (total_samples / (clients * summed_samples))
+    return out
+
+
+def weighted_metrics(reports: Sequence[tuple[int, float, float]]) -> tuple[float, float]:
+    """(loss, accuracy) over (test samples, loss, accuracy) reports, weighted by test samples."""
+    n = sum(samples for samples, _, _ in reports)
+    loss = sum(samples * loss for samples, loss, _ in reports) / n
+    accuracy = sum(samples * acc for samples, _, acc in reports) / n
+    return loss, accuracy

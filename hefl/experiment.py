@@ -17,6 +17,7 @@ from hefl.push import make_push
 from hefl.report import format_round, node_table, read_logs
 from hefl.runlog import log_name, write_json_atomic
 from hefl.transport import Timeouts, Transport
+from hefl.wire import Kind
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,7 @@ class Controller:
         self.experiment = experiment
         self.exp_dir = log_dir / experiment
         self.out = out
-        net = cfg.network
-        self.transport = Transport(endpoints, Timeouts(net.connect_timeout_s, net.read_timeout_s, retries=2), token)
+        self.transport = Transport(endpoints, Timeouts.of(cfg.network), token)
         self.public_context = public_context(cfg)
         self.key_ids: dict[str, str] = {}
 
@@ -56,9 +56,9 @@ class Controller:
         write_json_atomic(self.exp_dir / "config.json", self.raw)
         self.wait_for_nodes()
         self.push_configs()
-        self.transport.post(self.cfg.root, "/start", b"", content_type="application/json")
+        self.transport.call(self.cfg.root, Kind.START)
         rows = self.follow()
-        self.fetch_missing_logs()
+        self.collect_logs()
         self.out(f"logs: {self.exp_dir}")
         for line in node_table(read_logs(self.exp_dir), self.cfg):
             self.out(line)
@@ -71,7 +71,7 @@ class Controller:
         while pending:
             for node in list(pending):
                 try:
-                    self.transport.get(node, "/health")
+                    self.transport.call(node, Kind.HEALTH)
                     del pending[node]
                 except HeflError as exc:
                     pending[node] = str(exc)
@@ -102,7 +102,7 @@ class Controller:
     def _push(self, node: str) -> str:
         body = make_push(self.raw, node, self.experiment, self.endpoints, self.public_context)
         try:
-            resp = self.transport.post(node, "/config", json.dumps(body).encode(), content_type="application/json")
+            resp = self.transport.call(node, Kind.CONFIG, json.dumps(body).encode())
         except HeflError as exc:
             return str(exc)
         self.key_ids[node] = resp.json().get("key_id", "") if resp.status_code == 200 else ""
@@ -113,7 +113,7 @@ class Controller:
         shown = 0
         last_progress = last_check = time.monotonic()
         while True:
-            status = self.transport.get(self.cfg.root, "/status").json()
+            status = self.transport.call(self.cfg.root, Kind.STATUS).json()
             rows = status.get("rounds", [])
             for row in rows[shown:]:
                 self.out(format_round(row, self.cfg.rounds))
@@ -136,7 +136,7 @@ class Controller:
         """Stop early when a node died, failed, or was taken over by another experiment."""
         for node in self.cfg.nodes:
             try:
-                health = self.transport.get(node, "/health").json()
+                health = self.transport.call(node, Kind.HEALTH).json()
             except HeflError as exc:
                 raise ExperimentFailed(f"{node} stopped answering during round {round_ + 1}: {exc}") from None
             if health.get("state") == "failed":
@@ -144,20 +144,42 @@ class Controller:
             if health.get("experiment") != self.experiment:
                 raise ExperimentFailed(f"{node} now runs experiment {health.get('experiment')!r}, not {self.experiment!r}")
 
-    def fetch_missing_logs(self) -> None:
-        """The aggregator node gathered every log into its own log folder; when this command writes
-        elsewhere (another --log-dir, another machine), fetch the logs it lacks from the nodes."""
-        for node in self.cfg.nodes:
-            path = self.exp_dir / log_name(node)
-            if not path.exists():
-                write_json_atomic(path, self.transport.get(node, f"/log/{self.experiment}").json())
+    def collect_logs(self) -> None:
+        """Bring every node's finished log into the experiment folder (nodes that share it, as in
+        local mode, wrote theirs there already); a node still writing its last round is asked again."""
+        deadline = time.monotonic() + self.cfg.network.read_timeout_s
+        missing = [n for n in self.cfg.nodes if not _finished(self.exp_dir / log_name(n))]
+        while missing:
+            missing = [n for n in missing if not self._fetch_log(n)]
+            if missing and time.monotonic() > deadline:
+                raise ExperimentFailed(f"logs not finished within {self.cfg.network.read_timeout_s:g}s "
+                                       f"(network.read_timeout_s) on {missing}; the rest are in {self.exp_dir}")
+            if missing:
+                time.sleep(0.2)
+
+    def _fetch_log(self, node: str) -> bool:
+        try:
+            data = self.transport.call(node, Kind.LOG, arg=self.experiment).json()
+        except (HeflError, ValueError) as exc:
+            log.warning("log of %s not fetched: %s", node, exc)
+            return False
+        write_json_atomic(self.exp_dir / log_name(node), data)
+        return bool(data.get("finished"))
 
     def states(self) -> str:
         found = []
         for node in self.cfg.nodes:
             try:
-                st = self.transport.get(node, "/health").json()
+                st = self.transport.call(node, Kind.HEALTH).json()
                 found.append(f"{node}={st.get('state')}@{st.get('round')}")
             except HeflError:
                 found.append(f"{node}=unreachable")
         return ", ".join(found)
+
+
+def _finished(path: Path) -> bool:
+    """Whether a node log on disk is complete (its last round written)."""
+    try:
+        return bool(json.loads(path.read_text()).get("finished"))
+    except (OSError, ValueError, AttributeError):
+        return False

@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 
+_BY_DIRECTION = [f"byte_{k}_{d}" for d in ("up", "down", "control") for k in ("send", "received")]
+
+
 def log_name(node_id: str) -> str:
     """File name of a node's log: its address, with ':' (not allowed everywhere) as '_'."""
     return node_id.replace(":", "_") + ".json"
@@ -48,8 +51,8 @@ class RunLog:
         rec = self._records.get(round_)
         if rec is None:
             rec = {"round": round_, "start_time": time.time(), "end_time": None, "duration_s": None,
-                   "byte_received": 0, "byte_send": 0, "messages_received": 0, "messages_sent": 0,
-                   "phases": {}}
+                   "byte_received": 0, "byte_send": 0, **dict.fromkeys(_BY_DIRECTION, 0),
+                   "messages_received": 0, "messages_sent": 0, "links": {}, "phases": {}}
             self._records[round_] = rec
             self._started[round_] = time.monotonic()
         return rec
@@ -58,13 +61,18 @@ class RunLog:
         with self._lock:
             self._record(round_)
 
-    def add_bytes(self, round_: int, sent: int, received: int, outbound: bool, message: bool = True) -> None:
-        """Count body bytes of one HTTP exchange: a request this node made (outbound) or was sent;
-        `message` False adds bytes to an exchange already counted (an error answer's body)."""
+    def add_bytes(self, round_: int, direction: str, peer: str, sent: int, received: int, outbound: bool,
+                  message: bool = True) -> None:
+        """Count the body bytes of one HTTP exchange with `peer`: a request this node made (outbound)
+        or answered; `message` False adds bytes to an exchange already counted (an answer's body)."""
         with self._lock:
             rec = self._record(round_)
-            rec["byte_send"] += sent
-            rec["byte_received"] += received
+            link = rec["links"].setdefault(peer, {"sent": 0, "received": 0})
+            for key, n in (("send", sent), ("received", received)):
+                rec[f"byte_{key}"] += n
+                rec[f"byte_{key}_{direction}"] += n
+            link["sent"] += sent
+            link["received"] += received
             if message:
                 rec["messages_sent" if outbound else "messages_received"] += 1
 
@@ -114,3 +122,20 @@ class RunLog:
 
     def _write_locked(self) -> None:
         write_json_atomic(self.path, self._snapshot_locked())
+
+
+class Stopwatch:
+    """A named wait of a node, per round: started at one event, read at a later one (monotonic)."""
+
+    def __init__(self) -> None:
+        self._started: dict[int, float] = {}
+
+    def start(self, round_: int, first: bool = False) -> None:
+        """Start the wait of `round_`; `first` keeps an earlier start (the first of several events)."""
+        if not (first and round_ in self._started):
+            self._started[round_] = time.monotonic()
+
+    def stop(self, round_: int) -> float:
+        """Seconds since the start of `round_`'s wait (0 if it never started)."""
+        started = self._started.pop(round_, None)
+        return 0.0 if started is None else time.monotonic() - started

@@ -19,6 +19,19 @@ def check_topology(nodes: Mapping[str, NodeConfig], root: str) -> None:
     _check_clients(nodes)
 
 
+def first_hops(nodes: Mapping[str, NodeConfig], node_id: str) -> dict[str, str]:
+    """For each node below `node_id`, the child of `node_id` its updates arrive through (a dumb
+    switch forwards its children's updates unchanged, under their own sender id)."""
+    hops = {}
+    for start in nodes:
+        prev, current = start, start
+        while current != node_id and nodes[current].send in nodes:
+            prev, current = current, nodes[current].send
+        if current == node_id and start != node_id:
+            hops[start] = prev
+    return hops
+
+
 def _check_sends(nodes: Mapping[str, NodeConfig], root: str) -> None:
     for node in nodes.values():
         path = f"others[{node.id!r}].send"

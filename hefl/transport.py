@@ -1,37 +1,89 @@
-"""The one HTTP client every outbound call goes through: timeouts, bounded retries, byte counting."""
+"""The one HTTP client every outbound call goes through (timeouts, retries) and the one byte counter."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import requests
 
 from hefl.errors import PeerUnreachable, ProtocolError
-from hefl.wire import BINARY, TOKEN_HEADER
+from hefl.wire import TOKEN_HEADER, Envelope, Kind
+
+if TYPE_CHECKING:
+    from hefl.config import NetworkConfig
+    from hefl.runlog import RunLog
 
 log = logging.getLogger(__name__)
-
-Meter = Callable[[int, int, int], None]  # (round, bytes sent, bytes received)
+STRANGER = "?"  # the link of a message whose sender is not a node of the experiment
 
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Seconds to open a connection and to wait for an answer; never None (a call must not hang)."""
+    """Seconds to open a connection and to wait for an answer (never None: a call must not hang),
+    and the retry policy: `retries` more attempts, `backoff` x 2^k seconds apart."""
 
     connect: float = 3.0
     read: float = 60.0
     retries: int = 3
     backoff: float = 0.2
 
+    @classmethod
+    def of(cls, net: NetworkConfig) -> Timeouts:
+        """The experiment's timeouts: every node, the controller and test.py use these."""
+        return cls(net.connect_timeout_s, net.read_timeout_s, net.retries)
+
+
+class TrafficMeter:
+    """The body bytes of every round message of one node, by round, direction and peer.
+
+    Fed where bytes cross the wire: by the transport for each attempt of a request this node makes,
+    and by the HTTP layer's two hooks for a request it answers (the request body before the node acts
+    on it, the answer's body after). Messages of other experiments or rounds make no records.
+    """
+
+    def __init__(self, runlog: RunLog, experiment: str, rounds: int, peers: Collection[str],
+                 hops: Mapping[str, str] | None = None) -> None:
+        self.runlog = runlog
+        self.experiment = experiment
+        self.rounds = rounds
+        self.peers = frozenset(peers)
+        self.hops = dict(hops or {})  # update sender -> the child it arrives through (topology.first_hops)
+
+    def counts(self, env: Envelope) -> bool:
+        return env.experiment == self.experiment and 0 <= env.round < self.rounds
+
+    def outbound(self, kind: Kind, peer: str, env: Envelope, sent: int, received: int) -> None:
+        """One attempt of a request this node made to `peer`."""
+        if self.counts(env):
+            self.runlog.add_bytes(env.round, _direction(kind), peer, sent, received, outbound=True)
+
+    def inbound(self, kind: Kind, env: Envelope, received: int, sent: int = 0, message: bool = True) -> None:
+        """A request this node answers; `message` False adds the answer's body to one already counted."""
+        if self.counts(env):
+            if kind is Kind.UPDATE:
+                peer = self.hops.get(env.sender, STRANGER)
+            else:
+                peer = env.sender if env.sender in self.peers else STRANGER
+            self.runlog.add_bytes(env.round, _direction(kind), peer, sent, received, outbound=False,
+                                  message=message)
+
+
+def _direction(kind: Kind) -> str:
+    direction = kind.route.direction
+    if direction is None:
+        raise ValueError(f"{kind.value} is not a round message")
+    return direction
+
 
 class Transport:
-    """POSTs and GETs to peers by node id; counts the HTTP body bytes of every attempt it makes."""
+    """Requests to peers by node id and message kind; the paths come from the wire table."""
 
     def __init__(self, endpoints: Mapping[str, str], timeouts: Timeouts, token: str = "",
-                 meter: Meter | None = None) -> None:
+                 meter: TrafficMeter | None = None) -> None:
         self.endpoints = dict(endpoints)
         self.timeouts = timeouts
         self.meter = meter
@@ -39,50 +91,53 @@ class Transport:
         if token:
             self.session.headers[TOKEN_HEADER] = token
 
-    def url(self, peer: str, path: str) -> str:
+    def send(self, peer: str, kind: Kind, env: Envelope, body: bytes = b"") -> requests.Response:
+        """A round message, metered. A 409 (the peer has it already) counts as delivered; another
+        4xx raises ProtocolError; no answer after the retries raises PeerUnreachable."""
+        return self._call(peer, kind, body, env)
+
+    def call(self, peer: str, kind: Kind, body: bytes = b"", arg: str = "") -> requests.Response:
+        """A control request (health, config, start, status, log); not metered."""
+        return self._call(peer, kind, body, None, arg)
+
+    def url(self, peer: str, kind: Kind, arg: str = "") -> str:
         try:
-            return self.endpoints[peer] + path
+            return self.endpoints[peer] + kind.route.url_path(arg)
         except KeyError:
             raise PeerUnreachable(f"{peer!r} is not a node of this experiment") from None
 
-    def post(self, peer: str, path: str, body: bytes, headers: Mapping[str, str] | None = None,
-             round_: int | None = None, content_type: str = BINARY) -> requests.Response:
-        """POST `body`; a 409 (already have it) counts as delivered, other 4xx raise ProtocolError."""
-        hdrs = {"Content-Type": content_type, **(headers or {})}
-        return self._call("POST", peer, path, body, hdrs, round_)
-
-    def get(self, peer: str, path: str, round_: int | None = None) -> requests.Response:
-        return self._call("GET", peer, path, b"", {}, round_)
-
-    def _call(self, method: str, peer: str, path: str, body: bytes, headers: Mapping[str, str],
-              round_: int | None) -> requests.Response:
-        url = self.url(peer, path)
+    def _call(self, peer: str, kind: Kind, body: bytes, env: Envelope | None,
+              arg: str = "") -> requests.Response:
+        route = kind.route
+        url = self.url(peer, kind, arg)
+        headers = {"Content-Type": route.content_type, **(env.headers() if env else {})}
         attempts = self.timeouts.retries + 1
         reason = ""
         for attempt in range(attempts):
             if attempt:
                 time.sleep(self.timeouts.backoff * 2 ** (attempt - 1))
             try:
-                resp = self.session.request(method, url, data=body or None, headers=headers,
+                resp = self.session.request(route.method, url, data=body or None, headers=headers,
                                             timeout=(self.timeouts.connect, self.timeouts.read))
             except requests.ReadTimeout as exc:  # the body went out; no answer came back
-                self._count(round_, len(body), 0)
+                self._count(kind, peer, env, len(body), 0)
                 reason = f"no answer within {self.timeouts.read:g}s ({type(exc).__name__})"
                 continue
             except requests.RequestException as exc:  # refused, reset, bad URL, broken chunking, ...
                 reason = _short(exc)
                 continue
-            self._count(round_, len(body), len(resp.content))
+            self._count(kind, peer, env, len(body), len(resp.content))
             if resp.status_code < 400 or resp.status_code == 409:
                 return resp
+            where = f"{route.method} {route.url_path(arg)}"
             if resp.status_code < 500:
-                raise ProtocolError(f"{peer} refused {method} {path}: {resp.status_code} {_error_text(resp)}")
+                raise ProtocolError(f"{peer} refused {where}: {resp.status_code} {_error_text(resp)}")
             reason = f"{resp.status_code} {_error_text(resp)}"
         raise PeerUnreachable(f"cannot reach {peer} ({url}) after {attempts} attempts: {reason}")
 
-    def _count(self, round_: int | None, sent: int, received: int) -> None:
-        if self.meter is not None and round_ is not None:
-            self.meter(round_, sent, received)
+    def _count(self, kind: Kind, peer: str, env: Envelope | None, sent: int, received: int) -> None:
+        if self.meter is not None and env is not None:
+            self.meter.outbound(kind, peer, env, sent, received)
 
     def close(self) -> None:
         self.session.close()
@@ -91,7 +146,7 @@ class Transport:
 def _error_text(resp: requests.Response) -> str:
     try:
         return str(resp.json().get("error", resp.text))[:300]
-    except ValueError:
+    except (ValueError, AttributeError):
         return resp.text[:300]
 
 

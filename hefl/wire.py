@@ -1,17 +1,78 @@
-"""The message envelope: (experiment, round, sender, samples, contributors) <-> HTTP headers."""
+"""What crosses the wire: message kinds, the one table of HTTP paths, and the envelope headers."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from enum import Enum
 from typing import Protocol
 
 from hefl.errors import ProtocolError
 
 BINARY = "application/octet-stream"
+JSON = "application/json"
+TEXT = "text/plain"
 PREFIX = "X-Hefl-"
 TOKEN_HEADER = "X-Hefl-Token"
 _COUNT = re.compile(r"[0-9]{1,12}")  # ASCII digits only: str.isdigit() also takes '²'
+
+
+class Kind(Enum):
+    """Every request a node makes or answers. Round messages carry an envelope and are metered."""
+
+    BEGIN = "begin"  # the aggregator starts round 0 down the tree (empty body)
+    UPDATE = "update"  # a child's (summed) update, up the tree
+    GLOBAL = "global"  # a round's summed update, down the tree
+    METRICS = "metrics"  # a client's evaluation, to the aggregator
+    FAIL = "fail"  # a node's failure report, to the aggregator
+    HEALTH = "health"
+    CONFIG = "config"
+    START = "start"
+    STATUS = "status"
+    LOG = "log"
+
+    @property
+    def route(self) -> Route:
+        return ROUTES[self]
+
+
+@dataclass(frozen=True)
+class Route:
+    """How a kind travels: method, path, body type, and which traffic it counts as (None: not metered)."""
+
+    method: str
+    path: str
+    content_type: str = JSON
+    direction: str | None = None  # "up", "down" or "control" for round messages
+    strict: bool = True  # the request's Content-Type must be `content_type`
+
+    def url_path(self, arg: str = "") -> str:
+        """The path of one request; `arg` fills the path's one <argument>, if it has one."""
+        return re.sub(r"<[a-z_]+>", arg, self.path)
+
+
+ROUTES: dict[Kind, Route] = {
+    Kind.BEGIN: Route("POST", "/begin", BINARY, "down"),
+    Kind.UPDATE: Route("POST", "/update", BINARY, "up"),
+    Kind.GLOBAL: Route("POST", "/global", BINARY, "down"),
+    Kind.METRICS: Route("POST", "/metrics", JSON, "control"),
+    Kind.FAIL: Route("POST", "/fail", TEXT, "control", strict=False),  # a reason, as text
+    Kind.HEALTH: Route("GET", "/health"),
+    Kind.CONFIG: Route("POST", "/config"),
+    Kind.START: Route("POST", "/start"),
+    Kind.STATUS: Route("GET", "/status"),
+    Kind.LOG: Route("GET", "/log/<experiment>"),
+}
+DIRECTIONS = ("up", "down", "control")
+OPEN = frozenset({Kind.HEALTH})  # answered without the credential
+
+
+def kind_at(path: str) -> Kind | None:
+    """The round message kind served at a request path (None for control endpoints)."""
+    for kind, route in ROUTES.items():
+        if route.direction is not None and route.path == path:
+            return kind
+    return None
 
 
 class Headers(Protocol):
@@ -22,18 +83,13 @@ class Headers(Protocol):
 
 @dataclass(frozen=True)
 class Envelope:
-    """Metadata of one update or global result; the payload travels as the binary body."""
+    """Metadata of one round message; the payload travels as the binary body."""
 
     experiment: str
     round: int
     sender: str
     samples: int = 0  # training samples behind the payload (summed by aggregating nodes)
     contributors: int = 0  # clients whose updates are added into the payload
-
-    @property
-    def key(self) -> tuple[str, int, str]:
-        """What makes a message unique: a second one with the same key is a duplicate."""
-        return (self.experiment, self.round, self.sender)
 
     def headers(self) -> dict[str, str]:
         return {
@@ -56,20 +112,24 @@ class Envelope:
         numbers = {}
         for name in ("Round", "Samples", "Contributors"):
             if not _COUNT.fullmatch(values[name]):
-                raise ProtocolError(f"header {PREFIX}{name}: {values[name][:20]!r} is not a non-negative integer")
+                raise ProtocolError(
+                    f"header {PREFIX}{name}: {values[name][:20]!r} is not a non-negative integer"
+                )
             numbers[name] = int(values[name])
-        return cls(values["Experiment"], numbers["Round"], values["Sender"], numbers["Samples"], numbers["Contributors"])
+        return cls(
+            values["Experiment"],
+            numbers["Round"],
+            values["Sender"],
+            numbers["Samples"],
+            numbers["Contributors"],
+        )
 
 
 def check_scope(env: Envelope, experiment: str, rounds: int) -> None:
     """Refuse a message of another experiment, or of a round this experiment does not have."""
     if env.experiment != experiment:
-        raise ProtocolError(f"experiment {env.experiment!r} is not the running experiment {experiment!r}")
+        raise ProtocolError(
+            f"experiment {env.experiment!r} is not the running experiment {experiment!r}"
+        )
     if not 0 <= env.round < rounds:
         raise ProtocolError(f"round {env.round} is outside 0..{rounds - 1}")
-
-
-def round_of(headers: Headers) -> int | None:
-    """The round a request belongs to, for byte accounting; None for control-plane requests."""
-    value = headers.get(f"{PREFIX}Round") or ""
-    return int(value) if _COUNT.fullmatch(value) else None

@@ -6,7 +6,7 @@ import pytest
 
 from hefl.aggregation import RoundBuffer
 from hefl.errors import DuplicateMessage, ProtocolError
-from hefl.wire import Envelope, round_of
+from hefl.wire import Envelope
 
 
 def env(sender: str, round_: int = 0, experiment: str = "e") -> Envelope:
@@ -40,13 +40,3 @@ def test_released_round_refuses_late_repeat() -> None:
     buf.release(0)
     with pytest.raises(DuplicateMessage):
         buf.accept(env("a"), b"1")
-
-
-def test_envelope_round_trips_through_headers() -> None:
-    e = Envelope("exp-1", 4, "10.10.1.3", samples=180, contributors=2)
-    assert Envelope.from_headers(e.headers()) == e
-    assert round_of(e.headers()) == 4
-    with pytest.raises(ProtocolError, match="X-Hefl-Round: '-1' is not a non-negative integer"):
-        Envelope.from_headers({**e.headers(), "X-Hefl-Round": "-1"})
-    with pytest.raises(ProtocolError, match="missing header X-Hefl-Sender"):
-        Envelope.from_headers({k: v for k, v in e.headers().items() if k != "X-Hefl-Sender"})

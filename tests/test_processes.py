@@ -281,3 +281,42 @@ def test_cnn_on_label_skewed_slices_with_bfv(tmp_path: Path) -> None:
     samples = sorted(d["iteration"][0]["train_samples"] for d in logs.values() if d["role"] == "client")
     assert sum(samples) == 1438 and samples[0] != samples[-1]  # label skew: unequal slices of one split
     assert all(len(d["iteration"]) == 2 and d["scheme"] == "bfv" for d in logs.values())
+
+
+def test_every_link_reconciles_from_links_alone(local_run: Any) -> None:
+    """What a node logged as sent to a peer is what that peer logged as received from it, per round
+    and link (a dumb switch's forwarded updates included); the links add up to the node's totals."""
+    _, _, exp = local_run
+    logs = node_logs(exp)
+    for r in range(3):
+        recs = {n: d["iteration"][r] for n, d in logs.items()}
+        for node, rec in recs.items():
+            links = rec["links"]
+            assert set(links) <= set(recs) and links, (node, links)
+            for peer, counts in links.items():
+                assert counts == {"sent": recs[peer]["links"][node]["received"],
+                                  "received": recs[peer]["links"][node]["sent"]}, (r, node, peer)
+            for key in ("send", "received"):
+                assert sum(c["sent" if key == "send" else "received"] for c in links.values()) == rec[f"byte_{key}"]
+                assert sum(rec[f"byte_{key}_{d}"] for d in ("up", "down", "control")) == rec[f"byte_{key}"]
+        client = recs["127.0.0.1:100"]
+        assert client["byte_send_up"] > 0 and client["byte_received_down"] > 0 and client["byte_send_control"] > 0
+        assert set(recs["127.0.0.1:2"]["links"]) == {"127.0.0.1:10", "127.0.0.1:11", "127.0.0.1:1"}
+
+
+def test_local_and_agg_runs_of_one_config_give_identical_accuracies(tmp_path: Path) -> None:
+    """Standalone nodes started without OMP_NUM_THREADS train with training.threads like local ones."""
+    ports = free_ports(4)
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(_addressed_config(ports, rounds=3)))
+    local = run_main("local", "--config", str(cfg), "--log-dir", str(tmp_path / "local"))
+    assert local.returncode == 0, local.stderr[-2000:]
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"HEFL_TOKEN": "t0ken"}
+    nodes = _start_nodes(ports, tmp_path / "nodes", env)
+    try:
+        agg = run_main("agg", "--config", str(cfg), "--log-dir", str(tmp_path / "agg"), env=env)
+    finally:
+        _stop(nodes)
+    assert agg.returncode == 0, agg.stderr[-2000:]
+    first, second = (json.loads((experiment_dir(tmp_path / d) / "rounds.json").read_text()) for d in ("local", "agg"))
+    assert [(r["accuracy"], r["loss"]) for r in first] == [(r["accuracy"], r["loss"]) for r in second]

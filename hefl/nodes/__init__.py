@@ -1,24 +1,23 @@
-"""Round state of each role as plain classes; `build_node` imports torch only for clients."""
+"""Round state of each role as plain classes, given their parts; torch is imported only for clients."""
 
 from __future__ import annotations
 
-from hefl.nodes.base import Node, NodeContext
+from hefl.nodes.base import Node, Parts, Sender, Worker
 
 
-def build_node(ctx: NodeContext) -> Node:
-    """The node object for `ctx.node_id`'s role in the config."""
-    role = ctx.cfg.nodes[ctx.node_id].type
+def role_class(role: str) -> type[Node]:
+    """The node class of a role (importing it: only clients pay for torch)."""
     if role == "client":
-        from hefl.nodes.client import ClientNode  # torch: only clients pay for it
+        from hefl.nodes.client import ClientNode
 
-        return ClientNode(ctx)
+        return ClientNode
     if role == "switch":
         from hefl.nodes.switch import SwitchNode
 
-        return SwitchNode(ctx)
+        return SwitchNode
     from hefl.nodes.aggregator import AggregatorNode
 
-    return AggregatorNode(ctx)
+    return AggregatorNode
 
 
-__all__ = ["Node", "NodeContext", "build_node"]
+__all__ = ["Node", "Parts", "Sender", "Worker", "role_class"]

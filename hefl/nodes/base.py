@@ -1,88 +1,110 @@
-"""What every role shares: its context, run log, transport, and one worker thread for round work."""
+"""What every role shares: its parts (given, not built here), failure reporting, and its status."""
 
 from __future__ import annotations
 
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from hefl.config import ExperimentConfig
-from hefl.crypto import Scheme, make_scheme
-from hefl.errors import ConfigError, HeflError, ProtocolError
-from hefl.modelspec import param_count
-from hefl.runlog import RunLog, log_name
-from hefl.transport import Timeouts, Transport
-from hefl.wire import Envelope, check_scope
-
-if TYPE_CHECKING:
-    from hefl.crypto.keys import KeyRing
+from hefl.config import ExperimentConfig, NodeConfig
+from hefl.crypto import Scheme
+from hefl.errors import HeflError, ProtocolError
+from hefl.runlog import RunLog
+from hefl.transport import TrafficMeter
+from hefl.wire import Envelope, Kind, check_scope
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class NodeContext:
-    """Everything a node is configured with: who it is, the experiment, where its peers are."""
-
+class NodeContext:  # TODO(merge): replaced by push.Push
     cfg: ExperimentConfig
     node_id: str
     experiment: str
     endpoints: Mapping[str, str]
     log_dir: Path
     token: str = ""
-    context: bytes = b""  # the keyless HE context pushed to switches and the aggregator
+    context: bytes = b""
 
-    @property
-    def exp_dir(self) -> Path:
-        return self.log_dir / self.experiment
+
+class Sender(Protocol):
+    """What a node sends through: the Transport, or a fake in unit tests."""
+
+    def send(self, peer: str, kind: Kind, env: Envelope, body: bytes = b"") -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class Worker:
+    """One thread that runs a node's round work in order; a job that raises goes to `on_error`."""
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.Queue[tuple[Callable[..., None], tuple[Any, ...]] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._on_error: Callable[[str, Exception], None] = lambda reason, exc: None
+        self.closed = False
+
+    def start(self, on_error: Callable[[str, Exception], None]) -> None:
+        self._on_error = on_error
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run `fn(*args)` on the worker thread, after the jobs already queued."""
+        self._jobs.put((fn, args))
+
+    def close(self) -> None:
+        """Drop the queued work (a retired node's) and let the thread end."""
+        self.closed = True
+        self._jobs.put(None)
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            if self.closed:
+                continue
+            fn, args = job
+            try:
+                fn(*args)
+            except Exception as exc:  # the worker must survive to report; the node keeps serving
+                self._on_error(f"{fn.__name__}: {exc}", exc)
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What a node works with; `hefl.host.build_node` makes them, a unit test may pass fakes."""
+
+    transport: Sender
+    scheme: Scheme
+    runlog: RunLog
+    meter: TrafficMeter  # the HTTP layer counts what this node is sent with it
+    worker: Worker
+    key_id: str = ""  # clients: which key pair they loaded
 
 
 class Node:
-    """Round state of one role; views call `on_*` methods, slow work runs on the worker thread."""
+    """One role's round state. Messages arrive through `on_<kind>` methods, called by the HTTP
+    layer after it counted their bytes; the work they cause runs on the worker thread."""
 
-    role = "node"
+    role = ""
 
-    def __init__(self, ctx: NodeContext) -> None:
-        self.ctx = ctx
-        self.cfg = ctx.cfg
-        self.id = ctx.node_id
-        self.me = ctx.cfg.nodes[ctx.node_id]
-        self.runlog = RunLog(ctx.exp_dir / log_name(ctx.node_id), self.id, self.role, ctx.experiment)
-        net = ctx.cfg.network
-        self.transport = Transport(ctx.endpoints, Timeouts(net.connect_timeout_s, net.read_timeout_s, net.retries),
-                                   ctx.token, meter=self._meter_out)
-        keys = self._keys()
-        self.key_id = keys.key_id if keys is not None else ""
-        self.scheme: Scheme = make_scheme(ctx.cfg.encryption, param_count(ctx.cfg.model, ctx.cfg.dataset),
-                                          keys, seed=self.scheme_seed())
+    def __init__(self, cfg: ExperimentConfig, node_id: str, experiment: str, parts: Parts) -> None:
+        self.cfg = cfg
+        self.id = node_id
+        self.experiment = experiment
+        self.me: NodeConfig = cfg.nodes[node_id]
+        self.transport = parts.transport
+        self.scheme = parts.scheme
+        self.runlog = parts.runlog
+        self.meter = parts.meter
+        self.worker = parts.worker
+        self.key_id = parts.key_id
         self.runlog.header.update(scheme=self.scheme.name, can_decrypt=self.scheme.can_decrypt)
         self.error = ""
         self.round = 0
         self.closed = False
-        self._marks: dict[tuple[str, int], float] = {}
-        self._jobs: queue.Queue[tuple[Callable[..., None], tuple[Any, ...]] | None] = queue.Queue()
-        self._worker = threading.Thread(target=self._work, name=f"{self.role}-worker", daemon=True)
-
-    def _keys(self) -> KeyRing | None:
-        """Clients load the secret context from disk; every other role the pushed keyless one."""
-        enc = self.cfg.encryption
-        if enc.scheme == "none":
-            return None
-        from hefl.crypto import keys  # TenSEAL: only for encrypted experiments
-
-        if self.me.type == "client":
-            return keys.load_secret(enc)
-        if not self.ctx.context:
-            raise ConfigError(f"push.context: a {self.me.type} of a {enc.scheme} experiment needs the public context")
-        return keys.load_public(enc, self.ctx.context)
-
-    def scheme_seed(self) -> int:
-        return 0
 
     @property
     def max_body(self) -> int:
@@ -92,23 +114,10 @@ class Node:
     def start(self) -> None:
         """Go live once fully built: write the (empty) log and start the worker thread."""
         self.runlog.flush()
-        self._worker.start()
-
-    # ------------------------------------------------------------ work and failure
+        self.worker.start(self.fail)
 
     def submit(self, fn: Callable[..., None], *args: Any) -> None:
-        """Run `fn(*args)` on this node's worker thread, after the jobs already queued."""
-        self._jobs.put((fn, args))
-
-    def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            if self.closed:  # retired by a reconfiguration: drop what is left of the old experiment
-                continue
-            fn, args = job
-            try:
-                fn(*args)
-            except Exception as exc:  # the worker must survive to report; the node keeps serving
-                self.fail(f"{fn.__name__}: {exc}", exc)
+        self.worker.submit(fn, *args)
 
     def fail(self, reason: str, exc: BaseException | None = None) -> None:
         """Record a failure, keep every log line written so far, and tell the aggregator."""
@@ -118,55 +127,31 @@ class Node:
         if self.id == self.cfg.root or self.closed:
             return
         try:
-            self.transport.post(self.cfg.root, "/fail", self.error.encode(), self.envelope(self.round).headers(),
-                                content_type="text/plain")
+            self.transport.send(self.cfg.root, Kind.FAIL, self.envelope(self.round), self.error.encode())
         except Exception as exc2:  # reporting is best effort; the failure is logged above
             log.error("%s: could not report the failure to the aggregator: %s", self.id, exc2)
 
     def close(self) -> None:
         """Retire this node: queued work is dropped, the log is written, connections closed."""
         self.closed = True
-        self._jobs.put(None)
+        self.worker.close()
         self.runlog.flush()
         self.transport.close()
         self.scheme.close()
 
-    # ------------------------------------------------------------ accounting
-
-    def _meter_out(self, round_: int, sent: int, received: int) -> None:
-        self.runlog.add_bytes(round_, sent, received, outbound=True)
-
-    def meter_in(self, env: Envelope, received: int, sent: int = 0, message: bool = True) -> bool:
-        """Count the body bytes of a round message this node was sent (by the HTTP layer, before
-        the node acts on it); messages of other experiments or rounds make no records. True if counted."""
-        if env.experiment != self.ctx.experiment or not 0 <= env.round < self.cfg.rounds:
-            return False
-        self.runlog.add_bytes(env.round, sent, received, outbound=False, message=message)
-        return True
-
-    def mark(self, what: str, round_: int) -> None:
-        """Remember when something happened, to time a wait phase later."""
-        self._marks[(what, round_)] = time.monotonic()
-
-    def since(self, what: str, round_: int) -> float:
-        started = self._marks.pop((what, round_), None)
-        return 0.0 if started is None else time.monotonic() - started
-
-    # ------------------------------------------------------------ messages
-
     def envelope(self, round_: int, samples: int = 0, contributors: int = 0) -> Envelope:
-        return Envelope(self.ctx.experiment, round_, self.id, samples, contributors)
+        return Envelope(self.experiment, round_, self.id, samples, contributors)
 
     def check_downward(self, env: Envelope, payload: bytes, allow_empty: bool = False) -> None:
-        """A global result must come from this node's parent, for this experiment, in range."""
-        check_scope(env, self.ctx.experiment, self.cfg.rounds)
+        """A begin or global message must come from this node's parent, for this experiment, in range."""
+        check_scope(env, self.experiment, self.cfg.rounds)
         if env.sender != self.me.send:
             raise ProtocolError(f"{env.sender!r} is not this node's parent {self.me.send!r}")
         if not (allow_empty and not payload):
             self.scheme.check(payload)  # a relay checks the shape; a client loads it as well
 
     def status(self) -> dict[str, Any]:
-        return {"state": "failed" if self.error else ("finished" if self.runlog.finished else "running"),
-                "role": self.role, "node": self.id, "experiment": self.ctx.experiment, "round": self.round,
-                "scheme": self.scheme.name, "can_decrypt": self.scheme.can_decrypt, "key_id": self.key_id,
-                "error": self.error}
+        state = "failed" if self.error else ("finished" if self.runlog.finished else "running")
+        return {"state": state, "role": self.role, "node": self.id, "experiment": self.experiment,
+                "round": self.round, "scheme": self.scheme.name, "can_decrypt": self.scheme.can_decrypt,
+                "key_id": self.key_id, "error": self.error}

@@ -3,62 +3,60 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from typing import Any
 
 import numpy as np
+import torch
 
+from hefl.aggregation import AcceptPoint, apply_sum, client_weight, expected_contributors
+from hefl.config import ExperimentConfig
 from hefl.data import client_data
-from hefl.errors import DuplicateMessage, ExperimentFailed, ProtocolError
+from hefl.errors import ExperimentFailed, ProtocolError
 from hefl.model import build_model, get_flat, set_flat
-from hefl.nodes.base import Node, NodeContext
-from hefl.runlog import log_name
+from hefl.nodes.base import Node, Parts
+from hefl.runlog import Stopwatch, log_name
 from hefl.training import evaluate, pick_device, train_epochs, warm_up
-from hefl.wire import Envelope
+from hefl.wire import Envelope, Kind
 
 
 class ClientNode(Node):
     role = "client"
 
-    def __init__(self, ctx: NodeContext) -> None:
-        super().__init__(ctx)
-        t = self.cfg.training
+    def __init__(self, cfg: ExperimentConfig, node_id: str, experiment: str, parts: Parts) -> None:
+        super().__init__(cfg, node_id, experiment, parts)
+        t = cfg.training
+        torch.set_num_threads(getattr(t, "threads", 1))  # TODO(merge) t.threads; the same on every node, whatever the process was started with
         self.device = pick_device(t.device)
-        self.train, self.test, self.all_samples = client_data(self.cfg.dataset, t.seed, self.me.client_number,
+        self.train, self.test, self.all_samples = client_data(cfg.dataset, t.seed, self.me.client_number,
                                                               self.me.index)
-        self.model = build_model(self.cfg.model, self.cfg.dataset, t.seed).to(self.device)
+        self.model = build_model(cfg.model, cfg.dataset, t.seed).to(self.device)
         self.base = get_flat(self.model)  # the global model this round started from
         self.samples = len(self.train)
-        # what this client sends: its delta x n_i x m / N (m clients, N samples in all), so that the
-        # sum over clients is m x the weighted mean delta and stays within [-m clip, m clip]
-        self.weight = self.samples * self.me.client_number / self.all_samples
+        self.weight = client_weight(self.samples, self.me.client_number, self.all_samples)
         warm_up(self.model, self.train, t, self.device)
-        self._seen: set[tuple[str, int]] = set()
-        self._lock = threading.Lock()
+        self.downward = AcceptPoint()  # begin and global messages, once each
+        self.awaiting_global = Stopwatch()  # from sending the update to the global result's arrival
 
-    def scheme_seed(self) -> int:
-        return self.cfg.training.seed * 1_000_003 + self.me.index * 7919 + 17
-
-    def on_down(self, path: str, env: Envelope, payload: bytes) -> None:
-        """Accept the begin message (round 0) or a round's global result, once each."""
-        self.check_downward(env, payload, allow_empty=path == "/begin")
-        if path == "/begin" and env.round != 0:
+    def on_begin(self, env: Envelope, payload: bytes) -> None:
+        """The aggregator's begin message (round 0), once: start training."""
+        self.check_downward(env, payload, allow_empty=True)
+        if env.round != 0:
             raise ProtocolError(f"begin is for round 0, got round {env.round}")
-        if path == "/global" and (env.contributors != len(self.cfg.clients()) or env.samples <= 0):
+        with self.downward.reserve((Kind.BEGIN, 0), "begin of round 0"):
+            pass
+        self.submit(self.train_round, 0)
+
+    def on_global(self, env: Envelope, payload: bytes) -> None:
+        """A round's global result, once; loaded (and so checked) here, applied on the worker."""
+        self.check_downward(env, payload)
+        expected = expected_contributors(self.cfg, self.cfg.root)
+        if env.contributors != expected or env.samples <= 0:
             raise ProtocolError(f"global result of round {env.round} adds {env.contributors} clients, "
-                                f"{env.samples} samples; expected {len(self.cfg.clients())} clients")
-        if (path, env.round) in self._seen:  # early answer for a plain repeat; the lock below decides
-            raise DuplicateMessage(f"{path} of round {env.round} already received")
+                                f"{env.samples} samples; expected {expected} clients")
         started = time.monotonic()
-        loaded = self.scheme.load(payload) if path == "/global" else None
-        with self._lock:  # marked seen only once it loaded: a corrected retry of a refused one is taken
-            if (path, env.round) in self._seen:
-                raise DuplicateMessage(f"{path} of round {env.round} already received")
-            self._seen.add((path, env.round))
-        if path == "/begin":
-            self.submit(self.train_round, 0)
-            return
+        with self.downward.reserve((Kind.GLOBAL, env.round), f"global of round {env.round}"):
+            loaded = self.scheme.load(payload)  # a refused one is not taken: a corrected retry is
         self.runlog.add_phase(env.round, "load", time.monotonic() - started)
         self.submit(self.apply_global, env, loaded)
 
@@ -68,30 +66,31 @@ class ClientNode(Node):
         self.runlog.begin(r)
         t = self.cfg.training
         with self.runlog.phase(r, "train"):
-            loss = train_epochs(self.model, self.train, t, self.device, seed=t.seed * 1_000_003 + self.me.index * 7919 + r)
+            seed = t.seed * 1_000_003 + self.me.index * 7919 + r
+            loss = train_epochs(self.model, self.train, t, self.device, seed=seed)
             local = get_flat(self.model)
         self.save(f"r{r}.local", local)
         update = (local - self.base) * self.weight
         if not np.all(np.isfinite(update)):
-            raise ExperimentFailed(f"training produced {np.count_nonzero(~np.isfinite(update))} non-finite weights "
-                                f"(diverged? lower training.lr)")
+            raise ExperimentFailed(f"training produced {np.count_nonzero(~np.isfinite(update))} non-finite "
+                                   "weights (diverged? lower training.lr)")
         clip = self.cfg.encryption.clip
         clipped = int(np.count_nonzero(np.abs(update) > clip))
         with self.runlog.phase(r, "serialize"):
             payload = self.scheme.encrypt(np.clip(update, -clip, clip))
         self.runlog.set(r, train_loss=loss, train_samples=self.samples, clipped=clipped)
         with self.runlog.phase(r, "send"):
-            self.transport.post(self.me.send, "/update", payload, self.envelope(r, self.samples, 1).headers(), round_=r)
-        self.mark("global", r)
+            self.transport.send(self.me.send, Kind.UPDATE, self.envelope(r, self.samples, 1), payload)
+        self.awaiting_global.start(r)
 
     def apply_global(self, env: Envelope, loaded: Any) -> None:
         """New model = start of round + sum of n_i x delta_i / sum of n_i (FedAvg); evaluate; report."""
         r = env.round
-        self.runlog.add_phase(r, "wait", self.since("global", r))
+        self.runlog.add_phase(r, "wait", self.awaiting_global.stop(r))
         with self.runlog.phase(r, "apply"):
             total = self.scheme.decrypt(loaded, env.contributors)
-            scale = self.all_samples / (self.me.client_number * env.samples)  # 1/m when every client added
-            set_flat(self.model, self.base + total * scale)
+            new = apply_sum(self.base, total, self.me.client_number, self.all_samples, env.samples)
+            set_flat(self.model, new)
             self.base = get_flat(self.model)
         self.save(f"r{r}.global", self.base)
         with self.runlog.phase(r, "evaluate"):
@@ -106,9 +105,8 @@ class ClientNode(Node):
         rec = self.runlog.record(r)
         body = json.dumps({"loss": loss, "accuracy": acc, "test_samples": len(self.test),
                            "byte_send": rec["byte_send"], "byte_received": rec["byte_received"]}).encode()
-        self.transport.post(self.cfg.root, "/metrics", body, self.envelope(r, len(self.test), 1).headers(),
-                            round_=r, content_type="application/json")
+        self.transport.send(self.cfg.root, Kind.METRICS, self.envelope(r, len(self.test), 1), body)
 
     def save(self, tag: str, flat: np.ndarray) -> None:
         if self.cfg.training.save_models:
-            np.save(self.ctx.exp_dir / log_name(self.id).replace(".json", f".{tag}.npy"), flat)
+            np.save(self.runlog.path.parent / log_name(self.id).replace(".json", f".{tag}.npy"), flat)

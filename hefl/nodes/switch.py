@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
-import threading
-
-from hefl.errors import DuplicateMessage
+from hefl.aggregation import AcceptPoint
+from hefl.config import ExperimentConfig
 from hefl.nodes.adder import Adder
-from hefl.nodes.base import NodeContext
-from hefl.wire import Envelope
+from hefl.nodes.base import Parts
+from hefl.runlog import Stopwatch
+from hefl.wire import Envelope, Kind
 
 
 class SwitchNode(Adder):
     role = "switch"
 
-    def __init__(self, ctx: NodeContext) -> None:
-        super().__init__(ctx)
+    def __init__(self, cfg: ExperimentConfig, node_id: str, experiment: str, parts: Parts) -> None:
+        super().__init__(cfg, node_id, experiment, parts)
         self.dumb = self.me.dumb
-        self._down: set[tuple[str, int]] = set()
-        self._lock = threading.Lock()
+        self.downward = AcceptPoint()  # begin and global messages, once each
+        self.awaiting_global = Stopwatch()  # from forwarding up to the global result's arrival
 
     def accepted(self, env: Envelope, payload: bytes, complete: bool) -> None:
         if self.dumb:
             if complete:  # the children's wait ends with the last arrival, not after forwarding it
-                self.runlog.add_phase(env.round, "wait", self.since("first", env.round))
+                self.runlog.add_phase(env.round, "wait", self.first_update.stop(env.round))
             self.submit(self.forward, env, payload, complete)
         elif complete:
             self.submit(self.complete, env.round)
@@ -31,30 +31,34 @@ class SwitchNode(Adder):
         """Dumb switch: pass one child's message upstream unchanged (the original's base case)."""
         self.round = env.round
         with self.runlog.phase(env.round, "send"):
-            self.transport.post(self.me.send, "/update", payload, env.headers(), round_=env.round)
+            self.transport.send(self.me.send, Kind.UPDATE, env, payload)
         if last:
             self.buffer.release(env.round)
-            self.mark("global", env.round)
+            self.awaiting_global.start(env.round)
 
     def complete(self, round_: int) -> None:
         env, payload = self.add_round(round_)
         with self.runlog.phase(round_, "send"):
-            self.transport.post(self.me.send, "/update", payload, env.headers(), round_=round_)
-        self.mark("global", round_)
+            self.transport.send(self.me.send, Kind.UPDATE, env, payload)
+        self.awaiting_global.start(round_)
 
-    def on_down(self, path: str, env: Envelope, payload: bytes) -> None:
+    def on_begin(self, env: Envelope, payload: bytes) -> None:
+        self._on_down(Kind.BEGIN, env, payload)
+
+    def on_global(self, env: Envelope, payload: bytes) -> None:
+        self._on_down(Kind.GLOBAL, env, payload)
+
+    def _on_down(self, kind: Kind, env: Envelope, payload: bytes) -> None:
         """Accept a begin or global message from the parent, once; relaying happens on the worker."""
-        self.check_downward(env, payload, allow_empty=path == "/begin")
-        with self._lock:
-            if (path, env.round) in self._down:
-                raise DuplicateMessage(f"{path} of round {env.round} already received")
-            self._down.add((path, env.round))
-        self.submit(self.relay, path, env, payload)
+        self.check_downward(env, payload, allow_empty=kind is Kind.BEGIN)
+        with self.downward.reserve((kind, env.round), f"{kind.value} of round {env.round}"):
+            pass
+        self.submit(self.relay, kind, env, payload)
 
-    def relay(self, path: str, env: Envelope, payload: bytes) -> None:
+    def relay(self, kind: Kind, env: Envelope, payload: bytes) -> None:
         r = env.round
-        if path == "/global":
-            self.runlog.add_phase(r, "wait", self.since("global", r))
-        self.send_down(path, self.envelope(r, env.samples, env.contributors), payload)
-        if path == "/global":
+        if kind is Kind.GLOBAL:
+            self.runlog.add_phase(r, "wait", self.awaiting_global.stop(r))
+        self.send_down(kind, self.envelope(r, env.samples, env.contributors), payload)
+        if kind is Kind.GLOBAL:
             self.runlog.end(r, final=r == self.cfg.rounds - 1)

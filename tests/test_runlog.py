@@ -1,0 +1,68 @@
+"""Per-node iteration records: bytes by direction and link, phases, atomic writes, named waits."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from hefl.runlog import RunLog, Stopwatch, write_json_atomic
+
+
+def test_bytes_add_up_by_direction_and_by_link(tmp_path: Path) -> None:
+    log = RunLog(tmp_path / "n.json", "a", "switch", "e")
+    log.add_bytes(0, "up", "b", sent=0, received=100, outbound=False)
+    log.add_bytes(0, "up", "b", sent=30, received=0, outbound=False, message=False)  # a refusal's body
+    log.add_bytes(0, "up", "p", sent=100, received=0, outbound=True)
+    log.add_bytes(0, "down", "p", sent=0, received=50, outbound=False)
+    log.add_bytes(0, "control", "p", sent=7, received=0, outbound=True)
+    rec = log.record(0)
+    assert (rec["byte_send"], rec["byte_received"]) == (137, 150)
+    assert (rec["byte_send_up"], rec["byte_received_up"]) == (130, 100)
+    assert (rec["byte_send_down"], rec["byte_received_down"]) == (0, 50)
+    assert (rec["byte_send_control"], rec["byte_received_control"]) == (7, 0)
+    assert rec["links"] == {"b": {"sent": 30, "received": 100}, "p": {"sent": 107, "received": 50}}
+    assert (rec["messages_sent"], rec["messages_received"]) == (2, 2)
+
+
+def test_a_round_is_written_when_it_ends_and_the_last_one_finishes_the_log(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "n.json"
+    log = RunLog(path, "a", "client", "e")
+    log.begin(0)
+    with log.phase(0, "train"):
+        time.sleep(0.01)
+    log.add_phase(0, "train", 0.5)
+    log.set(0, accuracy=0.75)
+    assert not path.exists()  # nothing written before a round ends
+    log.end(0)
+    first = json.loads(path.read_text())
+    assert (first["node"], first["role"], first["experiment"], first["finished"]) == ("a", "client", "e", False)
+    (rec,) = first["iteration"]
+    assert rec["accuracy"] == 0.75 and 0.51 <= rec["phases"]["train"] < 1.0
+    assert rec["duration_s"] >= 0.01 and rec["end_time"] >= rec["start_time"]
+    log.begin(1)
+    log.end(1, final=True)
+    second = json.loads(path.read_text())
+    assert second["finished"] and [r["round"] for r in second["iteration"]] == [0, 1]
+    assert log.snapshot() == second
+    assert [p.name for p in path.parent.iterdir()] == ["n.json"]  # no temp files left
+
+
+def test_atomic_write_leaves_the_old_file_when_it_fails(tmp_path: Path) -> None:
+    path = tmp_path / "x.json"
+    write_json_atomic(path, {"a": 1})
+    try:
+        write_json_atomic(path, {"a": object()})  # not JSON
+    except TypeError:
+        pass
+    assert json.loads(path.read_text()) == {"a": 1} and len(list(tmp_path.iterdir())) == 1
+
+
+def test_stopwatch_measures_named_waits_per_round() -> None:
+    wait = Stopwatch()
+    assert wait.stop(3) == 0.0  # never started
+    wait.start(0)
+    time.sleep(0.02)
+    wait.start(0, first=True)  # keeps the first start
+    wait.start(1)
+    assert wait.stop(0) >= 0.02 and wait.stop(0) == 0.0 and wait.stop(1) < 0.02

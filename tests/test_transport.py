@@ -1,0 +1,136 @@
+"""The one outbound client against a real HTTP server in a thread: retries, timeouts, byte counting."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask, request
+
+from hefl.config import NetworkConfig
+from hefl.errors import PeerUnreachable, ProtocolError
+from hefl.local import free_ports
+from hefl.runlog import RunLog
+from hefl.transport import Timeouts, TrafficMeter, Transport
+from hefl.wire import TOKEN_HEADER, Envelope, Kind
+from tests.conftest import Served
+
+PEER, DEAD = "10.10.1.9", "10.10.1.10"
+ENV = Envelope("exp-1", 1, "10.10.1.1", 10, 1)
+
+
+class Peer:
+    """A peer that fails the first `failures` updates with 503, refuses globals, and is slow on metrics."""
+
+    def __init__(self) -> None:
+        self.failures, self.calls, self.tokens = 2, 0, []
+        app = Flask("peer")
+
+        @app.post(Kind.UPDATE.route.path)
+        def update() -> Any:
+            self.calls += 1
+            self.tokens.append(request.headers.get(TOKEN_HEADER))
+            if self.calls <= self.failures:
+                return {"error": "busy"}, 503
+            return "", 202
+
+        @app.post(Kind.GLOBAL.route.path)
+        def refuse() -> Any:
+            self.calls += 1
+            return {"error": "round 1 is outside 0..0"}, 400
+
+        @app.post(Kind.BEGIN.route.path)
+        def duplicate() -> Any:
+            return {"error": "begin of round 0 already received"}, 409
+
+        @app.post(Kind.METRICS.route.path)
+        def slow() -> Any:
+            self.calls += 1
+            time.sleep(1.0)
+            return "", 202
+
+        @app.get(Kind.HEALTH.route.path)
+        def health() -> Any:
+            return {"state": "idle"}
+
+        self.served = Served(app)
+
+
+@pytest.fixture
+def peer() -> Iterator[Peer]:
+    p = Peer()
+    yield p
+    p.served.close()
+
+
+def transport(peer: Peer, tmp_path: Path, retries: int = 3, read: float = 5.0) -> tuple[Transport, RunLog]:
+    runlog = RunLog(tmp_path / "n.json", ENV.sender, "client", ENV.experiment)
+    meter = TrafficMeter(runlog, ENV.experiment, rounds=3, peers=[PEER, DEAD, ENV.sender])
+    endpoints = {PEER: peer.served.url, DEAD: f"http://127.0.0.1:{free_ports(1)[0]}"}
+    return Transport(endpoints, Timeouts(0.5, read, retries, backoff=0.01), "t0k", meter), runlog
+
+
+def test_retries_a_busy_peer_and_counts_every_attempt(peer: Peer, tmp_path: Path) -> None:
+    t, runlog = transport(peer, tmp_path)
+    assert t.send(PEER, Kind.UPDATE, ENV, b"x" * 1000).status_code == 202
+    rec = runlog.record(1)
+    error = len(b'{"error":"busy"}\n')
+    assert peer.calls == 3 and peer.tokens == ["t0k"] * 3
+    assert (rec["byte_send"], rec["byte_send_up"], rec["messages_sent"]) == (3000, 3000, 3)
+    assert rec["byte_received"] == rec["byte_received_up"] == 2 * error
+    assert rec["links"] == {PEER: {"sent": 3000, "received": 2 * error}}
+    assert rec["byte_send_down"] == rec["byte_send_control"] == 0
+
+
+def test_gives_up_after_the_retries_naming_the_peer(peer: Peer, tmp_path: Path) -> None:
+    peer.failures = 10
+    t, runlog = transport(peer, tmp_path, retries=2)
+    with pytest.raises(PeerUnreachable, match=rf"cannot reach {PEER} .* after 3 attempts: 503 busy"):
+        t.send(PEER, Kind.UPDATE, ENV, b"abc")
+    assert peer.calls == 3 and runlog.record(1)["messages_sent"] == 3
+
+
+def test_a_refusal_is_not_retried_and_a_duplicate_counts_as_delivered(peer: Peer, tmp_path: Path) -> None:
+    t, runlog = transport(peer, tmp_path)
+    with pytest.raises(ProtocolError, match=rf"^{PEER} refused POST /global: 400 round 1 is outside 0..0$"):
+        t.send(PEER, Kind.GLOBAL, ENV, b"abc")
+    assert peer.calls == 1
+    assert t.send(PEER, Kind.BEGIN, ENV).status_code == 409
+    rec = runlog.record(1)
+    assert rec["byte_send_down"] == 3 and rec["byte_received_down"] > 0 and rec["messages_sent"] == 2
+
+
+def test_no_answer_within_the_read_timeout(peer: Peer, tmp_path: Path) -> None:
+    t, runlog = transport(peer, tmp_path, retries=1, read=0.3)
+    started = time.monotonic()
+    with pytest.raises(PeerUnreachable, match=r"after 2 attempts: no answer within 0.3s"):
+        t.send(PEER, Kind.METRICS, ENV, b"{}")
+    assert time.monotonic() - started < 2.0 and peer.calls == 2
+    rec = runlog.record(1)  # the body went out each time; nothing came back
+    assert (rec["byte_send_control"], rec["byte_received"]) == (4, 0)
+
+
+def test_unreachable_peer_costs_no_bytes(peer: Peer, tmp_path: Path) -> None:
+    t, runlog = transport(peer, tmp_path, retries=1)
+    with pytest.raises(PeerUnreachable, match=rf"cannot reach {DEAD} .*: connection refused"):
+        t.send(DEAD, Kind.UPDATE, ENV, b"abc")
+    with pytest.raises(PeerUnreachable, match="'10.10.1.99' is not a node of this experiment"):
+        t.send("10.10.1.99", Kind.UPDATE, ENV, b"abc")
+    assert runlog.snapshot()["iteration"] == []
+
+
+def test_control_calls_and_other_experiments_are_not_metered(peer: Peer, tmp_path: Path) -> None:
+    t, runlog = transport(peer, tmp_path)
+    assert t.call(PEER, Kind.HEALTH).json() == {"state": "idle"}
+    peer.failures = 0
+    t.send(PEER, Kind.UPDATE, Envelope("exp-0", 1, ENV.sender, 10, 1), b"abc")
+    t.send(PEER, Kind.UPDATE, Envelope(ENV.experiment, 7, ENV.sender, 10, 1), b"abc")  # no round 7
+    assert runlog.snapshot()["iteration"] == []
+
+
+def test_timeouts_come_from_the_network_config() -> None:
+    net = NetworkConfig(connect_timeout_s=1.5, read_timeout_s=9.0, retries=5)
+    assert Timeouts.of(net) == Timeouts(connect=1.5, read=9.0, retries=5)
