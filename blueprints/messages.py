@@ -11,7 +11,7 @@ from blueprints import current_node
 from hefl.wire import Envelope, Kind
 
 
-def add_route(bp: Blueprint, kind: Kind, view: Callable[[], Any]) -> None:
+def add_route(bp: Blueprint, kind: Kind, view: Callable[..., Any]) -> None:
     """Serve `kind` at its path from the wire table."""
     bp.add_url_rule(kind.route.path, view_func=view, methods=[kind.route.method], endpoint=kind.value)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import secrets
 import shutil
@@ -20,7 +19,6 @@ from typing import Any
 from hefl.config import EncryptionConfig, ExperimentConfig, parse_config
 from hefl.crypto.params import fingerprint
 
-log = logging.getLogger(__name__)
 MAIN = Path(__file__).resolve().parent.parent / "main.py"
 
 

@@ -11,11 +11,12 @@ from hefl.runlog import log_name
 
 
 def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
+    unit = "B"
+    for bigger in ("KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            break
+        n, unit = n / 1024, bigger
+    return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
 
 
 def format_round(row: dict[str, Any], rounds: int) -> str:

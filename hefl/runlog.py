@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-
 _BY_DIRECTION = [f"byte_{k}_{d}" for d in ("up", "down", "control") for k in ("send", "received")]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -17,7 +16,6 @@ if TYPE_CHECKING:
     from hefl.config import NetworkConfig
     from hefl.runlog import RunLog
 
-log = logging.getLogger(__name__)
 STRANGER = "?"  # the link of a message whose sender is not a node of the experiment
 
 

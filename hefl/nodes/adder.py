@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from hefl.aggregation import RoundBuffer, expected_contributors
 from hefl.config import ExperimentConfig
 from hefl.errors import ProtocolError
@@ -10,7 +12,7 @@ from hefl.runlog import Stopwatch
 from hefl.wire import Envelope, Kind
 
 
-class Adder(Node):
+class Adder(Node, ABC):
     """A node that receives updates from below; every update is accepted or refused in `on_update`."""
 
     def __init__(self, cfg: ExperimentConfig, node_id: str, experiment: str, parts: Parts) -> None:
@@ -38,8 +40,9 @@ class Adder(Node):
         if complete:
             self.submit(self.complete, env.round)
 
+    @abstractmethod
     def complete(self, round_: int) -> None:
-        raise NotImplementedError
+        """Add (or close) a round whose updates have all arrived; runs on the worker."""
 
     def add_round(self, round_: int) -> tuple[Envelope, bytes]:
         """Release a complete round and add its payloads into one message of this node's."""

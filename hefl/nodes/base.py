@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from hefl.config import ExperimentConfig, NodeConfig
 from hefl.crypto import Scheme
@@ -88,7 +88,7 @@ class Node:
     """One role's round state. Messages arrive through `on_<kind>` methods, called by the HTTP
     layer after it counted their bytes; the work they cause runs on the worker thread."""
 
-    role = ""
+    role: ClassVar[str]  # "client", "switch" or "aggregator": set by each role's class
 
     def __init__(self, cfg: ExperimentConfig, node_id: str, experiment: str, parts: Parts) -> None:
         self.cfg = cfg
