@@ -28,13 +28,13 @@ def new_experiment_id(name: str) -> str:
     return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
-def public_context(cfg: ExperimentConfig) -> bytes:
+def keyless_context(cfg: ExperimentConfig) -> bytes:
     """The keyless context from the key folder, for switches and the aggregator (b"" for `none`)."""
     if cfg.encryption.scheme == "none":
         return b""
-    from hefl.crypto.keys import read_public
+    from hefl.crypto import read_keyless
 
-    return read_public(cfg.encryption)
+    return read_keyless(cfg.encryption.he_params(), Path(cfg.encryption.key_dir))
 
 
 class Controller:
@@ -48,7 +48,7 @@ class Controller:
         self.out = out
         net = cfg.network
         self.transport = Transport(endpoints, Timeouts(net.connect_timeout_s, net.read_timeout_s, retries=2), token)
-        self.public_context = public_context(cfg)
+        self.keyless_context = keyless_context(cfg)
         self.key_ids: dict[str, str] = {}
 
     def run(self) -> list[dict[str, Any]]:
@@ -100,7 +100,7 @@ class Controller:
                  f"running {self.cfg.rounds} rounds")
 
     def _push(self, node: str) -> str:
-        body = make_push(self.raw, node, self.experiment, self.endpoints, self.public_context)
+        body = make_push(self.raw, node, self.experiment, self.endpoints, self.keyless_context)
         try:
             resp = self.transport.post(node, "/config", json.dumps(body).encode(), content_type="application/json")
         except HeflError as exc:

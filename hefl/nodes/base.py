@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hefl.config import ExperimentConfig
-from hefl.crypto import Scheme, make_scheme
+from hefl.crypto import Scheme, load_keyless, load_secret, make_scheme
 from hefl.errors import ConfigError, HeflError, ProtocolError
 from hefl.modelspec import param_count
 from hefl.runlog import RunLog, log_name
@@ -20,7 +20,7 @@ from hefl.transport import Timeouts, Transport
 from hefl.wire import Envelope, check_scope
 
 if TYPE_CHECKING:
-    from hefl.crypto.keys import KeyRing
+    from hefl.crypto import KeyRing
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class Node:
                                    ctx.token, meter=self._meter_out)
         keys = self._keys()
         self.key_id = keys.key_id if keys is not None else ""
-        self.scheme: Scheme = make_scheme(ctx.cfg.encryption, param_count(ctx.cfg.model, ctx.cfg.dataset),
+        self.scheme: Scheme = make_scheme(ctx.cfg.encryption.he_params(), param_count(ctx.cfg.model, ctx.cfg.dataset),
                                           keys, seed=self.scheme_seed())
         self.runlog.header.update(scheme=self.scheme.name, can_decrypt=self.scheme.can_decrypt)
         self.error = ""
@@ -73,13 +73,11 @@ class Node:
         enc = self.cfg.encryption
         if enc.scheme == "none":
             return None
-        from hefl.crypto import keys  # TenSEAL: only for encrypted experiments
-
         if self.me.type == "client":
-            return keys.load_secret(enc)
+            return load_secret(enc.he_params(), Path(enc.key_dir))
         if not self.ctx.context:
-            raise ConfigError(f"push.context: a {self.me.type} of a {enc.scheme} experiment needs the public context")
-        return keys.load_public(enc, self.ctx.context)
+            raise ConfigError(f"push.context: a {self.me.type} of a {enc.scheme} experiment needs the keyless context")
+        return load_keyless(enc.he_params(), self.ctx.context)
 
     def scheme_seed(self) -> int:
         return 0
@@ -87,7 +85,7 @@ class Node:
     @property
     def max_body(self) -> int:
         """The largest request body this node reads: twice a payload, at least 16 MiB."""
-        return max(16 << 20, 2 * self.scheme.wire_size)
+        return max(16 << 20, 2 * self.scheme.max_payload_bytes)
 
     def start(self) -> None:
         """Go live once fully built: write the (empty) log and start the worker thread."""
