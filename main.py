@@ -121,16 +121,17 @@ def _seal(args: argparse.Namespace) -> int:
     if args.key_dir:
         overrides["encryption"]["key_dir"] = args.key_dir
     enc = load_config(args.config, overrides).encryption
+    params = enc.he_params()
     print(versions())
     for scheme in ("ckks", "bfv"):  # the config's parameters for its scheme, the defaults for the other
-        round_trip(enc if scheme == enc.scheme else replace(enc, scheme=scheme, coeff_mod_bit_sizes=()))
+        round_trip(params if scheme == params.scheme else replace(params, scheme=scheme, coeff_mod_bit_sizes=()))
     if enc.scheme == "none":
         print(f"{args.config} uses scheme none: no keys needed (give --scheme ckks|bfv to make some)")
         return 0
-    from hefl.crypto.keys import generate
+    from hefl.crypto import generate_keys
 
-    generate(enc, Path(enc.key_dir))
-    print(f"wrote {enc.key_dir}/secret.ctx (mode 600: clients only), {enc.key_dir}/public.ctx (parameters only: "
+    generate_keys(params, Path(enc.key_dir))
+    print(f"wrote {enc.key_dir}/secret.ctx (mode 600: clients only), {enc.key_dir}/keyless.ctx (parameters only, no key: "
           f"`agg` pushes it to switches and the aggregator), {enc.key_dir}/params.json, for {enc.scheme}")
     return 0
 

@@ -2,7 +2,7 @@
 # Set up the HE library (TenSEAL) in .venv, self-test it, and write the experiment's key material.
 #   ./seal.sh [--config config.json] [--scheme ckks|bfv] [--key-dir keys]
 # Writes KEY_DIR/secret.ctx (clients only: deploy/cluster.sh keys copies it to them),
-# KEY_DIR/public.ctx (parameters only) and KEY_DIR/params.json.
+# KEY_DIR/keyless.ctx (parameters only, no key) and KEY_DIR/params.json.
 set -euo pipefail
 cd "$(dirname "$0")"
 if [ ! -x .venv/bin/python ]; then

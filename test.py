@@ -14,7 +14,7 @@ from pathlib import Path
 from hefl.config import load_raw_config
 from hefl.credential import read_token
 from hefl.errors import HeflError
-from hefl.experiment import new_experiment_id, public_context
+from hefl.experiment import keyless_context, new_experiment_id
 from hefl.push import make_push
 from hefl.transport import Timeouts, Transport
 from hefl.wire import Kind
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         endpoints = {**cfg.default_endpoints(), node: f"http://{host}"}
         token = read_token(args.token_file, warn=False)
         transport = Transport(endpoints, Timeouts.of(cfg.network), token)
-        body = make_push(raw, node, args.experiment or new_experiment_id(cfg.name), endpoints, public_context(cfg))
+        body = make_push(raw, node, args.experiment or new_experiment_id(cfg.name), endpoints, keyless_context(cfg))
         resp = transport.call(node, Kind.CONFIG, json.dumps(body).encode())
     except HeflError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -28,10 +28,9 @@ import tenseal as ts
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hefl.config import EncryptionConfig  # noqa: E402
-from hefl.crypto.keys import new_context, public_part  # noqa: E402
-from hefl.crypto.params import batching_prime, lane_bits, slots  # noqa: E402
+from hefl.crypto.params import HeParams, batching_prime, lane_bits, slots  # noqa: E402
 from hefl.crypto.quantize import dequantize_sum, pack, quantize, unpack  # noqa: E402
+from hefl.crypto.tenseal.keys import keyless_part, new_context, with_scale  # noqa: E402
 
 
 @dataclass
@@ -49,12 +48,10 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
-def bench_vectors(name: str, enc: EncryptionConfig, size: int) -> Figures:
+def bench_vectors(name: str, enc: HeParams, size: int) -> Figures:
     """One scheme and parameter set: the primitives on `size` values, chunked at the slot count."""
     ctx = new_context(enc)
-    switch_ctx = ts.context_from(public_part(ctx))
-    if enc.scheme == "ckks":
-        switch_ctx.global_scale = 2.0**enc.scale_bits
+    switch_ctx = with_scale(ts.context_from(keyless_part(ctx)), enc)
     n = slots(enc)
     values = np.random.default_rng(0).uniform(-enc.clip, enc.clip, size)
     rng = np.random.default_rng(1)
@@ -98,7 +95,7 @@ def bench_vectors(name: str, enc: EncryptionConfig, size: int) -> Figures:
     return Figures(name, wire, rates, errs[0], errs[1])
 
 
-def encrypt_small(enc: EncryptionConfig, ctx: Any, v: np.ndarray, rng: np.random.Generator) -> list[Any]:
+def encrypt_small(enc: HeParams, ctx: Any, v: np.ndarray, rng: np.random.Generator) -> list[Any]:
     n = slots(enc)
     if enc.scheme == "bfv":
         packed = pack(quantize(v, enc.clip, enc.quant_bits, rng), lane_bits(enc))
@@ -106,7 +103,7 @@ def encrypt_small(enc: EncryptionConfig, ctx: Any, v: np.ndarray, rng: np.random
     return [ts.ckks_vector(ctx, v[i:i + n].tolist()) for i in range(0, len(v), n)]
 
 
-def decrypt_small(enc: EncryptionConfig, ctx: Any, cts: list[Any], size: int, count: int) -> np.ndarray:
+def decrypt_small(enc: HeParams, ctx: Any, cts: list[Any], size: int, count: int) -> np.ndarray:
     if enc.scheme == "bfv":
         modulus = batching_prime(enc.plain_modulus_bits, enc.poly_modulus_degree)
         raw = np.concatenate([np.asarray(c.decrypt(), dtype=object) % modulus for c in cts]).astype(np.int64)
@@ -136,8 +133,7 @@ def bench_processes(size: int) -> None:
     """A client's whole encrypt (quantize, encrypt, serialize, frame) in 1 process and in one per core."""
     import os
 
-    from hefl.crypto import make_scheme
-    from hefl.crypto.keys import generate, load_secret
+    from hefl.crypto import generate_keys, load_secret, make_scheme
 
     values = np.random.default_rng(5).uniform(-1, 1, size)
     cores = os.cpu_count() or 1
@@ -145,9 +141,9 @@ def bench_processes(size: int) -> None:
         line = []
         for processes in sorted({1, cores}):
             with tempfile.TemporaryDirectory() as tmp:
-                enc = EncryptionConfig(scheme=scheme, key_dir=tmp, processes=processes)  # type: ignore[arg-type]
-                generate(enc, Path(tmp))
-                client = make_scheme(enc, size, load_secret(enc), seed=1)
+                enc = HeParams(scheme=scheme, processes=processes)
+                generate_keys(enc, Path(tmp))
+                client = make_scheme(enc, size, load_secret(enc, Path(tmp)), seed=1)
                 client.encrypt(values)  # starts the workers
                 _, t = timed(lambda: client.encrypt(values))  # noqa: B023
                 client.close()
@@ -228,14 +224,14 @@ def main() -> int:
     args = p.parse_args()
     print(f"tenseal {ts.__version__}, numpy {np.__version__}, {args.size:,} values per update\n")
     sets = [
-        ("ckks 4096 [40,20] 2^30 (default)", EncryptionConfig(scheme="ckks")),
+        ("ckks 4096 [40,20] 2^30 (default)", HeParams(scheme="ckks")),
         ("ckks 8192 [60,40,40,60] 2^40 (tutorial)",
-         EncryptionConfig(scheme="ckks", poly_modulus_degree=8192, coeff_mod_bit_sizes=(60, 40, 40, 60), scale_bits=40)),
+         HeParams(scheme="ckks", poly_modulus_degree=8192, coeff_mod_bit_sizes=(60, 40, 40, 60), scale_bits=40)),
         ("ckks 8192 [60,40,40] 2^40 (NVFlare default)",
-         EncryptionConfig(scheme="ckks", poly_modulus_degree=8192, coeff_mod_bit_sizes=(60, 40, 40), scale_bits=40)),
-        ("bfv 4096 [60,20] t~2^47, 16-bit x2 (default)", EncryptionConfig(scheme="bfv")),
+         HeParams(scheme="ckks", poly_modulus_degree=8192, coeff_mod_bit_sizes=(60, 40, 40), scale_bits=40)),
+        ("bfv 4096 [60,20] t~2^47, 16-bit x2 (default)", HeParams(scheme="bfv")),
     ]
-    rows = [bench_vectors(name, enc, args.size) for name, enc in sets]  # type: ignore[arg-type]
+    rows = [bench_vectors(name, enc, args.size) for name, enc in sets]
     rows.append(bench_per_element())
     print_table(rows)
     print(f"(one ciphertext per weight, as the original study did: a 32x144 weight matrix is "

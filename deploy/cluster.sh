@@ -158,8 +158,8 @@ do_token() {
         && echo 'keys/token copied (mode 600)'" <keys/token
 }
 
-do_keys() { # clients get secret.ctx; every host gets public.ctx and params.json, and loses any secret.ctx
-    local h=$1 files=(keys/public.ctx keys/params.json)
+do_keys() { # clients get secret.ctx; every host gets keyless.ctx and params.json, and loses any secret.ctx
+    local h=$1 files=(keys/keyless.ctx keys/params.json)
     [[ -z ${CLIENT_HOSTS[$h]+set} ]] || files+=(keys/secret.ctx)
     if is_local "$h" && [[ $dir == "$ROOT" ]]; then echo "this machine holds the key folder"; return 0; fi
     on_host "$h" "mkdir -p $QDIR/keys && chmod 700 $QDIR/keys && rm -f $QDIR/keys/secret.ctx" || return 1
@@ -255,7 +255,7 @@ case $command in
         run_all token "${HOSTS[@]}"
         ;;
     keys)
-        for f in keys/secret.ctx keys/public.ctx keys/params.json; do
+        for f in keys/secret.ctx keys/keyless.ctx keys/params.json; do
             [[ -f $f ]] || die "$f missing: run ./seal.sh (with the config's scheme) first"
         done
         run_all keys "${HOSTS[@]}"

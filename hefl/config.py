@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from hefl.crypto.params import check_encryption
+from hefl.crypto.params import HeParams, check_encryption
 from hefl.errors import ConfigError
 from hefl.modelspec import check_model
 from hefl.schema import SAFE_NAME, check_keys, node_port, parse_section
@@ -65,8 +65,12 @@ class EncryptionConfig:
     plain_modulus_bits: int = 47  # bfv: t is the largest batching prime below 2^bits
     quant_bits: int = 16  # bfv: bits per quantized value
     clip: float = 1.0  # every scheme: each value a client sends is clipped to [-clip, clip]
-    key_dir: str = "keys"  # clients read secret.ctx here; `agg` reads public.ctx here
+    key_dir: str = "keys"  # clients read secret.ctx here; `agg` reads keyless.ctx here
     processes: int = 1  # clients: worker processes that encrypt an update's ciphertexts (set to the cores)
+
+    def he_params(self) -> HeParams:
+        """What the crypto package needs: these parameters without the key folder."""
+        return HeParams(**{f.name: getattr(self, f.name) for f in fields(HeParams)})
 
 
 @dataclass(frozen=True)
@@ -195,7 +199,7 @@ def parse_config(raw: Any) -> ExperimentConfig:
     cfg = ExperimentConfig(aggregator=agg, nodes=nodes, name=name, **sections)
     _check_values(cfg)
     check_model(cfg.model, cfg.dataset)
-    check_encryption(cfg.encryption, len(cfg.clients()))
+    check_encryption(cfg.encryption.he_params(), len(cfg.clients()))
     return cfg
 
 

@@ -29,13 +29,13 @@ def new_experiment_id(name: str) -> str:
     return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
-def public_context(cfg: ExperimentConfig) -> bytes:
+def keyless_context(cfg: ExperimentConfig) -> bytes:
     """The keyless context from the key folder, for switches and the aggregator (b"" for `none`)."""
     if cfg.encryption.scheme == "none":
         return b""
-    from hefl.crypto.keys import read_public
+    from hefl.crypto import read_keyless
 
-    return read_public(cfg.encryption)
+    return read_keyless(cfg.encryption.he_params(), Path(cfg.encryption.key_dir))
 
 
 class Controller:
@@ -48,7 +48,7 @@ class Controller:
         self.exp_dir = log_dir / experiment
         self.out = out
         self.transport = Transport(endpoints, Timeouts.of(cfg.network), token)
-        self.public_context = public_context(cfg)
+        self.keyless_context = keyless_context(cfg)
         self.key_ids: dict[str, str] = {}
 
     def run(self) -> list[dict[str, Any]]:
@@ -100,7 +100,7 @@ class Controller:
                  f"running {self.cfg.rounds} rounds")
 
     def _push(self, node: str) -> str:
-        body = make_push(self.raw, node, self.experiment, self.endpoints, self.public_context)
+        body = make_push(self.raw, node, self.experiment, self.endpoints, self.keyless_context)
         try:
             resp = self.transport.call(node, Kind.CONFIG, json.dumps(body).encode())
         except HeflError as exc:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hefl.crypto import Scheme, make_scheme
+from hefl.crypto import KeyRing, Scheme, load_keyless, load_secret, make_scheme
 from hefl.errors import ConfigError, DuplicateMessage, HeflError, NotFound
 from hefl.modelspec import param_count
 from hefl.nodes import Node, Parts, Worker, role_class
@@ -20,7 +20,6 @@ from hefl.topology import first_hops
 from hefl.transport import Timeouts, TrafficMeter, Transport
 
 if TYPE_CHECKING:
-    from hefl.crypto.keys import KeyRing
     from hefl.nodes.base import NodeContext
 
 log = logging.getLogger(__name__)
@@ -82,7 +81,7 @@ def build_node(ctx: NodeContext) -> Node:
     scheme: Scheme | None = None
     try:
         keys = _keys(ctx)
-        scheme = make_scheme(cfg.encryption, param_count(cfg.model, cfg.dataset), keys, seed=_scheme_seed(ctx))
+        scheme = make_scheme(cfg.encryption.he_params(), param_count(cfg.model, cfg.dataset), keys, seed=_scheme_seed(ctx))
         parts = Parts(transport, scheme, runlog, meter, Worker(f"{role}-worker"), keys.key_id if keys else "")
         return role_class(role)(cfg, ctx.node_id, ctx.experiment, parts)
     except Exception as exc:
@@ -99,13 +98,11 @@ def _keys(ctx: NodeContext) -> KeyRing | None:
     enc, role = ctx.cfg.encryption, ctx.cfg.nodes[ctx.node_id].type
     if enc.scheme == "none":
         return None
-    from hefl.crypto import keys  # TenSEAL: only for encrypted experiments
-
     if role == "client":
-        return keys.load_secret(enc)
+        return load_secret(enc.he_params(), Path(enc.key_dir))
     if not ctx.context:
-        raise ConfigError(f"push.context: a {role} of a {enc.scheme} experiment needs the public context")
-    return keys.load_public(enc, ctx.context)
+        raise ConfigError(f"push.context: a {role} of a {enc.scheme} experiment needs the keyless context")
+    return load_keyless(enc.he_params(), ctx.context)
 
 
 def _scheme_seed(ctx: NodeContext) -> int:

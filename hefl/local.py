@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import shutil
@@ -16,8 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from hefl.config import EncryptionConfig, ExperimentConfig, parse_config
-from hefl.crypto.params import fingerprint
+from hefl.config import ExperimentConfig, parse_config
+from hefl.crypto import generate_keys, keys_match
 
 MAIN = Path(__file__).resolve().parent.parent / "main.py"
 
@@ -76,27 +75,16 @@ def local_keys(raw: dict[str, Any], cfg: ExperimentConfig, experiment: str,
     """Key material for one local run: the config's key folder when seal.sh made keys for these
     parameters there, else fresh keys in keys/local-<experiment>/, removed when the run ends."""
     enc = cfg.encryption
-    if enc.scheme == "none" or keys_match(enc):
+    if enc.scheme == "none" or keys_match(enc.he_params(), Path(enc.key_dir)):
         yield raw, cfg
         return
-    from hefl.crypto.keys import generate
-
     key_dir = (Path("keys") / f"local-{experiment}").resolve()
     raw = {**raw, "encryption": {**raw.get("encryption", {}), "scheme": enc.scheme, "key_dir": str(key_dir)}}
     cfg = parse_config(raw)
     try:
-        generate(cfg.encryption, key_dir)
+        generate_keys(cfg.encryption.he_params(), key_dir)
         yield raw, cfg
     finally:
         shutil.rmtree(key_dir, ignore_errors=True)
         with contextlib.suppress(OSError):
             key_dir.parent.rmdir()  # keys/ itself, when this run created it and nothing else is there
-
-
-def keys_match(enc: EncryptionConfig) -> bool:
-    try:
-        made_for = json.loads((Path(enc.key_dir) / "params.json").read_text())
-    except (OSError, ValueError):
-        return False
-    made_for.pop("key_id", None)  # names the key pair; the parameters are the rest
-    return bool(made_for == fingerprint(enc)) and (Path(enc.key_dir) / "secret.ctx").is_file()

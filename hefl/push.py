@@ -16,13 +16,13 @@ EXPERIMENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 def make_push(raw: Mapping[str, Any], node: str, experiment: str, endpoints: Mapping[str, str],
-              public_context: bytes = b"") -> dict[str, Any]:
+              keyless_context: bytes = b"") -> dict[str, Any]:
     """The body of POST /config for one node: the whole experiment, who it is, where its peers are,
     and, for a switch or the aggregator of an encrypted experiment, the keyless HE context (base64:
     it is configuration, sent once; ciphertexts always travel as raw bytes)."""
     body = {"node": node, "experiment": experiment, "config": dict(raw), "endpoints": dict(endpoints)}
-    if public_context and raw["others"].get(node, {}).get("type") != "client":
-        body["context"] = base64.b64encode(public_context).decode()
+    if keyless_context and raw["others"].get(node, {}).get("type") != "client":
+        body["context"] = base64.b64encode(keyless_context).decode()
     return body
 
 

@@ -118,12 +118,11 @@ def recorder() -> Iterator[Recorder]:
 @pytest.fixture(scope="session")
 def key_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One key folder per encrypted scheme, made once (default parameters: already small)."""
-    from hefl.config import EncryptionConfig
-    from hefl.crypto.keys import generate
+    from hefl.crypto import HeParams, generate_keys
 
     dirs = {}
     for name in ("ckks", "bfv"):
         path = tmp_path_factory.mktemp(name)
-        generate(EncryptionConfig(scheme=name, key_dir=str(path)), path)  # type: ignore[arg-type]
+        generate_keys(HeParams(scheme=name), path)
         dirs[name] = path
     return dirs

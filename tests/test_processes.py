@@ -243,13 +243,13 @@ def test_original_config_runs_unchanged(tmp_path: Path) -> None:
 def test_encrypted_run_matches_the_plaintext_run(local_run: Any, tmp_path: Path, scheme: str) -> None:
     """Same seed, same tree: the encrypted global model follows the plaintext one; only clients can decrypt;
     no byte of the secret key reaches a log."""
-    from hefl.config import EncryptionConfig
-    from hefl.crypto.keys import SECRET, generate
+    from hefl.crypto import HeParams, generate_keys
+    from hefl.crypto.keydir import SECRET
 
     _, cfg, plain_exp = local_run
     raw = json.loads(cfg.read_text())
     raw["encryption"] = {"scheme": scheme, "key_dir": str(tmp_path / "keys")}
-    generate(EncryptionConfig(scheme=scheme, key_dir=str(tmp_path / "keys")), tmp_path / "keys")  # type: ignore[arg-type]
+    generate_keys(HeParams(scheme=scheme), tmp_path / "keys")
     (tmp_path / "c.json").write_text(json.dumps(raw))
     proc = run_main("local", "--config", str(tmp_path / "c.json"), "--log-dir", str(tmp_path / "log"))
     assert proc.returncode == 0, proc.stderr[-2000:]

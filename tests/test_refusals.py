@@ -51,7 +51,7 @@ def test_repushing_the_running_experiment_keeps_its_log(serve_node: Any, recorde
     assert post(url, "/update", Envelope(EXP, 0, C0, 10, 1), scheme.encrypt(np.ones(scheme.size))).status_code == 202
     again = push(url, small(), S0, endpoints)
     assert again.status_code == 409 and "already configured" in again.json()["error"]
-    assert server.node.runlog.record(0)["byte_received"] == scheme.wire_size
+    assert server.node.runlog.record(0)["byte_received"] == scheme.max_payload_bytes
 
 
 def test_aggregator_refuses_bad_metrics_and_foreign_failures(serve_node: Any, recorder: Recorder) -> None:
@@ -133,7 +133,7 @@ from hefl.push import make_push
 raw = {tree_config()!r}
 for node in ("127.0.0.1:10", "127.0.0.1:2", "127.0.0.1:1"):
     NodeServer(Path({str(tmp_path)!r})).configure(make_push(raw, node, "e", {{}}))
-bad = [m for m in ("torch", "sklearn") if m in sys.modules]
+bad = [m for m in ("torch", "sklearn", "tenseal") if m in sys.modules]
 print(bad)
 sys.exit(bool(bad))
 """
@@ -147,8 +147,7 @@ def test_encrypted_switch_refuses_foreign_and_short_ciphertexts(name: str, serve
     """Over HTTP, for every scheme: a payload from another context or of the wrong length gets a clear
     4xx, a repeat gets 409, and the switch goes on to add the valid ones."""
     from hefl.config import parse_config
-    from hefl.crypto import make_scheme
-    from hefl.crypto.keys import generate, load_secret, read_public
+    from hefl.crypto import generate_keys, load_secret, make_scheme, read_keyless
     from hefl.modelspec import param_count
     from hefl.push import make_push
 
@@ -157,17 +156,18 @@ def test_encrypted_switch_refuses_foreign_and_short_ciphertexts(name: str, serve
     size = param_count(cfg.model, cfg.dataset)
     url, _ = serve_node()
     endpoints = {C0: recorder.url, "127.0.0.1:101": recorder.url, AGG: recorder.url, S0: url}
-    public = read_public(cfg.encryption) if name != "none" else b""
-    resp = requests.post(f"{url}/config", json=make_push(raw, S0, EXP, endpoints, public), timeout=30)
+    enc, key_dir = cfg.encryption.he_params(), Path(cfg.encryption.key_dir)
+    keyless = read_keyless(enc, key_dir) if name != "none" else b""
+    resp = requests.post(f"{url}/config", json=make_push(raw, S0, EXP, endpoints, keyless), timeout=30)
     assert resp.status_code == 200 and resp.json()["can_decrypt"] is (name == "none")
-    keys = load_secret(cfg.encryption) if name != "none" else None
-    client = make_scheme(cfg.encryption, size, keys, seed=1)
+    keys = load_secret(enc, key_dir) if name != "none" else None
+    client = make_scheme(enc, size, keys, seed=1)
     good = client.encrypt(np.full(size, 0.25))
     bad = [good[:-7], b"\x00" * 64]
     if name != "none":  # plaintext has no context to be foreign to
-        other_enc = replace(cfg.encryption, key_dir=str(tmp_path / "other"), poly_modulus_degree=8192)
-        generate(other_enc, tmp_path / "other")
-        bad.append(make_scheme(other_enc, size, load_secret(other_enc)).encrypt(np.zeros(size)))
+        other_enc = replace(enc, poly_modulus_degree=8192)
+        generate_keys(other_enc, tmp_path / "other")
+        bad.append(make_scheme(other_enc, size, load_secret(other_enc, tmp_path / "other")).encrypt(np.zeros(size)))
     for payload in bad:
         resp = post(url, "/update", Envelope(EXP, 0, C1, 10, 1), payload)
         assert resp.status_code == 400 and "\n" not in resp.json()["error"], resp.text
@@ -191,17 +191,17 @@ from pathlib import Path
 import numpy as np
 from blueprints import NodeServer
 from hefl.config import parse_config
-from hefl.crypto import make_scheme
-from hefl.crypto.keys import load_secret, read_public
+from hefl.crypto import load_secret, make_scheme, read_keyless
 from hefl.modelspec import param_count
 from hefl.push import make_push
 raw = {raw!r}
 cfg = parse_config(raw)
 size = param_count(cfg.model, cfg.dataset)
-payload = make_scheme(cfg.encryption, size, load_secret(cfg.encryption), 1).encrypt(np.zeros(size))
+enc, key_dir = cfg.encryption.he_params(), Path(cfg.encryption.key_dir)
+payload = make_scheme(enc, size, load_secret(enc, key_dir), 1).encrypt(np.zeros(size))
 for node in ("127.0.0.1:10", "127.0.0.1:1"):
     server = NodeServer(Path({str(tmp_path)!r}))
-    server.configure(make_push(raw, node, "e", {{}}, read_public(cfg.encryption)))
+    server.configure(make_push(raw, node, "e", {{}}, read_keyless(enc, key_dir)))
     scheme = server.node.scheme
     try:
         scheme.decrypt(scheme.load(payload), 1)

@@ -14,8 +14,8 @@ import pytest
 import tenseal as ts
 
 from hefl.config import EncryptionConfig, parse_config
-from hefl.crypto import Scheme, make_scheme
-from hefl.crypto.keys import PUBLIC, SECRET, generate, load_public, load_secret, read_public
+from hefl.crypto import HeParams, Scheme, generate_keys, load_keyless, load_secret, make_scheme, read_keyless
+from hefl.crypto.keydir import KEYLESS, SECRET
 from hefl.crypto.params import batching_prime
 from hefl.errors import ConfigError, ProtocolError
 from hefl.push import make_push
@@ -26,11 +26,11 @@ SCHEMES = ["none", "ckks", "bfv"]
 
 def schemes(name: str, size: int, key_dirs: dict[str, Path], seed: int = 0) -> tuple[Scheme, Scheme]:
     """(a client's scheme, a switch's scheme) of one experiment."""
-    enc = EncryptionConfig(scheme=name, key_dir=str(key_dirs.get(name, "")))  # type: ignore[arg-type]
+    enc, key_dir = HeParams(scheme=name), key_dirs.get(name, Path())
     if name == "none":
         return make_scheme(enc, size), make_scheme(enc, size)
-    return (make_scheme(enc, size, load_secret(enc), seed),
-            make_scheme(enc, size, load_public(enc, read_public(enc))))
+    return (make_scheme(enc, size, load_secret(enc, key_dir), seed),
+            make_scheme(enc, size, load_keyless(enc, read_keyless(enc, key_dir))))
 
 
 TOLERANCE = {"none": 1e-5, "ckks": 1e-4, "bfv": 8 * 2 / (2**16 - 1)}  # bfv: one quantization step per client
@@ -84,10 +84,9 @@ def test_switches_cannot_decrypt(name: str, key_dirs: dict[str, Path]) -> None:
 def test_load_refuses_foreign_or_broken_ciphertexts(name: str, key_dirs: dict[str, Path], tmp_path: Path) -> None:
     client, switch = schemes(name, 5000, key_dirs)
     good = client.encrypt(np.zeros(5000))
-    other_enc = EncryptionConfig(scheme=name, poly_modulus_degree=8192, coeff_mod_bit_sizes=(60, 40, 60),  # type: ignore[arg-type]
-                                 scale_bits=40, key_dir=str(tmp_path))
-    generate(other_enc, tmp_path)
-    foreign = make_scheme(other_enc, 5000, load_secret(other_enc)).encrypt(np.zeros(5000))
+    other_enc = HeParams(scheme=name, poly_modulus_degree=8192, coeff_mod_bit_sizes=(60, 40, 60), scale_bits=40)
+    generate_keys(other_enc, tmp_path)
+    foreign = make_scheme(other_enc, 5000, load_secret(other_enc, tmp_path)).encrypt(np.zeros(5000))
     short = schemes(name, 100, key_dirs)[0].encrypt(np.zeros(100))
     for bad, match in ((good[:-50], "payload is|header says"), (b"x" * 100, "not a framed"),
                        (foreign, "ciphertext|payload"), (short, "holds")):
@@ -125,17 +124,17 @@ def test_key_files_by_role(key_dirs: dict[str, Path], tmp_path: Path) -> None:
     folder = key_dirs["ckks"]
     assert (os.stat(folder / SECRET).st_mode & 0o777) == 0o600
     assert ts.context_from((folder / SECRET).read_bytes()).is_private()
-    public = (folder / PUBLIC).read_bytes()
-    assert not ts.context_from(public).is_private() and len(public) < 200
-    enc = EncryptionConfig(scheme="ckks", key_dir=str(folder))  # type: ignore[arg-type]
+    keyless = (folder / KEYLESS).read_bytes()
+    assert not ts.context_from(keyless).is_private() and len(keyless) < 200
+    enc = HeParams(scheme="ckks")
     with pytest.raises(ConfigError, match="holds a secret key"):
-        load_public(enc, (folder / SECRET).read_bytes())
+        load_keyless(enc, (folder / SECRET).read_bytes())
     with pytest.raises(ConfigError, match="made for other parameters"):
-        load_public(replace(enc, poly_modulus_degree=8192), public)
+        load_keyless(replace(enc, poly_modulus_degree=8192), keyless)
     with pytest.raises(ConfigError, match="were made for"):
-        load_secret(EncryptionConfig(scheme="ckks", key_dir=str(folder), poly_modulus_degree=8192))  # type: ignore[arg-type]
+        load_secret(HeParams(scheme="ckks", poly_modulus_degree=8192), folder)
     with pytest.raises(ConfigError, match="run ./seal.sh"):
-        load_secret(EncryptionConfig(scheme="ckks", key_dir=str(tmp_path)))  # type: ignore[arg-type]
+        load_secret(HeParams(scheme="ckks"), tmp_path)
     assert json.loads((key_dirs["bfv"] / "params.json").read_text())["plain_modulus"] == batching_prime(47, 4096)
 
 
@@ -144,9 +143,9 @@ def test_only_the_keyless_context_is_pushed(key_dirs: dict[str, Path]) -> None:
     cfg = parse_config(raw)
     secret = (key_dirs["ckks"] / SECRET).read_bytes()
     windows = [secret[i:i + 48] for i in range(len(secret) // 4, len(secret) - 48, len(secret) // 4)]  # full windows only
-    public = read_public(cfg.encryption)
+    keyless = read_keyless(cfg.encryption.he_params(), Path(cfg.encryption.key_dir))
     for node in cfg.nodes:
-        body = make_push(raw, node, "e", {}, public)
+        body = make_push(raw, node, "e", {}, keyless)
         if cfg.nodes[node].type == "client":
             assert "context" not in body
         else:
@@ -158,8 +157,8 @@ def test_only_the_keyless_context_is_pushed(key_dirs: dict[str, Path]) -> None:
 @pytest.mark.parametrize("name", ["ckks", "bfv"])
 def test_encryption_in_worker_processes(name: str, key_dirs: dict[str, Path]) -> None:
     size = 4 * 8192  # enough ciphertexts for two workers
-    enc = EncryptionConfig(scheme=name, key_dir=str(key_dirs[name]), processes=2)  # type: ignore[arg-type]
-    client = make_scheme(enc, size, load_secret(enc), seed=3)
+    enc = HeParams(scheme=name, processes=2)
+    client = make_scheme(enc, size, load_secret(enc, key_dirs[name]), seed=3)
     switch = schemes(name, size, key_dirs)[1]
     try:
         values = np.random.default_rng(4).uniform(-1, 1, size)
@@ -241,10 +240,16 @@ def test_seal_with_an_explicit_parameter_list(tmp_path: Path) -> None:
 
 
 def test_local_mode_reuses_sealed_keys_only_when_they_fit(key_dirs: dict[str, Path]) -> None:
-    from hefl.local import keys_match
+    from hefl.crypto import keys_match
 
-    enc = EncryptionConfig(scheme="ckks", key_dir=str(key_dirs["ckks"]))  # type: ignore[arg-type]
-    assert keys_match(enc)
-    assert keys_match(replace(enc, scale_bits=25))  # the scale is set at load: the same keys serve
-    assert not keys_match(replace(enc, poly_modulus_degree=8192))
-    assert not keys_match(replace(enc, scheme="bfv"))
+    enc, folder = HeParams(scheme="ckks"), key_dirs["ckks"]
+    assert keys_match(enc, folder)
+    assert keys_match(replace(enc, scale_bits=25), folder)  # the scale is set at load: the same keys serve
+    assert not keys_match(replace(enc, poly_modulus_degree=8192), folder)
+    assert not keys_match(replace(enc, scheme="bfv"), folder)
+
+
+def test_encryption_config_converts_to_the_crypto_parameters() -> None:
+    assert EncryptionConfig().he_params() == HeParams()  # the same defaults on both sides
+    enc = EncryptionConfig(scheme="bfv", quant_bits=12, clip=0.5, processes=3, key_dir="elsewhere")
+    assert enc.he_params() == HeParams(scheme="bfv", quant_bits=12, clip=0.5, processes=3)

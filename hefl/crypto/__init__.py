@@ -1,56 +1,65 @@
-"""One scheme interface for every way an update crosses the wire; `none` is the plaintext baseline.
+"""Updates on the wire, by scheme, and key material by role: what the rest of hefl calls.
 
-Clients `encrypt` and `decrypt`; adders `load` (and so validate) what they receive and `add` loaded
-payloads into one new payload; a relay only `check`s a payload's shape.
-TenSEAL is imported only when a ckks or bfv scheme is built.
+`none` is the plaintext baseline on the same path. Each HE library is a subpackage (tenseal/: ckks
+and bfv) behind the same functions, imported only when a scheme or key function of its own is used:
+the config parser, and the switches and aggregator of a `none` experiment, never load one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from pathlib import Path
+from typing import Protocol
 
-import numpy as np
+from hefl.crypto.keydir import keys_match, read_keyless
+from hefl.crypto.params import HeParams, fingerprint
+from hefl.crypto.plain import PlainScheme
+from hefl.crypto.scheme import KeyRing, Scheme
 
-if TYPE_CHECKING:
-    from hefl.config import EncryptionConfig
-    from hefl.crypto.keys import KeyRing
-
-
-class Scheme(Protocol):
-    """How one update of `size` float values becomes bytes on the wire and back."""
-
-    name: str
-    size: int  # values per update
-    wire_size: int  # bytes of one payload (an upper bound where it varies)
-    can_decrypt: bool  # False on switches and the aggregator: they hold no secret key
-
-    def encrypt(self, values: np.ndarray) -> bytes: ...
-
-    def check(self, payload: bytes) -> None: ...
-
-    def load(self, payload: bytes) -> Any: ...
-
-    def add(self, loaded: Sequence[Any]) -> bytes: ...
-
-    def decrypt(self, loaded: Any, contributors: int) -> np.ndarray: ...
-
-    def close(self) -> None: ...
+__all__ = ["HeParams", "KeyRing", "Scheme", "fingerprint", "generate_keys", "keys_match", "load_keyless",
+           "load_secret", "make_scheme", "read_keyless"]
 
 
-def make_scheme(enc: EncryptionConfig, size: int, keys: KeyRing | None = None, seed: int = 0) -> Scheme:
+class Backend(Protocol):
+    """What an HE library's subpackage provides."""
+
+    def make_scheme(self, enc: HeParams, size: int, keys: KeyRing, seed: int) -> Scheme: ...
+
+    def generate(self, enc: HeParams, key_dir: Path) -> None: ...
+
+    def load_secret(self, enc: HeParams, key_dir: Path) -> KeyRing: ...
+
+    def load_keyless(self, enc: HeParams, data: bytes) -> KeyRing: ...
+
+
+def _backend(enc: HeParams) -> Backend:
+    """The library behind `enc.scheme`, imported on first use."""
+    if enc.scheme in ("ckks", "bfv"):
+        from hefl.crypto import tenseal
+
+        return tenseal
+    raise ValueError(f"the {enc.scheme} scheme has no HE library (and no keys)")
+
+
+def make_scheme(enc: HeParams, size: int, keys: KeyRing | None = None, seed: int = 0) -> Scheme:
     """The experiment's scheme for updates of `size` values; `keys` holds this node's context
-    (secret on clients, public elsewhere); `seed` drives a client's stochastic rounding."""
+    (secret on clients, keyless elsewhere); `seed` drives a client's stochastic rounding."""
     if enc.scheme == "none":
-        from hefl.crypto.plain import PlainScheme
-
         return PlainScheme(size)
     if keys is None:
         raise ValueError(f"the {enc.scheme} scheme needs a key ring")
-    if enc.scheme == "ckks":
-        from hefl.crypto.ckks import CkksScheme
+    return _backend(enc).make_scheme(enc, size, keys, seed)
 
-        return CkksScheme(enc, size, keys)
-    from hefl.crypto.bfv import BfvScheme
 
-    return BfvScheme(enc, size, keys, seed)
+def generate_keys(enc: HeParams, key_dir: Path) -> None:
+    """Write new key material for these parameters into `key_dir` (see hefl.crypto.keydir)."""
+    _backend(enc).generate(enc, key_dir)
+
+
+def load_secret(enc: HeParams, key_dir: Path) -> KeyRing:
+    """A client's context from its key folder; refuses a file without a secret key or other parameters."""
+    return _backend(enc).load_secret(enc, key_dir)
+
+
+def load_keyless(enc: HeParams, data: bytes) -> KeyRing:
+    """A switch's or the aggregator's context from pushed bytes; refuses a secret key or other parameters."""
+    return _backend(enc).load_keyless(enc, data)

@@ -1,44 +1,62 @@
-"""HE parameters without TenSEAL: defaults, sizes, headroom, and refusing sets that cannot hold the sum."""
+"""HE parameters without an HE library: the parameter type, sizes, headroom, and refusing sets that
+cannot hold the sum (errors name the config path, `encryption.*`, that the parameters come from)."""
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from hefl.errors import ConfigError
 
-if TYPE_CHECKING:
-    from hefl.config import EncryptionConfig
+
+@dataclass(frozen=True)
+class HeParams:
+    """What the crypto code needs of an experiment's encryption; key folders are passed separately."""
+
+    scheme: str = "none"  # none | ckks | bfv
+    poly_modulus_degree: int = 4096
+    coeff_mod_bit_sizes: tuple[int, ...] = ()  # () takes the scheme's default: ckks (40, 20), bfv (60, 20)
+    scale_bits: int = 30  # ckks: values are scaled by 2^scale_bits
+    plain_modulus_bits: int = 47  # bfv: t is the largest batching prime below 2^bits
+    quant_bits: int = 16  # bfv: bits per quantized value
+    clip: float = 1.0  # every scheme: each value a client sends is clipped to [-clip, clip]
+    processes: int = 1  # clients: worker processes that encrypt an update's ciphertexts
+
+    @property
+    def scale(self) -> float:
+        """CKKS: the factor values are encoded at, 2^scale_bits."""
+        return 2.0**self.scale_bits
+
 
 DEFAULT_COEFFS = {"ckks": (40, 20), "bfv": (60, 20)}
 MAX_COEFF_BITS = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}  # SEAL, 128-bit security
 
 
-def coeffs(enc: EncryptionConfig) -> tuple[int, ...]:
+def coeffs(enc: HeParams) -> tuple[int, ...]:
     return enc.coeff_mod_bit_sizes or DEFAULT_COEFFS.get(enc.scheme, ())
 
 
-def slots(enc: EncryptionConfig) -> int:
+def slots(enc: HeParams) -> int:
     """Values in one ciphertext: n/2 for CKKS; n slots of two packed values for BFV."""
     return enc.poly_modulus_degree // 2 if enc.scheme == "ckks" else 2 * enc.poly_modulus_degree
 
 
-def lane_bits(enc: EncryptionConfig) -> int:
+def lane_bits(enc: HeParams) -> int:
     """BFV packs two values per slot, each in a lane this wide; the slot must stay below t."""
     return (enc.plain_modulus_bits - 1) // 2
 
 
-def max_clients(enc: EncryptionConfig) -> int:
+def max_clients(enc: HeParams) -> int:
     """How many clients' updates one sum can hold without overflow."""
     if enc.scheme == "bfv":
         return int(2 ** (lane_bits(enc) - enc.quant_bits))
     if enc.scheme == "ckks":
-        headroom = 2.0 ** (coeffs(enc)[0] - enc.scale_bits - 1)  # |sum| must stay below this
+        headroom = 2.0 ** (coeffs(enc)[0] - 1) / enc.scale  # |sum| must stay below this
         return math.floor(headroom / enc.clip - 1e-9)
     return 2**31
 
 
-def check_encryption(enc: EncryptionConfig, clients: int) -> None:
+def check_encryption(enc: HeParams, clients: int) -> None:
     """Refuse a parameter set that is malformed or cannot hold the sum of `clients` updates."""
     if not enc.clip > 0:
         raise ConfigError(f"encryption.clip: must be positive, got {enc.clip}")
@@ -67,7 +85,7 @@ def check_encryption(enc: EncryptionConfig, clients: int) -> None:
                           f"{max_clients(enc)} clients, the config has {clients}: {hint}")
 
 
-def bfv_noise_margin(enc: EncryptionConfig, clients: int) -> float:
+def bfv_noise_margin(enc: HeParams, clients: int) -> float:
     """Bits of noise budget left after adding `clients` fresh ciphertexts: the data modulus, less t,
     less the fresh noise (about log2(n) - 5 bits, measured with SEAL's invariant_noise_budget: 6 bits
     left fresh at n=4096, q=60, t=47), less half a bit per doubling of the clients (independent noises
@@ -77,7 +95,7 @@ def bfv_noise_margin(enc: EncryptionConfig, clients: int) -> float:
     return fresh - 0.5 * math.log2(max(clients, 1))
 
 
-def _check_bfv(enc: EncryptionConfig, bits: tuple[int, ...], clients: int) -> None:
+def _check_bfv(enc: HeParams, bits: tuple[int, ...], clients: int) -> None:
     if not 8 <= enc.quant_bits < lane_bits(enc):
         raise ConfigError(f"encryption.quant_bits: {enc.quant_bits} must be 8 or more and below the lane of "
                           f"{lane_bits(enc)} bits ((plain_modulus_bits - 1) // 2)")
@@ -124,8 +142,8 @@ def _is_prime(n: int) -> bool:
     return True
 
 
-def fingerprint(enc: EncryptionConfig) -> dict[str, object]:
-    """What a context must have been made with to serve this config."""
+def fingerprint(enc: HeParams) -> dict[str, object]:
+    """What a context must have been made with to serve these parameters."""
     fp: dict[str, object] = {"scheme": enc.scheme, "poly_modulus_degree": enc.poly_modulus_degree,
                              "coeff_mod_bit_sizes": list(coeffs(enc))}
     if enc.scheme == "bfv":

@@ -19,7 +19,7 @@ class PlainScheme:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.wire_size = size * WIRE.itemsize  # bytes of one payload
+        self.max_payload_bytes = size * WIRE.itemsize  # every payload has exactly this many bytes
 
     def encrypt(self, values: np.ndarray) -> bytes:
         if values.shape != (self.size,):
@@ -27,8 +27,9 @@ class PlainScheme:
         return values.astype(WIRE).tobytes()
 
     def check(self, payload: bytes) -> None:
-        if len(payload) != self.wire_size:
-            raise ProtocolError(f"payload is {len(payload)} bytes, expected {self.wire_size} ({self.size} float32 values)")
+        if len(payload) != self.max_payload_bytes:
+            raise ProtocolError(f"payload is {len(payload)} bytes, expected {self.max_payload_bytes} "
+                                f"({self.size} float32 values)")
 
     def load(self, payload: bytes) -> np.ndarray:
         self.check(payload)

@@ -1,4 +1,4 @@
-"""seal.sh's checks: TenSEAL imports and round-trips (encrypt, add, decrypt) with the experiment's parameters."""
+"""seal.sh's checks: the HE library imports and round-trips (encrypt, add, decrypt) with the experiment's parameters."""
 
 from __future__ import annotations
 
@@ -6,24 +6,21 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from hefl.config import EncryptionConfig
-from hefl.crypto import make_scheme
-from hefl.crypto.keys import generate, load_public, load_secret, read_public
+from hefl.crypto import HeParams, generate_keys, load_keyless, load_secret, make_scheme, read_keyless
 from hefl.errors import HeflError
 
 
-def round_trip(enc: EncryptionConfig, size: int = 20_000, out: Callable[[str], None] = print) -> None:
+def round_trip(enc: HeParams, size: int = 20_000, out: Callable[[str], None] = print) -> None:
     """Encrypt two vectors on 'clients', add them on a keyless 'switch', decrypt: check and time it."""
     with tempfile.TemporaryDirectory() as tmp:
-        enc = replace(enc, key_dir=tmp)
-        generate(enc, Path(tmp))
-        client = make_scheme(enc, size, load_secret(enc), seed=1)
-        switch = make_scheme(enc, size, load_public(enc, read_public(enc)))
+        key_dir = Path(tmp)
+        generate_keys(enc, key_dir)
+        client = make_scheme(enc, size, load_secret(enc, key_dir), seed=1)
+        switch = make_scheme(enc, size, load_keyless(enc, read_keyless(enc, key_dir)))
         rng = np.random.default_rng(0)
         a, b = rng.uniform(-enc.clip, enc.clip, size), rng.uniform(-enc.clip, enc.clip, size)
         t0 = time.perf_counter()
@@ -49,6 +46,6 @@ def round_trip(enc: EncryptionConfig, size: int = 20_000, out: Callable[[str], N
 
 
 def versions() -> str:
-    import tenseal
+    from hefl.crypto import tenseal
 
-    return f"python {platform.python_version()}, tenseal {tenseal.__version__}, numpy {np.__version__}"
+    return f"python {platform.python_version()}, {tenseal.version()}, numpy {np.__version__}"

@@ -109,7 +109,7 @@ class Node:
     @property
     def max_body(self) -> int:
         """The largest request body this node reads: twice a payload, at least 16 MiB."""
-        return max(16 << 20, 2 * self.scheme.wire_size)
+        return max(16 << 20, 2 * self.scheme.max_payload_bytes)
 
     def start(self) -> None:
         """Go live once fully built: write the (empty) log and start the worker thread."""

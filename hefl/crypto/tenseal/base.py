@@ -1,29 +1,30 @@
-"""What CKKS and BFV share: an update as ceil(size / slots) ciphertext vectors in one framed body."""
+"""The TenSEAL base of ckks and bfv: an update as ceil(size / slots) ciphertext vectors in one framed body."""
 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hefl.config import EncryptionConfig
 from hefl.crypto.frame import frame, frame_lengths, unframe
-from hefl.crypto.keys import KeyRing
-from hefl.crypto.params import coeffs, slots
+from hefl.crypto.params import HeParams, coeffs, slots
+from hefl.crypto.scheme import KeyRing
 from hefl.errors import ProtocolError
 
 if TYPE_CHECKING:
-    from hefl.crypto.pool import EncryptPool
+    from hefl.crypto.tenseal.pool import EncryptPool
 
 
-class VectorScheme:
-    """Chunked at the slot count (one call per ciphertext: no TenSEAL 'does not fit' warning)."""
+class TensealScheme(ABC):
+    """Chunked at the slot count (one call per ciphertext: no TenSEAL 'does not fit' warning).
+    A subclass sets `name` and implements `encrypt` and `decrypt`."""
 
-    name = "vector"
+    name: str
 
-    def __init__(self, enc: EncryptionConfig, size: int, keys: KeyRing, loader: Callable[[Any, bytes], Any]) -> None:
+    def __init__(self, enc: HeParams, size: int, keys: KeyRing, loader: Callable[[Any, bytes], Any]) -> None:
         self.enc = enc
         self.size = size
         self.ctx = keys.context
@@ -35,13 +36,18 @@ class VectorScheme:
         self.parms_id = list(self.ctx.seal_context().data.first_parms_id())
         self._pool: EncryptPool | None = None
         if keys.private and enc.processes > 1:
-            from hefl.crypto.pool import EncryptPool
+            from hefl.crypto.tenseal.pool import EncryptPool
 
-            scale = 2.0**enc.scale_bits if enc.scheme == "ckks" else 0.0
-            self._pool = EncryptPool(self.ctx, enc.scheme, enc.processes, scale)
+            self._pool = EncryptPool(self.ctx, enc)
         data_primes = len(coeffs(enc)) - 1  # only the data primes reach the wire
         per_ct = 2 * enc.poly_modulus_degree * 8 * data_primes + 4096  # 64-bit words before SEAL's compression
-        self.wire_size = self.chunks * per_ct + 8 + 4 * self.chunks  # an upper bound
+        self.max_payload_bytes = self.chunks * per_ct + 8 + 4 * self.chunks
+
+    @abstractmethod
+    def encrypt(self, values: np.ndarray) -> bytes: ...
+
+    @abstractmethod
+    def decrypt(self, loaded: list[Any], contributors: int) -> np.ndarray: ...
 
     def encrypt_chunks(self, chunks: list[np.ndarray], make: Callable[[Any, list[Any]], Any]) -> bytes:
         """Serialized ciphertexts of `chunks`, in worker processes when there are several chunks each."""
@@ -62,7 +68,7 @@ class VectorScheme:
 
     def check(self, payload: bytes) -> None:
         """The payload's shape only: a frame of the right number of ciphertexts, none empty or oversized."""
-        if len(payload) > self.wire_size or 0 in frame_lengths(payload, self.chunks):
+        if len(payload) > self.max_payload_bytes or 0 in frame_lengths(payload, self.chunks):
             raise ProtocolError(f"payload of {len(payload)} bytes is not {self.chunks} ciphertexts of this experiment")
 
     def load(self, payload: bytes) -> list[Any]:
@@ -96,7 +102,8 @@ class VectorScheme:
         self.check_scale(index, ct)
 
     def check_scale(self, index: int, ct: Any) -> None:
-        """CKKS: the scale must be the configured one."""
+        """CKKS checks that the scale is the configured one; a BFV ciphertext has none."""
+        return None
 
     def add(self, loaded: Sequence[list[Any]]) -> bytes:
         """Add loaded payloads ciphertext by ciphertext (in place on the first: no extra copies)."""

@@ -7,18 +7,17 @@ from typing import Any
 import numpy as np
 import tenseal as ts
 
-from hefl.config import EncryptionConfig
-from hefl.crypto.keys import KeyRing
-from hefl.crypto.vectors import VectorScheme
+from hefl.crypto.params import HeParams
+from hefl.crypto.scheme import KeyRing
+from hefl.crypto.tenseal.base import TensealScheme
 from hefl.errors import ProtocolError
 
 
-class CkksScheme(VectorScheme):
+class CkksScheme(TensealScheme):
     name = "ckks"
 
-    def __init__(self, enc: EncryptionConfig, size: int, keys: KeyRing) -> None:
+    def __init__(self, enc: HeParams, size: int, keys: KeyRing) -> None:
         super().__init__(enc, size, keys, ts.ckks_vector_from)
-        self.scale = 2.0**enc.scale_bits
 
     def encrypt(self, values: np.ndarray) -> bytes:
         return self.encrypt_chunks([values[i:i + self.slots] for i in range(0, self.size, self.slots)], ts.ckks_vector)
@@ -26,8 +25,8 @@ class CkksScheme(VectorScheme):
     def check_scale(self, index: int, ct: Any) -> None:
         """A ciphertext of this context's parameters but another scale would add to nonsense."""
         scale = ct.scale() if callable(ct.scale) else ct.scale
-        if not abs(scale - self.scale) <= 1e-6 * self.scale:  # written so that NaN fails too
-            raise ProtocolError(f"ciphertext {index} has scale {scale!r}, expected 2^{np.log2(self.scale):g}")
+        if not abs(scale - self.enc.scale) <= 1e-6 * self.enc.scale:  # written so that NaN fails too
+            raise ProtocolError(f"ciphertext {index} has scale {scale!r}, expected 2^{self.enc.scale_bits}")
 
     def decrypt(self, loaded: list[ts.CKKSVector], contributors: int) -> np.ndarray:
         return np.concatenate([np.asarray(vec.decrypt(), dtype=np.float64) for vec in loaded])

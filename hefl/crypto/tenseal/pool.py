@@ -10,16 +10,17 @@ from typing import Any
 import numpy as np
 import tenseal as ts
 
+from hefl.crypto.params import HeParams
+from hefl.crypto.tenseal.keys import with_scale
+
 _CTX: Any = None
 _SCHEME = ""
 
 
-def _start(context: bytes, scheme: str, scale: float) -> None:
+def _start(context: bytes, enc: HeParams) -> None:
     global _CTX, _SCHEME
-    _CTX = ts.context_from(context)
-    if scale:
-        _CTX.global_scale = scale
-    _SCHEME = scheme
+    _CTX = with_scale(ts.context_from(context), enc)
+    _SCHEME = enc.scheme
 
 
 def _encrypt(chunk: np.ndarray) -> bytes:
@@ -28,13 +29,13 @@ def _encrypt(chunk: np.ndarray) -> bytes:
 
 
 class EncryptPool:
-    """`processes` workers that turn chunks of values (or packed slots) into serialized ciphertexts."""
+    """`enc.processes` workers that turn chunks of values (or packed slots) into serialized ciphertexts."""
 
-    def __init__(self, context: Any, scheme: str, processes: int, scale: float = 0.0) -> None:
+    def __init__(self, context: Any, enc: HeParams) -> None:
         blob = context.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False,
                                  save_relin_keys=False)  # encryption needs the public key only
-        self.pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_start, initargs=(blob, scheme, scale))
+        self.pool = ProcessPoolExecutor(enc.processes, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_start, initargs=(blob, enc))
 
     def encrypt(self, chunks: list[np.ndarray]) -> list[bytes]:
         return list(self.pool.map(_encrypt, chunks))

@@ -5,17 +5,16 @@ from __future__ import annotations
 import numpy as np
 import tenseal as ts
 
-from hefl.config import EncryptionConfig
-from hefl.crypto.keys import KeyRing
-from hefl.crypto.params import batching_prime, lane_bits
+from hefl.crypto.params import HeParams, batching_prime, lane_bits
 from hefl.crypto.quantize import dequantize_sum, pack, quantize, unpack
-from hefl.crypto.vectors import VectorScheme
+from hefl.crypto.scheme import KeyRing
+from hefl.crypto.tenseal.base import TensealScheme
 
 
-class BfvScheme(VectorScheme):
+class BfvScheme(TensealScheme):
     name = "bfv"
 
-    def __init__(self, enc: EncryptionConfig, size: int, keys: KeyRing, seed: int) -> None:
+    def __init__(self, enc: HeParams, size: int, keys: KeyRing, seed: int) -> None:
         super().__init__(enc, size, keys, ts.bfv_vector_from)
         self.lane = lane_bits(enc)
         self.modulus = batching_prime(enc.plain_modulus_bits, enc.poly_modulus_degree)
