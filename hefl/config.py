@@ -8,10 +8,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from hefl.address import base_url, log_name, parse_address
 from hefl.crypto.params import check_encryption
 from hefl.errors import ConfigError
 from hefl.modelspec import check_model
-from hefl.schema import SAFE_NAME, check_keys, node_port, parse_section
+from hefl.schema import SAFE_NAME, check_keys, parse_section
 from hefl.topology import check_topology
 
 Role = Literal["client", "switch", "aggregator"]
@@ -155,11 +156,7 @@ class ExperimentConfig:
 
     def default_endpoints(self) -> dict[str, str]:
         """Base URL of every node: its address, with the default port where it names none."""
-        return {nid: f"http://{_host(nid)}:{node_port(nid, self.network.port)}" for nid in self.nodes}
-
-
-def _host(node_id: str) -> str:
-    return node_id.rsplit(":", 1)[0] if ":" in node_id else node_id
+        return {nid: base_url(nid, self.network.port) for nid in self.nodes}
 
 
 # ---------------------------------------------------------------- the experiment
@@ -234,10 +231,20 @@ def _parse_nodes(others: Any, agg: AggregatorConfig) -> dict[str, NodeConfig]:
     for node_id, body in others.items():
         nodes[node_id] = _parse_node(node_id, body)
     if agg.ip not in nodes:
-        nodes[agg.ip] = NodeConfig(id=agg.ip, type="aggregator", ip=_host(agg.ip))
+        nodes[agg.ip] = NodeConfig(id=agg.ip, type="aggregator", ip=parse_address(agg.ip, "aggregator.ip").host)
     elif nodes[agg.ip].type != "aggregator":
         raise ConfigError(f"others[{agg.ip!r}].type: the aggregator's address must have type 'aggregator'")
+    _check_log_names(nodes)
     return nodes
+
+
+def _check_log_names(nodes: Mapping[str, NodeConfig]) -> None:
+    """Two addresses that differ only where the log file name cannot (':' or '_') would share one log."""
+    seen: dict[str, str] = {}
+    for node_id in nodes:
+        other = seen.setdefault(log_name(node_id), node_id)
+        if other != node_id:
+            raise ConfigError(f"others[{node_id!r}]: shares its log file name {log_name(node_id)!r} with {other!r}")
 
 
 def _parse_node(node_id: str, body: Any) -> NodeConfig:
@@ -247,10 +254,10 @@ def _parse_node(node_id: str, body: Any) -> NodeConfig:
     role = body.get("type")
     if role not in _NODE_KEYS:
         raise ConfigError(f"{path}.type: {role!r} is not one of 'client' | 'switch' | 'aggregator'")
-    node_port(node_id, 0, path)
+    addr = parse_address(node_id, path)
     skip = tuple(f.name for f in fields(NodeConfig) if f.name not in _NODE_KEYS[role])
     node: NodeConfig = parse_section(body, NodeConfig, path, skip=(*skip, "id"), id=node_id)
-    if node.ip and node.ip not in (node_id, _host(node_id)):
+    if node.ip and node.ip not in (node_id, addr.host, addr.url_host):
         raise ConfigError(f"{path}.ip: {node.ip!r} differs from the node's address {node_id!r}")
     return node
 

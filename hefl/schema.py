@@ -14,7 +14,6 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 from hefl.errors import ConfigError
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # experiment names: file- and URL-safe
-_PORT = re.compile(r"^[0-9]{1,5}$")
 
 def check_keys(raw: Mapping[str, Any], allowed: list[str], path: str) -> None:
     """Refuse the first unknown key, suggesting the closest allowed one (a typo must not pass)."""
@@ -23,20 +22,6 @@ def check_keys(raw: Mapping[str, Any], allowed: list[str], path: str) -> None:
             near = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
             hint = f" (did you mean {near[0]!r}?)" if near else f" (allowed: {', '.join(allowed)})"
             raise ConfigError(f"{path}: unknown key {key!r}{hint}")
-
-
-def node_port(node_id: str, default: int, path: str = "others") -> int:
-    """The port in a `host[:port]` address, or `default`; a malformed address is a ConfigError."""
-    host, sep, port = node_id.rpartition(":")
-    if not sep:
-        host, port = node_id, ""
-    if not host or any(c.isspace() or c in "/@?#" for c in host):
-        raise ConfigError(f"{path}: {node_id!r} is not an address of the form host[:port]")
-    if not port:
-        return default
-    if not _PORT.match(port) or not 0 < int(port) < 65536:
-        raise ConfigError(f"{path}: {node_id!r} has an invalid port")
-    return int(port)
 
 
 def _type_name(tp: Any) -> str:

@@ -141,3 +141,28 @@ def test_config_file_errors_name_the_file(tmp_path: Path) -> None:
         load_config(path)
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "missing.json")
+
+
+def test_ipv6_nodes_get_bracketed_urls_and_file_safe_log_names() -> None:
+    raw = tree_config(spine=False, clients=2, leaves=1)
+    text = json.dumps(raw).replace("127.0.0.1:1\"", "[::1]\"").replace("127.0.0.1:100", "[fe80::1]:100")
+    cfg = parse_config(json.loads(text))
+    endpoints = cfg.default_endpoints()
+    assert endpoints["[::1]"] == "http://[::1]:5000"
+    assert endpoints["[fe80::1]:100"] == "http://[fe80::1]:100"
+    assert cfg.nodes["[::1]"].ip == "::1"
+
+
+def test_bare_ipv6_node_is_refused_with_a_hint() -> None:
+    raw = tree_config()
+    raw["others"]["fe80::5"] = raw["others"].pop(C0)
+    with pytest.raises(ConfigError, match=r"^others\['fe80::5'\]: 'fe80::5' looks like an IPv6 address: write it in brackets"):
+        parse_config(raw)
+
+
+def test_addresses_sharing_a_log_file_name_are_refused() -> None:
+    raw = tree_config()
+    raw["others"]["127.0.0.1_10"] = {"type": "switch", "receive": [], "send": SPINE}
+    with pytest.raises(ConfigError, match=r"^others\['127.0.0.1_10'\]: shares its log file name '127.0.0.1_10.json' "
+                                          r"with '127.0.0.1:10'"):
+        parse_config(raw)
