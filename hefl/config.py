@@ -12,7 +12,7 @@ from hefl.address import base_url, log_name, parse_address
 from hefl.crypto.params import check_encryption
 from hefl.errors import ConfigError
 from hefl.modelspec import check_model
-from hefl.schema import SAFE_NAME, check_keys, parse_section
+from hefl.schema import NAME_LEN, bounds, check_keys, parse_section, parse_value, safe_name
 from hefl.topology import check_topology
 
 Role = Literal["client", "switch", "aggregator"]
@@ -25,13 +25,14 @@ class DatasetConfig:
     name: Literal["digits", "mnist", "synthetic"] = "digits"
     path: str = "data/mnist"  # mnist: folder holding the IDX files
     download: bool = False  # mnist: fetch the IDX files when they are missing
-    resize: int = 0  # mnist: side length to resize to (the original study used 12); 0 keeps 28
+    # mnist: side length to resize to (the original study used 12); 0 keeps 28
+    resize: int = field(default=0, metadata=bounds(ge=4, le=28, also=(0,)))
     partition: Literal["iid", "dirichlet"] = "iid"
-    alpha: float = 0.5  # dirichlet: label-skew concentration (smaller is more skewed)
-    test_fraction: float = 0.2
-    samples: int = 2000  # synthetic: number of samples
-    features: int = 64  # synthetic: input size
-    classes: int = 10  # synthetic: number of labels
+    alpha: float = field(default=0.5, metadata=bounds(gt=0))  # dirichlet: label-skew concentration (smaller is more skewed)
+    test_fraction: float = field(default=0.2, metadata=bounds(gt=0, lt=1))
+    samples: int = field(default=2000, metadata=bounds(gt=0))  # synthetic: number of samples
+    features: int = field(default=64, metadata=bounds(gt=0))  # synthetic: input size
+    classes: int = field(default=10, metadata=bounds(ge=2))  # synthetic: number of labels
 
 
 @dataclass(frozen=True)
@@ -39,18 +40,18 @@ class ModelConfig:
     """The shared model; `hidden` overrides the layer widths of an MLP."""
 
     name: Literal["mlp", "mlp_wide", "cnn"] = "mlp"
-    hidden: tuple[int, ...] = ()
+    hidden: tuple[int, ...] = field(default=(), metadata=bounds(gt=0))
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
     """Local training on each client."""
 
-    epochs: int = 1
-    batch_size: int = 32
-    lr: float = 0.05
-    momentum: float = 0.9
-    seed: int = 0
+    epochs: int = field(default=1, metadata=bounds(gt=0))
+    batch_size: int = field(default=32, metadata=bounds(gt=0))
+    lr: float = field(default=0.05, metadata=bounds(gt=0))
+    momentum: float = field(default=0.9, metadata=bounds(ge=0))
+    seed: int = field(default=0, metadata=bounds(ge=0))  # the root of every seed (hefl.seeds)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     save_models: bool = False  # write each round's local and global weights (.npy) beside the logs
 
@@ -74,12 +75,12 @@ class EncryptionConfig:
 class NetworkConfig:
     """Ports, timeouts and retries of every call between nodes."""
 
-    port: int = 5000  # port of a node whose address names none
-    connect_timeout_s: float = 3.0
-    read_timeout_s: float = 60.0
-    retries: int = 3
-    startup_timeout_s: float = 120.0  # how long `agg` waits for every node to answer /health
-    round_timeout_s: float = 900.0  # how long the controller waits for one round
+    port: int = field(default=5000, metadata=bounds(ge=1, le=65535))  # port of a node whose address names none
+    connect_timeout_s: float = field(default=3.0, metadata=bounds(gt=0))
+    read_timeout_s: float = field(default=60.0, metadata=bounds(gt=0))
+    retries: int = field(default=3, metadata=bounds(ge=0))
+    startup_timeout_s: float = field(default=120.0, metadata=bounds(gt=0))  # how long `agg` waits for every /health
+    round_timeout_s: float = field(default=900.0, metadata=bounds(gt=0))  # how long the controller waits for one round
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ class AggregatorConfig:
     """The root of the tree: its address and the number of rounds (`iteration`)."""
 
     ip: str
-    iteration: int = 10
+    iteration: int = field(default=10, metadata=bounds(ge=1, le=100_000))
     key: str = ""  # the original study's placeholder: accepted, never used as key material
 
 
@@ -112,7 +113,7 @@ class ExperimentConfig:
 
     aggregator: AggregatorConfig
     nodes: Mapping[str, NodeConfig]
-    name: str = "experiment"
+    name: str = field(default="experiment", metadata=safe_name(NAME_LEN))
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -184,44 +185,13 @@ def parse_config(raw: Any) -> ExperimentConfig:
         raise ConfigError("config: missing key 'aggregator'")
     agg = parse_section(raw["aggregator"], AggregatorConfig, "aggregator")
     sections = {k: parse_section(raw[k], cls, k) for k, cls in _SECTIONS.items() if k in raw}
-    name = raw.get("name", "experiment")
-    if not isinstance(name, str) or not SAFE_NAME.match(name):
-        raise ConfigError(f"name: {name!r} must be 1-64 ASCII letters, digits, '-', '_', '.'")
+    name = parse_value(ExperimentConfig, "name", raw.get("name", "experiment"), "name")
     nodes = _parse_nodes(raw.get("others"), agg)
     check_topology(nodes, agg.ip)
     cfg = ExperimentConfig(aggregator=agg, nodes=nodes, name=name, **sections)
-    _check_values(cfg)
     check_model(cfg.model, cfg.dataset)
     check_encryption(cfg.encryption, len(cfg.clients()))
     return cfg
-
-
-def _check_values(cfg: ExperimentConfig) -> None:
-    """Ranges the types alone do not catch."""
-    positive = {
-        "aggregator.iteration": cfg.aggregator.iteration, "training.epochs": cfg.training.epochs,
-        "training.batch_size": cfg.training.batch_size, "training.lr": cfg.training.lr,
-        "dataset.samples": cfg.dataset.samples, "dataset.features": cfg.dataset.features,
-        "dataset.alpha": cfg.dataset.alpha, "network.connect_timeout_s": cfg.network.connect_timeout_s,
-        "network.read_timeout_s": cfg.network.read_timeout_s,
-        "network.startup_timeout_s": cfg.network.startup_timeout_s,
-        "network.round_timeout_s": cfg.network.round_timeout_s,
-    }
-    for path, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{path}: must be positive, got {value}")
-    if cfg.aggregator.iteration > 100_000:
-        raise ConfigError(f"aggregator.iteration: {cfg.aggregator.iteration} rounds is more than 100000")
-    if not 0 < cfg.network.port < 65536:
-        raise ConfigError(f"network.port: {cfg.network.port} is not a TCP port")
-    if not 0 < cfg.dataset.test_fraction < 1:
-        raise ConfigError(f"dataset.test_fraction: must be between 0 and 1, got {cfg.dataset.test_fraction}")
-    if cfg.dataset.classes < 2:
-        raise ConfigError(f"dataset.classes: needs at least 2, got {cfg.dataset.classes}")
-    if cfg.dataset.resize and not 4 <= cfg.dataset.resize <= 28:
-        raise ConfigError(f"dataset.resize: must be 0 (keep 28) or 4..28, got {cfg.dataset.resize}")
-    if cfg.training.momentum < 0 or cfg.network.retries < 0:
-        raise ConfigError("training.momentum and network.retries must not be negative")
 
 
 def _parse_nodes(others: Any, agg: AggregatorConfig) -> dict[str, NodeConfig]:
