@@ -12,7 +12,7 @@ from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from hefl.errors import ConfigError, DuplicateMessage, HeflError, Unauthorized
-from hefl.nodes import Node, build_node
+from hefl.nodes import Node, NodeContext, build_node
 from hefl.push import parse_push
 from hefl.wire import TOKEN_HEADER
 
@@ -37,7 +37,8 @@ class NodeServer:
     def configure(self, payload: Any) -> dict[str, Any]:
         """Take a pushed config: build the role's node and app first, then retire the old ones.
         A push that fails leaves the node as it was."""
-        ctx = parse_push(payload, self.log_dir, self.token)
+        push = parse_push(payload)
+        ctx = NodeContext(push.cfg, push.node, push.experiment, push.endpoints, self.log_dir, self.token, push.context)
         with self._lock:
             current = self.node
             if current is not None and (current.ctx.experiment, current.id) == (ctx.experiment, ctx.node_id):

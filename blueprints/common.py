@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, request
 
 from hefl.errors import ConfigError, HeflError, NotFound
-from hefl.push import EXPERIMENT_ID
+from hefl.push import is_experiment_id
 from hefl.runlog import log_name
 
 bp = Blueprint("common", __name__)
@@ -37,7 +37,7 @@ def node_log(experiment: str) -> Any:
     if node is not None and node.ctx.experiment == experiment:
         return jsonify(node.runlog.snapshot())
     path = current_app.extensions["hefl_server"].log_dir / experiment / log_name(node.id if node else "")
-    if node is None or not EXPERIMENT_ID.match(experiment) or not path.is_file():
+    if node is None or not is_experiment_id(experiment) or not path.is_file():
         raise NotFound(f"no log of experiment {experiment!r} on this node")
     try:
         return jsonify(json.loads(path.read_text()))
