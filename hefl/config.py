@@ -53,6 +53,7 @@ class TrainingConfig:
     momentum: float = field(default=0.9, metadata=bounds(ge=0))
     seed: int = field(default=0, metadata=bounds(ge=0))  # the root of every seed (hefl.seeds)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = field(default=1, metadata=bounds(ge=1))  # torch threads per client, the same on every node
     save_models: bool = False  # write each round's local and global weights (.npy) beside the logs
 
 

@@ -95,6 +95,8 @@ CASES = [
     (("training", "lr"), 0, r"^training.lr: must be positive, got 0.0$"),
     (("training", "momentum"), -0.5, r"^training.momentum: must not be negative, got -0.5$"),
     (("training", "seed"), -1, r"^training.seed: must not be negative, got -1$"),
+    (("training", "threads"), 0, r"^training.threads: must be at least 1, got 0$"),
+    (("training", "threads"), 8, None),
     (("aggregator", "iteration"), 0, r"^aggregator.iteration: must be in 1..100000, got 0$"),
     (("aggregator", "iteration"), 100_001, r"^aggregator.iteration: must be in 1..100000, got 100001$"),
     (("aggregator", "iteration"), 100_000, None),
