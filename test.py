@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from hefl.address import base_url, same_host
 from hefl.config import load_raw_config
 from hefl.credential import read_token
 from hefl.errors import HeflError
@@ -33,8 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         node = args.node or _match(args.target, list(cfg.nodes))
         if node not in cfg.nodes:
             raise HeflError(f"{node!r} is not a node of {args.config}")
-        host = args.target if ":" in args.target else f"{args.target}:{cfg.network.port}"
-        endpoints = {**cfg.default_endpoints(), node: f"http://{host}"}
+        endpoints = {**cfg.default_endpoints(), node: base_url(args.target, cfg.network.port, "target")}
         token = read_token(args.token_file, warn=False)
         transport = Transport(endpoints, Timeouts.of(cfg.network), token)
         body = make_push(raw, node, args.experiment or new_experiment_id(cfg.name), endpoints, keyless_context(cfg))
@@ -50,8 +50,7 @@ def _match(target: str, nodes: list[str]) -> str:
     """The config node at TARGET: the exact address, else the one with the same host."""
     if target in nodes:
         return target
-    host = target.rsplit(":", 1)[0]
-    same = [n for n in nodes if n.rsplit(":", 1)[0] == host]
+    same = [n for n in nodes if same_host(n, target)]
     if len(same) != 1:
         raise HeflError(f"{target!r} matches {len(same)} nodes of the config; name one with --as")
     return same[0]

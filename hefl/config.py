@@ -8,10 +8,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from hefl.address import base_url, log_name, parse_address
 from hefl.crypto.params import HeParams, check_encryption
 from hefl.errors import ConfigError
 from hefl.modelspec import check_model
-from hefl.schema import SAFE_NAME, check_keys, node_port, parse_section
+from hefl.schema import NAME_LEN, bounds, check_keys, parse_section, parse_value, safe_name
 from hefl.topology import check_topology
 
 Role = Literal["client", "switch", "aggregator"]
@@ -24,13 +25,14 @@ class DatasetConfig:
     name: Literal["digits", "mnist", "synthetic"] = "digits"
     path: str = "data/mnist"  # mnist: folder holding the IDX files
     download: bool = False  # mnist: fetch the IDX files when they are missing
-    resize: int = 0  # mnist: side length to resize to (the original study used 12); 0 keeps 28
+    # mnist: side length to resize to (the original study used 12); 0 keeps 28
+    resize: int = field(default=0, metadata=bounds(ge=4, le=28, also=(0,)))
     partition: Literal["iid", "dirichlet"] = "iid"
-    alpha: float = 0.5  # dirichlet: label-skew concentration (smaller is more skewed)
-    test_fraction: float = 0.2
-    samples: int = 2000  # synthetic: number of samples
-    features: int = 64  # synthetic: input size
-    classes: int = 10  # synthetic: number of labels
+    alpha: float = field(default=0.5, metadata=bounds(gt=0))  # dirichlet: label-skew concentration (smaller is more skewed)
+    test_fraction: float = field(default=0.2, metadata=bounds(gt=0, lt=1))
+    samples: int = field(default=2000, metadata=bounds(gt=0))  # synthetic: number of samples
+    features: int = field(default=64, metadata=bounds(gt=0))  # synthetic: input size
+    classes: int = field(default=10, metadata=bounds(ge=2))  # synthetic: number of labels
 
 
 @dataclass(frozen=True)
@@ -38,19 +40,20 @@ class ModelConfig:
     """The shared model; `hidden` overrides the layer widths of an MLP."""
 
     name: Literal["mlp", "mlp_wide", "cnn"] = "mlp"
-    hidden: tuple[int, ...] = ()
+    hidden: tuple[int, ...] = field(default=(), metadata=bounds(gt=0))
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
     """Local training on each client."""
 
-    epochs: int = 1
-    batch_size: int = 32
-    lr: float = 0.05
-    momentum: float = 0.9
-    seed: int = 0
+    epochs: int = field(default=1, metadata=bounds(gt=0))
+    batch_size: int = field(default=32, metadata=bounds(gt=0))
+    lr: float = field(default=0.05, metadata=bounds(gt=0))
+    momentum: float = field(default=0.9, metadata=bounds(ge=0))
+    seed: int = field(default=0, metadata=bounds(ge=0))  # the root of every seed (hefl.seeds)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = field(default=1, metadata=bounds(ge=1))  # torch threads per client, the same on every node
     save_models: bool = False  # write each round's local and global weights (.npy) beside the logs
 
 
@@ -77,12 +80,12 @@ class EncryptionConfig:
 class NetworkConfig:
     """Ports, timeouts and retries of every call between nodes."""
 
-    port: int = 5000  # port of a node whose address names none
-    connect_timeout_s: float = 3.0
-    read_timeout_s: float = 60.0
-    retries: int = 3
-    startup_timeout_s: float = 120.0  # how long `agg` waits for every node to answer /health
-    round_timeout_s: float = 900.0  # how long the controller waits for one round
+    port: int = field(default=5000, metadata=bounds(ge=1, le=65535))  # port of a node whose address names none
+    connect_timeout_s: float = field(default=3.0, metadata=bounds(gt=0))
+    read_timeout_s: float = field(default=60.0, metadata=bounds(gt=0))
+    retries: int = field(default=3, metadata=bounds(ge=0))
+    startup_timeout_s: float = field(default=120.0, metadata=bounds(gt=0))  # how long `agg` waits for every /health
+    round_timeout_s: float = field(default=900.0, metadata=bounds(gt=0))  # how long the controller waits for one round
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ class AggregatorConfig:
     """The root of the tree: its address and the number of rounds (`iteration`)."""
 
     ip: str
-    iteration: int = 10
+    iteration: int = field(default=10, metadata=bounds(ge=1, le=100_000))
     key: str = ""  # the original study's placeholder: accepted, never used as key material
 
 
@@ -115,7 +118,7 @@ class ExperimentConfig:
 
     aggregator: AggregatorConfig
     nodes: Mapping[str, NodeConfig]
-    name: str = "experiment"
+    name: str = field(default="experiment", metadata=safe_name(NAME_LEN))
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -159,11 +162,7 @@ class ExperimentConfig:
 
     def default_endpoints(self) -> dict[str, str]:
         """Base URL of every node: its address, with the default port where it names none."""
-        return {nid: f"http://{_host(nid)}:{node_port(nid, self.network.port)}" for nid in self.nodes}
-
-
-def _host(node_id: str) -> str:
-    return node_id.rsplit(":", 1)[0] if ":" in node_id else node_id
+        return {nid: base_url(nid, self.network.port) for nid in self.nodes}
 
 
 # ---------------------------------------------------------------- the experiment
@@ -191,44 +190,13 @@ def parse_config(raw: Any) -> ExperimentConfig:
         raise ConfigError("config: missing key 'aggregator'")
     agg = parse_section(raw["aggregator"], AggregatorConfig, "aggregator")
     sections = {k: parse_section(raw[k], cls, k) for k, cls in _SECTIONS.items() if k in raw}
-    name = raw.get("name", "experiment")
-    if not isinstance(name, str) or not SAFE_NAME.match(name):
-        raise ConfigError(f"name: {name!r} must be 1-64 ASCII letters, digits, '-', '_', '.'")
+    name = parse_value(ExperimentConfig, "name", raw.get("name", "experiment"), "name")
     nodes = _parse_nodes(raw.get("others"), agg)
     check_topology(nodes, agg.ip)
     cfg = ExperimentConfig(aggregator=agg, nodes=nodes, name=name, **sections)
-    _check_values(cfg)
     check_model(cfg.model, cfg.dataset)
     check_encryption(cfg.encryption.he_params(), len(cfg.clients()))
     return cfg
-
-
-def _check_values(cfg: ExperimentConfig) -> None:
-    """Ranges the types alone do not catch."""
-    positive = {
-        "aggregator.iteration": cfg.aggregator.iteration, "training.epochs": cfg.training.epochs,
-        "training.batch_size": cfg.training.batch_size, "training.lr": cfg.training.lr,
-        "dataset.samples": cfg.dataset.samples, "dataset.features": cfg.dataset.features,
-        "dataset.alpha": cfg.dataset.alpha, "network.connect_timeout_s": cfg.network.connect_timeout_s,
-        "network.read_timeout_s": cfg.network.read_timeout_s,
-        "network.startup_timeout_s": cfg.network.startup_timeout_s,
-        "network.round_timeout_s": cfg.network.round_timeout_s,
-    }
-    for path, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{path}: must be positive, got {value}")
-    if cfg.aggregator.iteration > 100_000:
-        raise ConfigError(f"aggregator.iteration: {cfg.aggregator.iteration} rounds is more than 100000")
-    if not 0 < cfg.network.port < 65536:
-        raise ConfigError(f"network.port: {cfg.network.port} is not a TCP port")
-    if not 0 < cfg.dataset.test_fraction < 1:
-        raise ConfigError(f"dataset.test_fraction: must be between 0 and 1, got {cfg.dataset.test_fraction}")
-    if cfg.dataset.classes < 2:
-        raise ConfigError(f"dataset.classes: needs at least 2, got {cfg.dataset.classes}")
-    if cfg.dataset.resize and not 4 <= cfg.dataset.resize <= 28:
-        raise ConfigError(f"dataset.resize: must be 0 (keep 28) or 4..28, got {cfg.dataset.resize}")
-    if cfg.training.momentum < 0 or cfg.network.retries < 0:
-        raise ConfigError("training.momentum and network.retries must not be negative")
 
 
 def _parse_nodes(others: Any, agg: AggregatorConfig) -> dict[str, NodeConfig]:
@@ -238,10 +206,20 @@ def _parse_nodes(others: Any, agg: AggregatorConfig) -> dict[str, NodeConfig]:
     for node_id, body in others.items():
         nodes[node_id] = _parse_node(node_id, body)
     if agg.ip not in nodes:
-        nodes[agg.ip] = NodeConfig(id=agg.ip, type="aggregator", ip=_host(agg.ip))
+        nodes[agg.ip] = NodeConfig(id=agg.ip, type="aggregator", ip=parse_address(agg.ip, "aggregator.ip").host)
     elif nodes[agg.ip].type != "aggregator":
         raise ConfigError(f"others[{agg.ip!r}].type: the aggregator's address must have type 'aggregator'")
+    _check_log_names(nodes)
     return nodes
+
+
+def _check_log_names(nodes: Mapping[str, NodeConfig]) -> None:
+    """Two addresses that differ only where the log file name cannot (':' or '_') would share one log."""
+    seen: dict[str, str] = {}
+    for node_id in nodes:
+        other = seen.setdefault(log_name(node_id), node_id)
+        if other != node_id:
+            raise ConfigError(f"others[{node_id!r}]: shares its log file name {log_name(node_id)!r} with {other!r}")
 
 
 def _parse_node(node_id: str, body: Any) -> NodeConfig:
@@ -251,10 +229,10 @@ def _parse_node(node_id: str, body: Any) -> NodeConfig:
     role = body.get("type")
     if role not in _NODE_KEYS:
         raise ConfigError(f"{path}.type: {role!r} is not one of 'client' | 'switch' | 'aggregator'")
-    node_port(node_id, 0, path)
+    addr = parse_address(node_id, path)
     skip = tuple(f.name for f in fields(NodeConfig) if f.name not in _NODE_KEYS[role])
     node: NodeConfig = parse_section(body, NodeConfig, path, skip=(*skip, "id"), id=node_id)
-    if node.ip and node.ip not in (node_id, _host(node_id)):
+    if node.ip and node.ip not in (node_id, addr.host, addr.url_host):
         raise ConfigError(f"{path}.ip: {node.ip!r} differs from the node's address {node_id!r}")
     return node
 

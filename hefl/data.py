@@ -12,6 +12,7 @@ import numpy as np
 from hefl.config import DatasetConfig
 from hefl.errors import ConfigError
 from hefl.modelspec import num_classes
+from hefl.seeds import dirichlet_seed, holdout_seed, synthetic_seed
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def load(ds: DatasetConfig, seed: int) -> tuple[Split, Split]:
 
 
 def _holdout(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[Split, Split]:
-    order = np.random.default_rng(seed).permutation(len(y))
+    order = np.random.default_rng(holdout_seed(seed)).permutation(len(y))
     n_test = max(1, round(len(y) * fraction))
     test, train = order[:n_test], order[n_test:]
     return Split(x[train], y[train]), Split(x[test], y[test])
@@ -64,7 +65,7 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
 
 def _synthetic(ds: DatasetConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Gaussian inputs labelled by a random linear teacher: learnable, any size."""
-    rng = np.random.default_rng(seed + 7919)
+    rng = np.random.default_rng(synthetic_seed(seed))
     x = rng.standard_normal((ds.samples, ds.features)).astype(np.float32)
     teacher = rng.standard_normal((ds.features, num_classes(ds))).astype(np.float32)
     return x, np.argmax(x @ teacher, axis=1).astype(np.int64)
@@ -146,7 +147,7 @@ def iid_slice(n: int, parts: int, index: int) -> np.ndarray:
 
 def dirichlet_slices(labels: np.ndarray, parts: int, alpha: float, seed: int) -> list[np.ndarray]:
     """Label-skew non-IID split: each class is shared out by proportions drawn from Dir(alpha)."""
-    rng = np.random.default_rng(seed + 104729)
+    rng = np.random.default_rng(dirichlet_seed(seed))
     slices: list[list[int]] = [[] for _ in range(parts)]
     for label in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == label))

@@ -11,11 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from hefl.address import log_name
 from hefl.config import ExperimentConfig
 from hefl.errors import ConfigError, ExperimentFailed, HeflError, PeerUnreachable
 from hefl.push import make_push
 from hefl.report import format_round, node_table, read_logs
-from hefl.runlog import log_name, write_json_atomic
+from hefl.runlog import write_json_atomic
 from hefl.transport import Timeouts, Transport
 from hefl.wire import Kind
 

@@ -8,19 +8,18 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from hefl.address import log_name
 from hefl.crypto import KeyRing, Scheme, load_keyless, load_secret, make_scheme
 from hefl.errors import ConfigError, DuplicateMessage, HeflError, NotFound
 from hefl.modelspec import param_count
 from hefl.nodes import Node, Parts, Worker, role_class
-from hefl.push import EXPERIMENT_ID, parse_push
-from hefl.runlog import RunLog, log_name
+from hefl.push import Push, is_experiment_id, parse_push
+from hefl.runlog import RunLog
+from hefl.seeds import quantize_seed
 from hefl.topology import first_hops
 from hefl.transport import Timeouts, TrafficMeter, Transport
-
-if TYPE_CHECKING:
-    from hefl.nodes.base import NodeContext
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +36,18 @@ class Host:
 
     def configure(self, payload: Any, swap: Callable[[Node], None] = lambda node: None) -> dict[str, Any]:
         """Take a pushed config; `swap` installs the new node's HTTP app before it goes live."""
-        ctx = parse_push(payload, self.log_dir, self.token)
+        push = parse_push(payload)
         with self._lock:
             current = self.node
-            if current is not None and (current.experiment, current.id) == (ctx.experiment, ctx.node_id):
-                raise DuplicateMessage(f"already configured as {ctx.node_id} for experiment {ctx.experiment!r}")
-            node = build_node(ctx)
+            if current is not None and (current.experiment, current.id) == (push.experiment, push.node):
+                raise DuplicateMessage(f"already configured as {push.node} for experiment {push.experiment!r}")
+            node = build_node(push, self.log_dir, self.token)
             swap(node)
             self.node = node
             node.start()
         if current is not None:
             current.close()
-        log.info("%s configured as %s for experiment %s", ctx.node_id, node.role, ctx.experiment)
+        log.info("%s configured as %s for experiment %s", push.node, node.role, push.experiment)
         return node.status()
 
     def health(self) -> dict[str, Any]:
@@ -63,7 +62,7 @@ class Host:
         if node is not None and node.experiment == experiment:
             return node.runlog.snapshot()
         path = self.log_dir / experiment / log_name(node.id if node else "")
-        if node is None or not EXPERIMENT_ID.match(experiment) or not path.is_file():
+        if node is None or not is_experiment_id(experiment) or not path.is_file():
             raise NotFound(f"no log of experiment {experiment!r} on this node")
         try:
             return json.loads(path.read_text())  # type: ignore[no-any-return]
@@ -71,43 +70,42 @@ class Host:
             raise HeflError(f"log of experiment {experiment!r} on this node is unreadable: {exc}") from None
 
 
-def build_node(ctx: NodeContext) -> Node:
-    """The node of `ctx.node_id`'s role, with every part it works with; a part that cannot be made
+def build_node(push: Push, log_dir: Path, token: str = "") -> Node:
+    """The node of `push.node`'s role, with every part it works with; a part that cannot be made
     (no data, no GPU, no keys) is the push's fault: one line, and nothing is left running."""
-    cfg, role = ctx.cfg, ctx.cfg.nodes[ctx.node_id].type
-    runlog = RunLog(ctx.log_dir / ctx.experiment / log_name(ctx.node_id), ctx.node_id, role, ctx.experiment)
-    meter = TrafficMeter(runlog, ctx.experiment, cfg.rounds, cfg.nodes, first_hops(cfg.nodes, ctx.node_id))
-    transport = Transport(ctx.endpoints, Timeouts.of(cfg.network), ctx.token, meter)
+    cfg, role = push.cfg, push.cfg.nodes[push.node].type
+    runlog = RunLog(log_dir / push.experiment / log_name(push.node), push.node, role, push.experiment)
+    meter = TrafficMeter(runlog, push.experiment, cfg.rounds, cfg.nodes, first_hops(cfg.nodes, push.node))
+    transport = Transport(push.endpoints, Timeouts.of(cfg.network), token, meter)
     scheme: Scheme | None = None
     try:
-        keys = _keys(ctx)
-        scheme = make_scheme(cfg.encryption.he_params(), param_count(cfg.model, cfg.dataset), keys, seed=_scheme_seed(ctx))
+        keys = _keys(push)
+        size = param_count(cfg.model, cfg.dataset)
+        scheme = make_scheme(cfg.encryption.he_params(), size, keys, seed=_scheme_seed(push))
         parts = Parts(transport, scheme, runlog, meter, Worker(f"{role}-worker"), keys.key_id if keys else "")
-        return role_class(role)(cfg, ctx.node_id, ctx.experiment, parts)
+        return role_class(role)(cfg, push.node, push.experiment, parts)
     except Exception as exc:
         transport.close()
         if scheme is not None:
             scheme.close()
         if isinstance(exc, HeflError):
             raise
-        raise ConfigError(f"push: {ctx.node_id} cannot be set up: {type(exc).__name__}: {exc}") from exc
+        raise ConfigError(f"push: {push.node} cannot be set up: {type(exc).__name__}: {exc}") from exc
 
 
-def _keys(ctx: NodeContext) -> KeyRing | None:
+def _keys(push: Push) -> KeyRing | None:
     """Clients load the secret context from disk; every other role the pushed keyless one."""
-    enc, role = ctx.cfg.encryption, ctx.cfg.nodes[ctx.node_id].type
+    enc, role = push.cfg.encryption, push.cfg.nodes[push.node].type
     if enc.scheme == "none":
         return None
     if role == "client":
         return load_secret(enc.he_params(), Path(enc.key_dir))
-    if not ctx.context:
+    if not push.context:
         raise ConfigError(f"push.context: a {role} of a {enc.scheme} experiment needs the keyless context")
-    return load_keyless(enc.he_params(), ctx.context)
+    return load_keyless(enc.he_params(), push.context)
 
 
-def _scheme_seed(ctx: NodeContext) -> int:
+def _scheme_seed(push: Push) -> int:
     """A client's stochastic rounding (bfv) is reproducible per client; other roles never round."""
-    node = ctx.cfg.nodes[ctx.node_id]
-    if node.type != "client":
-        return 0
-    return ctx.cfg.training.seed * 1_000_003 + node.index * 7919 + 17
+    node = push.cfg.nodes[push.node]
+    return quantize_seed(push.cfg.training.seed, node.index) if node.type == "client" else 0

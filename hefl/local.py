@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from hefl.address import file_stem
 from hefl.config import ExperimentConfig, parse_config
 from hefl.crypto import generate_keys, keys_match
 
@@ -46,7 +47,7 @@ def local_nodes(cfg: ExperimentConfig, log_dir: Path, out_dir: Path) -> Iterator
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for node, port in zip(cfg.nodes, ports, strict=True):
-            with open(out_dir / f"{node.replace(':', '_')}.out", "wb") as sink:
+            with open(out_dir / f"{file_stem(node)}.out", "wb") as sink:
                 procs.append(subprocess.Popen(
                     [sys.executable, str(MAIN), "node", "--host", "127.0.0.1", "--port", str(port),
                      "--log-dir", str(log_dir), "--label", node],

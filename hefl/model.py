@@ -8,11 +8,12 @@ from torch import nn
 
 from hefl.config import DatasetConfig, ModelConfig
 from hefl.modelspec import CNN_CHANNELS, CNN_FC, hidden_sizes, input_shape, num_classes
+from hefl.seeds import model_seed
 
 
 def build_model(model: ModelConfig, ds: DatasetConfig, seed: int) -> nn.Module:
     """The same initial weights on every client for one seed."""
-    torch.manual_seed(seed)
+    torch.manual_seed(model_seed(seed))
     shape = input_shape(ds)
     classes = num_classes(ds)
     if model.name == "cnn":

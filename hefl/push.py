@@ -1,18 +1,44 @@
-"""The config push: what the controller POSTs to /config and how a node turns it into its context."""
+"""The config push: what the controller POSTs to /config and what a node reads from it."""
 
 from __future__ import annotations
 
 import base64
-import re
+import binascii
 from collections.abc import Mapping
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
-from hefl.config import parse_config
+from hefl.address import check_base_url
+from hefl.config import ExperimentConfig, parse_config
 from hefl.errors import ConfigError
-from hefl.nodes.base import NodeContext
+from hefl.schema import EXPERIMENT_ID_LEN, is_safe_name, parse_section, safe_name
 
-EXPERIMENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+def is_experiment_id(text: Any) -> bool:
+    """Whether `text` can be an experiment id (it names a log folder and appears in URLs)."""
+    return is_safe_name(text, EXPERIMENT_ID_LEN)
+
+
+@dataclass(frozen=True)
+class PushBody:
+    """The JSON body of POST /config, as sent."""
+
+    node: str
+    experiment: str = field(metadata=safe_name(EXPERIMENT_ID_LEN))
+    config: dict[str, Any]
+    endpoints: dict[str, str] = field(default_factory=dict)  # {} means each node's default URL
+    context: str = ""  # base64 of the keyless HE context (switches and the aggregator)
+
+
+@dataclass(frozen=True)
+class Push:
+    """A validated push: the experiment's config, which node this is, where its peers are."""
+
+    cfg: ExperimentConfig
+    node: str
+    experiment: str
+    endpoints: Mapping[str, str]
+    context: bytes = b""  # the keyless HE context pushed to switches and the aggregator
 
 
 def make_push(raw: Mapping[str, Any], node: str, experiment: str, endpoints: Mapping[str, str],
@@ -26,27 +52,20 @@ def make_push(raw: Mapping[str, Any], node: str, experiment: str, endpoints: Map
     return body
 
 
-def parse_push(payload: Any, log_dir: Path, token: str) -> NodeContext:
+def parse_push(payload: Any) -> Push:
     """Validate a pushed config; every problem is a one-line ConfigError."""
-    if not isinstance(payload, dict):
-        raise ConfigError("push: expected a JSON object")
-    unknown = set(payload) - {"node", "experiment", "config", "endpoints", "context"}
-    if unknown:
-        raise ConfigError(f"push: unknown key {sorted(unknown)[0]!r}")
-    cfg = parse_config(payload.get("config"))
-    node, experiment = payload.get("node"), payload.get("experiment")
-    if not isinstance(node, str) or node not in cfg.nodes:
-        raise ConfigError(f"push.node: {node!r} is not a node of this experiment")
-    if not isinstance(experiment, str) or not EXPERIMENT_ID.match(experiment):
-        raise ConfigError(f"push.experiment: {experiment!r} must be letters, digits, '-', '_', '.'")
-    endpoints = payload.get("endpoints") or cfg.default_endpoints()
-    if not isinstance(endpoints, dict) or set(cfg.nodes) - set(endpoints):
-        raise ConfigError("push.endpoints: must give the URL of every node of the experiment")
+    body: PushBody = parse_section(payload, PushBody, "push")
+    cfg = parse_config(body.config)
+    if body.node not in cfg.nodes:
+        raise ConfigError(f"push.node: {body.node!r} is not a node of this experiment")
+    endpoints = body.endpoints or cfg.default_endpoints()
+    missing = [n for n in cfg.nodes if n not in endpoints]
+    if missing:
+        raise ConfigError(f"push.endpoints: must give the URL of every node of the experiment (none for {missing[0]!r})")
     for nid, url in endpoints.items():
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise ConfigError(f"push.endpoints[{nid!r}]: {url!r} is not an http(s) URL")
+        check_base_url(url, f"push.endpoints[{nid!r}]")
     try:
-        context = base64.b64decode(payload.get("context") or "", validate=True)
-    except (ValueError, TypeError):
+        context = base64.b64decode(body.context, validate=True)
+    except binascii.Error:
         raise ConfigError("push.context: not base64") from None
-    return NodeContext(cfg, node, experiment, endpoints, log_dir, token, context)
+    return Push(cfg, body.node, body.experiment, endpoints, context)

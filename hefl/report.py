@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hefl.address import log_name
 from hefl.config import ExperimentConfig
-from hefl.runlog import log_name
 
 
 def human_bytes(n: float) -> str:

@@ -15,11 +15,6 @@ from typing import Any
 _BY_DIRECTION = [f"byte_{k}_{d}" for d in ("up", "down", "control") for k in ("send", "received")]
 
 
-def log_name(node_id: str) -> str:
-    """File name of a node's log: its address, with ':' (not allowed everywhere) as '_'."""
-    return node_id.replace(":", "_") + ".json"
-
-
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON so that a reader (or a crash) never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -61,7 +61,7 @@ def _set(raw: dict[str, Any], path: tuple[Any, ...], value: Any) -> dict[str, An
     raw = copy.deepcopy(raw)
     target = raw
     for key in path[:-1]:
-        target = target[key]
+        target = target.setdefault(key, {})
     if value is KeyError:
         del target[path[-1]]
     else:
@@ -90,6 +90,37 @@ CASES = [
     (("aggregator", "ip"), "127.0.0.1:9", rf"others\['{SPINE}'\].send: '{AGG}' is not a node of this experiment"),
     (("aggregator",), KeyError, r"config: missing key 'aggregator'"),
     (("model", "name"), "cnn", None),  # valid: digits are 8x8 images
+    # ranges, declared on the dataclass fields
+    (("training", "epochs"), -1, r"^training.epochs: must be positive, got -1$"),
+    (("training", "lr"), 0, r"^training.lr: must be positive, got 0.0$"),
+    (("training", "momentum"), -0.5, r"^training.momentum: must not be negative, got -0.5$"),
+    (("training", "seed"), -1, r"^training.seed: must not be negative, got -1$"),
+    (("training", "threads"), 0, r"^training.threads: must be at least 1, got 0$"),
+    (("training", "threads"), 8, None),
+    (("aggregator", "iteration"), 0, r"^aggregator.iteration: must be in 1..100000, got 0$"),
+    (("aggregator", "iteration"), 100_001, r"^aggregator.iteration: must be in 1..100000, got 100001$"),
+    (("aggregator", "iteration"), 100_000, None),
+    (("network", "port"), 0, r"^network.port: must be in 1..65535, got 0$"),
+    (("network", "port"), 65536, r"^network.port: must be in 1..65535, got 65536$"),
+    (("network", "retries"), -1, r"^network.retries: must not be negative, got -1$"),
+    (("network", "retries"), 0, None),
+    (("network", "read_timeout_s"), 0, r"^network.read_timeout_s: must be positive, got 0.0$"),
+    (("dataset", "test_fraction"), 1, r"^dataset.test_fraction: must be greater than 0 and less than 1, got 1.0$"),
+    (("dataset", "test_fraction"), 0, r"^dataset.test_fraction: must be greater than 0 and less than 1, got 0.0$"),
+    (("dataset", "classes"), 1, r"^dataset.classes: must be at least 2, got 1$"),
+    (("dataset", "alpha"), 0, r"^dataset.alpha: must be positive"),
+    (("dataset", "resize"), 3, r"^dataset.resize: must be 0 or in 4..28, got 3$"),
+    (("dataset", "resize"), 29, r"^dataset.resize: must be 0 or in 4..28, got 29$"),
+    (("dataset", "resize"), 0, None),
+    (("model", "hidden"), [16, 0], r"^model.hidden\[1\]: must be positive, got 0$"),
+    (("name",), "a" * 65, r"^name: 'a+' must be 1-64 ASCII letters, digits"),
+    (("name",), "a/b", r"^name: 'a/b' must be 1-64"),
+    (("name",), "ok\n", r"^name: 'ok\\n' must be 1-64"),
+    (("name",), "-x", r"^name: '-x' must be 1-64"),
+    (("name",), 7, r"^name: expected str, got 7$"),
+    (("name",), "a" * 64, None),
+    # addresses
+    (("aggregator", "ip"), "::1", r"^aggregator.ip: '::1' looks like an IPv6 address: write it in brackets"),
 ]
 
 
@@ -141,3 +172,28 @@ def test_config_file_errors_name_the_file(tmp_path: Path) -> None:
         load_config(path)
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "missing.json")
+
+
+def test_ipv6_nodes_get_bracketed_urls_and_file_safe_log_names() -> None:
+    raw = tree_config(spine=False, clients=2, leaves=1)
+    text = json.dumps(raw).replace("127.0.0.1:1\"", "[::1]\"").replace("127.0.0.1:100", "[fe80::1]:100")
+    cfg = parse_config(json.loads(text))
+    endpoints = cfg.default_endpoints()
+    assert endpoints["[::1]"] == "http://[::1]:5000"
+    assert endpoints["[fe80::1]:100"] == "http://[fe80::1]:100"
+    assert cfg.nodes["[::1]"].ip == "::1"
+
+
+def test_bare_ipv6_node_is_refused_with_a_hint() -> None:
+    raw = tree_config()
+    raw["others"]["fe80::5"] = raw["others"].pop(C0)
+    with pytest.raises(ConfigError, match=r"^others\['fe80::5'\]: 'fe80::5' looks like an IPv6 address: write it in brackets"):
+        parse_config(raw)
+
+
+def test_addresses_sharing_a_log_file_name_are_refused() -> None:
+    raw = tree_config()
+    raw["others"]["127.0.0.1_10"] = {"type": "switch", "receive": [], "send": SPINE}
+    with pytest.raises(ConfigError, match=r"^others\['127.0.0.1_10'\]: shares its log file name '127.0.0.1_10.json' "
+                                          r"with '127.0.0.1:10'"):
+        parse_config(raw)

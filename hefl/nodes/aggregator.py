@@ -2,46 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-from dataclasses import dataclass
 from typing import Any
 
 from hefl.aggregation import AcceptPoint, RoundBuffer, expected_contributors, weighted_metrics
 from hefl.config import ExperimentConfig
 from hefl.errors import DuplicateMessage, ProtocolError
+from hefl.metrics import MetricsReport, parse_metrics
 from hefl.nodes.adder import Adder
 from hefl.nodes.base import Parts
 from hefl.runlog import Stopwatch
 from hefl.wire import Envelope, Kind
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Report:
-    """One client's evaluation of a round's global model, as posted to /metrics."""
-
-    loss: float
-    accuracy: float
-    test_samples: int
-    byte_send: int
-    byte_received: int
-
-    @classmethod
-    def parse(cls, body: bytes, sender: str) -> Report:
-        """Validate a metrics body; anything off is a ProtocolError naming the sender."""
-        try:
-            raw = json.loads(body)
-            report = cls(float(raw["loss"]), float(raw["accuracy"]), int(raw["test_samples"]),
-                         int(raw["byte_send"]), int(raw["byte_received"]))
-        except (ValueError, KeyError, TypeError, RecursionError) as exc:
-            raise ProtocolError(f"metrics from {sender!r}: not a metrics report ({type(exc).__name__}: {exc})") from None
-        if not (math.isfinite(report.loss) and 0 <= report.accuracy <= 1 and report.test_samples > 0
-                and report.byte_send >= 0 and report.byte_received >= 0):
-            raise ProtocolError(f"metrics from {sender!r}: values out of range: {report}")
-        return report
 
 
 class AggregatorNode(Adder):
@@ -83,14 +56,14 @@ class AggregatorNode(Adder):
     def on_metrics(self, env: Envelope, body: bytes) -> None:
         """Accept one client's loss and accuracy for a round (parsed once, on arrival)."""
         with self.metrics.reserve(env):
-            complete = self.metrics.fill(env, Report.parse(body, env.sender))
+            complete = self.metrics.fill(env, parse_metrics(body, env.sender))
         if complete:
             self.submit(self.close_round, env.round)
 
     def close_round(self, r: int) -> None:
         """Weighted metrics of the round (by test samples); the last one finishes the experiment."""
         self.runlog.add_phase(r, "wait_metrics", self.awaiting_metrics.stop(r))
-        reports: list[Report] = list(self.metrics.release(r).payloads.values())
+        reports: list[MetricsReport] = list(self.metrics.release(r).payloads.values())
         loss, accuracy = weighted_metrics([(p.test_samples, p.loss, p.accuracy) for p in reports])
         row: dict[str, Any] = {
             "round": r,

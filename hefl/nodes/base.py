@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from hefl.config import ExperimentConfig, NodeConfig
@@ -18,17 +17,6 @@ from hefl.transport import TrafficMeter
 from hefl.wire import Envelope, Kind, check_scope
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class NodeContext:  # TODO(merge): replaced by push.Push
-    cfg: ExperimentConfig
-    node_id: str
-    experiment: str
-    endpoints: Mapping[str, str]
-    log_dir: Path
-    token: str = ""
-    context: bytes = b""
 
 
 class Sender(Protocol):

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 import numpy as np
 import torch
 
+from hefl.address import file_stem
 from hefl.aggregation import AcceptPoint, apply_sum, client_weight, expected_contributors
 from hefl.config import ExperimentConfig
 from hefl.data import client_data
 from hefl.errors import ExperimentFailed, ProtocolError
+from hefl.metrics import MetricsReport
 from hefl.model import build_model, get_flat, set_flat
 from hefl.nodes.base import Node, Parts
-from hefl.runlog import Stopwatch, log_name
+from hefl.runlog import Stopwatch
+from hefl.seeds import shuffle_seed
 from hefl.training import evaluate, pick_device, train_epochs, warm_up
 from hefl.wire import Envelope, Kind
 
@@ -26,7 +28,7 @@ class ClientNode(Node):
     def __init__(self, cfg: ExperimentConfig, node_id: str, experiment: str, parts: Parts) -> None:
         super().__init__(cfg, node_id, experiment, parts)
         t = cfg.training
-        torch.set_num_threads(getattr(t, "threads", 1))  # TODO(merge) t.threads; the same on every node, whatever the process was started with
+        torch.set_num_threads(t.threads)  # the same on every node, whatever the process was started with
         self.device = pick_device(t.device)
         self.train, self.test, self.all_samples = client_data(cfg.dataset, t.seed, self.me.client_number,
                                                               self.me.index)
@@ -66,7 +68,7 @@ class ClientNode(Node):
         self.runlog.begin(r)
         t = self.cfg.training
         with self.runlog.phase(r, "train"):
-            seed = t.seed * 1_000_003 + self.me.index * 7919 + r
+            seed = shuffle_seed(t.seed, self.me.index, r)
             loss = train_epochs(self.model, self.train, t, self.device, seed=seed)
             local = get_flat(self.model)
         self.save(f"r{r}.local", local)
@@ -103,10 +105,9 @@ class ClientNode(Node):
 
     def report(self, r: int, loss: float, acc: float) -> None:
         rec = self.runlog.record(r)
-        body = json.dumps({"loss": loss, "accuracy": acc, "test_samples": len(self.test),
-                           "byte_send": rec["byte_send"], "byte_received": rec["byte_received"]}).encode()
+        body = MetricsReport(loss, acc, len(self.test), rec["byte_send"], rec["byte_received"]).encode()
         self.transport.send(self.cfg.root, Kind.METRICS, self.envelope(r, len(self.test), 1), body)
 
     def save(self, tag: str, flat: np.ndarray) -> None:
         if self.cfg.training.save_models:
-            np.save(self.runlog.path.parent / log_name(self.id).replace(".json", f".{tag}.npy"), flat)
+            np.save(self.runlog.path.parent / f"{file_stem(self.id)}.{tag}.npy", flat)
