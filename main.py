@@ -15,8 +15,10 @@ from hefl.errors import HeflError
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(_with_command(sys.argv[1:] if argv is None else argv))
     label = f"[{args.label}] " if getattr(args, "label", "") else ""
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format=f"%(asctime)s {label}%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format=f"%(asctime)s {label}%(levelname)s %(name)s: %(message)s",
+    )
     try:
         return int(args.func(args) or 0)
     except HeflError as exc:
@@ -36,35 +38,77 @@ def _with_command(argv: list[str]) -> list[str]:
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)  # the flags every command takes
-    common.add_argument("--log-dir", type=Path, default=Path("log"), help="experiment logs (default: %(default)s)")
-    common.add_argument("--token-file", type=Path, default=DEFAULT_TOKEN,
-                        help="the experiment credential; $HEFL_TOKEN wins (default: %(default)s)")
-    common.add_argument("-v", "--verbose", action="store_true", help="log every event, not only warnings")
+    common.add_argument(
+        "--log-dir", type=Path, default=Path("log"), help="experiment logs (default: %(default)s)"
+    )
+    common.add_argument(
+        "--token-file",
+        type=Path,
+        default=DEFAULT_TOKEN,
+        help="the experiment credential; $HEFL_TOKEN wins (default: %(default)s)",
+    )
+    common.add_argument(
+        "-v", "--verbose", action="store_true", help="log every event, not only warnings"
+    )
     config = argparse.ArgumentParser(add_help=False)
-    config.add_argument("--config", default="config.json", help="experiment config (default: %(default)s)")
-    p = argparse.ArgumentParser(prog="main.py", description=__doc__,
-                                epilog="`python main.py` with no command serves a node. Details: README.md")
+    config.add_argument(
+        "--config", default="config.json", help="experiment config (default: %(default)s)"
+    )
+    p = argparse.ArgumentParser(
+        prog="main.py",
+        description=__doc__,
+        epilog="`python main.py` with no command serves a node. Details: README.md",
+    )
     sub = p.add_subparsers(dest="command", required=True)
-    node = sub.add_parser("node", parents=[common],
-                          help="serve this node on --host:--port and wait for a config (the default)")
-    node.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
-    node.add_argument("--port", type=int, default=5000, help="port to listen on (default: %(default)s)")
-    node.add_argument("--threads", type=int, default=8, help="request threads of the one worker (default: %(default)s)")
-    node.add_argument("--label", default="", help="shown in ps and the node's log lines (local mode: the node id)")
+    node = sub.add_parser(
+        "node",
+        parents=[common],
+        help="serve this node on --host:--port and wait for a config (the default)",
+    )
+    node.add_argument(
+        "--host", default="0.0.0.0", help="address to listen on (default: %(default)s)"
+    )
+    node.add_argument(
+        "--port", type=int, default=5000, help="port to listen on (default: %(default)s)"
+    )
+    node.add_argument(
+        "--threads",
+        type=int,
+        default=8,
+        help="request threads of the one worker (default: %(default)s)",
+    )
+    node.add_argument(
+        "--label", default="", help="shown in ps and the node's log lines (local mode: the node id)"
+    )
     node.set_defaults(func=_node)
-    for name, helptext, func in (("agg", "push config.json to every node and run the experiment", _agg),
-                                 ("local", "run the whole experiment on this machine, one process per node",
-                                  _local)):
+    for name, helptext, func in (
+        ("agg", "push config.json to every node and run the experiment", _agg),
+        ("local", "run the whole experiment on this machine, one process per node", _local),
+    ):
         cmd = sub.add_parser(name, parents=[common, config], help=helptext)
-        cmd.add_argument("--scheme", choices=["none", "ckks", "bfv"], help="override encryption.scheme of the config")
+        cmd.add_argument(
+            "--scheme",
+            choices=["none", "ckks", "bfv"],
+            help="override encryption.scheme of the config",
+        )
         cmd.set_defaults(func=func)
-    token = sub.add_parser("token", parents=[common],
-                           help=f"create the experiment credential file ({DEFAULT_TOKEN}) if missing")
+    token = sub.add_parser(
+        "token",
+        parents=[common],
+        help=f"create the experiment credential file ({DEFAULT_TOKEN}) if missing",
+    )
     token.set_defaults(func=_token)
-    seal = sub.add_parser("seal", parents=[common, config],
-                          help="self-test TenSEAL and write the key material of the config (seal.sh runs it)")
-    seal.add_argument("--scheme", choices=["ckks", "bfv"], help="override encryption.scheme of the config")
-    seal.add_argument("--key-dir", help="where to write the keys (default: the config's encryption.key_dir)")
+    seal = sub.add_parser(
+        "seal",
+        parents=[common, config],
+        help="self-test TenSEAL and write the key material of the config (seal.sh runs it)",
+    )
+    seal.add_argument(
+        "--scheme", choices=["ckks", "bfv"], help="override encryption.scheme of the config"
+    )
+    seal.add_argument(
+        "--key-dir", help="where to write the keys (default: the config's encryption.key_dir)"
+    )
     seal.set_defaults(func=_seal)
     return p
 
@@ -85,8 +129,14 @@ def _agg(args: argparse.Namespace) -> int:
     from hefl.experiment import Controller, new_experiment_id
 
     raw, cfg = load_raw_config(args.config, _overrides(args))
-    ctl = Controller(raw, cfg, cfg.default_endpoints(), new_experiment_id(cfg.name), args.log_dir,
-                     read_token(args.token_file))
+    ctl = Controller(
+        raw,
+        cfg,
+        cfg.default_endpoints(),
+        new_experiment_id(cfg.name),
+        args.log_dir,
+        read_token(args.token_file),
+    )
     ctl.run()
     return 0
 
@@ -99,15 +149,19 @@ def _local(args: argparse.Namespace) -> int:
     raw, cfg = load_raw_config(args.config, _overrides(args))
     experiment = new_experiment_id(cfg.name)
     print(f"starting {len(cfg.nodes)} local node processes for {args.config}")
-    with local_keys(raw, cfg, experiment) as (raw, cfg), \
-            local_nodes(cfg, args.log_dir, args.log_dir / experiment / "stdout") as (endpoints, token):
+    with (
+        local_keys(raw, cfg, experiment) as (raw, cfg),
+        local_nodes(cfg, args.log_dir, args.log_dir / experiment / "stdout") as (endpoints, token),
+    ):
         Controller(raw, cfg, endpoints, experiment, args.log_dir, token).run()
     return 0
 
 
 def _token(args: argparse.Namespace) -> int:
     written = create_token(args.token_file)
-    print(f"{'wrote' if written else 'kept the existing'} {args.token_file}; copy it to every node (deploy/ does)")
+    print(
+        f"{'wrote' if written else 'kept the existing'} {args.token_file}; copy it to every node (deploy/ does)"
+    )
     return 0
 
 
@@ -123,16 +177,27 @@ def _seal(args: argparse.Namespace) -> int:
     enc = load_config(args.config, overrides).encryption
     params = enc.he_params()
     print(versions())
-    for scheme in ("ckks", "bfv"):  # the config's parameters for its scheme, the defaults for the other
-        round_trip(params if scheme == params.scheme else replace(params, scheme=scheme, coeff_mod_bit_sizes=()))
+    for scheme in (
+        "ckks",
+        "bfv",
+    ):  # the config's parameters for its scheme, the defaults for the other
+        round_trip(
+            params
+            if scheme == params.scheme
+            else replace(params, scheme=scheme, coeff_mod_bit_sizes=())
+        )
     if enc.scheme == "none":
-        print(f"{args.config} uses scheme none: no keys needed (give --scheme ckks|bfv to make some)")
+        print(
+            f"{args.config} uses scheme none: no keys needed (give --scheme ckks|bfv to make some)"
+        )
         return 0
     from hefl.crypto import generate_keys
 
     generate_keys(params, Path(enc.key_dir))
-    print(f"wrote {enc.key_dir}/secret.ctx (mode 600: clients only), {enc.key_dir}/keyless.ctx (parameters only, no key: "
-          f"`agg` pushes it to switches and the aggregator), {enc.key_dir}/params.json, for {enc.scheme}")
+    print(
+        f"wrote {enc.key_dir}/secret.ctx (mode 600: clients only), {enc.key_dir}/keyless.ctx (parameters only, no key: "
+        f"`agg` pushes it to switches and the aggregator), {enc.key_dir}/params.json, for {enc.scheme}"
+    )
     return 0
 
 

@@ -1,7 +1,7 @@
 """Push one node its part of config.json and print its answer (the original study's debugging script).
 
-    python test.py 10.10.1.3                  # the node whose address in config.json is 10.10.1.3
-    python test.py 127.0.0.1:5003 --as 10.10.1.3   # a node on another address plays 10.10.1.3
+python test.py 10.10.1.3                  # the node whose address in config.json is 10.10.1.3
+python test.py 127.0.0.1:5003 --as 10.10.1.3   # a node on another address plays 10.10.1.3
 """
 
 from __future__ import annotations
@@ -22,10 +22,16 @@ from hefl.wire import Kind
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="test.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="test.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("target", help="HOST[:PORT] of the node to push to")
     p.add_argument("--config", default="config.json")
-    p.add_argument("--as", dest="node", help="the config node it plays (default: the one whose address is TARGET)")
+    p.add_argument(
+        "--as",
+        dest="node",
+        help="the config node it plays (default: the one whose address is TARGET)",
+    )
     p.add_argument("--experiment", help="experiment id (default: a new one)")
     p.add_argument("--token-file", type=Path, default=Path("keys/token"))
     args = p.parse_args(argv)
@@ -34,10 +40,19 @@ def main(argv: list[str] | None = None) -> int:
         node = args.node or _match(args.target, list(cfg.nodes))
         if node not in cfg.nodes:
             raise HeflError(f"{node!r} is not a node of {args.config}")
-        endpoints = {**cfg.default_endpoints(), node: base_url(args.target, cfg.network.port, "target")}
+        endpoints = {
+            **cfg.default_endpoints(),
+            node: base_url(args.target, cfg.network.port, "target"),
+        }
         token = read_token(args.token_file, warn=False)
         transport = Transport(endpoints, Timeouts.of(cfg.network), token)
-        body = make_push(raw, node, args.experiment or new_experiment_id(cfg.name), endpoints, keyless_context(cfg))
+        body = make_push(
+            raw,
+            node,
+            args.experiment or new_experiment_id(cfg.name),
+            endpoints,
+            keyless_context(cfg),
+        )
         resp = transport.call(node, Kind.CONFIG, json.dumps(body).encode())
     except HeflError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -57,18 +57,29 @@ def bench_vectors(name: str, enc: HeParams, size: int) -> Figures:
     rng = np.random.default_rng(1)
     bfv = enc.scheme == "bfv"
     lane, modulus = lane_bits(enc), batching_prime(enc.plain_modulus_bits, enc.poly_modulus_degree)
-    make, load = (ts.bfv_vector, ts.bfv_vector_from) if bfv else (ts.ckks_vector, ts.ckks_vector_from)
+    make, load = (
+        (ts.bfv_vector, ts.bfv_vector_from) if bfv else (ts.ckks_vector, ts.ckks_vector_from)
+    )
 
     def encrypt(v: np.ndarray) -> list[Any]:
         if bfv:
             packed = pack(quantize(v, enc.clip, enc.quant_bits, rng), lane)
-            return [make(ctx, packed[i:i + n // 2].tolist()) for i in range(0, len(packed), n // 2)]
-        return [make(ctx, v[i:i + n].tolist()) for i in range(0, size, n)]
+            return [
+                make(ctx, packed[i : i + n // 2].tolist()) for i in range(0, len(packed), n // 2)
+            ]
+        return [make(ctx, v[i : i + n].tolist()) for i in range(0, size, n)]
 
     def decrypt(cts: list[Any], count: int) -> np.ndarray:
         if bfv:
-            raw = np.concatenate([np.asarray(load(ctx, c.serialize()).decrypt(), dtype=object) % modulus for c in cts])
-            return dequantize_sum(unpack(raw.astype(np.int64), lane, size), enc.clip, enc.quant_bits, count)
+            raw = np.concatenate(
+                [
+                    np.asarray(load(ctx, c.serialize()).decrypt(), dtype=object) % modulus
+                    for c in cts
+                ]
+            )
+            return dequantize_sum(
+                unpack(raw.astype(np.int64), lane, size), enc.clip, enc.quant_bits, count
+            )
         return np.concatenate([np.asarray(load(ctx, c.serialize()).decrypt()) for c in cts])
 
     cts, t_enc = timed(lambda: encrypt(values))
@@ -77,12 +88,23 @@ def bench_vectors(name: str, enc: HeParams, size: int) -> Figures:
     other = [load(switch_ctx, c.serialize()) for c in encrypt(values)]
     _, t_add = timed(lambda: [a.add_(b) for a, b in zip(loaded, other, strict=True)])
     _, t_dec = timed(lambda: [c.decrypt() for c in cts])
-    rates = {k: size / t / 1e6 for k, t in (("encrypt", t_enc), ("serialize", t_ser), ("deserialize", t_de),
-                                            ("add", t_add), ("decrypt", t_dec))}
+    rates = {
+        k: size / t / 1e6
+        for k, t in (
+            ("encrypt", t_enc),
+            ("serialize", t_ser),
+            ("deserialize", t_de),
+            ("add", t_add),
+            ("decrypt", t_dec),
+        )
+    }
     errs = []
     small = values[: min(size, 4 * n)]
     for count in (10, 100):
-        parts = [np.random.default_rng(10 + i).uniform(-enc.clip, enc.clip, len(small)) for i in range(count)]
+        parts = [
+            np.random.default_rng(10 + i).uniform(-enc.clip, enc.clip, len(small))
+            for i in range(count)
+        ]
         sub = replace(enc)
         total = None
         for p in parts:
@@ -99,21 +121,28 @@ def encrypt_small(enc: HeParams, ctx: Any, v: np.ndarray, rng: np.random.Generat
     n = slots(enc)
     if enc.scheme == "bfv":
         packed = pack(quantize(v, enc.clip, enc.quant_bits, rng), lane_bits(enc))
-        return [ts.bfv_vector(ctx, packed[i:i + n // 2].tolist()) for i in range(0, len(packed), n // 2)]
-    return [ts.ckks_vector(ctx, v[i:i + n].tolist()) for i in range(0, len(v), n)]
+        return [
+            ts.bfv_vector(ctx, packed[i : i + n // 2].tolist())
+            for i in range(0, len(packed), n // 2)
+        ]
+    return [ts.ckks_vector(ctx, v[i : i + n].tolist()) for i in range(0, len(v), n)]
 
 
 def decrypt_small(enc: HeParams, ctx: Any, cts: list[Any], size: int, count: int) -> np.ndarray:
     if enc.scheme == "bfv":
         modulus = batching_prime(enc.plain_modulus_bits, enc.poly_modulus_degree)
-        raw = np.concatenate([np.asarray(c.decrypt(), dtype=object) % modulus for c in cts]).astype(np.int64)
+        raw = np.concatenate([np.asarray(c.decrypt(), dtype=object) % modulus for c in cts]).astype(
+            np.int64
+        )
         return dequantize_sum(unpack(raw, lane_bits(enc), size), enc.clip, enc.quant_bits, count)
     return np.concatenate([np.asarray(c.decrypt()) for c in cts])
 
 
 def bench_per_element(shape: tuple[int, int] = (8, 8)) -> Figures:
     """The original study's way: one CKKS ciphertext per weight (tutorial parameters 8192 [60,40,40,60])."""
-    ctx = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=8192, coeff_mod_bit_sizes=[60, 40, 40, 60])
+    ctx = ts.context(
+        ts.SCHEME_TYPE.CKKS, poly_modulus_degree=8192, coeff_mod_bit_sizes=[60, 40, 40, 60]
+    )
     ctx.global_scale = 2.0**40
     m = np.random.default_rng(0).uniform(-1, 1, shape)
     size = m.size
@@ -122,11 +151,24 @@ def bench_per_element(shape: tuple[int, int] = (8, 8)) -> Figures:
     loaded, t_de = timed(lambda: [ts.ckks_vector_from(ctx, b) for b in blobs])
     _, t_add = timed(lambda: [a.add_(b) for a, b in zip(loaded, cts, strict=True)])
     _, t_dec = timed(lambda: [c.decrypt() for c in cts])
-    rates = {k: size / t / 1e6 for k, t in (("encrypt", t_enc), ("serialize", t_ser), ("deserialize", t_de),
-                                            ("add", t_add), ("decrypt", t_dec))}
+    rates = {
+        k: size / t / 1e6
+        for k, t in (
+            ("encrypt", t_enc),
+            ("serialize", t_ser),
+            ("deserialize", t_de),
+            ("add", t_add),
+            ("decrypt", t_dec),
+        )
+    }
     per_param = sum(len(b) for b in blobs) / size
-    return Figures(f"per-element ckks_vector, 8192 [60,40,40,60] ({shape[0]}x{shape[1]})", per_param, rates,
-                   float("nan"), float("nan"))
+    return Figures(
+        f"per-element ckks_vector, 8192 [60,40,40,60] ({shape[0]}x{shape[1]})",
+        per_param,
+        rates,
+        float("nan"),
+        float("nan"),
+    )
 
 
 def bench_processes(size: int) -> None:
@@ -153,11 +195,20 @@ def bench_processes(size: int) -> None:
 
 def print_table(rows: list[Figures]) -> None:
     keys = ["encrypt", "serialize", "deserialize", "add", "decrypt"]
-    print(f"{'scheme / parameters':<52}{'B/param':>9}" + "".join(f"{k:>12}" for k in keys) + f"{'err@10':>10}{'err@100':>10}")
+    print(
+        f"{'scheme / parameters':<52}{'B/param':>9}"
+        + "".join(f"{k:>12}" for k in keys)
+        + f"{'err@10':>10}{'err@100':>10}"
+    )
     for r in rows:
-        print(f"{r.name:<52}{r.bytes_per_param:>9.2f}" + "".join(f"{r.rates[k]:>12.2f}" for k in keys)
-              + f"{r.err10:>10.1e}{r.err100:>10.1e}")
-    print("(throughputs in Mparam/s, one core; errors: max |decrypted sum - true sum| over values in [-clip, clip])")
+        print(
+            f"{r.name:<52}{r.bytes_per_param:>9.2f}"
+            + "".join(f"{r.rates[k]:>12.2f}" for k in keys)
+            + f"{r.err10:>10.1e}{r.err100:>10.1e}"
+        )
+    print(
+        "(throughputs in Mparam/s, one core; errors: max |decrypted sum - true sum| over values in [-clip, clip])"
+    )
 
 
 # ---------------------------------------------------------------- one full round through real processes
@@ -170,27 +221,59 @@ def round_config(scheme: str, features: int, hidden: int) -> dict[str, Any]:
     for i, c in enumerate(clients):
         others[c] = {"type": "client", "client_number": 4, "index": i, "send": switches[i // 2]}
     for j, s in enumerate(switches):
-        others[s] = {"type": "switch", "receive": clients[2 * j:2 * j + 2], "send": "127.0.0.1:1", "dumb": False}
-    return {"name": f"bench-{scheme}", "aggregator": {"iteration": 2, "ip": "127.0.0.1:1"}, "others": others,
-            "dataset": {"name": "synthetic", "samples": 400, "features": features, "classes": 10},
-            "model": {"name": "mlp", "hidden": [hidden]}, "training": {"epochs": 1, "batch_size": 50, "device": "cpu"},
-            "encryption": {"scheme": scheme}, "network": {"read_timeout_s": 300}}
+        others[s] = {
+            "type": "switch",
+            "receive": clients[2 * j : 2 * j + 2],
+            "send": "127.0.0.1:1",
+            "dumb": False,
+        }
+    return {
+        "name": f"bench-{scheme}",
+        "aggregator": {"iteration": 2, "ip": "127.0.0.1:1"},
+        "others": others,
+        "dataset": {"name": "synthetic", "samples": 400, "features": features, "classes": 10},
+        "model": {"name": "mlp", "hidden": [hidden]},
+        "training": {"epochs": 1, "batch_size": 50, "device": "cpu"},
+        "encryption": {"scheme": scheme},
+        "network": {"read_timeout_s": 300},
+    }
 
 
-def full_round(scheme: str, figures: Figures | None, params: int, features: int, hidden: int) -> None:
+def full_round(
+    scheme: str, figures: Figures | None, params: int, features: int, hidden: int
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "config.json"
         cfg.write_text(json.dumps(round_config(scheme, features, hidden)))
-        proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "local", "--config", str(cfg), "--log-dir",
-                               str(Path(tmp) / "log")], capture_output=True, text=True, timeout=900, cwd=ROOT)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "main.py"),
+                "local",
+                "--config",
+                str(cfg),
+                "--log-dir",
+                str(Path(tmp) / "log"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            cwd=ROOT,
+        )
         if proc.returncode:
             print(f"{scheme}: the round failed: {proc.stderr.strip()[-500:]}")
             return
         exp = next(p for p in (Path(tmp) / "log").iterdir() if p.is_dir())
-        logs = {d["node"]: d for d in (json.loads(p.read_text()) for p in exp.glob("*.json")) if "node" in d}
+        logs = {
+            d["node"]: d
+            for d in (json.loads(p.read_text()) for p in exp.glob("*.json"))
+            if "node" in d
+        }
     r = 1  # the second round: the first one pays for connection set-up
     agg = next(d for d in logs.values() if d["role"] == "aggregator")["iteration"][r]
-    print(f"\n{scheme}: {params:,} parameters, round {r + 1} of 2: {agg['duration_s']:.2f} s at the aggregator")
+    print(
+        f"\n{scheme}: {params:,} parameters, round {r + 1} of 2: {agg['duration_s']:.2f} s at the aggregator"
+    )
     for role in ("client", "switch", "aggregator"):
         recs = [d["iteration"][r] for d in logs.values() if d["role"] == role]
         phases: dict[str, float] = {}
@@ -201,41 +284,78 @@ def full_round(scheme: str, figures: Figures | None, params: int, features: int,
         got = sum(x["byte_received"] for x in recs) / len(recs)
         msgs = sum(x["messages_sent"] for x in recs) / len(recs)
         line = ", ".join(f"{k} {v:.3f}" for k, v in sorted(phases.items()))
-        print(f"  {role:<10} mean s: {line}; sent {sent / 1e6:.2f} MB in {msgs:.0f} messages, received {got / 1e6:.2f} MB")
+        print(
+            f"  {role:<10} mean s: {line}; sent {sent / 1e6:.2f} MB in {msgs:.0f} messages, received {got / 1e6:.2f} MB"
+        )
         if figures is not None:
-            payloads = {"client": 1, "switch": 3, "aggregator": 2}[role]  # update messages each sends per round
+            payloads = {"client": 1, "switch": 3, "aggregator": 2}[
+                role
+            ]  # update messages each sends per round
             expected = figures.bytes_per_param * params * payloads
-            print(f"  {'':<10} bytes sent / (bytes/param x params x {payloads} update messages): {sent / expected:.3f}")
+            print(
+                f"  {'':<10} bytes sent / (bytes/param x params x {payloads} update messages): {sent / expected:.3f}"
+            )
     if figures is not None:
         rate = figures.rates
         # one client encrypts and serializes; each level loads its 2 children's payloads, adds, serializes;
         # the client loads and decrypts the result
-        critical = params * (1 / rate["encrypt"] + 3 / rate["serialize"] + 5 / rate["deserialize"]
-                             + 2 / rate["add"] + 1 / rate["decrypt"]) / 1e6
-        print(f"  crypto primitives on the critical path (client encrypt+serialize; switch and aggregator: 2 loads, "
-              f"add, serialize; client load+decrypt): {critical:.2f} s; round / primitives = "
-              f"{agg['duration_s'] / critical:.2f}")
+        critical = (
+            params
+            * (
+                1 / rate["encrypt"]
+                + 3 / rate["serialize"]
+                + 5 / rate["deserialize"]
+                + 2 / rate["add"]
+                + 1 / rate["decrypt"]
+            )
+            / 1e6
+        )
+        print(
+            f"  crypto primitives on the critical path (client encrypt+serialize; switch and aggregator: 2 loads, "
+            f"add, serialize; client load+decrypt): {critical:.2f} s; round / primitives = "
+            f"{agg['duration_s'] / critical:.2f}"
+        )
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", type=int, default=1_000_000, help="values per update in the primitive benchmark")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--size", type=int, default=1_000_000, help="values per update in the primitive benchmark"
+    )
     p.add_argument("--skip-round", action="store_true", help="only the primitives")
     args = p.parse_args()
     print(f"tenseal {ts.__version__}, numpy {np.__version__}, {args.size:,} values per update\n")
     sets = [
         ("ckks 4096 [40,20] 2^30 (default)", HeParams(scheme="ckks")),
-        ("ckks 8192 [60,40,40,60] 2^40 (tutorial)",
-         HeParams(scheme="ckks", poly_modulus_degree=8192, coeff_mod_bit_sizes=(60, 40, 40, 60), scale_bits=40)),
-        ("ckks 8192 [60,40,40] 2^40 (NVFlare default)",
-         HeParams(scheme="ckks", poly_modulus_degree=8192, coeff_mod_bit_sizes=(60, 40, 40), scale_bits=40)),
+        (
+            "ckks 8192 [60,40,40,60] 2^40 (tutorial)",
+            HeParams(
+                scheme="ckks",
+                poly_modulus_degree=8192,
+                coeff_mod_bit_sizes=(60, 40, 40, 60),
+                scale_bits=40,
+            ),
+        ),
+        (
+            "ckks 8192 [60,40,40] 2^40 (NVFlare default)",
+            HeParams(
+                scheme="ckks",
+                poly_modulus_degree=8192,
+                coeff_mod_bit_sizes=(60, 40, 40),
+                scale_bits=40,
+            ),
+        ),
         ("bfv 4096 [60,20] t~2^47, 16-bit x2 (default)", HeParams(scheme="bfv")),
     ]
     rows = [bench_vectors(name, enc, args.size) for name, enc in sets]
     rows.append(bench_per_element())
     print_table(rows)
-    print(f"(one ciphertext per weight, as the original study did: a 32x144 weight matrix is "
-          f"{rows[-1].bytes_per_param * 32 * 144 / 1e9:.2f} GB on the wire)")
+    print(
+        f"(one ciphertext per weight, as the original study did: a 32x144 weight matrix is "
+        f"{rows[-1].bytes_per_param * 32 * 144 / 1e9:.2f} GB on the wire)"
+    )
     bench_processes(args.size)
     if args.skip_round:
         return 0

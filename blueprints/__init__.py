@@ -55,7 +55,9 @@ def create_app(server: NodeServer, node: Node | None) -> Flask:
     app.extensions["hefl_node"] = node
     app.register_blueprint(common.bp)
     if node is not None:
-        app.register_blueprint({"client": client.bp, "switch": switch.bp, "aggregator": aggregator.bp}[node.role])
+        app.register_blueprint(
+            {"client": client.bp, "switch": switch.bp, "aggregator": aggregator.bp}[node.role]
+        )
     app.before_request(_check_token)
     app.before_request(_meter_request)
     app.after_request(_meter_answer)
@@ -116,5 +118,9 @@ def _on_http_error(exc: HTTPException) -> tuple[Response, int]:
     node = current_app.extensions["hefl_node"]
     role = node.role if node is not None else "unconfigured"
     code = exc.code or 500
-    reason = f"not an endpoint of this node (role: {role})" if code in (404, 405) else (exc.description or exc.name)
+    reason = (
+        f"not an endpoint of this node (role: {role})"
+        if code in (404, 405)
+        else (exc.description or exc.name)
+    )
     return jsonify(error=f"{request.method} {request.path}: {reason}"), code

@@ -34,5 +34,10 @@ def status() -> Any:
     return jsonify(current_node().status())
 
 
-for _kind, _view in ((Kind.METRICS, metrics), (Kind.FAIL, fail), (Kind.START, start), (Kind.STATUS, status)):
+for _kind, _view in (
+    (Kind.METRICS, metrics),
+    (Kind.FAIL, fail),
+    (Kind.START, start),
+    (Kind.STATUS, status),
+):
     add_route(bp, _kind, _view)

@@ -13,7 +13,9 @@ from hefl.wire import Envelope, Kind
 
 def add_route(bp: Blueprint, kind: Kind, view: Callable[..., Any]) -> None:
     """Serve `kind` at its path from the wire table."""
-    bp.add_url_rule(kind.route.path, view_func=view, methods=[kind.route.method], endpoint=kind.value)
+    bp.add_url_rule(
+        kind.route.path, view_func=view, methods=[kind.route.method], endpoint=kind.value
+    )
 
 
 def message() -> tuple[Envelope, bytes]:

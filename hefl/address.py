@@ -46,8 +46,10 @@ def parse_address(text: str, path: str = "address") -> Address:
         _check_ipv6(host, text, path)
         port = rest[1:] if rest else None
     elif text.count(":") > 1:
-        raise ConfigError(f"{path}: {text!r} looks like an IPv6 address: write it in brackets, "
-                          f"as [addr] or [addr]:port")
+        raise ConfigError(
+            f"{path}: {text!r} looks like an IPv6 address: write it in brackets, "
+            f"as [addr] or [addr]:port"
+        )
     else:
         host, sep, after = text.partition(":")
         port = after if sep else None
@@ -64,7 +66,9 @@ def _check_ipv6(host: str, text: str, path: str) -> None:
     try:
         ipaddress.IPv6Address(host)
     except ValueError:
-        raise ConfigError(f"{path}: {text!r} does not hold an IPv6 address in its brackets") from None
+        raise ConfigError(
+            f"{path}: {text!r} does not hold an IPv6 address in its brackets"
+        ) from None
     if "%" in host:
         raise ConfigError(f"{path}: {text!r}: IPv6 zone ids are not supported")
 
@@ -80,8 +84,15 @@ def check_base_url(url: str, path: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         parts = None
-    if parts is None or parts.scheme not in ("http", "https") or parts.path or parts.query or parts.fragment \
-            or "?" in url or "#" in url:
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or parts.path
+        or parts.query
+        or parts.fragment
+        or "?" in url
+        or "#" in url
+    ):
         raise ConfigError(f"{path}: {url!r} is not an http(s) URL of the form http://host[:port]")
     parse_address(parts.netloc, path)
     return url

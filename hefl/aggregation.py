@@ -119,8 +119,9 @@ def client_weight(samples: int, clients: int, total_samples: int) -> float:
     return samples * clients / total_samples
 
 
-def apply_sum(base: np.ndarray, total: np.ndarray, clients: int, total_samples: int,
-              summed_samples: int) -> np.ndarray:
+def apply_sum(
+    base: np.ndarray, total: np.ndarray, clients: int, total_samples: int, summed_samples: int
+) -> np.ndarray:
     """FedAvg's new model from the decrypted sum of weighted deltas: base + sum x N / (m x n_sum),
     where n_sum is the samples of the clients that contributed (N when every client did)."""
     out: np.ndarray = base + total * (total_samples / (clients * summed_samples))

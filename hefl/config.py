@@ -28,7 +28,9 @@ class DatasetConfig:
     # mnist: side length to resize to (the original study used 12); 0 keeps 28
     resize: int = field(default=0, metadata=bounds(ge=4, le=28, also=(0,)))
     partition: Literal["iid", "dirichlet"] = "iid"
-    alpha: float = field(default=0.5, metadata=bounds(gt=0))  # dirichlet: label-skew concentration (smaller is more skewed)
+    alpha: float = field(
+        default=0.5, metadata=bounds(gt=0)
+    )  # dirichlet: label-skew concentration (smaller is more skewed)
     test_fraction: float = field(default=0.2, metadata=bounds(gt=0, lt=1))
     samples: int = field(default=2000, metadata=bounds(gt=0))  # synthetic: number of samples
     features: int = field(default=64, metadata=bounds(gt=0))  # synthetic: input size
@@ -53,7 +55,9 @@ class TrainingConfig:
     momentum: float = field(default=0.9, metadata=bounds(ge=0))
     seed: int = field(default=0, metadata=bounds(ge=0))  # the root of every seed (hefl.seeds)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = field(default=1, metadata=bounds(ge=1))  # torch threads per client, the same on every node
+    threads: int = field(
+        default=1, metadata=bounds(ge=1)
+    )  # torch threads per client, the same on every node
     save_models: bool = False  # write each round's local and global weights (.npy) beside the logs
 
 
@@ -63,13 +67,17 @@ class EncryptionConfig:
 
     scheme: Literal["none", "ckks", "bfv"] = "none"
     poly_modulus_degree: int = 4096
-    coeff_mod_bit_sizes: tuple[int, ...] = ()  # () takes the scheme's default: ckks [40, 20], bfv [60, 20]
+    coeff_mod_bit_sizes: tuple[
+        int, ...
+    ] = ()  # () takes the scheme's default: ckks [40, 20], bfv [60, 20]
     scale_bits: int = 30  # ckks: values are scaled by 2^scale_bits
     plain_modulus_bits: int = 47  # bfv: t is the largest batching prime below 2^bits
     quant_bits: int = 16  # bfv: bits per quantized value
     clip: float = 1.0  # every scheme: each value a client sends is clipped to [-clip, clip]
     key_dir: str = "keys"  # clients read secret.ctx here; `agg` reads keyless.ctx here
-    processes: int = 1  # clients: worker processes that encrypt an update's ciphertexts (set to the cores)
+    processes: int = (
+        1  # clients: worker processes that encrypt an update's ciphertexts (set to the cores)
+    )
 
     def he_params(self) -> HeParams:
         """What the crypto package needs: these parameters without the key folder."""
@@ -80,12 +88,18 @@ class EncryptionConfig:
 class NetworkConfig:
     """Ports, timeouts and retries of every call between nodes."""
 
-    port: int = field(default=5000, metadata=bounds(ge=1, le=65535))  # port of a node whose address names none
+    port: int = field(
+        default=5000, metadata=bounds(ge=1, le=65535)
+    )  # port of a node whose address names none
     connect_timeout_s: float = field(default=3.0, metadata=bounds(gt=0))
     read_timeout_s: float = field(default=60.0, metadata=bounds(gt=0))
     retries: int = field(default=3, metadata=bounds(ge=0))
-    startup_timeout_s: float = field(default=120.0, metadata=bounds(gt=0))  # how long `agg` waits for every /health
-    round_timeout_s: float = field(default=900.0, metadata=bounds(gt=0))  # how long the controller waits for one round
+    startup_timeout_s: float = field(
+        default=120.0, metadata=bounds(gt=0)
+    )  # how long `agg` waits for every /health
+    round_timeout_s: float = field(
+        default=900.0, metadata=bounds(gt=0)
+    )  # how long the controller waits for one round
 
 
 @dataclass(frozen=True)
@@ -206,9 +220,13 @@ def _parse_nodes(others: Any, agg: AggregatorConfig) -> dict[str, NodeConfig]:
     for node_id, body in others.items():
         nodes[node_id] = _parse_node(node_id, body)
     if agg.ip not in nodes:
-        nodes[agg.ip] = NodeConfig(id=agg.ip, type="aggregator", ip=parse_address(agg.ip, "aggregator.ip").host)
+        nodes[agg.ip] = NodeConfig(
+            id=agg.ip, type="aggregator", ip=parse_address(agg.ip, "aggregator.ip").host
+        )
     elif nodes[agg.ip].type != "aggregator":
-        raise ConfigError(f"others[{agg.ip!r}].type: the aggregator's address must have type 'aggregator'")
+        raise ConfigError(
+            f"others[{agg.ip!r}].type: the aggregator's address must have type 'aggregator'"
+        )
     _check_log_names(nodes)
     return nodes
 
@@ -219,7 +237,9 @@ def _check_log_names(nodes: Mapping[str, NodeConfig]) -> None:
     for node_id in nodes:
         other = seen.setdefault(log_name(node_id), node_id)
         if other != node_id:
-            raise ConfigError(f"others[{node_id!r}]: shares its log file name {log_name(node_id)!r} with {other!r}")
+            raise ConfigError(
+                f"others[{node_id!r}]: shares its log file name {log_name(node_id)!r} with {other!r}"
+            )
 
 
 def _parse_node(node_id: str, body: Any) -> NodeConfig:
@@ -237,13 +257,17 @@ def _parse_node(node_id: str, body: Any) -> NodeConfig:
     return node
 
 
-def load_config(path: str | Path, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> ExperimentConfig:
+def load_config(
+    path: str | Path, overrides: Mapping[str, Mapping[str, Any]] | None = None
+) -> ExperimentConfig:
     """Read, merge `overrides` into sections, and validate a config file; errors name the file."""
     return load_raw_config(path, overrides)[1]
 
 
-def load_raw_config(path: str | Path, overrides: Mapping[str, Mapping[str, Any]] | None = None,
-                    ) -> tuple[dict[str, Any], ExperimentConfig]:
+def load_raw_config(
+    path: str | Path,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> tuple[dict[str, Any], ExperimentConfig]:
     """The raw JSON (what gets pushed) and its validated config."""
     raw = read_raw(path, overrides)
     try:
@@ -263,7 +287,9 @@ def _json_error(text: str, exc: json.JSONDecodeError) -> str:
     return f"line {line} column {col}: invalid JSON: {msg}"
 
 
-def read_raw(path: str | Path, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+def read_raw(
+    path: str | Path, overrides: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, Any]:
     """Read a config file as JSON; a syntax error names file, line and column in one line."""
     try:
         text = Path(path).read_text(encoding="utf-8")

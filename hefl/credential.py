@@ -15,8 +15,11 @@ def read_token(path: Path, warn: bool = True) -> str:
     """$HEFL_TOKEN, else the token file, else "" (a node without one accepts anyone, and says so)."""
     token = os.environ.get("HEFL_TOKEN") or (path.read_text().strip() if path.is_file() else "")
     if not token and warn:
-        log.warning("no credential (%s missing, HEFL_TOKEN unset): any host that reaches this port can "
-                    "configure the node; run `python main.py token` and copy the file to every node", path)
+        log.warning(
+            "no credential (%s missing, HEFL_TOKEN unset): any host that reaches this port can "
+            "configure the node; run `python main.py token` and copy the file to every node",
+            path,
+        )
     return token
 
 

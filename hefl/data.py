@@ -22,7 +22,9 @@ MNIST_FILES = {
     "test_x": "t10k-images-idx3-ubyte",
     "test_y": "t10k-labels-idx1-ubyte",
 }
-MNIST_MIRROR = "https://ossci-datasets.s3.amazonaws.com/mnist/"  # the mirror torchvision downloads from
+MNIST_MIRROR = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/"  # the mirror torchvision downloads from
+)
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ def read_idx(path: Path) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise ConfigError(f"{path}: not an unsigned-byte IDX file")
     ndim = raw[3]
-    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
         raise ConfigError(f"{path}: header says {dims} but holds {body.size} values")
@@ -120,11 +122,15 @@ def _mnist(ds: DatasetConfig) -> tuple[Split, Split]:
     for key, stem in MNIST_FILES.items():
         found = find_idx(root, stem)
         if found is None:
-            raise ConfigError(f"dataset.path: {stem} not found under {root} (set dataset.download: true to fetch it)")
+            raise ConfigError(
+                f"dataset.path: {stem} not found under {root} (set dataset.download: true to fetch it)"
+            )
         arrays[key] = read_idx(found)
     side = ds.resize or 28
-    return (Split(_images(arrays["train_x"], side), arrays["train_y"].astype(np.int64)),
-            Split(_images(arrays["test_x"], side), arrays["test_y"].astype(np.int64)))
+    return (
+        Split(_images(arrays["train_x"], side), arrays["train_y"].astype(np.int64)),
+        Split(_images(arrays["test_x"], side), arrays["test_y"].astype(np.int64)),
+    )
 
 
 def _images(raw: np.ndarray, side: int) -> np.ndarray:

@@ -42,8 +42,16 @@ def keyless_context(cfg: ExperimentConfig) -> bytes:
 class Controller:
     """What `main.py agg` (and local mode) does from outside the nodes, over HTTP only."""
 
-    def __init__(self, raw: Mapping[str, Any], cfg: ExperimentConfig, endpoints: Mapping[str, str],
-                 experiment: str, log_dir: Path, token: str = "", out: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        raw: Mapping[str, Any],
+        cfg: ExperimentConfig,
+        endpoints: Mapping[str, str],
+        experiment: str,
+        log_dir: Path,
+        token: str = "",
+        out: Callable[[str], None] = print,
+    ) -> None:
         self.raw, self.cfg, self.endpoints = raw, cfg, dict(endpoints)
         self.experiment = experiment
         self.exp_dir = log_dir / experiment
@@ -77,9 +85,14 @@ class Controller:
                 except HeflError as exc:
                     pending[node] = str(exc)
             if pending and time.monotonic() > deadline:
-                detail = "; ".join(f"{n} ({self.endpoints[n]}): {why.split(': ')[-1]}" for n, why in pending.items())
-                raise PeerUnreachable(f"{len(pending)} node(s) not answering /health after "
-                                      f"{self.cfg.network.startup_timeout_s:g}s: {detail}")
+                detail = "; ".join(
+                    f"{n} ({self.endpoints[n]}): {why.split(': ')[-1]}"
+                    for n, why in pending.items()
+                )
+                raise PeerUnreachable(
+                    f"{len(pending)} node(s) not answering /health after "
+                    f"{self.cfg.network.startup_timeout_s:g}s: {detail}"
+                )
             if pending:
                 time.sleep(0.3)
         self.out(f"all {len(self.cfg.nodes)} nodes answer; experiment {self.experiment}")
@@ -95,10 +108,14 @@ class Controller:
         ids = {self.key_ids.get(n, "") for n in self.cfg.clients()}
         if len(ids) > 1:
             found = ", ".join(f"{n}={self.key_ids.get(n)}" for n in self.cfg.clients())
-            raise ConfigError(f"clients hold different key pairs ({found}): copy one ./seal.sh run to all of them "
-                              "(deploy/cluster.sh keys)")
-        self.out(f"configured {len(self.cfg.nodes)} nodes in {time.monotonic() - started:.1f} s; "
-                 f"running {self.cfg.rounds} rounds")
+            raise ConfigError(
+                f"clients hold different key pairs ({found}): copy one ./seal.sh run to all of them "
+                "(deploy/cluster.sh keys)"
+            )
+        self.out(
+            f"configured {len(self.cfg.nodes)} nodes in {time.monotonic() - started:.1f} s; "
+            f"running {self.cfg.rounds} rounds"
+        )
 
     def _push(self, node: str) -> str:
         body = make_push(self.raw, node, self.experiment, self.endpoints, self.keyless_context)
@@ -126,8 +143,10 @@ class Controller:
                 write_json_atomic(self.exp_dir / "rounds.json", rows)
                 return list(rows)
             if time.monotonic() - last_progress > self.cfg.network.round_timeout_s:
-                raise ExperimentFailed(f"round {shown} did not finish within {self.cfg.network.round_timeout_s:g}s "
-                                       f"(network.round_timeout_s); node states: {self.states()}")
+                raise ExperimentFailed(
+                    f"round {shown} did not finish within {self.cfg.network.round_timeout_s:g}s "
+                    f"(network.round_timeout_s); node states: {self.states()}"
+                )
             if time.monotonic() - last_check > HEALTH_EVERY_S:
                 self.check_nodes(shown)
                 last_check = time.monotonic()
@@ -139,11 +158,15 @@ class Controller:
             try:
                 health = self.transport.call(node, Kind.HEALTH).json()
             except HeflError as exc:
-                raise ExperimentFailed(f"{node} stopped answering during round {round_ + 1}: {exc}") from None
+                raise ExperimentFailed(
+                    f"{node} stopped answering during round {round_ + 1}: {exc}"
+                ) from None
             if health.get("state") == "failed":
                 raise ExperimentFailed(health.get("error") or f"{node} failed")
             if health.get("experiment") != self.experiment:
-                raise ExperimentFailed(f"{node} now runs experiment {health.get('experiment')!r}, not {self.experiment!r}")
+                raise ExperimentFailed(
+                    f"{node} now runs experiment {health.get('experiment')!r}, not {self.experiment!r}"
+                )
 
     def collect_logs(self) -> None:
         """Bring every node's finished log into the experiment folder (nodes that share it, as in
@@ -153,8 +176,10 @@ class Controller:
         while missing:
             missing = [n for n in missing if not self._fetch_log(n)]
             if missing and time.monotonic() > deadline:
-                raise ExperimentFailed(f"logs not finished within {self.cfg.network.read_timeout_s:g}s "
-                                       f"(network.read_timeout_s) on {missing}; the rest are in {self.exp_dir}")
+                raise ExperimentFailed(
+                    f"logs not finished within {self.cfg.network.read_timeout_s:g}s "
+                    f"(network.read_timeout_s) on {missing}; the rest are in {self.exp_dir}"
+                )
             if missing:
                 time.sleep(0.2)
 

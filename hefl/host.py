@@ -34,13 +34,20 @@ class Host:
         self.node: Node | None = None
         self._lock = threading.Lock()
 
-    def configure(self, payload: Any, swap: Callable[[Node], None] = lambda node: None) -> dict[str, Any]:
+    def configure(
+        self, payload: Any, swap: Callable[[Node], None] = lambda node: None
+    ) -> dict[str, Any]:
         """Take a pushed config; `swap` installs the new node's HTTP app before it goes live."""
         push = parse_push(payload)
         with self._lock:
             current = self.node
-            if current is not None and (current.experiment, current.id) == (push.experiment, push.node):
-                raise DuplicateMessage(f"already configured as {push.node} for experiment {push.experiment!r}")
+            if current is not None and (current.experiment, current.id) == (
+                push.experiment,
+                push.node,
+            ):
+                raise DuplicateMessage(
+                    f"already configured as {push.node} for experiment {push.experiment!r}"
+                )
             node = build_node(push, self.log_dir, self.token)
             swap(node)
             self.node = node
@@ -67,22 +74,30 @@ class Host:
         try:
             return json.loads(path.read_text())  # type: ignore[no-any-return]
         except (OSError, ValueError) as exc:
-            raise HeflError(f"log of experiment {experiment!r} on this node is unreadable: {exc}") from None
+            raise HeflError(
+                f"log of experiment {experiment!r} on this node is unreadable: {exc}"
+            ) from None
 
 
 def build_node(push: Push, log_dir: Path, token: str = "") -> Node:
     """The node of `push.node`'s role, with every part it works with; a part that cannot be made
     (no data, no GPU, no keys) is the push's fault: one line, and nothing is left running."""
     cfg, role = push.cfg, push.cfg.nodes[push.node].type
-    runlog = RunLog(log_dir / push.experiment / log_name(push.node), push.node, role, push.experiment)
-    meter = TrafficMeter(runlog, push.experiment, cfg.rounds, cfg.nodes, first_hops(cfg.nodes, push.node))
+    runlog = RunLog(
+        log_dir / push.experiment / log_name(push.node), push.node, role, push.experiment
+    )
+    meter = TrafficMeter(
+        runlog, push.experiment, cfg.rounds, cfg.nodes, first_hops(cfg.nodes, push.node)
+    )
     transport = Transport(push.endpoints, Timeouts.of(cfg.network), token, meter)
     scheme: Scheme | None = None
     try:
         keys = _keys(push)
         size = param_count(cfg.model, cfg.dataset)
         scheme = make_scheme(cfg.encryption.he_params(), size, keys, seed=_scheme_seed(push))
-        parts = Parts(transport, scheme, runlog, meter, Worker(f"{role}-worker"), keys.key_id if keys else "")
+        parts = Parts(
+            transport, scheme, runlog, meter, Worker(f"{role}-worker"), keys.key_id if keys else ""
+        )
         return role_class(role)(cfg, push.node, push.experiment, parts)
     except Exception as exc:
         transport.close()
@@ -90,7 +105,9 @@ def build_node(push: Push, log_dir: Path, token: str = "") -> Node:
             scheme.close()
         if isinstance(exc, HeflError):
             raise
-        raise ConfigError(f"push: {push.node} cannot be set up: {type(exc).__name__}: {exc}") from exc
+        raise ConfigError(
+            f"push: {push.node} cannot be set up: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def _keys(push: Push) -> KeyRing | None:
@@ -101,7 +118,9 @@ def _keys(push: Push) -> KeyRing | None:
     if role == "client":
         return load_secret(enc.he_params(), Path(enc.key_dir))
     if not push.context:
-        raise ConfigError(f"push.context: a {role} of a {enc.scheme} experiment needs the keyless context")
+        raise ConfigError(
+            f"push.context: a {role} of a {enc.scheme} experiment needs the keyless context"
+        )
     return load_keyless(enc.he_params(), push.context)
 
 

@@ -37,21 +37,42 @@ def free_ports(count: int) -> list[int]:
 
 
 @contextmanager
-def local_nodes(cfg: ExperimentConfig, log_dir: Path, out_dir: Path) -> Iterator[tuple[dict[str, str], str]]:
+def local_nodes(
+    cfg: ExperimentConfig, log_dir: Path, out_dir: Path
+) -> Iterator[tuple[dict[str, str], str]]:
     """Start one node process per config node; yield (endpoints, token); always stop them all."""
     token = secrets.token_hex(16)
     env = {**os.environ, "HEFL_TOKEN": token, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     out_dir.mkdir(parents=True, exist_ok=True)
     ports = free_ports(len(cfg.nodes))
-    endpoints = {node: f"http://127.0.0.1:{port}" for node, port in zip(cfg.nodes, ports, strict=True)}
+    endpoints = {
+        node: f"http://127.0.0.1:{port}" for node, port in zip(cfg.nodes, ports, strict=True)
+    }
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for node, port in zip(cfg.nodes, ports, strict=True):
             with open(out_dir / f"{file_stem(node)}.out", "wb") as sink:
-                procs.append(subprocess.Popen(
-                    [sys.executable, str(MAIN), "node", "--host", "127.0.0.1", "--port", str(port),
-                     "--log-dir", str(log_dir), "--label", node],
-                    env=env, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            str(MAIN),
+                            "node",
+                            "--host",
+                            "127.0.0.1",
+                            "--port",
+                            str(port),
+                            "--log-dir",
+                            str(log_dir),
+                            "--label",
+                            node,
+                        ],
+                        env=env,
+                        stdout=sink,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                    )
+                )
         yield endpoints, token
     finally:
         stop_all(procs)
@@ -71,8 +92,11 @@ def stop_all(procs: list[subprocess.Popen[bytes]], grace: float = 10.0) -> None:
 
 
 @contextmanager
-def local_keys(raw: dict[str, Any], cfg: ExperimentConfig, experiment: str,
-               ) -> Iterator[tuple[dict[str, Any], ExperimentConfig]]:
+def local_keys(
+    raw: dict[str, Any],
+    cfg: ExperimentConfig,
+    experiment: str,
+) -> Iterator[tuple[dict[str, Any], ExperimentConfig]]:
     """Key material for one local run: the config's key folder when seal.sh made keys for these
     parameters there, else fresh keys in keys/local-<experiment>/, removed when the run ends."""
     enc = cfg.encryption
@@ -80,7 +104,10 @@ def local_keys(raw: dict[str, Any], cfg: ExperimentConfig, experiment: str,
         yield raw, cfg
         return
     key_dir = (Path("keys") / f"local-{experiment}").resolve()
-    raw = {**raw, "encryption": {**raw.get("encryption", {}), "scheme": enc.scheme, "key_dir": str(key_dir)}}
+    raw = {
+        **raw,
+        "encryption": {**raw.get("encryption", {}), "scheme": enc.scheme, "key_dir": str(key_dir)},
+    }
     cfg = parse_config(raw)
     try:
         generate_keys(cfg.encryption.he_params(), key_dir)

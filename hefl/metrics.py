@@ -30,6 +30,10 @@ def parse_metrics(body: bytes, sender: str) -> MetricsReport:
     try:
         raw = json.loads(body)
     except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, or nested too deep
-        raise ProtocolError(f"{where}: not a JSON metrics report ({type(exc).__name__}: {exc})") from None
-    report: MetricsReport = parse_section(raw, MetricsReport, f"{where}: report", error=ProtocolError)
+        raise ProtocolError(
+            f"{where}: not a JSON metrics report ({type(exc).__name__}: {exc})"
+        ) from None
+    report: MetricsReport = parse_section(
+        raw, MetricsReport, f"{where}: report", error=ProtocolError
+    )
     return report

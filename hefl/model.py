@@ -31,9 +31,18 @@ def _cnn(shape: tuple[int, ...], classes: int) -> nn.Module:
     f1, f2 = CNN_FC
     flat = c2 * (shape[1] // 4) * (shape[2] // 4)
     return nn.Sequential(
-        nn.Conv2d(shape[0], c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(flat, f1), nn.ReLU(), nn.Linear(f1, f2), nn.ReLU(), nn.Linear(f2, classes),
+        nn.Conv2d(shape[0], c1, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(c1, c2, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(flat, f1),
+        nn.ReLU(),
+        nn.Linear(f1, f2),
+        nn.ReLU(),
+        nn.Linear(f2, classes),
     )
 
 

@@ -39,7 +39,9 @@ def check_model(model: ModelConfig, ds: DatasetConfig) -> None:
     """Refuse a model that cannot take the dataset's input."""
     shape = input_shape(ds)
     if model.name == "cnn" and (len(shape) != 3 or shape[1] < 4):
-        raise ConfigError(f"model.name: 'cnn' needs an image dataset of side >= 4, {ds.name!r} gives {shape}")
+        raise ConfigError(
+            f"model.name: 'cnn' needs an image dataset of side >= 4, {ds.name!r} gives {shape}"
+        )
     if model.name == "cnn" and model.hidden:
         raise ConfigError("model.hidden: only the MLPs take layer widths")
     if any(h <= 0 for h in model.hidden):

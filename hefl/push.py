@@ -41,12 +41,22 @@ class Push:
     context: bytes = b""  # the keyless HE context pushed to switches and the aggregator
 
 
-def make_push(raw: Mapping[str, Any], node: str, experiment: str, endpoints: Mapping[str, str],
-              keyless_context: bytes = b"") -> dict[str, Any]:
+def make_push(
+    raw: Mapping[str, Any],
+    node: str,
+    experiment: str,
+    endpoints: Mapping[str, str],
+    keyless_context: bytes = b"",
+) -> dict[str, Any]:
     """The body of POST /config for one node: the whole experiment, who it is, where its peers are,
     and, for a switch or the aggregator of an encrypted experiment, the keyless HE context (base64:
     it is configuration, sent once; ciphertexts always travel as raw bytes)."""
-    body = {"node": node, "experiment": experiment, "config": dict(raw), "endpoints": dict(endpoints)}
+    body = {
+        "node": node,
+        "experiment": experiment,
+        "config": dict(raw),
+        "endpoints": dict(endpoints),
+    }
     if keyless_context and raw["others"].get(node, {}).get("type") != "client":
         body["context"] = base64.b64encode(keyless_context).decode()
     return body
@@ -61,7 +71,9 @@ def parse_push(payload: Any) -> Push:
     endpoints = body.endpoints or cfg.default_endpoints()
     missing = [n for n in cfg.nodes if n not in endpoints]
     if missing:
-        raise ConfigError(f"push.endpoints: must give the URL of every node of the experiment (none for {missing[0]!r})")
+        raise ConfigError(
+            f"push.endpoints: must give the URL of every node of the experiment (none for {missing[0]!r})"
+        )
     for nid, url in endpoints.items():
         check_base_url(url, f"push.endpoints[{nid!r}]")
     try:

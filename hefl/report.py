@@ -21,9 +21,11 @@ def human_bytes(n: float) -> str:
 
 def format_round(row: dict[str, Any], rounds: int) -> str:
     """One line per round: accuracy, loss, bytes the clients sent and received, seconds."""
-    return (f"round {row['round'] + 1:>3}/{rounds}  accuracy {row['accuracy']:.4f}  loss {row['loss']:.4f}  "
-            f"clients sent {human_bytes(row['client_byte_send'])}  received {human_bytes(row['client_byte_received'])}  "
-            f"{row['duration_s']:.2f} s")
+    return (
+        f"round {row['round'] + 1:>3}/{rounds}  accuracy {row['accuracy']:.4f}  loss {row['loss']:.4f}  "
+        f"clients sent {human_bytes(row['client_byte_send'])}  received {human_bytes(row['client_byte_received'])}  "
+        f"{row['duration_s']:.2f} s"
+    )
 
 
 def read_logs(exp_dir: Path) -> dict[str, dict[str, Any]]:
@@ -45,8 +47,10 @@ def node_table(logs: dict[str, dict[str, Any]], cfg: ExperimentConfig) -> list[s
             lines.append(f"{node:<22}{cfg.nodes[node].type:<11}  (no log: see {log_name(node)})")
             continue
         recs = data["iteration"] or [{}]
-        lines.append(f"{node:<22}{data['role']:<11}{human_bytes(_mean(recs, 'byte_send')):>13}"
-                     f"{human_bytes(_mean(recs, 'byte_received')):>13}{_mean(recs, 'duration_s'):>9.2f}")
+        lines.append(
+            f"{node:<22}{data['role']:<11}{human_bytes(_mean(recs, 'byte_send')):>13}"
+            f"{human_bytes(_mean(recs, 'byte_received')):>13}{_mean(recs, 'duration_s'):>9.2f}"
+        )
     return lines
 
 

@@ -44,9 +44,19 @@ class RunLog:
     def _record(self, round_: int) -> dict[str, Any]:
         rec = self._records.get(round_)
         if rec is None:
-            rec = {"round": round_, "start_time": time.time(), "end_time": None, "duration_s": None,
-                   "byte_received": 0, "byte_send": 0, **dict.fromkeys(_BY_DIRECTION, 0),
-                   "messages_received": 0, "messages_sent": 0, "links": {}, "phases": {}}
+            rec = {
+                "round": round_,
+                "start_time": time.time(),
+                "end_time": None,
+                "duration_s": None,
+                "byte_received": 0,
+                "byte_send": 0,
+                **dict.fromkeys(_BY_DIRECTION, 0),
+                "messages_received": 0,
+                "messages_sent": 0,
+                "links": {},
+                "phases": {},
+            }
             self._records[round_] = rec
             self._started[round_] = time.monotonic()
         return rec
@@ -55,8 +65,16 @@ class RunLog:
         with self._lock:
             self._record(round_)
 
-    def add_bytes(self, round_: int, direction: str, peer: str, sent: int, received: int, outbound: bool,
-                  message: bool = True) -> None:
+    def add_bytes(
+        self,
+        round_: int,
+        direction: str,
+        peer: str,
+        sent: int,
+        received: int,
+        outbound: bool,
+        message: bool = True,
+    ) -> None:
         """Count the body bytes of one HTTP exchange with `peer`: a request this node made (outbound)
         or answered; `message` False adds bytes to an exchange already counted (an answer's body)."""
         with self._lock:

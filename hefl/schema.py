@@ -48,8 +48,12 @@ class Bounds:
     def holds(self, value: float) -> bool:
         if value in self.also:
             return True
-        return ((self.gt is None or value > self.gt) and (self.ge is None or value >= self.ge)
-                and (self.lt is None or value < self.lt) and (self.le is None or value <= self.le))
+        return (
+            (self.gt is None or value > self.gt)
+            and (self.ge is None or value >= self.ge)
+            and (self.lt is None or value < self.lt)
+            and (self.le is None or value <= self.le)
+        )
 
     def describe(self) -> str:
         extra = "".join(f"{a} or " for a in self.also)
@@ -59,8 +63,16 @@ class Bounds:
             return "must not be negative"
         if self.ge is not None and self.le is not None and self.gt is None and self.lt is None:
             return f"must be {extra}in {self.ge}..{self.le}"
-        words = [f"{w} {b}" for w, b in (("greater than", self.gt), ("at least", self.ge),
-                                         ("less than", self.lt), ("at most", self.le)) if b is not None]
+        words = [
+            f"{w} {b}"
+            for w, b in (
+                ("greater than", self.gt),
+                ("at least", self.ge),
+                ("less than", self.lt),
+                ("at most", self.le),
+            )
+            if b is not None
+        ]
         return f"must be {extra}{' and '.join(words)}"
 
 
@@ -72,8 +84,10 @@ class SafeName:
 
     def check(self, value: Any, path: str, error: Error) -> None:
         if not is_safe_name(value, self.max_len):
-            raise error(f"{path}: {value!r} must be 1-{self.max_len} ASCII letters, digits, '-', '_', '.' "
-                        f"(starting with a letter or digit)")
+            raise error(
+                f"{path}: {value!r} must be 1-{self.max_len} ASCII letters, digits, '-', '_', '.' "
+                f"(starting with a letter or digit)"
+            )
 
 
 def is_safe_name(text: Any, max_len: int) -> bool:
@@ -81,8 +95,14 @@ def is_safe_name(text: Any, max_len: int) -> bool:
     return isinstance(text, str) and len(text) <= max_len and SAFE_NAME.fullmatch(text) is not None
 
 
-def bounds(*, gt: float | None = None, ge: float | None = None, lt: float | None = None,
-           le: float | None = None, also: tuple[float, ...] = ()) -> dict[str, Check]:
+def bounds(
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+    also: tuple[float, ...] = (),
+) -> dict[str, Check]:
     """Field metadata for a numeric range: `field(default=1, metadata=bounds(gt=0))`."""
     return {"check": Bounds(gt, ge, lt, le, also)}
 
@@ -92,7 +112,9 @@ def safe_name(max_len: int) -> dict[str, Check]:
     return {"check": SafeName(max_len)}
 
 
-def check_keys(raw: Mapping[str, Any], allowed: list[str], path: str, error: Error = ConfigError) -> None:
+def check_keys(
+    raw: Mapping[str, Any], allowed: list[str], path: str, error: Error = ConfigError
+) -> None:
     """Refuse the first unknown key, suggesting the closest allowed one (a typo must not pass)."""
     for key in raw:
         if key not in allowed:
@@ -158,8 +180,14 @@ def parse_value(cls: type, name: str, value: Any, path: str, error: Error = Conf
     return value
 
 
-def parse_section(raw: Any, cls: type, path: str, skip: tuple[str, ...] = (), error: Error = ConfigError,
-                  **extra: Any) -> Any:
+def parse_section(
+    raw: Any,
+    cls: type,
+    path: str,
+    skip: tuple[str, ...] = (),
+    error: Error = ConfigError,
+    **extra: Any,
+) -> Any:
     """Build dataclass `cls` from a JSON object, refusing unknown keys, wrong types and values out of range;
     every problem is one line naming the path, raised as `error`."""
     if not isinstance(raw, dict):
@@ -167,8 +195,14 @@ def parse_section(raw: Any, cls: type, path: str, skip: tuple[str, ...] = (), er
     names = [f.name for f in fields(cls) if f.name not in skip]
     check_keys(raw, names, path, error)
     values = {k: parse_value(cls, k, v, f"{path}.{k}", error) for k, v in raw.items()} | extra
-    missing = [f.name for f in fields(cls) if f.name not in values and f.name not in skip
-               and f.default is MISSING and f.default_factory is MISSING]
+    missing = [
+        f.name
+        for f in fields(cls)
+        if f.name not in values
+        and f.name not in skip
+        and f.default is MISSING
+        and f.default_factory is MISSING
+    ]
     if missing:
         raise error(f"{path}: missing key {missing[0]!r}")
     return cls(**values)

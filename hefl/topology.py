@@ -38,11 +38,15 @@ def _check_sends(nodes: Mapping[str, NodeConfig], root: str) -> None:
         if node.type == "aggregator":
             continue
         if not node.send:
-            raise ConfigError(f"{path}: missing: every {node.type} sends to a switch or the aggregator")
+            raise ConfigError(
+                f"{path}: missing: every {node.type} sends to a switch or the aggregator"
+            )
         if node.send not in nodes:
             raise ConfigError(f"{path}: {node.send!r} is not a node of this experiment")
         if nodes[node.send].type == "client":
-            raise ConfigError(f"{path}: {node.send!r} is a client; send to a switch or the aggregator")
+            raise ConfigError(
+                f"{path}: {node.send!r} is a client; send to a switch or the aggregator"
+            )
         if node.send == node.id:
             raise ConfigError(f"{path}: a node cannot send to itself")
     if not any(n.send == root for n in nodes.values()):
@@ -56,10 +60,12 @@ def _check_paths(nodes: Mapping[str, NodeConfig], root: str) -> None:
         current = node
         while current.id != root:
             if current.type == "aggregator":
-                raise ConfigError(f"others[{node.id!r}]: its path ends at {current.id!r}, not at the aggregator {root!r}")
+                raise ConfigError(
+                    f"others[{node.id!r}]: its path ends at {current.id!r}, not at the aggregator {root!r}"
+                )
             nxt = current.send
             if nxt in seen:
-                cycle = " -> ".join([*seen[seen.index(nxt):], nxt])
+                cycle = " -> ".join([*seen[seen.index(nxt) :], nxt])
                 raise ConfigError(f"others[{node.id!r}].send: cycle {cycle}")
             seen.append(nxt)
             current = nodes[nxt]
@@ -93,11 +99,19 @@ def _check_clients(nodes: Mapping[str, NodeConfig]) -> None:
         path = f"others[{node.id!r}]"
         if node.client_number != clients[0].client_number:
             first = clients[0]
-            raise ConfigError(f"{path}.client_number: {node.client_number} differs from {first.client_number} of {first.id!r}")
+            raise ConfigError(
+                f"{path}.client_number: {node.client_number} differs from {first.client_number} of {first.id!r}"
+            )
         if not 0 <= node.index < node.client_number:
-            raise ConfigError(f"{path}.index: {node.index} is not in 0..{node.client_number - 1} (client_number)")
+            raise ConfigError(
+                f"{path}.index: {node.index} is not in 0..{node.client_number - 1} (client_number)"
+            )
         if node.index in seen:
-            raise ConfigError(f"{path}.index: {node.index} is also the index of {seen[node.index]!r}")
+            raise ConfigError(
+                f"{path}.index: {node.index} is also the index of {seen[node.index]!r}"
+            )
         seen[node.index] = node.id
     if len(clients) != clients[0].client_number:
-        raise ConfigError(f"others: client_number is {clients[0].client_number} but the config has {len(clients)} clients")
+        raise ConfigError(
+            f"others: client_number is {clients[0].client_number} but the config has {len(clients)} clients"
+        )

@@ -16,13 +16,17 @@ from hefl.errors import ConfigError
 def pick_device(want: str) -> torch.device:
     """`auto` takes CUDA when torch sees a GPU, else the CPU."""
     if want == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("training.device: 'cuda', but torch on this node sees no GPU (use 'auto' or 'cpu')")
+        raise ConfigError(
+            "training.device: 'cuda', but torch on this node sees no GPU (use 'auto' or 'cpu')"
+        )
     if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
 
 
-def train_epochs(model: nn.Module, data: Split, cfg: TrainingConfig, device: torch.device, seed: int) -> float:
+def train_epochs(
+    model: nn.Module, data: Split, cfg: TrainingConfig, device: torch.device, seed: int
+) -> float:
     """Run `cfg.epochs` of SGD over the slice; the shuffles depend only on `seed`. Returns mean loss."""
     x = torch.from_numpy(data.x).to(device)
     y = torch.from_numpy(data.y).to(device)
@@ -34,7 +38,7 @@ def train_epochs(model: nn.Module, data: Split, cfg: TrainingConfig, device: tor
     for _ in range(cfg.epochs):
         order = torch.randperm(len(y), generator=gen).to(device)
         for start in range(0, len(y), cfg.batch_size):
-            idx = order[start:start + cfg.batch_size]
+            idx = order[start : start + cfg.batch_size]
             opt.zero_grad()
             loss = loss_fn(model(x[idx]), y[idx])
             loss.backward()
@@ -60,5 +64,11 @@ def warm_up(model: nn.Module, data: Split, cfg: TrainingConfig, device: torch.de
     """One training step and one evaluation on a copy, at configure time: torch's lazy set-up
     (the optimizer's first construction alone takes over a second) would otherwise land in round 1."""
     spare = copy.deepcopy(model)
-    train_epochs(spare, Split(data.x[:cfg.batch_size], data.y[:cfg.batch_size]), replace(cfg, epochs=1), device, 0)
+    train_epochs(
+        spare,
+        Split(data.x[: cfg.batch_size], data.y[: cfg.batch_size]),
+        replace(cfg, epochs=1),
+        device,
+        0,
+    )
     evaluate(spare, data, device)

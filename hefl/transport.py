@@ -43,13 +43,21 @@ class TrafficMeter:
     on it, the answer's body after). Messages of other experiments or rounds make no records.
     """
 
-    def __init__(self, runlog: RunLog, experiment: str, rounds: int, peers: Collection[str],
-                 hops: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        runlog: RunLog,
+        experiment: str,
+        rounds: int,
+        peers: Collection[str],
+        hops: Mapping[str, str] | None = None,
+    ) -> None:
         self.runlog = runlog
         self.experiment = experiment
         self.rounds = rounds
         self.peers = frozenset(peers)
-        self.hops = dict(hops or {})  # update sender -> the child it arrives through (topology.first_hops)
+        self.hops = dict(
+            hops or {}
+        )  # update sender -> the child it arrives through (topology.first_hops)
 
     def counts(self, env: Envelope) -> bool:
         return env.experiment == self.experiment and 0 <= env.round < self.rounds
@@ -59,15 +67,18 @@ class TrafficMeter:
         if self.counts(env):
             self.runlog.add_bytes(env.round, _direction(kind), peer, sent, received, outbound=True)
 
-    def inbound(self, kind: Kind, env: Envelope, received: int, sent: int = 0, message: bool = True) -> None:
+    def inbound(
+        self, kind: Kind, env: Envelope, received: int, sent: int = 0, message: bool = True
+    ) -> None:
         """A request this node answers; `message` False adds the answer's body to one already counted."""
         if self.counts(env):
             if kind is Kind.UPDATE:
                 peer = self.hops.get(env.sender, STRANGER)
             else:
                 peer = env.sender if env.sender in self.peers else STRANGER
-            self.runlog.add_bytes(env.round, _direction(kind), peer, sent, received, outbound=False,
-                                  message=message)
+            self.runlog.add_bytes(
+                env.round, _direction(kind), peer, sent, received, outbound=False, message=message
+            )
 
 
 def _direction(kind: Kind) -> str:
@@ -80,8 +91,13 @@ def _direction(kind: Kind) -> str:
 class Transport:
     """Requests to peers by node id and message kind; the paths come from the wire table."""
 
-    def __init__(self, endpoints: Mapping[str, str], timeouts: Timeouts, token: str = "",
-                 meter: TrafficMeter | None = None) -> None:
+    def __init__(
+        self,
+        endpoints: Mapping[str, str],
+        timeouts: Timeouts,
+        token: str = "",
+        meter: TrafficMeter | None = None,
+    ) -> None:
         self.endpoints = dict(endpoints)
         self.timeouts = timeouts
         self.meter = meter
@@ -104,8 +120,9 @@ class Transport:
         except KeyError:
             raise PeerUnreachable(f"{peer!r} is not a node of this experiment") from None
 
-    def _call(self, peer: str, kind: Kind, body: bytes, env: Envelope | None,
-              arg: str = "") -> requests.Response:
+    def _call(
+        self, peer: str, kind: Kind, body: bytes, env: Envelope | None, arg: str = ""
+    ) -> requests.Response:
         route = kind.route
         url = self.url(peer, kind, arg)
         headers = {"Content-Type": route.content_type, **(env.headers() if env else {})}
@@ -115,13 +132,20 @@ class Transport:
             if attempt:
                 time.sleep(self.timeouts.backoff * 2 ** (attempt - 1))
             try:
-                resp = self.session.request(route.method, url, data=body or None, headers=headers,
-                                            timeout=(self.timeouts.connect, self.timeouts.read))
+                resp = self.session.request(
+                    route.method,
+                    url,
+                    data=body or None,
+                    headers=headers,
+                    timeout=(self.timeouts.connect, self.timeouts.read),
+                )
             except requests.ReadTimeout as exc:  # the body went out; no answer came back
                 self._count(kind, peer, env, len(body), 0)
                 reason = f"no answer within {self.timeouts.read:g}s ({type(exc).__name__})"
                 continue
-            except requests.RequestException as exc:  # refused, reset, bad URL, broken chunking, ...
+            except (
+                requests.RequestException
+            ) as exc:  # refused, reset, bad URL, broken chunking, ...
                 reason = _short(exc)
                 continue
             self._count(kind, peer, env, len(body), len(resp.content))
@@ -129,7 +153,9 @@ class Transport:
                 return resp
             where = f"{route.method} {route.url_path(arg)}"
             if resp.status_code < 500:
-                raise ProtocolError(f"{peer} refused {where}: {resp.status_code} {_error_text(resp)}")
+                raise ProtocolError(
+                    f"{peer} refused {where}: {resp.status_code} {_error_text(resp)}"
+                )
             reason = f"{resp.status_code} {_error_text(resp)}"
         raise PeerUnreachable(f"cannot reach {peer} ({url}) after {attempts} attempts: {reason}")
 
@@ -151,8 +177,13 @@ def _error_text(resp: requests.Response) -> str:
 def _short(exc: Exception) -> str:
     """The innermost reason of a requests connection error, on one line."""
     text = str(exc)
-    for marker in ("Connection refused", "timed out", "Name or service not known", "No route to host",
-                   "Connection reset"):
+    for marker in (
+        "Connection refused",
+        "timed out",
+        "Name or service not known",
+        "No route to host",
+        "Connection reset",
+    ):
         if marker in text:
             return marker.lower()
     return text.splitlines()[0][:200] if text else type(exc).__name__

@@ -18,8 +18,14 @@ DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).parent.parent
 
 
-def tree_config(clients: int = 4, leaves: int = 2, spine: bool = True, dumb: tuple[int, ...] = (),
-                rounds: int = 2, **sections: Any) -> dict[str, Any]:
+def tree_config(
+    clients: int = 4,
+    leaves: int = 2,
+    spine: bool = True,
+    dumb: tuple[int, ...] = (),
+    rounds: int = 2,
+    **sections: Any,
+) -> dict[str, Any]:
     """A raw config: clients under `leaves` leaf switches, under one spine switch (or the aggregator).
 
     Node ids are c0.., s0.., spine, agg with made-up ports; `dumb` lists leaf numbers that forward.
@@ -29,14 +35,22 @@ def tree_config(clients: int = 4, leaves: int = 2, spine: bool = True, dumb: tup
     others: dict[str, Any] = {}
     leaf_ids = [f"127.0.0.1:{10 + j}" for j in range(leaves)]
     for i in range(clients):
-        others[f"127.0.0.1:{100 + i}"] = {"type": "client", "client_number": clients, "index": i,
-                                          "send": leaf_ids[i * leaves // clients]}
+        others[f"127.0.0.1:{100 + i}"] = {
+            "type": "client",
+            "client_number": clients,
+            "index": i,
+            "send": leaf_ids[i * leaves // clients],
+        }
     for j, leaf in enumerate(leaf_ids):
         kids = [c for c, v in others.items() if v.get("send") == leaf]
         others[leaf] = {"type": "switch", "receive": kids, "send": upper, "dumb": j in dumb}
     if spine:
         others[upper] = {"type": "switch", "receive": leaf_ids, "send": agg, "dumb": False}
-    raw: dict[str, Any] = {"name": "t", "aggregator": {"iteration": rounds, "ip": agg}, "others": others}
+    raw: dict[str, Any] = {
+        "name": "t",
+        "aggregator": {"iteration": rounds, "ip": agg},
+        "others": others,
+    }
     raw["training"] = {"epochs": 1, "batch_size": 32, "lr": 0.05, "seed": 0, "device": "cpu"}
     raw.update(copy.deepcopy(sections))
     return raw
@@ -83,10 +97,14 @@ class Recorder:
         self.served = Served(app)
         self.url = self.served.url
 
-    def wait_for(self, count: int, timeout: float = 30.0) -> list[tuple[str, dict[str, str], bytes]]:
+    def wait_for(
+        self, count: int, timeout: float = 30.0
+    ) -> list[tuple[str, dict[str, str], bytes]]:
         with self.event:
             ok = self.event.wait_for(lambda: len(self.messages) >= count, timeout)
-        assert ok, f"expected {count} messages, got {len(self.messages)}: {[m[0] for m in self.messages]}"
+        assert ok, (
+            f"expected {count} messages, got {len(self.messages)}: {[m[0] for m in self.messages]}"
+        )
         return list(self.messages)
 
 

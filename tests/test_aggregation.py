@@ -21,12 +21,19 @@ def test_round_buffer_completes_when_every_sender_arrived() -> None:
     assert buf.release(0).payloads == {"a": b"1", "b": b"2"}
 
 
-@pytest.mark.parametrize(("message", "error", "match"), [
-    (env("a"), DuplicateMessage, "round 0 from 'a' already received"),
-    (env("z"), ProtocolError, "sender 'z' is not one this node adds"),
-    (env("b", experiment="other"), ProtocolError, "experiment 'other' is not the running experiment 'e'"),
-    (env("b", 3), ProtocolError, r"round 3 is outside 0..2"),
-])
+@pytest.mark.parametrize(
+    ("message", "error", "match"),
+    [
+        (env("a"), DuplicateMessage, "round 0 from 'a' already received"),
+        (env("z"), ProtocolError, "sender 'z' is not one this node adds"),
+        (
+            env("b", experiment="other"),
+            ProtocolError,
+            "experiment 'other' is not the running experiment 'e'",
+        ),
+        (env("b", 3), ProtocolError, r"round 3 is outside 0..2"),
+    ],
+)
 def test_round_buffer_refuses(message: Envelope, error: type[Exception], match: str) -> None:
     buf = RoundBuffer("e", ["a", "b"], rounds=3)
     buf.accept(env("a"), b"1")

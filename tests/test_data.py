@@ -27,8 +27,12 @@ def test_dirichlet_slices_partition_and_skew_labels() -> None:
     labels = np.repeat(np.arange(10), 100)
     slices = dirichlet_slices(labels, 5, alpha=0.1, seed=3)
     np.testing.assert_array_equal(np.sort(np.concatenate(slices)), np.arange(1000))
-    shares = np.array([np.bincount(labels[s], minlength=10) / max(len(s), 1) for s in slices if len(s)])
-    assert shares.max(axis=1).mean() > 0.4  # alpha 0.1: most of a client's data is one or two labels
+    shares = np.array(
+        [np.bincount(labels[s], minlength=10) / max(len(s), 1) for s in slices if len(s)]
+    )
+    assert (
+        shares.max(axis=1).mean() > 0.4
+    )  # alpha 0.1: most of a client's data is one or two labels
     again = dirichlet_slices(labels, 5, alpha=0.1, seed=3)
     assert all(np.array_equal(a, b) for a, b in zip(slices, again, strict=True))
 
@@ -80,7 +84,9 @@ def test_mnist_resized_to_12_like_the_original(mnist_dir: Path) -> None:
 def test_mnist_missing_or_corrupt_files_are_config_errors(tmp_path: Path, mnist_dir: Path) -> None:
     with pytest.raises(ConfigError, match="train-images-idx3-ubyte not found"):
         load(DatasetConfig(name="mnist", path=str(tmp_path / "none")), seed=0)
-    (mnist_dir / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x09abc")
+    (mnist_dir / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").write_bytes(
+        b"\x00\x00\x08\x01\x00\x00\x00\x09abc"
+    )
     with pytest.raises(ConfigError, match="header says"):
         load(DatasetConfig(name="mnist", path=str(mnist_dir)), seed=0)
 

@@ -34,14 +34,20 @@ def test_the_sum_stays_within_clients_times_clip() -> None:
 def test_weighted_metrics_equal_flowers_weighted_loss_average() -> None:
     reports = [(30, 0.5, 0.9), (10, 1.5, 0.6), (7, 0.25, 1.0)]
     loss, accuracy = weighted_metrics(reports)
-    assert loss == pytest.approx(aggregate.weighted_loss_avg([(n, lo) for n, lo, _ in reports]), abs=1e-15)
-    assert accuracy == pytest.approx(aggregate.weighted_loss_avg([(n, a) for n, _, a in reports]), abs=1e-15)
+    assert loss == pytest.approx(
+        aggregate.weighted_loss_avg([(n, lo) for n, lo, _ in reports]), abs=1e-15
+    )
+    assert accuracy == pytest.approx(
+        aggregate.weighted_loss_avg([(n, a) for n, _, a in reports]), abs=1e-15
+    )
 
 
 def test_expected_contributors_are_the_clients_under_a_node() -> None:
     cfg = parse_config(tree_config(clients=4, leaves=2, spine=True, dumb=(1,)))
     assert expected_contributors(cfg, "127.0.0.1:100") == 1
     assert expected_contributors(cfg, "127.0.0.1:10") == 2
-    assert expected_contributors(cfg, "127.0.0.1:11") == 2  # dumb: it forwards, its clients still count
+    assert (
+        expected_contributors(cfg, "127.0.0.1:11") == 2
+    )  # dumb: it forwards, its clients still count
     assert expected_contributors(cfg, "127.0.0.1:2") == 4
     assert expected_contributors(cfg, cfg.root) == 4

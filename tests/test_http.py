@@ -22,13 +22,19 @@ EXP = "exp-1"
 C0, C1, S0, AGG = "127.0.0.1:100", "127.0.0.1:101", "127.0.0.1:10", "127.0.0.1:1"
 
 
-def push(url: str, raw: dict[str, Any], node: str, endpoints: dict[str, str], token: str = "") -> requests.Response:
+def push(
+    url: str, raw: dict[str, Any], node: str, endpoints: dict[str, str], token: str = ""
+) -> requests.Response:
     body = make_push(raw, node, EXP, endpoints)
     return requests.post(f"{url}/config", json=body, headers={"X-Hefl-Token": token}, timeout=30)
 
 
-def post(url: str, path: str, env: Envelope, body: bytes, content_type: str = BINARY) -> requests.Response:
-    return requests.post(url + path, data=body, headers={**env.headers(), "Content-Type": content_type}, timeout=10)
+def post(
+    url: str, path: str, env: Envelope, body: bytes, content_type: str = BINARY
+) -> requests.Response:
+    return requests.post(
+        url + path, data=body, headers={**env.headers(), "Content-Type": content_type}, timeout=10
+    )
 
 
 def small(**kw: Any) -> dict[str, Any]:
@@ -60,7 +66,10 @@ def test_unconfigured_node_answers_health_and_refuses_bad_config(serve_node: Any
     assert resp.json()["error"] == f"others['{C0}'].index: 7 is not in 0..1 (client_number)"
     assert requests.post(f"{url}/config", data="{not json", timeout=5).status_code == 400
     resp = requests.post(f"{url}/update", data=b"", timeout=5)
-    assert (resp.status_code, resp.json()["error"]) == (404, "POST /update: not an endpoint of this node (role: unconfigured)")
+    assert (resp.status_code, resp.json()["error"]) == (
+        404,
+        "POST /update: not an endpoint of this node (role: unconfigured)",
+    )
     assert requests.get(f"{url}/health", timeout=5).json()["state"] == "idle"
 
 
@@ -89,7 +98,9 @@ class Wire:
 
 
 @pytest.mark.parametrize("dumb", [False, True])
-def test_switch_adds_or_forwards_and_relays_down(serve_node: Any, recorder: Recorder, dumb: bool) -> None:
+def test_switch_adds_or_forwards_and_relays_down(
+    serve_node: Any, recorder: Recorder, dumb: bool
+) -> None:
     raw = small(dumb=(0,) if dumb else (), rounds=1)
     url, _ = serve_node()
     endpoints = {C0: recorder.url, C1: recorder.url, AGG: recorder.url, S0: url}
@@ -112,10 +123,16 @@ def test_switch_adds_or_forwards_and_relays_down(serve_node: Any, recorder: Reco
         msgs = recorder.wait_for(2)
         assert sorted((m[1]["X-Hefl-Sender"], m[2]) for m in msgs) == sorted(sent.items())
     else:
-        (path, headers, body), = recorder.wait_for(1)
-        assert (path, headers["X-Hefl-Sender"], headers["X-Hefl-Samples"], headers["X-Hefl-Contributors"]) == \
-            ("/update", S0, "190", "2")
-        np.testing.assert_allclose(scheme.decrypt(scheme.load(body), 1), updates[C0] + updates[C1], atol=1e-5)
+        ((path, headers, body),) = recorder.wait_for(1)
+        assert (
+            path,
+            headers["X-Hefl-Sender"],
+            headers["X-Hefl-Samples"],
+            headers["X-Hefl-Contributors"],
+        ) == ("/update", S0, "190", "2")
+        np.testing.assert_allclose(
+            scheme.decrypt(scheme.load(body), 1), updates[C0] + updates[C1], atol=1e-5
+        )
     count = len(recorder.messages)
     total = scheme.encrypt(updates[C0] + updates[C1])
     assert wire.post("/global", Envelope(EXP, 0, C0, 190, 2), total) == 400  # not its parent
@@ -132,7 +149,9 @@ def test_switch_adds_or_forwards_and_relays_down(serve_node: Any, recorder: Reco
     assert rec["messages_sent"] == len(forwarded) and rec["messages_received"] == wire.count == 9
 
 
-def test_aggregator_sums_sends_down_and_closes_rounds(serve_node: Any, recorder: Recorder, tmp_path: Path) -> None:
+def test_aggregator_sums_sends_down_and_closes_rounds(
+    serve_node: Any, recorder: Recorder, tmp_path: Path
+) -> None:
     raw = small(rounds=1)
     url, server = serve_node()
     endpoints = {C0: recorder.url, C1: recorder.url, S0: recorder.url, AGG: url}
@@ -140,25 +159,53 @@ def test_aggregator_sums_sends_down_and_closes_rounds(serve_node: Any, recorder:
     scheme = PlainScheme(size_of(raw))
     assert requests.post(f"{url}/start", timeout=5).status_code == 202
     assert requests.post(f"{url}/start", timeout=5).status_code == 400  # only once
-    (path, headers, body), = recorder.wait_for(1)
+    ((path, headers, body),) = recorder.wait_for(1)
     assert (path, headers["X-Hefl-Round"], body) == ("/begin", "0", b"")
     total = scheme.encrypt(np.arange(scheme.size, dtype=np.float64))
-    assert post(url, "/update", Envelope(EXP, 0, S0, 190, 1), total).status_code == 400  # S0 has 2 clients
+    assert (
+        post(url, "/update", Envelope(EXP, 0, S0, 190, 1), total).status_code == 400
+    )  # S0 has 2 clients
     assert post(url, "/update", Envelope(EXP, 0, S0, 190, 2), total).status_code == 202
-    (path, headers, body), = recorder.wait_for(2)[1:]
-    assert (path, headers["X-Hefl-Samples"], headers["X-Hefl-Contributors"], body) == ("/global", "190", "2", total)
+    ((path, headers, body),) = recorder.wait_for(2)[1:]
+    assert (path, headers["X-Hefl-Samples"], headers["X-Hefl-Contributors"], body) == (
+        "/global",
+        "190",
+        "2",
+        total,
+    )
     report = {"loss": 0.5, "accuracy": 0.9, "test_samples": 30, "byte_send": 1, "byte_received": 2}
-    assert post(url, "/metrics", Envelope(EXP, 0, C0, 30, 1), b"{}", "application/json").status_code == 400
-    assert post(url, "/metrics", Envelope(EXP, 0, C0, 30, 1), json.dumps(report).encode(),
-                "application/json").status_code == 202
+    assert (
+        post(url, "/metrics", Envelope(EXP, 0, C0, 30, 1), b"{}", "application/json").status_code
+        == 400
+    )
+    assert (
+        post(
+            url,
+            "/metrics",
+            Envelope(EXP, 0, C0, 30, 1),
+            json.dumps(report).encode(),
+            "application/json",
+        ).status_code
+        == 202
+    )
     report.update(accuracy=0.6, test_samples=10)
-    assert post(url, "/metrics", Envelope(EXP, 0, C1, 10, 1), json.dumps(report).encode(),
-                "application/json").status_code == 202
+    assert (
+        post(
+            url,
+            "/metrics",
+            Envelope(EXP, 0, C1, 10, 1),
+            json.dumps(report).encode(),
+            "application/json",
+        ).status_code
+        == 202
+    )
     status = wait_health(url, "finished")
     assert status["state"] == "finished"
     (row,) = requests.get(f"{url}/status", timeout=5).json()["rounds"]
     assert row["accuracy"] == pytest.approx((0.9 * 30 + 0.6 * 10) / 40)
-    own = json.loads((server.log_dir / EXP / "127.0.0.1_1.json").read_text())  # other nodes' logs: the controller's job
+    own = json.loads(
+        (server.log_dir / EXP / "127.0.0.1_1.json").read_text()
+    )  # other nodes' logs: the controller's job
     assert own["finished"] and own["iteration"][0]["accuracy"] == pytest.approx(row["accuracy"])
 
 
@@ -172,33 +219,48 @@ def test_client_trains_sends_and_applies_global(serve_node: Any, recorder: Recor
     assert post(url, "/begin", Envelope(EXP, 0, AGG), b"").status_code == 400  # not its parent
     assert post(url, "/begin", Envelope(EXP, 0, S0), b"").status_code == 202
     assert post(url, "/begin", Envelope(EXP, 0, S0), b"").status_code == 409
-    (path, headers, body), = recorder.wait_for(1)
+    ((path, headers, body),) = recorder.wait_for(1)
     samples = int(headers["X-Hefl-Samples"])
     assert (path, headers["X-Hefl-Sender"], headers["X-Hefl-Contributors"]) == ("/update", C0, "1")
     assert samples == 1438 // 2 and len(body) == 4 * scheme.size
     sent = scheme.decrypt(scheme.load(body), 1)  # delta x n_i x m / N: here n_i x 2 / N = 1
     other = np.full(scheme.size, 0.01)  # the other client's update
     total = scheme.encrypt(sent + other)
-    assert post(url, "/global", Envelope(EXP, 0, S0, 1438, 1), total).status_code == 400  # 1 of 2 clients
+    assert (
+        post(url, "/global", Envelope(EXP, 0, S0, 1438, 1), total).status_code == 400
+    )  # 1 of 2 clients
     assert post(url, "/global", Envelope(EXP, 0, S0, 1438, 2), total).status_code == 202
-    (path, headers, body2), = recorder.wait_for(2)[1:]
+    ((path, headers, body2),) = recorder.wait_for(2)[1:]
     assert path == "/metrics" and 0 <= json.loads(body2)["accuracy"] <= 1
     assert wait_health(url, "finished")["state"] == "finished"
     stem = server.log_dir / EXP / C0.replace(":", "_")
     local, glob = np.load(f"{stem}.r0.local.npy"), np.load(f"{stem}.r0.global.npy")
     start = local - sent  # what the update was computed from (weight 1, nothing clipped)
-    np.testing.assert_allclose(glob, start + (sent + other) / 2, atol=1e-6)  # the mean of the two clients' models
+    np.testing.assert_allclose(
+        glob, start + (sent + other) / 2, atol=1e-6
+    )  # the mean of the two clients' models
 
 
-def test_node_is_reconfigured_for_a_new_role_without_restart(serve_node: Any, recorder: Recorder) -> None:
+def test_node_is_reconfigured_for_a_new_role_without_restart(
+    serve_node: Any, recorder: Recorder
+) -> None:
     url, server = serve_node()
     endpoints = {C0: recorder.url, C1: recorder.url, S0: url, AGG: recorder.url}
     assert push(url, small(), S0, endpoints).json()["role"] == "switch"
     old = server.node
     body = make_push(small(), AGG, "exp-2", {**endpoints, AGG: url, S0: recorder.url})
     health = requests.post(f"{url}/config", json=body, timeout=30).json()
-    assert (health["role"], health["experiment"], health["state"]) == ("aggregator", "exp-2", "running")
-    assert requests.get(f"{url}/status", timeout=5).status_code == 200  # the aggregator blueprint now answers
+    assert (health["role"], health["experiment"], health["state"]) == (
+        "aggregator",
+        "exp-2",
+        "running",
+    )
+    assert (
+        requests.get(f"{url}/status", timeout=5).status_code == 200
+    )  # the aggregator blueprint now answers
     gone = post(url, "/global", Envelope(EXP, 0, AGG, 1, 2), b"")  # the switch's endpoint is gone
-    assert (gone.status_code, gone.json()) == (404, {"error": "POST /global: not an endpoint of this node (role: aggregator)"})
+    assert (gone.status_code, gone.json()) == (
+        404,
+        {"error": "POST /global: not an endpoint of this node (role: aggregator)"},
+    )
     assert old is not None and server.node is not old

@@ -25,17 +25,26 @@ def imports(path: Path) -> set[str]:
 
 
 def sources(*parts: str) -> list[Path]:
-    return sorted(p for part in parts for p in ([ROOT / part] if part.endswith(".py") else (ROOT / part).rglob("*.py")))
+    return sorted(
+        p
+        for part in parts
+        for p in ([ROOT / part] if part.endswith(".py") else (ROOT / part).rglob("*.py"))
+    )
 
 
-@pytest.mark.parametrize(("where", "banned"), [
-    ("hefl", r"flask|werkzeug|blueprints"),
-    ("hefl/crypto", r"hefl\.config"),
-    ("blueprints", r"torch|tenseal"),
-])
+@pytest.mark.parametrize(
+    ("where", "banned"),
+    [
+        ("hefl", r"flask|werkzeug|blueprints"),
+        ("hefl/crypto", r"hefl\.config"),
+        ("blueprints", r"torch|tenseal"),
+    ],
+)
 def test_dependencies_run_one_way(where: str, banned: str) -> None:
-    offending = {str(p.relative_to(ROOT)): sorted(m for m in imports(p) if re.match(rf"({banned})(\.|$)", m))
-                 for p in sources(where)}
+    offending = {
+        str(p.relative_to(ROOT)): sorted(m for m in imports(p) if re.match(rf"({banned})(\.|$)", m))
+        for p in sources(where)
+    }
     assert {p: m for p, m in offending.items() if m} == {}
 
 

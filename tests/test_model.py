@@ -13,21 +13,30 @@ from hefl.modelspec import param_count
 from hefl.training import evaluate, train_epochs
 
 
-@pytest.mark.parametrize(("model", "ds"), [
-    (ModelConfig("mlp"), DatasetConfig("digits")),
-    (ModelConfig("mlp_wide"), DatasetConfig("digits")),
-    (ModelConfig("cnn"), DatasetConfig("digits")),
-    (ModelConfig("cnn"), DatasetConfig("mnist", resize=12)),
-    (ModelConfig("mlp"), DatasetConfig("mnist", resize=12)),
-    (ModelConfig("mlp", hidden=(500, 200)), DatasetConfig("synthetic", features=300, classes=3)),
-])
+@pytest.mark.parametrize(
+    ("model", "ds"),
+    [
+        (ModelConfig("mlp"), DatasetConfig("digits")),
+        (ModelConfig("mlp_wide"), DatasetConfig("digits")),
+        (ModelConfig("cnn"), DatasetConfig("digits")),
+        (ModelConfig("cnn"), DatasetConfig("mnist", resize=12)),
+        (ModelConfig("mlp"), DatasetConfig("mnist", resize=12)),
+        (
+            ModelConfig("mlp", hidden=(500, 200)),
+            DatasetConfig("synthetic", features=300, classes=3),
+        ),
+    ],
+)
 def test_param_count_without_torch_matches_torch(model: ModelConfig, ds: DatasetConfig) -> None:
     net = build_model(model, ds, seed=0)
     assert param_count(model, ds) == sum(p.numel() for p in net.parameters())
 
 
 def test_original_mlp_is_input_32_10() -> None:
-    assert param_count(ModelConfig("mlp"), DatasetConfig("mnist", resize=12)) == 144 * 32 + 32 + 32 * 10 + 10
+    assert (
+        param_count(ModelConfig("mlp"), DatasetConfig("mnist", resize=12))
+        == 144 * 32 + 32 + 32 * 10 + 10
+    )
 
 
 def test_flat_weights_round_trip() -> None:

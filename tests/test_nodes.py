@@ -52,11 +52,18 @@ class InlineWorker(Worker):
             self.on_error(str(exc), exc)
 
 
-def make(cls: Any, node_id: str, cfg: ExperimentConfig, tmp_path: Path) -> tuple[Any, FakeTransport]:
+def make(
+    cls: Any, node_id: str, cfg: ExperimentConfig, tmp_path: Path
+) -> tuple[Any, FakeTransport]:
     runlog = RunLog(tmp_path / f"{node_id.replace(':', '_')}.json", node_id, cls.role, EXP)
     transport = FakeTransport()
-    parts = Parts(transport, PlainScheme(param_count(cfg.model, cfg.dataset)), runlog,
-                  TrafficMeter(runlog, EXP, cfg.rounds, cfg.nodes), InlineWorker("test"))
+    parts = Parts(
+        transport,
+        PlainScheme(param_count(cfg.model, cfg.dataset)),
+        runlog,
+        TrafficMeter(runlog, EXP, cfg.rounds, cfg.nodes),
+        InlineWorker("test"),
+    )
     node = cls(cfg, node_id, EXP, parts)
     node.start()
     return node, transport
@@ -67,7 +74,9 @@ def cfg() -> ExperimentConfig:
     return parse_config(tree_config(clients=2, leaves=1, spine=False, rounds=2))
 
 
-def test_switch_adds_its_children_and_relays_the_global_result(cfg: ExperimentConfig, tmp_path: Path) -> None:
+def test_switch_adds_its_children_and_relays_the_global_result(
+    cfg: ExperimentConfig, tmp_path: Path
+) -> None:
     switch, transport = make(SwitchNode, S0, cfg, tmp_path)
     scheme = switch.scheme
     a, b = np.full(scheme.size, 0.25), np.linspace(-1, 1, scheme.size)
@@ -77,7 +86,9 @@ def test_switch_adds_its_children_and_relays_the_global_result(cfg: ExperimentCo
         switch.on_update(Envelope(EXP, 0, C0, 100, 1), scheme.encrypt(a))
     with pytest.raises(ProtocolError, match="claims 2 contributors"):
         switch.on_update(Envelope(EXP, 0, C1, 90, 2), scheme.encrypt(b))
-    switch.on_update(Envelope(EXP, 0, C1, 90, 1), scheme.encrypt(b))  # the refusal above did not take it
+    switch.on_update(
+        Envelope(EXP, 0, C1, 90, 1), scheme.encrypt(b)
+    )  # the refusal above did not take it
     ((peer, kind, env, body),) = transport.sent
     assert (peer, kind, env) == (AGG, Kind.UPDATE, Envelope(EXP, 0, S0, 190, 2))
     np.testing.assert_allclose(scheme.decrypt(scheme.load(body), 2), a + b, atol=1e-6)
@@ -86,9 +97,13 @@ def test_switch_adds_its_children_and_relays_the_global_result(cfg: ExperimentCo
     switch.on_global(Envelope(EXP, 0, AGG, 190, 2), body)
     down = transport.sent[1:]
     assert sorted((p, k, e.sender, b2 == body) for p, k, e, b2 in down) == [
-        (C0, Kind.GLOBAL, S0, True), (C1, Kind.GLOBAL, S0, True)]
+        (C0, Kind.GLOBAL, S0, True),
+        (C1, Kind.GLOBAL, S0, True),
+    ]
     rec = switch.runlog.record(0)
-    assert rec["end_time"] is not None and {"load", "aggregate", "send", "wait"} <= set(rec["phases"])
+    assert rec["end_time"] is not None and {"load", "aggregate", "send", "wait"} <= set(
+        rec["phases"]
+    )
     assert not switch.runlog.finished  # two rounds; the first ended
     with pytest.raises(DuplicateMessage):
         switch.on_global(Envelope(EXP, 0, AGG, 190, 2), body)
@@ -97,14 +112,20 @@ def test_switch_adds_its_children_and_relays_the_global_result(cfg: ExperimentCo
 def test_dumb_switch_forwards_each_child_unchanged(tmp_path: Path) -> None:
     cfg = parse_config(tree_config(clients=2, leaves=1, spine=False, dumb=(0,), rounds=1))
     switch, transport = make(SwitchNode, S0, cfg, tmp_path)
-    bodies = {c: switch.scheme.encrypt(np.full(switch.scheme.size, i + 1.0)) for i, c in enumerate((C0, C1))}
+    bodies = {
+        c: switch.scheme.encrypt(np.full(switch.scheme.size, i + 1.0))
+        for i, c in enumerate((C0, C1))
+    }
     for c, body in bodies.items():
         switch.on_update(Envelope(EXP, 0, c, 10, 1), body)
     assert [(p, k, e.sender, b) for p, k, e, b in transport.sent] == [
-        (AGG, Kind.UPDATE, c, body) for c, body in bodies.items()]
+        (AGG, Kind.UPDATE, c, body) for c, body in bodies.items()
+    ]
 
 
-def test_aggregator_sends_begin_then_global_and_closes_rounds(cfg: ExperimentConfig, tmp_path: Path) -> None:
+def test_aggregator_sends_begin_then_global_and_closes_rounds(
+    cfg: ExperimentConfig, tmp_path: Path
+) -> None:
     agg, transport = make(AggregatorNode, AGG, cfg, tmp_path)
     agg.begin_experiment()
     with pytest.raises(ProtocolError, match="already started"):
@@ -126,4 +147,7 @@ def test_a_failing_job_is_reported_to_the_aggregator(cfg: ExperimentConfig, tmp_
     switch.submit(lambda: 1 / 0)
     ((peer, kind, env, body),) = transport.sent
     assert (peer, kind, env.sender) == (AGG, Kind.FAIL, S0)
-    assert body.decode().startswith(f"{S0} (switch), round 0: ") and switch.status()["state"] == "failed"
+    assert (
+        body.decode().startswith(f"{S0} (switch), round 0: ")
+        and switch.status()["state"] == "failed"
+    )

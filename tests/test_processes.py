@@ -21,8 +21,14 @@ PY = sys.executable
 
 
 def run_main(*args: str, timeout: float = 240, **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PY, str(ROOT / "main.py"), *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=kw.pop("cwd", ROOT), **kw)
+    return subprocess.run(
+        [PY, str(ROOT / "main.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=kw.pop("cwd", ROOT),
+        **kw,
+    )
 
 
 def experiment_dir(log_dir: Path) -> Path:
@@ -47,7 +53,9 @@ def two_level(rounds: int = 3) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
+def local_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
     tmp = tmp_path_factory.mktemp("local")
     cfg = tmp / "config.json"
     cfg.write_text(json.dumps(two_level()))
@@ -106,17 +114,41 @@ def test_same_config_gives_identical_accuracies(local_run: Any, tmp_path: Path) 
 def _addressed_config(ports: list[int], rounds: int = 2) -> dict[str, Any]:
     """Two clients, one switch, the aggregator, at real 127.0.0.1 ports (as on a cluster)."""
     c0, c1, sw, agg = (f"127.0.0.1:{p}" for p in ports)
-    return {"name": "agg-test", "aggregator": {"iteration": rounds, "ip": agg},
-            "training": {"device": "cpu"}, "network": {"startup_timeout_s": 60},
-            "others": {c0: {"type": "client", "client_number": 2, "index": 0, "send": sw},
-                       c1: {"type": "client", "client_number": 2, "index": 1, "send": sw},
-                       sw: {"type": "switch", "receive": [c0, c1], "send": agg, "dumb": False}}}
+    return {
+        "name": "agg-test",
+        "aggregator": {"iteration": rounds, "ip": agg},
+        "training": {"device": "cpu"},
+        "network": {"startup_timeout_s": 60},
+        "others": {
+            c0: {"type": "client", "client_number": 2, "index": 0, "send": sw},
+            c1: {"type": "client", "client_number": 2, "index": 1, "send": sw},
+            sw: {"type": "switch", "receive": [c0, c1], "send": agg, "dumb": False},
+        },
+    }
 
 
-def _start_nodes(ports: list[int], log_dir: Path, env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
-    return [subprocess.Popen([PY, str(ROOT / "main.py"), "--port", str(p), "--host", "127.0.0.1",
-                              "--log-dir", str(log_dir)], env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, cwd=ROOT) for p in ports]
+def _start_nodes(
+    ports: list[int], log_dir: Path, env: dict[str, str]
+) -> list[subprocess.Popen[bytes]]:
+    return [
+        subprocess.Popen(
+            [
+                PY,
+                str(ROOT / "main.py"),
+                "--port",
+                str(p),
+                "--host",
+                "127.0.0.1",
+                "--log-dir",
+                str(log_dir),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=ROOT,
+        )
+        for p in ports
+    ]
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -131,8 +163,22 @@ def test_agg_waits_for_late_nodes_pushes_and_runs(tmp_path: Path) -> None:
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps(_addressed_config(ports)))
     env = {**os.environ, "HEFL_TOKEN": "t0ken", "OMP_NUM_THREADS": "1"}
-    agg = subprocess.Popen([PY, str(ROOT / "main.py"), "agg", "--config", str(cfg), "--log-dir", str(tmp_path / "agg")],
-                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    agg = subprocess.Popen(
+        [
+            PY,
+            str(ROOT / "main.py"),
+            "agg",
+            "--config",
+            str(cfg),
+            "--log-dir",
+            str(tmp_path / "agg"),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     time.sleep(1.0)  # the aggregator command starts first: start order must not matter
     nodes = _start_nodes(ports, tmp_path / "nodes", env)
     try:
@@ -141,11 +187,27 @@ def test_agg_waits_for_late_nodes_pushes_and_runs(tmp_path: Path) -> None:
         assert sum(line.startswith("round ") for line in out.splitlines()) == 2
         exp = experiment_dir(tmp_path / "agg")
         assert len(node_logs(exp)) == 4  # every node's log gathered by the aggregator
-        push = subprocess.run([PY, str(ROOT / "test.py"), f"127.0.0.1:{ports[2]}", "--config", str(cfg)],
-                              capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
-        assert push.returncode == 0 and push.stdout.startswith("200 ") and '"role": "switch"' in push.stdout
-        bad = subprocess.run([PY, str(ROOT / "test.py"), f"127.0.0.1:{ports[2]}", "--config", str(cfg)],
-                             capture_output=True, text=True, timeout=60, env={**env, "HEFL_TOKEN": "wrong"}, cwd=ROOT)
+        push = subprocess.run(
+            [PY, str(ROOT / "test.py"), f"127.0.0.1:{ports[2]}", "--config", str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            cwd=ROOT,
+        )
+        assert (
+            push.returncode == 0
+            and push.stdout.startswith("200 ")
+            and '"role": "switch"' in push.stdout
+        )
+        bad = subprocess.run(
+            [PY, str(ROOT / "test.py"), f"127.0.0.1:{ports[2]}", "--config", str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**env, "HEFL_TOKEN": "wrong"},
+            cwd=ROOT,
+        )
         assert bad.returncode == 1 and "401" in bad.stderr
     finally:
         agg.kill()
@@ -160,8 +222,15 @@ def test_agg_names_every_unreachable_node(tmp_path: Path) -> None:
     cfg.write_text(json.dumps(raw))
     nodes = _start_nodes(ports[:2], tmp_path / "nodes", {**os.environ, "HEFL_TOKEN": "x"})
     try:
-        proc = run_main("agg", "--config", str(cfg), "--log-dir", str(tmp_path / "agg"), timeout=120,
-                        env={**os.environ, "HEFL_TOKEN": "x"})
+        proc = run_main(
+            "agg",
+            "--config",
+            str(cfg),
+            "--log-dir",
+            str(tmp_path / "agg"),
+            timeout=120,
+            env={**os.environ, "HEFL_TOKEN": "x"},
+        )
     finally:
         _stop(nodes)
     assert proc.returncode == 1
@@ -183,13 +252,21 @@ def _children_alive(marker: str) -> list[int]:
 
 
 def test_failed_config_push_names_the_node_and_stops_everything(tmp_path: Path) -> None:
-    raw = tree_config(clients=2, leaves=1, spine=False, dataset={"name": "mnist", "path": str(tmp_path / "nothing")})
+    raw = tree_config(
+        clients=2,
+        leaves=1,
+        spine=False,
+        dataset={"name": "mnist", "path": str(tmp_path / "nothing")},
+    )
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps(raw))
     proc = run_main("local", "--config", str(cfg), "--log-dir", str(tmp_path / "log"), timeout=120)
     assert proc.returncode == 1
     (line,) = proc.stderr.strip().splitlines()
-    assert "2 node(s) refused their config" in line and "127.0.0.1:100 refused POST /config: 400" in line
+    assert (
+        "2 node(s) refused their config" in line
+        and "127.0.0.1:100 refused POST /config: 400" in line
+    )
     assert "train-images-idx3-ubyte not found" in line
     assert _children_alive(str(tmp_path)) == []
 
@@ -198,8 +275,21 @@ def _local_until_round(tmp_path: Path, raw: dict[str, Any], round_: int) -> subp
     """Start `main.py local` and return once it printed round `round_` (1-based)."""
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps(raw))
-    proc = subprocess.Popen([PY, str(ROOT / "main.py"), "local", "--config", str(cfg), "--log-dir", str(tmp_path / "log")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = subprocess.Popen(
+        [
+            PY,
+            str(ROOT / "main.py"),
+            "local",
+            "--config",
+            str(cfg),
+            "--log-dir",
+            str(tmp_path / "log"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.startswith(f"round {round_:>3}/"):
@@ -208,7 +298,9 @@ def _local_until_round(tmp_path: Path, raw: dict[str, Any], round_: int) -> subp
 
 
 def test_ctrl_c_stops_every_node_and_keeps_logs(tmp_path: Path) -> None:
-    proc = _local_until_round(tmp_path, tree_config(clients=2, leaves=1, spine=False, rounds=500), 2)
+    proc = _local_until_round(
+        tmp_path, tree_config(clients=2, leaves=1, spine=False, rounds=500), 2
+    )
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted" in err
@@ -218,7 +310,9 @@ def test_ctrl_c_stops_every_node_and_keeps_logs(tmp_path: Path) -> None:
 
 
 def test_node_killed_mid_run_is_named_and_logs_are_kept(tmp_path: Path) -> None:
-    proc = _local_until_round(tmp_path, tree_config(clients=4, leaves=2, spine=False, rounds=500), 3)
+    proc = _local_until_round(
+        tmp_path, tree_config(clients=4, leaves=2, spine=False, rounds=500), 3
+    )
     victim = "127.0.0.1:102"
     for pid in _children_alive(str(tmp_path)):
         if f"--label\x00{victim}\x00" in Path(f"/proc/{pid}/cmdline").read_bytes().decode():
@@ -233,14 +327,22 @@ def test_node_killed_mid_run_is_named_and_logs_are_kept(tmp_path: Path) -> None:
 
 
 def test_original_config_runs_unchanged(tmp_path: Path) -> None:
-    proc = run_main("local", "--config", str(ROOT / "tests/data/cs277-base-case.json"), "--log-dir", str(tmp_path))
+    proc = run_main(
+        "local",
+        "--config",
+        str(ROOT / "tests/data/cs277-base-case.json"),
+        "--log-dir",
+        str(tmp_path),
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sum(line.startswith("round ") for line in proc.stdout.splitlines()) == 10
     assert len(node_logs(experiment_dir(tmp_path))) == 7
 
 
 @pytest.mark.parametrize("scheme", ["ckks", "bfv"])
-def test_encrypted_run_matches_the_plaintext_run(local_run: Any, tmp_path: Path, scheme: str) -> None:
+def test_encrypted_run_matches_the_plaintext_run(
+    local_run: Any, tmp_path: Path, scheme: str
+) -> None:
     """Same seed, same tree: the encrypted global model follows the plaintext one; only clients can decrypt;
     no byte of the secret key reaches a log."""
     from hefl.crypto import HeParams, generate_keys
@@ -251,7 +353,9 @@ def test_encrypted_run_matches_the_plaintext_run(local_run: Any, tmp_path: Path,
     raw["encryption"] = {"scheme": scheme, "key_dir": str(tmp_path / "keys")}
     generate_keys(HeParams(scheme=scheme), tmp_path / "keys")
     (tmp_path / "c.json").write_text(json.dumps(raw))
-    proc = run_main("local", "--config", str(tmp_path / "c.json"), "--log-dir", str(tmp_path / "log"))
+    proc = run_main(
+        "local", "--config", str(tmp_path / "c.json"), "--log-dir", str(tmp_path / "log")
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     exp = experiment_dir(tmp_path / "log")
     plain = json.loads((plain_exp / "rounds.json").read_text())[-1]["accuracy"]
@@ -262,9 +366,14 @@ def test_encrypted_run_matches_the_plaintext_run(local_run: Any, tmp_path: Path,
     assert diff <= (1e-4 if scheme == "ckks" else 5e-3), diff
     logs = node_logs(exp)
     assert {(d["role"], d["can_decrypt"], d["scheme"]) for d in logs.values()} == {
-        ("client", True, scheme), ("switch", False, scheme), ("aggregator", False, scheme)}
+        ("client", True, scheme),
+        ("switch", False, scheme),
+        ("aggregator", False, scheme),
+    }
     secret = (tmp_path / "keys" / SECRET).read_bytes()
-    windows = [secret[i:i + 32] for i in range(len(secret) // 8, len(secret) - 32, len(secret) // 8)]
+    windows = [
+        secret[i : i + 32] for i in range(len(secret) // 8, len(secret) - 32, len(secret) // 8)
+    ]
     for path in (tmp_path / "log").rglob("*"):
         if path.is_file():
             data = path.read_bytes()
@@ -272,14 +381,26 @@ def test_encrypted_run_matches_the_plaintext_run(local_run: Any, tmp_path: Path,
 
 
 def test_cnn_on_label_skewed_slices_with_bfv(tmp_path: Path) -> None:
-    raw = tree_config(clients=4, leaves=2, rounds=2, model={"name": "cnn"},
-                      dataset={"name": "digits", "partition": "dirichlet", "alpha": 0.5}, encryption={"scheme": "bfv"})
+    raw = tree_config(
+        clients=4,
+        leaves=2,
+        rounds=2,
+        model={"name": "cnn"},
+        dataset={"name": "digits", "partition": "dirichlet", "alpha": 0.5},
+        encryption={"scheme": "bfv"},
+    )
     (tmp_path / "c.json").write_text(json.dumps(raw))
-    proc = run_main("local", "--config", str(tmp_path / "c.json"), "--log-dir", str(tmp_path / "log"))
+    proc = run_main(
+        "local", "--config", str(tmp_path / "c.json"), "--log-dir", str(tmp_path / "log")
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     logs = node_logs(experiment_dir(tmp_path / "log"))
-    samples = sorted(d["iteration"][0]["train_samples"] for d in logs.values() if d["role"] == "client")
-    assert sum(samples) == 1438 and samples[0] != samples[-1]  # label skew: unequal slices of one split
+    samples = sorted(
+        d["iteration"][0]["train_samples"] for d in logs.values() if d["role"] == "client"
+    )
+    assert (
+        sum(samples) == 1438 and samples[0] != samples[-1]
+    )  # label skew: unequal slices of one split
     assert all(len(d["iteration"]) == 2 and d["scheme"] == "bfv" for d in logs.values())
 
 
@@ -294,13 +415,25 @@ def test_every_link_reconciles_from_links_alone(local_run: Any) -> None:
             links = rec["links"]
             assert set(links) <= set(recs) and links, (node, links)
             for peer, counts in links.items():
-                assert counts == {"sent": recs[peer]["links"][node]["received"],
-                                  "received": recs[peer]["links"][node]["sent"]}, (r, node, peer)
+                assert counts == {
+                    "sent": recs[peer]["links"][node]["received"],
+                    "received": recs[peer]["links"][node]["sent"],
+                }, (r, node, peer)
             for key in ("send", "received"):
-                assert sum(c["sent" if key == "send" else "received"] for c in links.values()) == rec[f"byte_{key}"]
-                assert sum(rec[f"byte_{key}_{d}"] for d in ("up", "down", "control")) == rec[f"byte_{key}"]
+                assert (
+                    sum(c["sent" if key == "send" else "received"] for c in links.values())
+                    == rec[f"byte_{key}"]
+                )
+                assert (
+                    sum(rec[f"byte_{key}_{d}"] for d in ("up", "down", "control"))
+                    == rec[f"byte_{key}"]
+                )
         client = recs["127.0.0.1:100"]
-        assert client["byte_send_up"] > 0 and client["byte_received_down"] > 0 and client["byte_send_control"] > 0
+        assert (
+            client["byte_send_up"] > 0
+            and client["byte_received_down"] > 0
+            and client["byte_send_control"] > 0
+        )
         assert set(recs["127.0.0.1:2"]["links"]) == {"127.0.0.1:10", "127.0.0.1:11", "127.0.0.1:1"}
 
 
@@ -318,5 +451,10 @@ def test_local_and_agg_runs_of_one_config_give_identical_accuracies(tmp_path: Pa
     finally:
         _stop(nodes)
     assert agg.returncode == 0, agg.stderr[-2000:]
-    first, second = (json.loads((experiment_dir(tmp_path / d) / "rounds.json").read_text()) for d in ("local", "agg"))
-    assert [(r["accuracy"], r["loss"]) for r in first] == [(r["accuracy"], r["loss"]) for r in second]
+    first, second = (
+        json.loads((experiment_dir(tmp_path / d) / "rounds.json").read_text())
+        for d in ("local", "agg")
+    )
+    assert [(r["accuracy"], r["loss"]) for r in first] == [
+        (r["accuracy"], r["loss"]) for r in second
+    ]

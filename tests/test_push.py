@@ -28,7 +28,9 @@ def test_a_push_parses_into_its_parts() -> None:
 
 
 def test_given_endpoints_are_kept() -> None:
-    endpoints = {n: f"http://[::1]:{6000 + i}" for i, n in enumerate(tree_config()["others"])} | {AGG: "https://agg"}
+    endpoints = {n: f"http://[::1]:{6000 + i}" for i, n in enumerate(tree_config()["others"])} | {
+        AGG: "https://agg"
+    }
     assert parse_push(_body(endpoints=endpoints)).endpoints == endpoints
 
 
@@ -41,14 +43,25 @@ BAD = [
     (_body(experiment="../x"), r"^push.experiment: '../x' must be 1-128"),
     (_body(config=[1]), r"^push.config: expected an object, got \[1\]$"),
     (_body(config={**tree_config(), "name": "a b"}), r"^name: 'a b' must be 1-64"),
-    (_body(endpoints={C0: "http://h:1"}), r"^push.endpoints: must give the URL of every node .*none for '127.0.0.1:101'"),
+    (
+        _body(endpoints={C0: "http://h:1"}),
+        r"^push.endpoints: must give the URL of every node .*none for '127.0.0.1:101'",
+    ),
     (_body(endpoints=[1]), r"^push.endpoints: expected an object"),
-    (_body(endpoints={**{n: "http://h:1" for n in tree_config()["others"]}, AGG: "ftp://h"}),
-     r"^push.endpoints\['127.0.0.1:1'\]: 'ftp://h' is not an http\(s\) URL"),
-    (_body(endpoints={**{n: "http://h:1" for n in tree_config()["others"]}, AGG: 5}),
-     r"^push.endpoints\['127.0.0.1:1'\]: expected str, got 5$"),
-    (_body(endpoints={**{n: "http://h:1" for n in tree_config()["others"]}, AGG: "http://::1:5"}),
-     r"^push.endpoints\['127.0.0.1:1'\]: '::1:5' looks like an IPv6 address"),
+    (
+        _body(endpoints={**{n: "http://h:1" for n in tree_config()["others"]}, AGG: "ftp://h"}),
+        r"^push.endpoints\['127.0.0.1:1'\]: 'ftp://h' is not an http\(s\) URL",
+    ),
+    (
+        _body(endpoints={**{n: "http://h:1" for n in tree_config()["others"]}, AGG: 5}),
+        r"^push.endpoints\['127.0.0.1:1'\]: expected str, got 5$",
+    ),
+    (
+        _body(
+            endpoints={**{n: "http://h:1" for n in tree_config()["others"]}, AGG: "http://::1:5"}
+        ),
+        r"^push.endpoints\['127.0.0.1:1'\]: '::1:5' looks like an IPv6 address",
+    ),
     (_body(context="not base64!"), r"^push.context: not base64$"),
     ("[]", r"^push: expected an object"),
 ]
@@ -61,7 +74,18 @@ def test_bad_pushes_are_one_line_config_errors(body: Any, message: str) -> None:
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize(("text", "ok"), [("t-20240101-120000-ab12", True), ("a" * 128, True), ("a" * 129, False),
-                                          ("", False), ("-a", False), ("a/b", False), ("a\n", False), (None, False)])
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [
+        ("t-20240101-120000-ab12", True),
+        ("a" * 128, True),
+        ("a" * 129, False),
+        ("", False),
+        ("-a", False),
+        ("a/b", False),
+        ("a\n", False),
+        (None, False),
+    ],
+)
 def test_experiment_ids(text: Any, ok: bool) -> None:
     assert is_experiment_id(text) is ok

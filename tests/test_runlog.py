@@ -12,7 +12,9 @@ from hefl.runlog import RunLog, Stopwatch, write_json_atomic
 def test_bytes_add_up_by_direction_and_by_link(tmp_path: Path) -> None:
     log = RunLog(tmp_path / "n.json", "a", "switch", "e")
     log.add_bytes(0, "up", "b", sent=0, received=100, outbound=False)
-    log.add_bytes(0, "up", "b", sent=30, received=0, outbound=False, message=False)  # a refusal's body
+    log.add_bytes(
+        0, "up", "b", sent=30, received=0, outbound=False, message=False
+    )  # a refusal's body
     log.add_bytes(0, "up", "p", sent=100, received=0, outbound=True)
     log.add_bytes(0, "down", "p", sent=0, received=50, outbound=False)
     log.add_bytes(0, "control", "p", sent=7, received=0, outbound=True)
@@ -36,7 +38,12 @@ def test_a_round_is_written_when_it_ends_and_the_last_one_finishes_the_log(tmp_p
     assert not path.exists()  # nothing written before a round ends
     log.end(0)
     first = json.loads(path.read_text())
-    assert (first["node"], first["role"], first["experiment"], first["finished"]) == ("a", "client", "e", False)
+    assert (first["node"], first["role"], first["experiment"], first["finished"]) == (
+        "a",
+        "client",
+        "e",
+        False,
+    )
     (rec,) = first["iteration"]
     assert rec["accuracy"] == 0.75 and 0.51 <= rec["phases"]["train"] < 1.0
     assert rec["duration_s"] >= 0.01 and rec["end_time"] >= rec["start_time"]

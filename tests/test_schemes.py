@@ -14,7 +14,15 @@ import pytest
 import tenseal as ts
 
 from hefl.config import EncryptionConfig, parse_config
-from hefl.crypto import HeParams, Scheme, generate_keys, load_keyless, load_secret, make_scheme, read_keyless
+from hefl.crypto import (
+    HeParams,
+    Scheme,
+    generate_keys,
+    load_keyless,
+    load_secret,
+    make_scheme,
+    read_keyless,
+)
 from hefl.crypto.keydir import KEYLESS, SECRET
 from hefl.crypto.params import batching_prime
 from hefl.errors import ConfigError, ProtocolError
@@ -24,16 +32,24 @@ from tests.conftest import tree_config
 SCHEMES = ["none", "ckks", "bfv"]
 
 
-def schemes(name: str, size: int, key_dirs: dict[str, Path], seed: int = 0) -> tuple[Scheme, Scheme]:
+def schemes(
+    name: str, size: int, key_dirs: dict[str, Path], seed: int = 0
+) -> tuple[Scheme, Scheme]:
     """(a client's scheme, a switch's scheme) of one experiment."""
     enc, key_dir = HeParams(scheme=name), key_dirs.get(name, Path())
     if name == "none":
         return make_scheme(enc, size), make_scheme(enc, size)
-    return (make_scheme(enc, size, load_secret(enc, key_dir), seed),
-            make_scheme(enc, size, load_keyless(enc, read_keyless(enc, key_dir))))
+    return (
+        make_scheme(enc, size, load_secret(enc, key_dir), seed),
+        make_scheme(enc, size, load_keyless(enc, read_keyless(enc, key_dir))),
+    )
 
 
-TOLERANCE = {"none": 1e-5, "ckks": 1e-4, "bfv": 8 * 2 / (2**16 - 1)}  # bfv: one quantization step per client
+TOLERANCE = {
+    "none": 1e-5,
+    "ckks": 1e-4,
+    "bfv": 8 * 2 / (2**16 - 1),
+}  # bfv: one quantization step per client
 
 
 @pytest.mark.parametrize("name", SCHEMES)
@@ -43,9 +59,14 @@ def test_sum_through_a_two_level_tree(name: str, key_dirs: dict[str, Path]) -> N
     values = [rng.uniform(-1, 1, size) for _ in range(8)]
     client, switch = schemes(name, size, key_dirs)
     payloads = [client.encrypt(v) for v in values]
-    halves = [switch.add([switch.load(p) for p in payloads[:4]]), switch.add([switch.load(p) for p in payloads[4:]])]
+    halves = [
+        switch.add([switch.load(p) for p in payloads[:4]]),
+        switch.add([switch.load(p) for p in payloads[4:]]),
+    ]
     total = switch.add([switch.load(h) for h in halves])
-    np.testing.assert_allclose(client.decrypt(client.load(total), 8), np.sum(values, axis=0), atol=TOLERANCE[name])
+    np.testing.assert_allclose(
+        client.decrypt(client.load(total), 8), np.sum(values, axis=0), atol=TOLERANCE[name]
+    )
 
 
 def test_ckks_sum_of_100_unit_vectors(key_dirs: dict[str, Path]) -> None:
@@ -68,7 +89,9 @@ def test_bfv_sums_of_128_clients_are_exact(key_dirs: dict[str, Path]) -> None:
 
     ints = sum(quantize(v, 1.0, 16, np.random.default_rng(i)) for i, v in enumerate(values))
     expected = dequantize_sum(np.asarray(ints), 1.0, 16, 128)
-    np.testing.assert_allclose(clients[0].decrypt(clients[0].load(total), 128), expected, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(
+        clients[0].decrypt(clients[0].load(total), 128), expected, rtol=0, atol=1e-9
+    )
 
 
 @pytest.mark.parametrize("name", ["ckks", "bfv"])
@@ -81,15 +104,23 @@ def test_switches_cannot_decrypt(name: str, key_dirs: dict[str, Path]) -> None:
 
 
 @pytest.mark.parametrize("name", ["ckks", "bfv"])
-def test_load_refuses_foreign_or_broken_ciphertexts(name: str, key_dirs: dict[str, Path], tmp_path: Path) -> None:
+def test_load_refuses_foreign_or_broken_ciphertexts(
+    name: str, key_dirs: dict[str, Path], tmp_path: Path
+) -> None:
     client, switch = schemes(name, 5000, key_dirs)
     good = client.encrypt(np.zeros(5000))
-    other_enc = HeParams(scheme=name, poly_modulus_degree=8192, coeff_mod_bit_sizes=(60, 40, 60), scale_bits=40)
+    other_enc = HeParams(
+        scheme=name, poly_modulus_degree=8192, coeff_mod_bit_sizes=(60, 40, 60), scale_bits=40
+    )
     generate_keys(other_enc, tmp_path)
     foreign = make_scheme(other_enc, 5000, load_secret(other_enc, tmp_path)).encrypt(np.zeros(5000))
     short = schemes(name, 100, key_dirs)[0].encrypt(np.zeros(100))
-    for bad, match in ((good[:-50], "payload is|header says"), (b"x" * 100, "not a framed"),
-                       (foreign, "ciphertext|payload"), (short, "holds")):
+    for bad, match in (
+        (good[:-50], "payload is|header says"),
+        (b"x" * 100, "not a framed"),
+        (foreign, "ciphertext|payload"),
+        (short, "holds"),
+    ):
         with pytest.raises(ProtocolError, match=match):
             switch.load(bad)
 
@@ -97,25 +128,53 @@ def test_load_refuses_foreign_or_broken_ciphertexts(name: str, key_dirs: dict[st
 def test_wire_sizes_per_parameter(key_dirs: dict[str, Path]) -> None:
     size = 300_000  # large updates: the last, partly filled ciphertext hardly counts
     values = np.random.default_rng(3).uniform(-1, 1, size)
-    per_param = {name: len(schemes(name, size, key_dirs)[0].encrypt(values)) / size for name in SCHEMES}
+    per_param = {
+        name: len(schemes(name, size, key_dirs)[0].encrypt(values)) / size for name in SCHEMES
+    }
     assert per_param["none"] == 4
     assert per_param["ckks"] <= 25
     assert per_param["bfv"] <= 8.5
 
 
-@pytest.mark.parametrize(("encryption", "clients", "match"), [
-    ({"scheme": "bfv"}, 129, "holds the sum of at most 128 clients, the config has 129: lower quant_bits"),
-    ({"scheme": "ckks", "clip": 100.0}, 8, "at most 5 clients, the config has 8: lower clip"),
-    ({"scheme": "ckks", "coeff_mod_bit_sizes": [60, 60]}, 2, "120 bits in all is more than the 109"),
-    ({"scheme": "ckks", "scale_bits": 40}, 2, r"scale_bits: 40 must be at least 20 \(precision\) and below the first prime's 40"),
-    ({"scheme": "bfv", "quant_bits": 23}, 2, "quant_bits: 23 must be 8 or more"),
-    ({"scheme": "none", "clip": 0}, 2, "clip: must be positive"),
-    ({"scheme": "bfv", "plain_modulus_bits": 50}, 64, "bfv noise"),
-    ({"scheme": "bfv", "plain_modulus_bits": 55}, 2, "bfv noise"),
-    ({"scheme": "bfv", "poly_modulus_degree": 8192, "plain_modulus_bits": 19, "quant_bits": 8}, 2, "no batching prime above"),
-    ({"scheme": "ckks", "scale_bits": 10}, 2, "must be at least 20"),
-])
-def test_parameters_that_cannot_hold_the_sum_are_refused(encryption: dict[str, Any], clients: int, match: str) -> None:
+@pytest.mark.parametrize(
+    ("encryption", "clients", "match"),
+    [
+        (
+            {"scheme": "bfv"},
+            129,
+            "holds the sum of at most 128 clients, the config has 129: lower quant_bits",
+        ),
+        ({"scheme": "ckks", "clip": 100.0}, 8, "at most 5 clients, the config has 8: lower clip"),
+        (
+            {"scheme": "ckks", "coeff_mod_bit_sizes": [60, 60]},
+            2,
+            "120 bits in all is more than the 109",
+        ),
+        (
+            {"scheme": "ckks", "scale_bits": 40},
+            2,
+            r"scale_bits: 40 must be at least 20 \(precision\) and below the first prime's 40",
+        ),
+        ({"scheme": "bfv", "quant_bits": 23}, 2, "quant_bits: 23 must be 8 or more"),
+        ({"scheme": "none", "clip": 0}, 2, "clip: must be positive"),
+        ({"scheme": "bfv", "plain_modulus_bits": 50}, 64, "bfv noise"),
+        ({"scheme": "bfv", "plain_modulus_bits": 55}, 2, "bfv noise"),
+        (
+            {
+                "scheme": "bfv",
+                "poly_modulus_degree": 8192,
+                "plain_modulus_bits": 19,
+                "quant_bits": 8,
+            },
+            2,
+            "no batching prime above",
+        ),
+        ({"scheme": "ckks", "scale_bits": 10}, 2, "must be at least 20"),
+    ],
+)
+def test_parameters_that_cannot_hold_the_sum_are_refused(
+    encryption: dict[str, Any], clients: int, match: str
+) -> None:
     with pytest.raises(ConfigError, match=match):
         parse_config(tree_config(clients=clients, leaves=1, spine=False, encryption=encryption))
 
@@ -135,14 +194,18 @@ def test_key_files_by_role(key_dirs: dict[str, Path], tmp_path: Path) -> None:
         load_secret(HeParams(scheme="ckks", poly_modulus_degree=8192), folder)
     with pytest.raises(ConfigError, match="run ./seal.sh"):
         load_secret(HeParams(scheme="ckks"), tmp_path)
-    assert json.loads((key_dirs["bfv"] / "params.json").read_text())["plain_modulus"] == batching_prime(47, 4096)
+    assert json.loads((key_dirs["bfv"] / "params.json").read_text())[
+        "plain_modulus"
+    ] == batching_prime(47, 4096)
 
 
 def test_only_the_keyless_context_is_pushed(key_dirs: dict[str, Path]) -> None:
     raw = tree_config(encryption={"scheme": "ckks", "key_dir": str(key_dirs["ckks"])})
     cfg = parse_config(raw)
     secret = (key_dirs["ckks"] / SECRET).read_bytes()
-    windows = [secret[i:i + 48] for i in range(len(secret) // 4, len(secret) - 48, len(secret) // 4)]  # full windows only
+    windows = [
+        secret[i : i + 48] for i in range(len(secret) // 4, len(secret) - 48, len(secret) // 4)
+    ]  # full windows only
     keyless = read_keyless(cfg.encryption.he_params(), Path(cfg.encryption.key_dir))
     for node in cfg.nodes:
         body = make_push(raw, node, "e", {}, keyless)
@@ -162,8 +225,12 @@ def test_encryption_in_worker_processes(name: str, key_dirs: dict[str, Path]) ->
     switch = schemes(name, size, key_dirs)[1]
     try:
         values = np.random.default_rng(4).uniform(-1, 1, size)
-        total = switch.add([switch.load(client.encrypt(values)), switch.load(client.encrypt(values))])
-        np.testing.assert_allclose(client.decrypt(client.load(total), 2), 2 * values, atol=TOLERANCE[name])
+        total = switch.add(
+            [switch.load(client.encrypt(values)), switch.load(client.encrypt(values))]
+        )
+        np.testing.assert_allclose(
+            client.decrypt(client.load(total), 2), 2 * values, atol=TOLERANCE[name]
+        )
     finally:
         client.close()
 
@@ -201,7 +268,9 @@ def _varint(blob: bytes, i: int) -> tuple[int, int]:
 
 @pytest.mark.parametrize("name", ["ckks", "bfv"])
 @pytest.mark.parametrize("ciphertexts", [0, 2])
-def test_vectors_without_exactly_one_ciphertext_are_refused(name: str, ciphertexts: int, key_dirs: dict[str, Path]) -> None:
+def test_vectors_without_exactly_one_ciphertext_are_refused(
+    name: str, ciphertexts: int, key_dirs: dict[str, Path]
+) -> None:
     """A vector declaring its size but holding no (or two) SEAL ciphertexts loads in TenSEAL and used to
     crash the adding node (segfault); it must be refused when it arrives."""
     from hefl.crypto.frame import frame, unframe
@@ -220,8 +289,12 @@ def test_bfv_128_clients_at_the_clip_edges(edge: float, key_dirs: dict[str, Path
     size = 2 * 8192 + 5  # several ciphertexts, the last partly filled, an odd count
     client, switch = schemes("bfv", size, key_dirs)
     one = switch.load(client.encrypt(np.full(size, edge)))
-    total = switch.add([one] + [switch.load(client.encrypt(np.full(size, edge))) for _ in range(127)])
-    np.testing.assert_allclose(client.decrypt(client.load(total), 128), np.full(size, 128 * edge), atol=1e-9)
+    total = switch.add(
+        [one] + [switch.load(client.encrypt(np.full(size, edge))) for _ in range(127)]
+    )
+    np.testing.assert_allclose(
+        client.decrypt(client.load(total), 128), np.full(size, 128 * edge), atol=1e-9
+    )
 
 
 def test_seal_with_an_explicit_parameter_list(tmp_path: Path) -> None:
@@ -231,9 +304,16 @@ def test_seal_with_an_explicit_parameter_list(tmp_path: Path) -> None:
     from tests.conftest import ROOT
 
     cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps(tree_config(encryption={"scheme": "ckks", "coeff_mod_bit_sizes": [40, 20]})))
-    proc = subprocess.run([sys.executable, "main.py", "seal", "--config", str(cfg), "--key-dir", str(tmp_path / "k")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    cfg.write_text(
+        json.dumps(tree_config(encryption={"scheme": "ckks", "coeff_mod_bit_sizes": [40, 20]}))
+    )
+    proc = subprocess.run(
+        [sys.executable, "main.py", "seal", "--config", str(cfg), "--key-dir", str(tmp_path / "k")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "ckks:" in proc.stdout and "bfv:" in proc.stdout and (tmp_path / "k" / SECRET).is_file()
     assert json.loads((tmp_path / "k" / "params.json").read_text())["key_id"]
@@ -244,7 +324,9 @@ def test_local_mode_reuses_sealed_keys_only_when_they_fit(key_dirs: dict[str, Pa
 
     enc, folder = HeParams(scheme="ckks"), key_dirs["ckks"]
     assert keys_match(enc, folder)
-    assert keys_match(replace(enc, scale_bits=25), folder)  # the scale is set at load: the same keys serve
+    assert keys_match(
+        replace(enc, scale_bits=25), folder
+    )  # the scale is set at load: the same keys serve
     assert not keys_match(replace(enc, poly_modulus_degree=8192), folder)
     assert not keys_match(replace(enc, scheme="bfv"), folder)
 

@@ -8,12 +8,23 @@ import numpy as np
 import pytest
 import torch
 
-from hefl.seeds import dirichlet_seed, holdout_seed, model_seed, quantize_seed, shuffle_seed, synthetic_seed
+from hefl.seeds import (
+    dirichlet_seed,
+    holdout_seed,
+    model_seed,
+    quantize_seed,
+    shuffle_seed,
+    synthetic_seed,
+)
 
 
 def _all(seed: int) -> dict[str, int]:
-    seeds = {"holdout": holdout_seed(seed), "synthetic": synthetic_seed(seed), "dirichlet": dirichlet_seed(seed),
-             "model": model_seed(seed)}
+    seeds = {
+        "holdout": holdout_seed(seed),
+        "synthetic": synthetic_seed(seed),
+        "dirichlet": dirichlet_seed(seed),
+        "model": model_seed(seed),
+    }
     for index, round_ in itertools.product(range(16), range(40)):
         seeds[f"shuffle {index} {round_}"] = shuffle_seed(seed, index, round_)
     for index in range(16):

@@ -66,7 +66,9 @@ def peer() -> Iterator[Peer]:
     p.served.close()
 
 
-def transport(peer: Peer, tmp_path: Path, retries: int = 3, read: float = 5.0) -> tuple[Transport, RunLog]:
+def transport(
+    peer: Peer, tmp_path: Path, retries: int = 3, read: float = 5.0
+) -> tuple[Transport, RunLog]:
     runlog = RunLog(tmp_path / "n.json", ENV.sender, "client", ENV.experiment)
     meter = TrafficMeter(runlog, ENV.experiment, rounds=3, peers=[PEER, DEAD, ENV.sender])
     endpoints = {PEER: peer.served.url, DEAD: f"http://127.0.0.1:{free_ports(1)[0]}"}
@@ -88,19 +90,27 @@ def test_retries_a_busy_peer_and_counts_every_attempt(peer: Peer, tmp_path: Path
 def test_gives_up_after_the_retries_naming_the_peer(peer: Peer, tmp_path: Path) -> None:
     peer.failures = 10
     t, runlog = transport(peer, tmp_path, retries=2)
-    with pytest.raises(PeerUnreachable, match=rf"cannot reach {PEER} .* after 3 attempts: 503 busy"):
+    with pytest.raises(
+        PeerUnreachable, match=rf"cannot reach {PEER} .* after 3 attempts: 503 busy"
+    ):
         t.send(PEER, Kind.UPDATE, ENV, b"abc")
     assert peer.calls == 3 and runlog.record(1)["messages_sent"] == 3
 
 
-def test_a_refusal_is_not_retried_and_a_duplicate_counts_as_delivered(peer: Peer, tmp_path: Path) -> None:
+def test_a_refusal_is_not_retried_and_a_duplicate_counts_as_delivered(
+    peer: Peer, tmp_path: Path
+) -> None:
     t, runlog = transport(peer, tmp_path)
-    with pytest.raises(ProtocolError, match=rf"^{PEER} refused POST /global: 400 round 1 is outside 0..0$"):
+    with pytest.raises(
+        ProtocolError, match=rf"^{PEER} refused POST /global: 400 round 1 is outside 0..0$"
+    ):
         t.send(PEER, Kind.GLOBAL, ENV, b"abc")
     assert peer.calls == 1
     assert t.send(PEER, Kind.BEGIN, ENV).status_code == 409
     rec = runlog.record(1)
-    assert rec["byte_send_down"] == 3 and rec["byte_received_down"] > 0 and rec["messages_sent"] == 2
+    assert (
+        rec["byte_send_down"] == 3 and rec["byte_received_down"] > 0 and rec["messages_sent"] == 2
+    )
 
 
 def test_no_answer_within_the_read_timeout(peer: Peer, tmp_path: Path) -> None:

@@ -13,14 +13,33 @@ from hefl.wire import ROUTES, Envelope, Kind, kind_at
 
 def test_paths_stay_as_documented() -> None:
     assert {k.value: (r.method, r.path) for k, r in ROUTES.items()} == {
-        "begin": ("POST", "/begin"), "update": ("POST", "/update"), "global": ("POST", "/global"),
-        "metrics": ("POST", "/metrics"), "fail": ("POST", "/fail"), "health": ("GET", "/health"),
-        "config": ("POST", "/config"), "start": ("POST", "/start"), "status": ("GET", "/status"),
-        "log": ("GET", "/log/<experiment>")}
+        "begin": ("POST", "/begin"),
+        "update": ("POST", "/update"),
+        "global": ("POST", "/global"),
+        "metrics": ("POST", "/metrics"),
+        "fail": ("POST", "/fail"),
+        "health": ("GET", "/health"),
+        "config": ("POST", "/config"),
+        "start": ("POST", "/start"),
+        "status": ("GET", "/status"),
+        "log": ("GET", "/log/<experiment>"),
+    }
     assert Kind.LOG.route.url_path("exp-1") == "/log/exp-1"
-    assert {k: ROUTES[k].direction for k in (Kind.BEGIN, Kind.UPDATE, Kind.GLOBAL, Kind.METRICS, Kind.FAIL)} == {
-        Kind.BEGIN: "down", Kind.UPDATE: "up", Kind.GLOBAL: "down", Kind.METRICS: "control", Kind.FAIL: "control"}
-    assert kind_at("/update") is Kind.UPDATE and kind_at("/health") is None and kind_at("/nope") is None
+    assert {
+        k: ROUTES[k].direction
+        for k in (Kind.BEGIN, Kind.UPDATE, Kind.GLOBAL, Kind.METRICS, Kind.FAIL)
+    } == {
+        Kind.BEGIN: "down",
+        Kind.UPDATE: "up",
+        Kind.GLOBAL: "down",
+        Kind.METRICS: "control",
+        Kind.FAIL: "control",
+    }
+    assert (
+        kind_at("/update") is Kind.UPDATE
+        and kind_at("/health") is None
+        and kind_at("/nope") is None
+    )
 
 
 def test_envelope_round_trips_through_headers() -> None:

@@ -15,8 +15,18 @@ from hefl.crypto.params import HeParams, fingerprint
 from hefl.crypto.plain import PlainScheme
 from hefl.crypto.scheme import KeyRing, Scheme
 
-__all__ = ["HeParams", "KeyRing", "Scheme", "fingerprint", "generate_keys", "keys_match", "load_keyless",
-           "load_secret", "make_scheme", "read_keyless"]
+__all__ = [
+    "HeParams",
+    "KeyRing",
+    "Scheme",
+    "fingerprint",
+    "generate_keys",
+    "keys_match",
+    "load_keyless",
+    "load_secret",
+    "make_scheme",
+    "read_keyless",
+]
 
 
 class Backend(Protocol):

@@ -27,7 +27,9 @@ def frame_lengths(payload: bytes, count: int) -> tuple[int, ...]:
         raise ProtocolError("payload ends inside its header")
     lengths: tuple[int, ...] = struct.unpack_from(f"<{count}I", payload, 8)
     if start + sum(lengths) != len(payload):
-        raise ProtocolError(f"payload is {len(payload)} bytes, its header says {start + sum(lengths)}")
+        raise ProtocolError(
+            f"payload is {len(payload)} bytes, its header says {start + sum(lengths)}"
+        )
     return lengths
 
 
@@ -36,6 +38,6 @@ def unframe(payload: bytes, count: int) -> list[bytes]:
     lengths = frame_lengths(payload, count)
     parts, at = [], 8 + 4 * count
     for n in lengths:
-        parts.append(payload[at:at + n])
+        parts.append(payload[at : at + n])
         at += n
     return parts

@@ -17,7 +17,9 @@ SECRET, KEYLESS, PARAMS = "secret.ctx", "keyless.ctx", "params.json"
 
 
 def write_params(enc: HeParams, key_dir: Path, key_id: str) -> None:
-    (key_dir / PARAMS).write_text(json.dumps({**fingerprint(enc), "key_id": key_id}, indent=1) + "\n")
+    (key_dir / PARAMS).write_text(
+        json.dumps({**fingerprint(enc), "key_id": key_id}, indent=1) + "\n"
+    )
 
 
 def _made_for(key_dir: Path) -> dict[str, object]:
@@ -32,11 +34,15 @@ def check_params(enc: HeParams, key_dir: Path) -> str:
     try:
         made_for = _made_for(key_dir)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"encryption.key_dir: no readable {key_dir / PARAMS} ({exc}); run ./seal.sh") from None
+        raise ConfigError(
+            f"encryption.key_dir: no readable {key_dir / PARAMS} ({exc}); run ./seal.sh"
+        ) from None
     made_id = str(made_for.pop("key_id", ""))
     if made_for != fingerprint(enc):
-        raise ConfigError(f"encryption: the keys in {key_dir} were made for {made_for}, the config asks for "
-                          f"{fingerprint(enc)}; run ./seal.sh for this config")
+        raise ConfigError(
+            f"encryption: the keys in {key_dir} were made for {made_for}, the config asks for "
+            f"{fingerprint(enc)}; run ./seal.sh for this config"
+        )
     return made_id
 
 
@@ -56,4 +62,6 @@ def read_keyless(enc: HeParams, key_dir: Path) -> bytes:
     try:
         return (key_dir / KEYLESS).read_bytes()
     except OSError as exc:
-        raise ConfigError(f"encryption.key_dir: cannot read {key_dir / KEYLESS}: {exc.strerror}; run ./seal.sh") from None
+        raise ConfigError(
+            f"encryption.key_dir: cannot read {key_dir / KEYLESS}: {exc.strerror}; run ./seal.sh"
+        ) from None

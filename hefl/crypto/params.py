@@ -15,7 +15,9 @@ class HeParams:
 
     scheme: str = "none"  # none | ckks | bfv
     poly_modulus_degree: int = 4096
-    coeff_mod_bit_sizes: tuple[int, ...] = ()  # () takes the scheme's default: ckks (40, 20), bfv (60, 20)
+    coeff_mod_bit_sizes: tuple[
+        int, ...
+    ] = ()  # () takes the scheme's default: ckks (40, 20), bfv (60, 20)
     scale_bits: int = 30  # ckks: values are scaled by 2^scale_bits
     plain_modulus_bits: int = 47  # bfv: t is the largest batching prime below 2^bits
     quant_bits: int = 16  # bfv: bits per quantized value
@@ -29,7 +31,14 @@ class HeParams:
 
 
 DEFAULT_COEFFS = {"ckks": (40, 20), "bfv": (60, 20)}
-MAX_COEFF_BITS = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}  # SEAL, 128-bit security
+MAX_COEFF_BITS = {
+    1024: 27,
+    2048: 54,
+    4096: 109,
+    8192: 218,
+    16384: 438,
+    32768: 881,
+}  # SEAL, 128-bit security
 
 
 def coeffs(enc: HeParams) -> tuple[int, ...]:
@@ -66,23 +75,36 @@ def check_encryption(enc: HeParams, clients: int) -> None:
         return
     n = enc.poly_modulus_degree
     if n not in MAX_COEFF_BITS:
-        raise ConfigError(f"encryption.poly_modulus_degree: {n} is not one of {sorted(MAX_COEFF_BITS)}")
+        raise ConfigError(
+            f"encryption.poly_modulus_degree: {n} is not one of {sorted(MAX_COEFF_BITS)}"
+        )
     bits = coeffs(enc)
     if len(bits) < 2 or any(not 17 <= b <= 60 for b in bits):
-        raise ConfigError(f"encryption.coeff_mod_bit_sizes: {list(bits)}: give at least two primes of 17..60 bits")
+        raise ConfigError(
+            f"encryption.coeff_mod_bit_sizes: {list(bits)}: give at least two primes of 17..60 bits"
+        )
     if sum(bits) > MAX_COEFF_BITS[n]:
-        raise ConfigError(f"encryption.coeff_mod_bit_sizes: {sum(bits)} bits in all is more than the "
-                          f"{MAX_COEFF_BITS[n]} that poly_modulus_degree {n} allows at 128-bit security")
+        raise ConfigError(
+            f"encryption.coeff_mod_bit_sizes: {sum(bits)} bits in all is more than the "
+            f"{MAX_COEFF_BITS[n]} that poly_modulus_degree {n} allows at 128-bit security"
+        )
     if enc.scheme == "ckks" and not 20 <= enc.scale_bits < bits[0]:
-        raise ConfigError(f"encryption.scale_bits: {enc.scale_bits} must be at least 20 (precision) and below the "
-                          f"first prime's {bits[0]}")
+        raise ConfigError(
+            f"encryption.scale_bits: {enc.scale_bits} must be at least 20 (precision) and below the "
+            f"first prime's {bits[0]}"
+        )
     if enc.scheme == "bfv":
         _check_bfv(enc, bits, clients)
     if clients > max_clients(enc):
-        hint = ("lower quant_bits or raise plain_modulus_bits" if enc.scheme == "bfv"
-                else f"lower clip ({enc.clip:g}) or scale_bits, or raise the first prime")
-        raise ConfigError(f"encryption: {enc.scheme} with these parameters holds the sum of at most "
-                          f"{max_clients(enc)} clients, the config has {clients}: {hint}")
+        hint = (
+            "lower quant_bits or raise plain_modulus_bits"
+            if enc.scheme == "bfv"
+            else f"lower clip ({enc.clip:g}) or scale_bits, or raise the first prime"
+        )
+        raise ConfigError(
+            f"encryption: {enc.scheme} with these parameters holds the sum of at most "
+            f"{max_clients(enc)} clients, the config has {clients}: {hint}"
+        )
 
 
 def bfv_noise_margin(enc: HeParams, clients: int) -> float:
@@ -97,17 +119,23 @@ def bfv_noise_margin(enc: HeParams, clients: int) -> float:
 
 def _check_bfv(enc: HeParams, bits: tuple[int, ...], clients: int) -> None:
     if not 8 <= enc.quant_bits < lane_bits(enc):
-        raise ConfigError(f"encryption.quant_bits: {enc.quant_bits} must be 8 or more and below the lane of "
-                          f"{lane_bits(enc)} bits ((plain_modulus_bits - 1) // 2)")
+        raise ConfigError(
+            f"encryption.quant_bits: {enc.quant_bits} must be 8 or more and below the lane of "
+            f"{lane_bits(enc)} bits ((plain_modulus_bits - 1) // 2)"
+        )
     t = batching_prime(enc.plain_modulus_bits, enc.poly_modulus_degree)
     if t <= 2 ** (2 * lane_bits(enc)):
-        raise ConfigError(f"encryption.plain_modulus_bits: {enc.plain_modulus_bits} leaves no batching prime above "
-                          f"2^{2 * lane_bits(enc)} for poly_modulus_degree {enc.poly_modulus_degree}")
+        raise ConfigError(
+            f"encryption.plain_modulus_bits: {enc.plain_modulus_bits} leaves no batching prime above "
+            f"2^{2 * lane_bits(enc)} for poly_modulus_degree {enc.poly_modulus_degree}"
+        )
     margin = bfv_noise_margin(enc, clients)
     if margin < 1:
-        raise ConfigError(f"encryption: bfv noise: {sum(bits[:-1])} data bits, t of {enc.plain_modulus_bits} bits and "
-                          f"{clients} clients leave {margin:.1f} bits of noise budget (need 1); lower "
-                          f"plain_modulus_bits or use a larger first prime")
+        raise ConfigError(
+            f"encryption: bfv noise: {sum(bits[:-1])} data bits, t of {enc.plain_modulus_bits} bits and "
+            f"{clients} clients leave {margin:.1f} bits of noise budget (need 1); lower "
+            f"plain_modulus_bits or use a larger first prime"
+        )
 
 
 def batching_prime(bits: int, poly_degree: int) -> int:
@@ -117,7 +145,9 @@ def batching_prime(bits: int, poly_degree: int) -> int:
     while k > 0 and not _is_prime(k * step + 1):
         k -= 1
     if k == 0:
-        raise ConfigError(f"encryption.plain_modulus_bits: no batching prime below 2^{bits} for degree {poly_degree}")
+        raise ConfigError(
+            f"encryption.plain_modulus_bits: no batching prime below 2^{bits} for degree {poly_degree}"
+        )
     return int(k * step + 1)
 
 
@@ -144,8 +174,11 @@ def _is_prime(n: int) -> bool:
 
 def fingerprint(enc: HeParams) -> dict[str, object]:
     """What a context must have been made with to serve these parameters."""
-    fp: dict[str, object] = {"scheme": enc.scheme, "poly_modulus_degree": enc.poly_modulus_degree,
-                             "coeff_mod_bit_sizes": list(coeffs(enc))}
+    fp: dict[str, object] = {
+        "scheme": enc.scheme,
+        "poly_modulus_degree": enc.poly_modulus_degree,
+        "coeff_mod_bit_sizes": list(coeffs(enc)),
+    }
     if enc.scheme == "bfv":
         fp["plain_modulus"] = batching_prime(enc.plain_modulus_bits, enc.poly_modulus_degree)
     return fp

@@ -28,8 +28,10 @@ class PlainScheme:
 
     def check(self, payload: bytes) -> None:
         if len(payload) != self.max_payload_bytes:
-            raise ProtocolError(f"payload is {len(payload)} bytes, expected {self.max_payload_bytes} "
-                                f"({self.size} float32 values)")
+            raise ProtocolError(
+                f"payload is {len(payload)} bytes, expected {self.max_payload_bytes} "
+                f"({self.size} float32 values)"
+            )
 
     def load(self, payload: bytes) -> np.ndarray:
         self.check(payload)

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from hefl.crypto import HeParams, generate_keys, load_keyless, load_secret, make_scheme, read_keyless
+from hefl.crypto import (
+    HeParams,
+    generate_keys,
+    load_keyless,
+    load_secret,
+    make_scheme,
+    read_keyless,
+)
 from hefl.errors import HeflError
 
 
@@ -37,12 +44,16 @@ def round_trip(enc: HeParams, size: int = 20_000, out: Callable[[str], None] = p
             keyless = False
         except ValueError as exc:
             keyless = "secret" in str(exc)  # TenSEAL's own refusal, not any other ValueError
-        out(f"{enc.scheme}: {len(pa) / size:.1f} B/param, encrypt {2 * size / (t1 - t0) / 1e6:.2f} Mparam/s, "
+        out(
+            f"{enc.scheme}: {len(pa) / size:.1f} B/param, encrypt {2 * size / (t1 - t0) / 1e6:.2f} Mparam/s, "
             f"load+add {2 * size / (t2 - t1) / 1e6:.2f} Mparam/s, decrypt {size / (t3 - t2) / 1e6:.2f} Mparam/s, "
-            f"max error {error:.1e}, keyless context cannot decrypt: {keyless}")
+            f"max error {error:.1e}, keyless context cannot decrypt: {keyless}"
+        )
         if error > tolerance or not keyless:
-            raise HeflError(f"{enc.scheme} self-test failed: max error {error:.2e} (tolerance {tolerance:.1e}), "
-                            f"keyless context refused decryption: {keyless}")
+            raise HeflError(
+                f"{enc.scheme} self-test failed: max error {error:.2e} (tolerance {tolerance:.1e}), "
+                f"keyless context refused decryption: {keyless}"
+            )
 
 
 def versions() -> str:

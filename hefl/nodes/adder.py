@@ -24,10 +24,14 @@ class Adder(Node, ABC):
     def on_update(self, env: Envelope, payload: bytes) -> None:
         """Accept one child's update (a duplicate raises DuplicateMessage); work goes to the worker.
         The payload is loaded (for ciphertexts: deserialized in this node's context) once, here."""
-        with self.buffer.reserve(env):  # a retried update is refused before it costs a deserialization
+        with self.buffer.reserve(
+            env
+        ):  # a retried update is refused before it costs a deserialization
             expected = expected_contributors(self.cfg, env.sender)
             if env.contributors != expected:
-                raise ProtocolError(f"{env.sender!r} claims {env.contributors} contributors; it has {expected} clients")
+                raise ProtocolError(
+                    f"{env.sender!r} claims {env.contributors} contributors; it has {expected} clients"
+                )
             if env.samples <= 0:
                 raise ProtocolError(f"{env.sender!r} sent an update of {env.samples} samples")
             with self.runlog.phase(env.round, "load"):

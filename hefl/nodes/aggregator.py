@@ -46,7 +46,9 @@ class AggregatorNode(Adder):
         env, payload = self.add_round(round_)
         expected = expected_contributors(self.cfg, self.id)
         if env.contributors != expected:
-            raise ProtocolError(f"round {round_} adds {env.contributors} clients, expected {expected}")
+            raise ProtocolError(
+                f"round {round_} adds {env.contributors} clients, expected {expected}"
+            )
         if round_ + 1 < self.cfg.rounds:
             self.runlog.begin(round_ + 1)
         self.send_down(Kind.GLOBAL, env, payload)
@@ -81,8 +83,10 @@ class AggregatorNode(Adder):
     def on_fail(self, env: Envelope, text: str) -> None:
         """A node of this experiment reports that it failed: the experiment stops with its reason."""
         if env.experiment != self.experiment or env.sender not in self.cfg.nodes:
-            raise ProtocolError(f"failure report from {env.sender!r} of experiment {env.experiment!r} "
-                                "is not for this one")
+            raise ProtocolError(
+                f"failure report from {env.sender!r} of experiment {env.experiment!r} "
+                "is not for this one"
+            )
         if not self.error:
             self.error = text[:500]
             log.error("%s: %s", self.id, self.error)

@@ -115,7 +115,9 @@ class Node:
         if self.id == self.cfg.root or self.closed:
             return
         try:
-            self.transport.send(self.cfg.root, Kind.FAIL, self.envelope(self.round), self.error.encode())
+            self.transport.send(
+                self.cfg.root, Kind.FAIL, self.envelope(self.round), self.error.encode()
+            )
         except Exception as exc2:  # reporting is best effort; the failure is logged above
             log.error("%s: could not report the failure to the aggregator: %s", self.id, exc2)
 
@@ -140,6 +142,14 @@ class Node:
 
     def status(self) -> dict[str, Any]:
         state = "failed" if self.error else ("finished" if self.runlog.finished else "running")
-        return {"state": state, "role": self.role, "node": self.id, "experiment": self.experiment,
-                "round": self.round, "scheme": self.scheme.name, "can_decrypt": self.scheme.can_decrypt,
-                "key_id": self.key_id, "error": self.error}
+        return {
+            "state": state,
+            "role": self.role,
+            "node": self.id,
+            "experiment": self.experiment,
+            "round": self.round,
+            "scheme": self.scheme.name,
+            "can_decrypt": self.scheme.can_decrypt,
+            "key_id": self.key_id,
+            "error": self.error,
+        }

@@ -28,10 +28,13 @@ class ClientNode(Node):
     def __init__(self, cfg: ExperimentConfig, node_id: str, experiment: str, parts: Parts) -> None:
         super().__init__(cfg, node_id, experiment, parts)
         t = cfg.training
-        torch.set_num_threads(t.threads)  # the same on every node, whatever the process was started with
+        torch.set_num_threads(
+            t.threads
+        )  # the same on every node, whatever the process was started with
         self.device = pick_device(t.device)
-        self.train, self.test, self.all_samples = client_data(cfg.dataset, t.seed, self.me.client_number,
-                                                              self.me.index)
+        self.train, self.test, self.all_samples = client_data(
+            cfg.dataset, t.seed, self.me.client_number, self.me.index
+        )
         self.model = build_model(cfg.model, cfg.dataset, t.seed).to(self.device)
         self.base = get_flat(self.model)  # the global model this round started from
         self.samples = len(self.train)
@@ -54,8 +57,10 @@ class ClientNode(Node):
         self.check_downward(env, payload)
         expected = expected_contributors(self.cfg, self.cfg.root)
         if env.contributors != expected or env.samples <= 0:
-            raise ProtocolError(f"global result of round {env.round} adds {env.contributors} clients, "
-                                f"{env.samples} samples; expected {expected} clients")
+            raise ProtocolError(
+                f"global result of round {env.round} adds {env.contributors} clients, "
+                f"{env.samples} samples; expected {expected} clients"
+            )
         started = time.monotonic()
         with self.downward.reserve((Kind.GLOBAL, env.round), f"global of round {env.round}"):
             loaded = self.scheme.load(payload)  # a refused one is not taken: a corrected retry is
@@ -74,15 +79,19 @@ class ClientNode(Node):
         self.save(f"r{r}.local", local)
         update = (local - self.base) * self.weight
         if not np.all(np.isfinite(update)):
-            raise ExperimentFailed(f"training produced {np.count_nonzero(~np.isfinite(update))} non-finite "
-                                   "weights (diverged? lower training.lr)")
+            raise ExperimentFailed(
+                f"training produced {np.count_nonzero(~np.isfinite(update))} non-finite "
+                "weights (diverged? lower training.lr)"
+            )
         clip = self.cfg.encryption.clip
         clipped = int(np.count_nonzero(np.abs(update) > clip))
         with self.runlog.phase(r, "serialize"):
             payload = self.scheme.encrypt(np.clip(update, -clip, clip))
         self.runlog.set(r, train_loss=loss, train_samples=self.samples, clipped=clipped)
         with self.runlog.phase(r, "send"):
-            self.transport.send(self.me.send, Kind.UPDATE, self.envelope(r, self.samples, 1), payload)
+            self.transport.send(
+                self.me.send, Kind.UPDATE, self.envelope(r, self.samples, 1), payload
+            )
         self.awaiting_global.start(r)
 
     def apply_global(self, env: Envelope, loaded: Any) -> None:
@@ -97,7 +106,9 @@ class ClientNode(Node):
         self.save(f"r{r}.global", self.base)
         with self.runlog.phase(r, "evaluate"):
             loss, acc = evaluate(self.model, self.test, self.device)
-        self.runlog.set(r, loss=loss, accuracy=acc, test_samples=len(self.test), total_samples=env.samples)
+        self.runlog.set(
+            r, loss=loss, accuracy=acc, test_samples=len(self.test), total_samples=env.samples
+        )
         self.report(r, loss, acc)
         self.runlog.end(r, final=r == self.cfg.rounds - 1)
         if r + 1 < self.cfg.rounds:
@@ -105,7 +116,9 @@ class ClientNode(Node):
 
     def report(self, r: int, loss: float, acc: float) -> None:
         rec = self.runlog.record(r)
-        body = MetricsReport(loss, acc, len(self.test), rec["byte_send"], rec["byte_received"]).encode()
+        body = MetricsReport(
+            loss, acc, len(self.test), rec["byte_send"], rec["byte_received"]
+        ).encode()
         self.transport.send(self.cfg.root, Kind.METRICS, self.envelope(r, len(self.test), 1), body)
 
     def save(self, tag: str, flat: np.ndarray) -> None:

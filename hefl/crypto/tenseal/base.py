@@ -24,7 +24,9 @@ class TensealScheme(ABC):
 
     name: str
 
-    def __init__(self, enc: HeParams, size: int, keys: KeyRing, loader: Callable[[Any, bytes], Any]) -> None:
+    def __init__(
+        self, enc: HeParams, size: int, keys: KeyRing, loader: Callable[[Any, bytes], Any]
+    ) -> None:
         self.enc = enc
         self.size = size
         self.ctx = keys.context
@@ -40,7 +42,9 @@ class TensealScheme(ABC):
 
             self._pool = EncryptPool(self.ctx, enc)
         data_primes = len(coeffs(enc)) - 1  # only the data primes reach the wire
-        per_ct = 2 * enc.poly_modulus_degree * 8 * data_primes + 4096  # 64-bit words before SEAL's compression
+        per_ct = (
+            2 * enc.poly_modulus_degree * 8 * data_primes + 4096
+        )  # 64-bit words before SEAL's compression
         self.max_payload_bytes = self.chunks * per_ct + 8 + 4 * self.chunks
 
     @abstractmethod
@@ -49,7 +53,9 @@ class TensealScheme(ABC):
     @abstractmethod
     def decrypt(self, loaded: list[Any], contributors: int) -> np.ndarray: ...
 
-    def encrypt_chunks(self, chunks: list[np.ndarray], make: Callable[[Any, list[Any]], Any]) -> bytes:
+    def encrypt_chunks(
+        self, chunks: list[np.ndarray], make: Callable[[Any, list[Any]], Any]
+    ) -> bytes:
         """Serialized ciphertexts of `chunks`, in worker processes when there are several chunks each."""
         if self._pool is not None and len(chunks) >= 2 * self.enc.processes:
             return frame(self._pool.encrypt(chunks))
@@ -69,19 +75,27 @@ class TensealScheme(ABC):
     def check(self, payload: bytes) -> None:
         """The payload's shape only: a frame of the right number of ciphertexts, none empty or oversized."""
         if len(payload) > self.max_payload_bytes or 0 in frame_lengths(payload, self.chunks):
-            raise ProtocolError(f"payload of {len(payload)} bytes is not {self.chunks} ciphertexts of this experiment")
+            raise ProtocolError(
+                f"payload of {len(payload)} bytes is not {self.chunks} ciphertexts of this experiment"
+            )
 
     def load(self, payload: bytes) -> list[Any]:
         """Deserialize and check every ciphertext of a payload in this node's context."""
         vectors = []
-        for i, (part, want) in enumerate(zip(unframe(payload, self.chunks), self.chunk_lengths(), strict=True)):
+        for i, (part, want) in enumerate(
+            zip(unframe(payload, self.chunks), self.chunk_lengths(), strict=True)
+        ):
             try:
                 vec = self._loader(self.ctx, part)
             except (ValueError, RuntimeError, TypeError) as exc:
-                raise ProtocolError(f"ciphertext {i} does not load in this experiment's context: {exc}") from None
+                raise ProtocolError(
+                    f"ciphertext {i} does not load in this experiment's context: {exc}"
+                ) from None
             try:
                 if vec.size() != self.slot_count(want):
-                    raise ProtocolError(f"ciphertext {i} holds {vec.size()} slots, expected {self.slot_count(want)}")
+                    raise ProtocolError(
+                        f"ciphertext {i} holds {vec.size()} slots, expected {self.slot_count(want)}"
+                    )
                 self.check_vector(i, vec)
             except (ValueError, RuntimeError, TypeError, AttributeError) as exc:
                 if isinstance(exc, ProtocolError):
@@ -97,8 +111,15 @@ class TensealScheme(ABC):
         if len(cts) != 1:
             raise ProtocolError(f"ciphertext {index} holds {len(cts)} SEAL ciphertexts, expected 1")
         ct = cts[0]
-        if ct.size() != 2 or ct.is_transparent() or ct.is_ntt_form() != self.ntt or list(ct.parms_id()) != self.parms_id:
-            raise ProtocolError(f"ciphertext {index} is not a ciphertext of this experiment's parameters")
+        if (
+            ct.size() != 2
+            or ct.is_transparent()
+            or ct.is_ntt_form() != self.ntt
+            or list(ct.parms_id()) != self.parms_id
+        ):
+            raise ProtocolError(
+                f"ciphertext {index} is not a ciphertext of this experiment's parameters"
+            )
         self.check_scale(index, ct)
 
     def check_scale(self, index: int, ct: Any) -> None:

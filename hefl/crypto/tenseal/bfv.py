@@ -27,9 +27,13 @@ class BfvScheme(TensealScheme):
         q = quantize(values, self.enc.clip, self.enc.quant_bits, self.rng)
         packed = pack(q, self.lane)
         per_ct = self.slots // 2
-        return self.encrypt_chunks([packed[i:i + per_ct] for i in range(0, len(packed), per_ct)], ts.bfv_vector)
+        return self.encrypt_chunks(
+            [packed[i : i + per_ct] for i in range(0, len(packed), per_ct)], ts.bfv_vector
+        )
 
     def decrypt(self, loaded: list[ts.BFVVector], contributors: int) -> np.ndarray:
-        slots = np.concatenate([np.asarray(vec.decrypt(), dtype=np.int64) % self.modulus for vec in loaded])
+        slots = np.concatenate(
+            [np.asarray(vec.decrypt(), dtype=np.int64) % self.modulus for vec in loaded]
+        )
         total = unpack(slots, self.lane, self.size)
         return dequantize_sum(total, self.enc.clip, self.enc.quant_bits, contributors)

@@ -20,13 +20,19 @@ class CkksScheme(TensealScheme):
         super().__init__(enc, size, keys, ts.ckks_vector_from)
 
     def encrypt(self, values: np.ndarray) -> bytes:
-        return self.encrypt_chunks([values[i:i + self.slots] for i in range(0, self.size, self.slots)], ts.ckks_vector)
+        return self.encrypt_chunks(
+            [values[i : i + self.slots] for i in range(0, self.size, self.slots)], ts.ckks_vector
+        )
 
     def check_scale(self, index: int, ct: Any) -> None:
         """A ciphertext of this context's parameters but another scale would add to nonsense."""
         scale = ct.scale() if callable(ct.scale) else ct.scale
-        if not abs(scale - self.enc.scale) <= 1e-6 * self.enc.scale:  # written so that NaN fails too
-            raise ProtocolError(f"ciphertext {index} has scale {scale!r}, expected 2^{self.enc.scale_bits}")
+        if (
+            not abs(scale - self.enc.scale) <= 1e-6 * self.enc.scale
+        ):  # written so that NaN fails too
+            raise ProtocolError(
+                f"ciphertext {index} has scale {scale!r}, expected 2^{self.enc.scale_bits}"
+            )
 
     def decrypt(self, loaded: list[ts.CKKSVector], contributors: int) -> np.ndarray:
         return np.concatenate([np.asarray(vec.decrypt(), dtype=np.float64) for vec in loaded])

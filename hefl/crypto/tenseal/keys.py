@@ -23,12 +23,18 @@ from hefl.errors import ConfigError
 def new_context(enc: HeParams) -> Any:
     """A fresh context (with a new secret key) for these parameters."""
     if enc.scheme == "ckks":
-        ctx = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=enc.poly_modulus_degree,
-                         coeff_mod_bit_sizes=list(coeffs(enc)))
+        ctx = ts.context(
+            ts.SCHEME_TYPE.CKKS,
+            poly_modulus_degree=enc.poly_modulus_degree,
+            coeff_mod_bit_sizes=list(coeffs(enc)),
+        )
         return with_scale(ctx, enc)
-    return ts.context(ts.SCHEME_TYPE.BFV, poly_modulus_degree=enc.poly_modulus_degree,
-                      plain_modulus=batching_prime(enc.plain_modulus_bits, enc.poly_modulus_degree),
-                      coeff_mod_bit_sizes=list(coeffs(enc)))
+    return ts.context(
+        ts.SCHEME_TYPE.BFV,
+        poly_modulus_degree=enc.poly_modulus_degree,
+        plain_modulus=batching_prime(enc.plain_modulus_bits, enc.poly_modulus_degree),
+        coeff_mod_bit_sizes=list(coeffs(enc)),
+    )
 
 
 def with_scale(ctx: Any, enc: HeParams) -> Any:
@@ -40,13 +46,21 @@ def with_scale(ctx: Any, enc: HeParams) -> Any:
 
 def keyless_part(ctx: Any) -> bytes:
     """The context with no keys at all: parameters only (about 100 bytes)."""
-    return bytes(ctx.serialize(save_public_key=False, save_secret_key=False, save_galois_keys=False,
-                               save_relin_keys=False))
+    return bytes(
+        ctx.serialize(
+            save_public_key=False,
+            save_secret_key=False,
+            save_galois_keys=False,
+            save_relin_keys=False,
+        )
+    )
 
 
 def key_id(ctx: Any) -> str:
     """Names a key pair (a hash of its public key): clients of one experiment must agree on it."""
-    blob = ctx.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False)
+    blob = ctx.serialize(
+        save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
+    )
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -55,7 +69,9 @@ def generate(enc: HeParams, key_dir: Path) -> None:
     ctx = new_context(enc)
     key_dir.mkdir(parents=True, exist_ok=True)
     key_dir.chmod(0o700)
-    secret = ctx.serialize(save_public_key=True, save_secret_key=True, save_galois_keys=False, save_relin_keys=False)
+    secret = ctx.serialize(
+        save_public_key=True, save_secret_key=True, save_galois_keys=False, save_relin_keys=False
+    )
     path = key_dir / SECRET
     path.unlink(missing_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -76,8 +92,10 @@ def load_secret(enc: HeParams, key_dir: Path) -> KeyRing:
         raise ConfigError(f"encryption.key_dir: {key_dir / SECRET} holds no secret key")
     found = key_id(ctx)
     if made_id and found != made_id:
-        raise ConfigError(f"encryption.key_dir: {key_dir / SECRET} is key {found}, {key_dir / PARAMS} says {made_id}; "
-                          "copy both from the same ./seal.sh run")
+        raise ConfigError(
+            f"encryption.key_dir: {key_dir / SECRET} is key {found}, {key_dir / PARAMS} says {made_id}; "
+            "copy both from the same ./seal.sh run"
+        )
     return KeyRing(with_scale(ctx, enc), private=True, key_id=found)
 
 
@@ -89,7 +107,11 @@ def load_keyless(enc: HeParams, data: bytes) -> KeyRing:
         raise ConfigError(f"push.context: not a TenSEAL context: {exc}") from None
     if ctx.is_private():
         raise ConfigError("push.context: holds a secret key; only clients may have one")
-    expected = list(new_context(enc).seal_context().data.first_parms_id())  # once, at configure time
+    expected = list(
+        new_context(enc).seal_context().data.first_parms_id()
+    )  # once, at configure time
     if list(ctx.seal_context().data.first_parms_id()) != expected:
-        raise ConfigError(f"push.context: made for other parameters than the config's {fingerprint(enc)}")
+        raise ConfigError(
+            f"push.context: made for other parameters than the config's {fingerprint(enc)}"
+        )
     return KeyRing(with_scale(ctx, enc), private=False)

@@ -32,10 +32,18 @@ class EncryptPool:
     """`enc.processes` workers that turn chunks of values (or packed slots) into serialized ciphertexts."""
 
     def __init__(self, context: Any, enc: HeParams) -> None:
-        blob = context.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False,
-                                 save_relin_keys=False)  # encryption needs the public key only
-        self.pool = ProcessPoolExecutor(enc.processes, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_start, initargs=(blob, enc))
+        blob = context.serialize(
+            save_public_key=True,
+            save_secret_key=False,
+            save_galois_keys=False,
+            save_relin_keys=False,
+        )  # encryption needs the public key only
+        self.pool = ProcessPoolExecutor(
+            enc.processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start,
+            initargs=(blob, enc),
+        )
 
     def encrypt(self, chunks: list[np.ndarray]) -> list[bytes]:
         return list(self.pool.map(_encrypt, chunks))
