@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _with_command(argv: list[str]) -> list[str]:
-    """`python main.py` alone (or with node flags only) serves a node; -h alone shows every command."""
+    """`python main.py` alone (or with node flags only) serves a node; -h alone shows every
+    command."""
     if argv in (["-h"], ["--help"]):
         return argv
     return argv if argv and not argv[0].startswith("-") else ["node", *argv]
@@ -160,7 +161,8 @@ def _local(args: argparse.Namespace) -> int:
 def _token(args: argparse.Namespace) -> int:
     written = create_token(args.token_file)
     print(
-        f"{'wrote' if written else 'kept the existing'} {args.token_file}; copy it to every node (deploy/ does)"
+        f"{'wrote' if written else 'kept the existing'} {args.token_file}; "
+        f"copy it to every node (deploy/ does)"
     )
     return 0
 
@@ -195,8 +197,10 @@ def _seal(args: argparse.Namespace) -> int:
 
     generate_keys(params, Path(enc.key_dir))
     print(
-        f"wrote {enc.key_dir}/secret.ctx (mode 600: clients only), {enc.key_dir}/keyless.ctx (parameters only, no key: "
-        f"`agg` pushes it to switches and the aggregator), {enc.key_dir}/params.json, for {enc.scheme}"
+        f"wrote {enc.key_dir}/secret.ctx (mode 600: clients only), "
+        f"{enc.key_dir}/keyless.ctx (parameters only, no key: "
+        f"`agg` pushes it to switches and the aggregator), {enc.key_dir}/params.json, "
+        f"for {enc.scheme}"
     )
     return 0
 

@@ -1,4 +1,5 @@
-"""Push one node its part of config.json and print its answer (the original study's debugging script).
+"""Push one node its part of config.json and print its answer \
+(the original study's debugging script).
 
 python test.py 10.10.1.3                  # the node whose address in config.json is 10.10.1.3
 python test.py 127.0.0.1:5003 --as 10.10.1.3   # a node on another address plays 10.10.1.3

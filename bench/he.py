@@ -139,7 +139,8 @@ def decrypt_small(enc: HeParams, ctx: Any, cts: list[Any], size: int, count: int
 
 
 def bench_per_element(shape: tuple[int, int] = (8, 8)) -> Figures:
-    """The original study's way: one CKKS ciphertext per weight (tutorial parameters 8192 [60,40,40,60])."""
+    """The original study's way: one CKKS ciphertext per weight (tutorial parameters 8192
+    [60,40,40,60])."""
     ctx = ts.context(
         ts.SCHEME_TYPE.CKKS, poly_modulus_degree=8192, coeff_mod_bit_sizes=[60, 40, 40, 60]
     )
@@ -172,7 +173,7 @@ def bench_per_element(shape: tuple[int, int] = (8, 8)) -> Figures:
 
 
 def bench_processes(size: int) -> None:
-    """A client's whole encrypt (quantize, encrypt, serialize, frame) in 1 process and in one per core."""
+    """A client's whole encrypt (quantize, encrypt, serialize, frame), 1 process and 1 per core."""
     import os
 
     from hefl.crypto import generate_keys, load_secret, make_scheme
@@ -207,11 +208,12 @@ def print_table(rows: list[Figures]) -> None:
             + f"{r.err10:>10.1e}{r.err100:>10.1e}"
         )
     print(
-        "(throughputs in Mparam/s, one core; errors: max |decrypted sum - true sum| over values in [-clip, clip])"
+        "(throughputs in Mparam/s, one core; errors: max |decrypted sum - true sum| over values "
+        "in [-clip, clip])"
     )
 
 
-# ---------------------------------------------------------------- one full round through real processes
+# ------------------------------------------------------------ one full round through real processes
 
 
 def round_config(scheme: str, features: int, hidden: int) -> dict[str, Any]:
@@ -272,7 +274,8 @@ def full_round(
     r = 1  # the second round: the first one pays for connection set-up
     agg = next(d for d in logs.values() if d["role"] == "aggregator")["iteration"][r]
     print(
-        f"\n{scheme}: {params:,} parameters, round {r + 1} of 2: {agg['duration_s']:.2f} s at the aggregator"
+        f"\n{scheme}: {params:,} parameters, round {r + 1} of 2: "
+        f"{agg['duration_s']:.2f} s at the aggregator"
     )
     for role in ("client", "switch", "aggregator"):
         recs = [d["iteration"][r] for d in logs.values() if d["role"] == role]
@@ -285,7 +288,8 @@ def full_round(
         msgs = sum(x["messages_sent"] for x in recs) / len(recs)
         line = ", ".join(f"{k} {v:.3f}" for k, v in sorted(phases.items()))
         print(
-            f"  {role:<10} mean s: {line}; sent {sent / 1e6:.2f} MB in {msgs:.0f} messages, received {got / 1e6:.2f} MB"
+            f"  {role:<10} mean s: {line}; sent {sent / 1e6:.2f} MB in {msgs:.0f} messages, "
+            f"received {got / 1e6:.2f} MB"
         )
         if figures is not None:
             payloads = {"client": 1, "switch": 3, "aggregator": 2}[
@@ -293,12 +297,13 @@ def full_round(
             ]  # update messages each sends per round
             expected = figures.bytes_per_param * params * payloads
             print(
-                f"  {'':<10} bytes sent / (bytes/param x params x {payloads} update messages): {sent / expected:.3f}"
+                f"  {'':<10} bytes sent / (bytes/param x params x {payloads} update messages): "
+                f"{sent / expected:.3f}"
             )
     if figures is not None:
         rate = figures.rates
-        # one client encrypts and serializes; each level loads its 2 children's payloads, adds, serializes;
-        # the client loads and decrypts the result
+        # one client encrypts and serializes; each level loads its 2 children's payloads, adds,
+        # serializes; the client loads and decrypts the result
         critical = (
             params
             * (
@@ -311,9 +316,9 @@ def full_round(
             / 1e6
         )
         print(
-            f"  crypto primitives on the critical path (client encrypt+serialize; switch and aggregator: 2 loads, "
-            f"add, serialize; client load+decrypt): {critical:.2f} s; round / primitives = "
-            f"{agg['duration_s'] / critical:.2f}"
+            f"  crypto primitives on the critical path (client encrypt+serialize; switch and "
+            f"aggregator: 2 loads, add, serialize; client load+decrypt): {critical:.2f} s; "
+            f"round / primitives = {agg['duration_s'] / critical:.2f}"
         )
 
 

@@ -1,4 +1,6 @@
-"""The HTTP layer: an app factory per role, and the WSGI entry that swaps apps when a node is (re)configured."""
+"""The HTTP layer: an app factory per role, and the WSGI entry that swaps apps when a node is
+(re)configured.
+"""
 
 from __future__ import annotations
 
@@ -114,7 +116,7 @@ def _on_error(exc: HeflError) -> tuple[Response, int]:
 
 
 def _on_http_error(exc: HTTPException) -> tuple[Response, int]:
-    """Flask's own refusals (no such endpoint for this role, body too large) as one JSON line too."""
+    """Flask's own refusals (no endpoint for this role, body too large) as one JSON line too."""
     node = current_app.extensions["hefl_node"]
     role = node.role if node is not None else "unconfigured"
     code = exc.code or 500

@@ -1,4 +1,4 @@
-"""Aggregator endpoints: updates from its children, metrics and failures from nodes, start and status."""
+"""Aggregator endpoints: its children's updates, nodes' metrics and failures, start and status."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ def add_route(bp: Blueprint, kind: Kind, view: Callable[..., Any]) -> None:
 
 
 def message() -> tuple[Envelope, bytes]:
-    """The envelope and body of this request's round message (parsed and counted by the meter hook)."""
+    """Envelope and body of this request's round message (parsed and counted by the meter hook)."""
     _, env = g.message
     return env, request.get_data()
 

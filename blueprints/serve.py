@@ -36,6 +36,7 @@ def serve(host: str, port: int, log_dir: Path, token: str, threads: int = 8) -> 
         "graceful_timeout": 5,
         "loglevel": "warning",
         "accesslog": None,
-        "control_socket_disable": True,  # one shared ~/.gunicorn/gunicorn.ctl would clash between local nodes
+        # one shared ~/.gunicorn/gunicorn.ctl would clash between local nodes
+        "control_socket_disable": True,
     }
     _NodeApplication(options, log_dir, token).run()

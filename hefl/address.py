@@ -1,4 +1,4 @@
-"""Node addresses `host[:port]`: the one place one is validated, and turned into a URL or a file name."""
+"""Node addresses `host[:port]`: validated in this one place and turned into a URL or file name."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ class Address:
 
 
 def parse_address(text: str, path: str = "address") -> Address:
-    """Split `host`, `host:port`, `[ipv6]` or `[ipv6]:port`; anything else is a one-line ConfigError."""
+    """Split `host`, `host:port`, `[ipv6]` or `[ipv6]:port`; else a one-line ConfigError."""
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
         if not sep or (rest and not rest.startswith(":")):
@@ -74,12 +74,13 @@ def _check_ipv6(host: str, text: str, path: str) -> None:
 
 
 def base_url(node_id: str, default_port: int, path: str = "address") -> str:
-    """`http://host:port` of an address (IPv6 in brackets), with the default port where it names none."""
+    """`http://host:port` of an address (IPv6 in brackets), the default port where it names none."""
     return parse_address(node_id, path).url(default_port)
 
 
 def check_base_url(url: str, path: str) -> str:
-    """A peer's base URL `http(s)://host[:port]` (paths are appended to it, so it has none); returned as given."""
+    """A peer's base URL `http(s)://host[:port]` (paths are appended to it, so it has none);
+    returned as given."""
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -99,7 +100,7 @@ def check_base_url(url: str, path: str) -> str:
 
 
 def same_host(a: str, b: str) -> bool:
-    """Whether two addresses name the same host, whatever their ports (IPv6 compared as addresses)."""
+    """Whether two addresses name the same host, whatever the ports (IPv6 compared as addresses)."""
     return _host_key(parse_address(a).host) == _host_key(parse_address(b).host)
 
 
@@ -108,7 +109,7 @@ def _host_key(host: str) -> str:
 
 
 def file_stem(node_id: str) -> str:
-    """A node's address as a file name: ':' (not allowed everywhere) becomes '_', IPv6 brackets go."""
+    """A node's address as a file name: ':' (not allowed everywhere) becomes '_', brackets go."""
     return node_id.replace("[", "").replace("]", "").replace(":", "_")
 
 

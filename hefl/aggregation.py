@@ -1,4 +1,4 @@
-"""The accept point of every node (reserve, fill or cancel) and FedAvg's arithmetic as pure functions."""
+"""Every node's accept point (reserve, fill or cancel) and FedAvg's arithmetic as pure functions."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ class RoundBuffer:
 
     @contextmanager
     def reserve(self, env: Envelope) -> Iterator[None]:
-        """Check `env` and claim its (round, sender) while the payload is loaded inside the `with`."""
+        """Check `env` and claim its (round, sender) while the payload loads inside the `with`."""
         self.check(env)
         what = f"round {env.round} from {env.sender!r}"
         with self.accept_point.reserve((env.round, env.sender), what):

@@ -1,4 +1,4 @@
-"""Experiment config: raw JSON in, frozen dataclasses or a one-line ConfigError naming the path out."""
+"""Experiment config: JSON in, frozen dataclasses or a one-line ConfigError naming the path out."""
 
 from __future__ import annotations
 
@@ -128,7 +128,7 @@ class NodeConfig:
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """A whole validated experiment: experiment-wide sections plus every node, aggregator included."""
+    """A whole validated experiment: experiment-wide sections and all nodes, aggregator included."""
 
     aggregator: AggregatorConfig
     nodes: Mapping[str, NodeConfig]
@@ -232,13 +232,14 @@ def _parse_nodes(others: Any, agg: AggregatorConfig) -> dict[str, NodeConfig]:
 
 
 def _check_log_names(nodes: Mapping[str, NodeConfig]) -> None:
-    """Two addresses that differ only where the log file name cannot (':' or '_') would share one log."""
+    """Two addresses differing only where a log file name cannot (':' or '_') would share a log."""
     seen: dict[str, str] = {}
     for node_id in nodes:
         other = seen.setdefault(log_name(node_id), node_id)
         if other != node_id:
             raise ConfigError(
-                f"others[{node_id!r}]: shares its log file name {log_name(node_id)!r} with {other!r}"
+                f"others[{node_id!r}]: shares its log file name {log_name(node_id)!r} "
+                f"with {other!r}"
             )
 
 

@@ -12,7 +12,7 @@ DEFAULT_TOKEN = Path("keys/token")
 
 
 def read_token(path: Path, warn: bool = True) -> str:
-    """$HEFL_TOKEN, else the token file, else "" (a node without one accepts anyone, and says so)."""
+    """$HEFL_TOKEN, else the token file, else "" (a node without one accepts anyone and says so)."""
     token = os.environ.get("HEFL_TOKEN") or (path.read_text().strip() if path.is_file() else "")
     if not token and warn:
         log.warning(

@@ -77,7 +77,7 @@ def _synthetic(ds: DatasetConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Parse an IDX file (optionally .gz) as torchvision downloads it: big-endian header, then data."""
+    """Parse an IDX file (maybe .gz) as torchvision downloads it: big-endian header, then data."""
     raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":
         raw = gzip.decompress(raw)
@@ -123,7 +123,8 @@ def _mnist(ds: DatasetConfig) -> tuple[Split, Split]:
         found = find_idx(root, stem)
         if found is None:
             raise ConfigError(
-                f"dataset.path: {stem} not found under {root} (set dataset.download: true to fetch it)"
+                f"dataset.path: {stem} not found under {root} "
+                f"(set dataset.download: true to fetch it)"
             )
         arrays[key] = read_idx(found)
     side = ds.resize or 28
@@ -147,7 +148,7 @@ def _images(raw: np.ndarray, side: int) -> np.ndarray:
 
 
 def iid_slice(n: int, parts: int, index: int) -> np.ndarray:
-    """Contiguous slice `index` of `parts` (sizes differ by at most one), as in the original study."""
+    """Contiguous slice `index` of `parts` (sizes differ by at most 1), as in the original study."""
     return np.array_split(np.arange(n), parts)[index]
 
 

@@ -16,13 +16,13 @@ class ConfigError(HeflError, ValueError):
 
 
 class ProtocolError(HeflError, ValueError):
-    """A message does not fit the protocol: wrong experiment, round, sender, size or content type."""
+    """A message breaks the protocol: wrong experiment, round, sender, size or content type."""
 
     status_code = 400
 
 
 class DuplicateMessage(ProtocolError):
-    """The same (experiment, round, sender) arrived twice; it is acknowledged but never added twice."""
+    """The same (experiment, round, sender) arrived twice; it is acknowledged, never added twice."""
 
     status_code = 409
 

@@ -98,7 +98,7 @@ class Controller:
         self.out(f"all {len(self.cfg.nodes)} nodes answer; experiment {self.experiment}")
 
     def push_configs(self) -> None:
-        """POST every node its config, all at once; every refusal is named before anything starts."""
+        """POST every node its config, all at once; each refusal is named before anything starts."""
         self.out("pushing configs (clients load their data and torch: a few seconds)")
         started = time.monotonic()
         with ThreadPoolExecutor(max_workers=min(32, len(self.cfg.nodes))) as pool:
@@ -109,8 +109,8 @@ class Controller:
         if len(ids) > 1:
             found = ", ".join(f"{n}={self.key_ids.get(n)}" for n in self.cfg.clients())
             raise ConfigError(
-                f"clients hold different key pairs ({found}): copy one ./seal.sh run to all of them "
-                "(deploy/cluster.sh keys)"
+                f"clients hold different key pairs ({found}): copy one ./seal.sh run to all of "
+                "them (deploy/cluster.sh keys)"
             )
         self.out(
             f"configured {len(self.cfg.nodes)} nodes in {time.monotonic() - started:.1f} s; "
@@ -165,12 +165,14 @@ class Controller:
                 raise ExperimentFailed(health.get("error") or f"{node} failed")
             if health.get("experiment") != self.experiment:
                 raise ExperimentFailed(
-                    f"{node} now runs experiment {health.get('experiment')!r}, not {self.experiment!r}"
+                    f"{node} now runs experiment {health.get('experiment')!r}, "
+                    f"not {self.experiment!r}"
                 )
 
     def collect_logs(self) -> None:
         """Bring every node's finished log into the experiment folder (nodes that share it, as in
-        local mode, wrote theirs there already); a node still writing its last round is asked again."""
+        local mode, wrote theirs there already); a node still writing its last round is asked
+        again."""
         deadline = time.monotonic() + self.cfg.network.read_timeout_s
         missing = [n for n in self.cfg.nodes if not _finished(self.exp_dir / log_name(n))]
         while missing:

@@ -64,7 +64,7 @@ class Host:
         return node.status()
 
     def log_of(self, experiment: str) -> dict[str, Any]:
-        """This node's log of an experiment: live for the current one, from disk for earlier ones."""
+        """This node's log of an experiment: live for the current one, from disk for older ones."""
         node = self.node
         if node is not None and node.experiment == experiment:
             return node.runlog.snapshot()

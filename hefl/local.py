@@ -115,4 +115,5 @@ def local_keys(
     finally:
         shutil.rmtree(key_dir, ignore_errors=True)
         with contextlib.suppress(OSError):
-            key_dir.parent.rmdir()  # keys/ itself, when this run created it and nothing else is there
+            # keys/ itself, when this run created it and nothing else is there
+            key_dir.parent.rmdir()

@@ -1,4 +1,4 @@
-"""A client's metrics report (what it POSTs to the aggregator's /metrics): its shape, parser and encoding."""
+"""A client's metrics report, POSTed to the aggregator's /metrics: shape, parser and encoding."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ class MetricsReport:
 
 
 def parse_metrics(body: bytes, sender: str) -> MetricsReport:
-    """Validate a metrics body; anything off is a one-line ProtocolError starting `metrics from '<sender>'`."""
+    """Validate a metrics body; anything off is a one-line ProtocolError starting
+    `metrics from '<sender>'`."""
     where = f"metrics from {sender!r}"
     try:
         raw = json.loads(body)

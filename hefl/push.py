@@ -72,7 +72,8 @@ def parse_push(payload: Any) -> Push:
     missing = [n for n in cfg.nodes if n not in endpoints]
     if missing:
         raise ConfigError(
-            f"push.endpoints: must give the URL of every node of the experiment (none for {missing[0]!r})"
+            f"push.endpoints: must give the URL of every node of the experiment "
+            f"(none for {missing[0]!r})"
         )
     for nid, url in endpoints.items():
         check_base_url(url, f"push.endpoints[{nid!r}]")

@@ -22,8 +22,10 @@ def human_bytes(n: float) -> str:
 def format_round(row: dict[str, Any], rounds: int) -> str:
     """One line per round: accuracy, loss, bytes the clients sent and received, seconds."""
     return (
-        f"round {row['round'] + 1:>3}/{rounds}  accuracy {row['accuracy']:.4f}  loss {row['loss']:.4f}  "
-        f"clients sent {human_bytes(row['client_byte_send'])}  received {human_bytes(row['client_byte_received'])}  "
+        f"round {row['round'] + 1:>3}/{rounds}  accuracy {row['accuracy']:.4f}  "
+        f"loss {row['loss']:.4f}  "
+        f"clients sent {human_bytes(row['client_byte_send'])}  "
+        f"received {human_bytes(row['client_byte_received'])}  "
         f"{row['duration_s']:.2f} s"
     )
 

@@ -75,8 +75,9 @@ class RunLog:
         outbound: bool,
         message: bool = True,
     ) -> None:
-        """Count the body bytes of one HTTP exchange with `peer`: a request this node made (outbound)
-        or answered; `message` False adds bytes to an exchange already counted (an answer's body)."""
+        """Count the body bytes of one HTTP exchange with `peer`: a request this node made
+        (outbound) or answered; `message` False adds bytes to an exchange already counted (an
+        answer's body)."""
         with self._lock:
             rec = self._record(round_)
             link = rec["links"].setdefault(peer, {"sent": 0, "received": 0})
@@ -143,7 +144,7 @@ class Stopwatch:
         self._started: dict[int, float] = {}
 
     def start(self, round_: int, first: bool = False) -> None:
-        """Start the wait of `round_`; `first` keeps an earlier start (the first of several events)."""
+        """Start the wait of `round_`; `first` keeps an earlier start (first of several events)."""
         if not (first and round_ in self._started):
             self._started[round_] = time.monotonic()
 

@@ -1,4 +1,6 @@
-"""Generic JSON-to-dataclass parsing: unknown keys refused with a hint, types and ranges checked, paths named."""
+"""Generic JSON-to-dataclass parsing: unknown keys refused with a hint, types and ranges checked,
+paths named.
+"""
 
 from __future__ import annotations
 
@@ -172,7 +174,7 @@ def _rules(cls: type) -> dict[str, tuple[Any, Check | None]]:
 
 
 def parse_value(cls: type, name: str, value: Any, path: str, error: Error = ConfigError) -> Any:
-    """Check one value against field `name` of dataclass `cls`: its type, then its metadata check."""
+    """Check a value against field `name` of dataclass `cls`: its type, then its metadata check."""
     tp, check = _rules(cls)[name]
     value = _coerce(value, tp, path, error)
     if check is not None:
@@ -188,8 +190,8 @@ def parse_section(
     error: Error = ConfigError,
     **extra: Any,
 ) -> Any:
-    """Build dataclass `cls` from a JSON object, refusing unknown keys, wrong types and values out of range;
-    every problem is one line naming the path, raised as `error`."""
+    """Build dataclass `cls` from a JSON object, refusing unknown keys, wrong types and values out
+    of range; every problem is one line naming the path, raised as `error`."""
     if not isinstance(raw, dict):
         raise error(f"{path}: expected an object, got {_show(raw)}")
     names = [f.name for f in fields(cls) if f.name not in skip]

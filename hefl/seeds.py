@@ -1,8 +1,9 @@
-"""Every seed of an experiment, derived from the config's one seed: one function per purpose, none can collide.
+"""Every seed of an experiment, derived from the config's one seed: one function per purpose.
 
-Each purpose has its own spawn key in `numpy.random.SeedSequence(entropy=seed, spawn_key=(purpose, ...))`,
-so that, say, a client's shuffle in round 17 and its quantization noise never share a stream (hand-made
-sums like `seed * p + index * q + r` did). The results are plain ints, as torch and numpy both take them.
+None can collide: each purpose has its own spawn key in
+`numpy.random.SeedSequence(entropy=seed, spawn_key=(purpose, ...))`, so that, say, a client's
+shuffle in round 17 and its quantization noise never share a stream (hand-made sums like
+`seed * p + index * q + r` did). The results are plain ints, as torch and numpy both take them.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class Purpose(IntEnum):
 
 
 def derive(seed: int, purpose: Purpose, *key: int) -> int:
-    """A 63-bit seed for `purpose` (and the ints that tell its uses apart) from the config's seed."""
+    """A 63-bit seed for `purpose` (and ints that tell its uses apart) from the config's seed."""
     seq = np.random.SeedSequence(entropy=seed, spawn_key=(int(purpose), *key))
     return int(
         seq.generate_state(1, np.uint64)[0] >> np.uint64(1)

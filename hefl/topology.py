@@ -61,7 +61,8 @@ def _check_paths(nodes: Mapping[str, NodeConfig], root: str) -> None:
         while current.id != root:
             if current.type == "aggregator":
                 raise ConfigError(
-                    f"others[{node.id!r}]: its path ends at {current.id!r}, not at the aggregator {root!r}"
+                    f"others[{node.id!r}]: its path ends at {current.id!r}, "
+                    f"not at the aggregator {root!r}"
                 )
             nxt = current.send
             if nxt in seen:
@@ -84,7 +85,8 @@ def _check_receives(nodes: Mapping[str, NodeConfig]) -> None:
             raise ConfigError(f"{path}: lists a node twice")
         if set(node.receive) != set(children):
             raise ConfigError(
-                f"{path}: {sorted(node.receive)} disagrees with the nodes that send to it {sorted(children)}"
+                f"{path}: {sorted(node.receive)} disagrees with the nodes that send to it "
+                f"{sorted(children)}"
             )
         if not children:
             raise ConfigError(f"{path}: a switch needs at least one child")
@@ -100,7 +102,8 @@ def _check_clients(nodes: Mapping[str, NodeConfig]) -> None:
         if node.client_number != clients[0].client_number:
             first = clients[0]
             raise ConfigError(
-                f"{path}.client_number: {node.client_number} differs from {first.client_number} of {first.id!r}"
+                f"{path}.client_number: {node.client_number} differs from "
+                f"{first.client_number} of {first.id!r}"
             )
         if not 0 <= node.index < node.client_number:
             raise ConfigError(
@@ -113,5 +116,6 @@ def _check_clients(nodes: Mapping[str, NodeConfig]) -> None:
         seen[node.index] = node.id
     if len(clients) != clients[0].client_number:
         raise ConfigError(
-            f"others: client_number is {clients[0].client_number} but the config has {len(clients)} clients"
+            f"others: client_number is {clients[0].client_number} "
+            f"but the config has {len(clients)} clients"
         )

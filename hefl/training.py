@@ -27,7 +27,7 @@ def pick_device(want: str) -> torch.device:
 def train_epochs(
     model: nn.Module, data: Split, cfg: TrainingConfig, device: torch.device, seed: int
 ) -> float:
-    """Run `cfg.epochs` of SGD over the slice; the shuffles depend only on `seed`. Returns mean loss."""
+    """Run `cfg.epochs` of SGD over the slice; shuffles depend only on `seed`. Returns mean loss."""
     x = torch.from_numpy(data.x).to(device)
     y = torch.from_numpy(data.y).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
@@ -62,7 +62,8 @@ def evaluate(model: nn.Module, data: Split, device: torch.device) -> tuple[float
 
 def warm_up(model: nn.Module, data: Split, cfg: TrainingConfig, device: torch.device) -> None:
     """One training step and one evaluation on a copy, at configure time: torch's lazy set-up
-    (the optimizer's first construction alone takes over a second) would otherwise land in round 1."""
+    (the optimizer's first construction alone takes over a second) would otherwise land in
+    round 1."""
     spare = copy.deepcopy(model)
     train_epochs(
         spare,

@@ -1,4 +1,4 @@
-"""The one HTTP client every outbound call goes through (timeouts, retries) and the one byte counter."""
+"""The one HTTP client all outbound calls go through (timeouts, retries), and the byte counter."""
 
 from __future__ import annotations
 
@@ -39,8 +39,8 @@ class TrafficMeter:
     """The body bytes of every round message of one node, by round, direction and peer.
 
     Fed where bytes cross the wire: by the transport for each attempt of a request this node makes,
-    and by the HTTP layer's two hooks for a request it answers (the request body before the node acts
-    on it, the answer's body after). Messages of other experiments or rounds make no records.
+    and by the HTTP layer's two hooks for a request it answers (the request body before the node
+    acts on it, the answer's body after). Messages of other experiments or rounds make no records.
     """
 
     def __init__(
@@ -70,7 +70,8 @@ class TrafficMeter:
     def inbound(
         self, kind: Kind, env: Envelope, received: int, sent: int = 0, message: bool = True
     ) -> None:
-        """A request this node answers; `message` False adds the answer's body to one already counted."""
+        """A request this node answers; `message` False adds the answer's body to one already
+        counted."""
         if self.counts(env):
             if kind is Kind.UPDATE:
                 peer = self.hops.get(env.sender, STRANGER)

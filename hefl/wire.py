@@ -38,7 +38,7 @@ class Kind(Enum):
 
 @dataclass(frozen=True)
 class Route:
-    """How a kind travels: method, path, body type, and which traffic it counts as (None: not metered)."""
+    """How a kind travels: method, path, body type, the traffic it counts as (None: not metered)."""
 
     method: str
     path: str

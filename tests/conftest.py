@@ -26,7 +26,7 @@ def tree_config(
     rounds: int = 2,
     **sections: Any,
 ) -> dict[str, Any]:
-    """A raw config: clients under `leaves` leaf switches, under one spine switch (or the aggregator).
+    """A raw config: clients under `leaves` leaf switches, under one spine (or the aggregator).
 
     Node ids are c0.., s0.., spine, agg with made-up ports; `dumb` lists leaf numbers that forward.
     """

@@ -1,4 +1,4 @@
-"""Addresses `host[:port]`: parsing, IPv6 in brackets, base URLs, same-host matching and log file names."""
+"""Addresses `host[:port]`: parsing, IPv6 in brackets, base URLs, same-host matching, log names."""
 
 from __future__ import annotations
 

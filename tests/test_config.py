@@ -1,4 +1,4 @@
-"""Config validation: the original study's files, the default config, and one-line errors naming the path."""
+"""Config validation: the original study's files, the default config, one-line errors with paths."""
 
 from __future__ import annotations
 

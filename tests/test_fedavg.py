@@ -1,4 +1,4 @@
-"""FedAvg's arithmetic (client weight, applying the decrypted sum, weighted metrics) against Flower's own."""
+"""FedAvg's arithmetic (client weight, applying the decrypted sum, weighted metrics) vs Flower's."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def test_weighted_deltas_summed_and_applied_equal_flowers_fedavg(samples: list[i
 
 
 def test_the_sum_stays_within_clients_times_clip() -> None:
-    """What every client sends is its delta x n_i x m / N: the weights average to 1 over the clients."""
+    """Every client sends its delta x n_i x m / N: the weights average to 1 over the clients."""
     samples = [10, 30, 60]
     weights = [client_weight(n, 3, 100) for n in samples]
     assert sum(weights) == pytest.approx(3)

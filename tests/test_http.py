@@ -1,4 +1,4 @@
-"""Each role over real HTTP on 127.0.0.1: a NodeServer in a thread, its peers played by a recorder."""
+"""Each role over real HTTP on 127.0.0.1: a NodeServer in a thread, a recorder playing its peers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The test command keeps the code clean: ruff (E, F, I, B, UP) on everything, mypy strict on the code."""
+"""The test command keeps the code clean: ruff (E, F, I, B, UP) on all, mypy strict on the code."""
 
 from __future__ import annotations
 

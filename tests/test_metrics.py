@@ -1,4 +1,4 @@
-"""A client's metrics report: the same declarative parser as the config, every refusal a ProtocolError."""
+"""A client's metrics report: the config's declarative parser, every refusal a ProtocolError."""
 
 from __future__ import annotations
 
@@ -52,7 +52,10 @@ BAD = [
         "report.loss: expected a finite number, got nan",
     ),
     (
-        b'{"loss": Infinity, "accuracy": 0.5, "test_samples": 1, "byte_send": 0, "byte_received": 0}',
+        (
+            b'{"loss": Infinity, "accuracy": 0.5, "test_samples": 1, "byte_send": 0, '
+            b'"byte_received": 0}'
+        ),
         "report.loss: expected a finite number, got inf",
     ),
     (_with(accuracy=1.5), r"report.accuracy: must be in 0..1, got 1.5"),

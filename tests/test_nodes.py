@@ -1,4 +1,4 @@
-"""Round state driven directly: a switch and an aggregator given a fake transport and an inline worker."""
+"""Round state driven directly: a switch and an aggregator with a fake transport, inline worker."""
 
 from __future__ import annotations
 
@@ -135,7 +135,10 @@ def test_aggregator_sends_begin_then_global_and_closes_rounds(
     agg.on_update(Envelope(EXP, 0, S0, 190, 2), total)
     assert transport.sent[-1][:2] == (S0, Kind.GLOBAL) and transport.sent[-1][2].contributors == 2
     for client, acc, n in ((C0, 0.9, 30), (C1, 0.6, 10)):
-        body = f'{{"loss": 0.5, "accuracy": {acc}, "test_samples": {n}, "byte_send": 1, "byte_received": 2}}'
+        body = (
+            f'{{"loss": 0.5, "accuracy": {acc}, "test_samples": {n}, '
+            f'"byte_send": 1, "byte_received": 2}}'
+        )
         agg.on_metrics(Envelope(EXP, 0, client, n, 1), body.encode())
     (row,) = agg.status()["rounds"]
     assert row["accuracy"] == pytest.approx((0.9 * 30 + 0.6 * 10) / 40)

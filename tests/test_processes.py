@@ -1,4 +1,4 @@
-"""Real node processes over HTTP on 127.0.0.1: `main.py local`, `main.py agg` + `main.py node`, test.py."""
+"""Real node processes over HTTP on 127.0.0.1: `main.py local`, `main.py agg` + `node`, test.py."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def node_logs(exp: Path) -> dict[str, dict[str, Any]]:
 
 
 def two_level(rounds: int = 3) -> dict[str, Any]:
-    """4 clients under 2 leaf switches (the second dumb) under a spine switch under the aggregator."""
+    """4 clients under 2 leaf switches (the second dumb) under a spine under the aggregator."""
     raw = tree_config(clients=4, leaves=2, spine=True, dumb=(1,), rounds=rounds)
     raw["training"].update(save_models=True, epochs=2)
     return raw
@@ -343,8 +343,8 @@ def test_original_config_runs_unchanged(tmp_path: Path) -> None:
 def test_encrypted_run_matches_the_plaintext_run(
     local_run: Any, tmp_path: Path, scheme: str
 ) -> None:
-    """Same seed, same tree: the encrypted global model follows the plaintext one; only clients can decrypt;
-    no byte of the secret key reaches a log."""
+    """Same seed, same tree: the encrypted global model follows the plaintext one; only clients
+    can decrypt; no byte of the secret key reaches a log."""
     from hefl.crypto import HeParams, generate_keys
     from hefl.crypto.keydir import SECRET
 
@@ -438,7 +438,7 @@ def test_every_link_reconciles_from_links_alone(local_run: Any) -> None:
 
 
 def test_local_and_agg_runs_of_one_config_give_identical_accuracies(tmp_path: Path) -> None:
-    """Standalone nodes started without OMP_NUM_THREADS train with training.threads like local ones."""
+    """Standalone nodes started without OMP_NUM_THREADS use training.threads like local ones."""
     ports = free_ports(4)
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps(_addressed_config(ports, rounds=3)))

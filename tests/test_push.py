@@ -1,4 +1,6 @@
-"""The config push body: the same declarative parser, unknown keys refused, URLs checked by the address module."""
+"""The config push body: the same declarative parser, unknown keys refused, URLs checked by the
+address module.
+"""
 
 from __future__ import annotations
 

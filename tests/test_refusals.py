@@ -218,8 +218,8 @@ sys.exit(bool(bad))
 def test_encrypted_switch_refuses_foreign_and_short_ciphertexts(
     name: str, serve_node: Any, recorder: Recorder, key_dirs: dict[str, Path], tmp_path: Path
 ) -> None:
-    """Over HTTP, for every scheme: a payload from another context or of the wrong length gets a clear
-    4xx, a repeat gets 409, and the switch goes on to add the valid ones."""
+    """Over HTTP, for every scheme: a payload from another context or of the wrong length gets a
+    clear 4xx, a repeat gets 409, and the switch goes on to add the valid ones."""
     from hefl.config import parse_config
     from hefl.crypto import generate_keys, load_secret, make_scheme, read_keyless
     from hefl.modelspec import param_count
@@ -271,8 +271,8 @@ def test_encrypted_switch_refuses_foreign_and_short_ciphertexts(
 def test_switch_and_aggregator_processes_cannot_decrypt(
     name: str, key_dirs: dict[str, Path], tmp_path: Path
 ) -> None:
-    """Configured as they are by `agg` (the pushed keyless context), a switch and an aggregator in their
-    own process hold no secret key: decrypting a client's ciphertext fails there."""
+    """Configured as they are by `agg` (the pushed keyless context), a switch and an aggregator in
+    their own process hold no secret key: decrypting a client's ciphertext fails there."""
     raw = tree_config(encryption={"scheme": name, "key_dir": str(key_dirs[name])})
     code = f"""
 import sys

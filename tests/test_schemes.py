@@ -1,4 +1,4 @@
-"""The three schemes behind one interface: sums through a tree, precision, refusals, keys by role."""
+"""The three schemes behind one interface: sums through trees, precision, refusals, keys by role."""
 
 from __future__ import annotations
 
@@ -236,7 +236,7 @@ def test_encryption_in_worker_processes(name: str, key_dirs: dict[str, Path]) ->
 
 
 def _fields(blob: bytes) -> list[tuple[int, bytes]]:
-    """Top-level (field number, raw bytes of the whole field) of a protobuf message (TenSEAL's vectors)."""
+    """Top-level (field number, raw bytes of the whole field) of a protobuf (TenSEAL's vectors)."""
     out, i = [], 0
     while i < len(blob):
         start = i
@@ -271,8 +271,8 @@ def _varint(blob: bytes, i: int) -> tuple[int, int]:
 def test_vectors_without_exactly_one_ciphertext_are_refused(
     name: str, ciphertexts: int, key_dirs: dict[str, Path]
 ) -> None:
-    """A vector declaring its size but holding no (or two) SEAL ciphertexts loads in TenSEAL and used to
-    crash the adding node (segfault); it must be refused when it arrives."""
+    """A vector declaring its size but holding no (or two) SEAL ciphertexts loads in TenSEAL and
+    used to crash the adding node (segfault); it must be refused when it arrives."""
     from hefl.crypto.frame import frame, unframe
 
     client, switch = schemes(name, 100, key_dirs)

@@ -1,4 +1,4 @@
-"""Seeds: one stream per purpose from the config's seed; none collide, the same inputs give the same seed."""
+"""Seeds: one stream per purpose from the config's seed; none collide; same inputs, same seed."""
 
 from __future__ import annotations
 

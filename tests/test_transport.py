@@ -1,4 +1,4 @@
-"""The one outbound client against a real HTTP server in a thread: retries, timeouts, byte counting."""
+"""The one outbound client vs a real HTTP server in a thread: retries, timeouts, byte counting."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ ENV = Envelope("exp-1", 1, "10.10.1.1", 10, 1)
 
 
 class Peer:
-    """A peer that fails the first `failures` updates with 503, refuses globals, and is slow on metrics."""
+    """A peer failing the first `failures` updates with 503, refusing globals, slow on metrics."""
 
     def __init__(self) -> None:
         self.failures, self.calls, self.tokens = 2, 0, []

@@ -66,10 +66,12 @@ def generate_keys(enc: HeParams, key_dir: Path) -> None:
 
 
 def load_secret(enc: HeParams, key_dir: Path) -> KeyRing:
-    """A client's context from its key folder; refuses a file without a secret key or other parameters."""
+    """A client's context from its key folder; refuses a file without a secret key or other
+    parameters."""
     return _backend(enc).load_secret(enc, key_dir)
 
 
 def load_keyless(enc: HeParams, data: bytes) -> KeyRing:
-    """A switch's or the aggregator's context from pushed bytes; refuses a secret key or other parameters."""
+    """A switch's or the aggregator's context from pushed bytes; refuses a secret key or other
+    parameters."""
     return _backend(enc).load_keyless(enc, data)

@@ -1,4 +1,4 @@
-"""Several ciphertexts in one binary body: a magic, a count, the lengths, then the bytes as serialized."""
+"""Several ciphertexts in one binary body: magic, count, lengths, then the bytes as serialized."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
-"""A key folder: the files `generate_keys` writes there and what they were made for (no HE library needed).
+"""A key folder: the files `generate_keys` writes there and what they were made for.
 
-secret.ctx (mode 600: clients only), keyless.ctx (the parameters without any key: it can load and add
-ciphertexts, not decrypt; `agg` pushes it to switches and the aggregator) and params.json (the
-parameters' fingerprint and the key id). The HE library's backend writes and loads the contexts.
+No HE library needed. secret.ctx (mode 600: clients only), keyless.ctx (the parameters without any
+key: it can load and add ciphertexts, not decrypt; `agg` pushes it to switches and the aggregator)
+and params.json (the parameters' fingerprint and the key id). The HE library's backend writes and
+loads the contexts.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def check_params(enc: HeParams, key_dir: Path) -> str:
 
 
 def keys_match(enc: HeParams, key_dir: Path) -> bool:
-    """Whether `key_dir` holds a secret context made for these parameters (local mode then reuses it)."""
+    """Whether `key_dir` holds a secret context made for these parameters (local mode reuses it)."""
     try:
         made_for = _made_for(key_dir)
     except (OSError, ValueError):

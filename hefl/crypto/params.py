@@ -11,7 +11,7 @@ from hefl.errors import ConfigError
 
 @dataclass(frozen=True)
 class HeParams:
-    """What the crypto code needs of an experiment's encryption; key folders are passed separately."""
+    """What crypto code needs of an experiment's encryption; key folders are passed separately."""
 
     scheme: str = "none"  # none | ckks | bfv
     poly_modulus_degree: int = 4096
@@ -90,8 +90,8 @@ def check_encryption(enc: HeParams, clients: int) -> None:
         )
     if enc.scheme == "ckks" and not 20 <= enc.scale_bits < bits[0]:
         raise ConfigError(
-            f"encryption.scale_bits: {enc.scale_bits} must be at least 20 (precision) and below the "
-            f"first prime's {bits[0]}"
+            f"encryption.scale_bits: {enc.scale_bits} must be at least 20 (precision) and below "
+            f"the first prime's {bits[0]}"
         )
     if enc.scheme == "bfv":
         _check_bfv(enc, bits, clients)
@@ -109,9 +109,9 @@ def check_encryption(enc: HeParams, clients: int) -> None:
 
 def bfv_noise_margin(enc: HeParams, clients: int) -> float:
     """Bits of noise budget left after adding `clients` fresh ciphertexts: the data modulus, less t,
-    less the fresh noise (about log2(n) - 5 bits, measured with SEAL's invariant_noise_budget: 6 bits
-    left fresh at n=4096, q=60, t=47), less half a bit per doubling of the clients (independent noises
-    add like a random walk). Below 1 the sum may decrypt to garbage."""
+    less the fresh noise (about log2(n) - 5 bits, measured with SEAL's invariant_noise_budget: 6
+    bits left fresh at n=4096, q=60, t=47), less half a bit per doubling of the clients
+    (independent noises add like a random walk). Below 1 the sum may decrypt to garbage."""
     data_bits = sum(coeffs(enc)[:-1])
     fresh = data_bits - enc.plain_modulus_bits - (math.log2(enc.poly_modulus_degree) - 5)
     return fresh - 0.5 * math.log2(max(clients, 1))
@@ -126,14 +126,14 @@ def _check_bfv(enc: HeParams, bits: tuple[int, ...], clients: int) -> None:
     t = batching_prime(enc.plain_modulus_bits, enc.poly_modulus_degree)
     if t <= 2 ** (2 * lane_bits(enc)):
         raise ConfigError(
-            f"encryption.plain_modulus_bits: {enc.plain_modulus_bits} leaves no batching prime above "
-            f"2^{2 * lane_bits(enc)} for poly_modulus_degree {enc.poly_modulus_degree}"
+            f"encryption.plain_modulus_bits: {enc.plain_modulus_bits} leaves no batching prime "
+            f"above 2^{2 * lane_bits(enc)} for poly_modulus_degree {enc.poly_modulus_degree}"
         )
     margin = bfv_noise_margin(enc, clients)
     if margin < 1:
         raise ConfigError(
-            f"encryption: bfv noise: {sum(bits[:-1])} data bits, t of {enc.plain_modulus_bits} bits and "
-            f"{clients} clients leave {margin:.1f} bits of noise budget (need 1); lower "
+            f"encryption: bfv noise: {sum(bits[:-1])} data bits, t of {enc.plain_modulus_bits} "
+            f"bits and {clients} clients leave {margin:.1f} bits of noise budget (need 1); lower "
             f"plain_modulus_bits or use a larger first prime"
         )
 
@@ -146,7 +146,8 @@ def batching_prime(bits: int, poly_degree: int) -> int:
         k -= 1
     if k == 0:
         raise ConfigError(
-            f"encryption.plain_modulus_bits: no batching prime below 2^{bits} for degree {poly_degree}"
+            f"encryption.plain_modulus_bits: no batching prime below 2^{bits} "
+            f"for degree {poly_degree}"
         )
     return int(k * step + 1)
 

@@ -1,4 +1,4 @@
-"""BatchCrypt-style integer encoding for BFV: clip, quantize with stochastic rounding, pack two per slot."""
+"""BatchCrypt-style integer encoding for BFV: clip, stochastically quantize, pack two per slot."""
 
 from __future__ import annotations
 

@@ -36,7 +36,8 @@ class Scheme(Protocol):
 
 @dataclass(frozen=True)
 class KeyRing:
-    """The HE library's context one node works with; `private` (it holds the secret key) only on clients."""
+    """The HE library's context one node works with; `private` (it holds the secret key) only on
+    clients."""
 
     context: Any  # the library's own context object (a tenseal.Context today)
     private: bool

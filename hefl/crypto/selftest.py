@@ -1,4 +1,7 @@
-"""seal.sh's checks: the HE library imports and round-trips (encrypt, add, decrypt) with the experiment's parameters."""
+"""seal.sh's checks: the HE library imports and round-trips with the experiment's parameters.
+
+A round trip encrypts, adds and decrypts.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from hefl.errors import HeflError
 
 
 def round_trip(enc: HeParams, size: int = 20_000, out: Callable[[str], None] = print) -> None:
-    """Encrypt two vectors on 'clients', add them on a keyless 'switch', decrypt: check and time it."""
+    """Encrypt two vectors on 'clients', add on a keyless 'switch', decrypt: check and time it."""
     with tempfile.TemporaryDirectory() as tmp:
         key_dir = Path(tmp)
         generate_keys(enc, key_dir)
@@ -45,14 +48,16 @@ def round_trip(enc: HeParams, size: int = 20_000, out: Callable[[str], None] = p
         except ValueError as exc:
             keyless = "secret" in str(exc)  # TenSEAL's own refusal, not any other ValueError
         out(
-            f"{enc.scheme}: {len(pa) / size:.1f} B/param, encrypt {2 * size / (t1 - t0) / 1e6:.2f} Mparam/s, "
-            f"load+add {2 * size / (t2 - t1) / 1e6:.2f} Mparam/s, decrypt {size / (t3 - t2) / 1e6:.2f} Mparam/s, "
+            f"{enc.scheme}: {len(pa) / size:.1f} B/param, "
+            f"encrypt {2 * size / (t1 - t0) / 1e6:.2f} Mparam/s, "
+            f"load+add {2 * size / (t2 - t1) / 1e6:.2f} Mparam/s, "
+            f"decrypt {size / (t3 - t2) / 1e6:.2f} Mparam/s, "
             f"max error {error:.1e}, keyless context cannot decrypt: {keyless}"
         )
         if error > tolerance or not keyless:
             raise HeflError(
-                f"{enc.scheme} self-test failed: max error {error:.2e} (tolerance {tolerance:.1e}), "
-                f"keyless context refused decryption: {keyless}"
+                f"{enc.scheme} self-test failed: max error {error:.2e} "
+                f"(tolerance {tolerance:.1e}), keyless context refused decryption: {keyless}"
             )
 
 

@@ -1,4 +1,4 @@
-"""Round state of each role as plain classes, given their parts; torch is imported only for clients."""
+"""Round state of each role as plain classes given their parts; only clients import torch."""
 
 from __future__ import annotations
 

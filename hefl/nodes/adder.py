@@ -13,7 +13,7 @@ from hefl.wire import Envelope, Kind
 
 
 class Adder(Node, ABC):
-    """A node that receives updates from below; every update is accepted or refused in `on_update`."""
+    """A node receiving updates from below; every update is accepted or refused in `on_update`."""
 
     def __init__(self, cfg: ExperimentConfig, node_id: str, experiment: str, parts: Parts) -> None:
         super().__init__(cfg, node_id, experiment, parts)
@@ -30,7 +30,8 @@ class Adder(Node, ABC):
             expected = expected_contributors(self.cfg, env.sender)
             if env.contributors != expected:
                 raise ProtocolError(
-                    f"{env.sender!r} claims {env.contributors} contributors; it has {expected} clients"
+                    f"{env.sender!r} claims {env.contributors} contributors; "
+                    f"it has {expected} clients"
                 )
             if env.samples <= 0:
                 raise ProtocolError(f"{env.sender!r} sent an update of {env.samples} samples")

@@ -81,7 +81,7 @@ class AggregatorNode(Adder):
         log.info("%s round %d: accuracy %.4f loss %.4f", self.id, r, row["accuracy"], row["loss"])
 
     def on_fail(self, env: Envelope, text: str) -> None:
-        """A node of this experiment reports that it failed: the experiment stops with its reason."""
+        """A node of this experiment reports it failed: the experiment stops with its reason."""
         if env.experiment != self.experiment or env.sender not in self.cfg.nodes:
             raise ProtocolError(
                 f"failure report from {env.sender!r} of experiment {env.experiment!r} "

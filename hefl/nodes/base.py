@@ -133,7 +133,7 @@ class Node:
         return Envelope(self.experiment, round_, self.id, samples, contributors)
 
     def check_downward(self, env: Envelope, payload: bytes, allow_empty: bool = False) -> None:
-        """A begin or global message must come from this node's parent, for this experiment, in range."""
+        """A begin or global message must come from the parent, for this experiment, in range."""
         check_scope(env, self.experiment, self.cfg.rounds)
         if env.sender != self.me.send:
             raise ProtocolError(f"{env.sender!r} is not this node's parent {self.me.send!r}")

@@ -1,4 +1,4 @@
-"""Client: trains on its slice, sends its weighted update up, applies and evaluates the global result."""
+"""Client: trains on its slice, sends its weighted update up, applies and evaluates the result."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ class ClientNode(Node):
         self.submit(self.apply_global, env, loaded)
 
     def train_round(self, r: int) -> None:
-        """Train locally, then send the weighted, clipped delta, encoded by the scheme, to the parent."""
+        """Train locally, then send the weighted, clipped delta, encoded by the scheme, up."""
         self.round = r
         self.runlog.begin(r)
         t = self.cfg.training
@@ -95,7 +95,7 @@ class ClientNode(Node):
         self.awaiting_global.start(r)
 
     def apply_global(self, env: Envelope, loaded: Any) -> None:
-        """New model = start of round + sum of n_i x delta_i / sum of n_i (FedAvg); evaluate; report."""
+        """New model = round start + sum n_i x delta_i / sum n_i (FedAvg); evaluate; report."""
         r = env.round
         self.runlog.add_phase(r, "wait", self.awaiting_global.stop(r))
         with self.runlog.phase(r, "apply"):

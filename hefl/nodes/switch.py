@@ -1,4 +1,4 @@
-"""Switch: adds its children's updates (or forwards them unchanged when dumb) and relays results down."""
+"""Switch: adds the children's updates (or forwards them unchanged if dumb), relays results down."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ class SwitchNode(Adder):
         self._on_down(Kind.GLOBAL, env, payload)
 
     def _on_down(self, kind: Kind, env: Envelope, payload: bytes) -> None:
-        """Accept a begin or global message from the parent, once; relaying happens on the worker."""
+        """Accept a begin or global message from the parent, once; the worker relays it."""
         self.check_downward(env, payload, allow_empty=kind is Kind.BEGIN)
         with self.downward.reserve((kind, env.round), f"{kind.value} of round {env.round}"):
             pass

@@ -1,4 +1,4 @@
-"""The TenSEAL backend: the ckks and bfv schemes, their key material by role, a worker pool that encrypts.
+"""The TenSEAL backend: the ckks and bfv schemes, their keys by role, a worker pool that encrypts.
 
 Importing this package imports TenSEAL; `hefl.crypto` does so only when a ckks or bfv scheme or key
 function is used.

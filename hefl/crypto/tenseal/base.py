@@ -1,4 +1,6 @@
-"""The TenSEAL base of ckks and bfv: an update as ceil(size / slots) ciphertext vectors in one framed body."""
+"""The TenSEAL base of ckks and bfv: an update as ceil(size / slots) ciphertext vectors in one
+framed body.
+"""
 
 from __future__ import annotations
 
@@ -56,7 +58,8 @@ class TensealScheme(ABC):
     def encrypt_chunks(
         self, chunks: list[np.ndarray], make: Callable[[Any, list[Any]], Any]
     ) -> bytes:
-        """Serialized ciphertexts of `chunks`, in worker processes when there are several chunks each."""
+        """Serialized ciphertexts of `chunks`, in worker processes when there are several
+        chunks each."""
         if self._pool is not None and len(chunks) >= 2 * self.enc.processes:
             return frame(self._pool.encrypt(chunks))
         return frame([make(self.ctx, chunk.tolist()).serialize() for chunk in chunks])
@@ -73,10 +76,12 @@ class TensealScheme(ABC):
         return values
 
     def check(self, payload: bytes) -> None:
-        """The payload's shape only: a frame of the right number of ciphertexts, none empty or oversized."""
+        """The payload's shape only: a frame of the right number of ciphertexts, none empty or
+        oversized."""
         if len(payload) > self.max_payload_bytes or 0 in frame_lengths(payload, self.chunks):
             raise ProtocolError(
-                f"payload of {len(payload)} bytes is not {self.chunks} ciphertexts of this experiment"
+                f"payload of {len(payload)} bytes is not {self.chunks} ciphertexts "
+                f"of this experiment"
             )
 
     def load(self, payload: bytes) -> list[Any]:
@@ -105,8 +110,9 @@ class TensealScheme(ABC):
         return vectors
 
     def check_vector(self, index: int, vec: Any) -> None:
-        """One fresh-shaped ciphertext of this context per vector: anything else (no ciphertext, two,
-        another parameter level, NTT form flipped) would make TenSEAL fail, or crash, when adding."""
+        """One fresh-shaped ciphertext of this context per vector: anything else (no ciphertext,
+        two, another parameter level, NTT form flipped) would make TenSEAL fail, or crash, when
+        adding."""
         cts = vec.ciphertext()
         if len(cts) != 1:
             raise ProtocolError(f"ciphertext {index} holds {len(cts)} SEAL ciphertexts, expected 1")

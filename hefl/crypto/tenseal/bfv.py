@@ -1,4 +1,4 @@
-"""Packed BFV (TenSEAL), BatchCrypt-style: 16-bit quantized values, two per slot, exact integer sums."""
+"""BFV (TenSEAL), BatchCrypt-style: 16-bit quantized values, two per slot, exact integer sums."""
 
 from __future__ import annotations
 

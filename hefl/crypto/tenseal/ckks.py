@@ -1,4 +1,4 @@
-"""CKKS (TenSEAL): approximate arithmetic on floats; small parameters suffice because nodes only add."""
+"""CKKS (TenSEAL): approximate arithmetic on floats; small parameters suffice as nodes only add."""
 
 from __future__ import annotations
 

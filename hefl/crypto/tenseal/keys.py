@@ -1,8 +1,9 @@
-"""TenSEAL key material by role: a secret context for clients (from disk only), a keyless one for everyone else.
+"""TenSEAL key material by role: a secret context for clients, a keyless one for everyone else.
 
-`generate` writes key_dir/secret.ctx (mode 600: secret and public key, no galois or relin keys, which
-addition never needs), key_dir/keyless.ctx (parameters only: no key at all) and key_dir/params.json
-(what they were made for). Loading checks the kind it expects and the parameters.
+The secret context comes from disk only. `generate` writes key_dir/secret.ctx (mode 600: secret and
+public key, no galois or relin keys, which addition never needs), key_dir/keyless.ctx (parameters
+only: no key at all) and key_dir/params.json (what they were made for). Loading checks the kind it
+expects and the parameters.
 """
 
 from __future__ import annotations
@@ -93,14 +94,14 @@ def load_secret(enc: HeParams, key_dir: Path) -> KeyRing:
     found = key_id(ctx)
     if made_id and found != made_id:
         raise ConfigError(
-            f"encryption.key_dir: {key_dir / SECRET} is key {found}, {key_dir / PARAMS} says {made_id}; "
-            "copy both from the same ./seal.sh run"
+            f"encryption.key_dir: {key_dir / SECRET} is key {found}, "
+            f"{key_dir / PARAMS} says {made_id}; copy both from the same ./seal.sh run"
         )
     return KeyRing(with_scale(ctx, enc), private=True, key_id=found)
 
 
 def load_keyless(enc: HeParams, data: bytes) -> KeyRing:
-    """A switch's or the aggregator's context from the pushed bytes; refuses anything with a secret key."""
+    """A switch's or the aggregator's context from pushed bytes; refuses any with a secret key."""
     try:
         ctx = ts.context_from(data)
     except (ValueError, RuntimeError) as exc:

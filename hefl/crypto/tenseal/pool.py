@@ -29,7 +29,8 @@ def _encrypt(chunk: np.ndarray) -> bytes:
 
 
 class EncryptPool:
-    """`enc.processes` workers that turn chunks of values (or packed slots) into serialized ciphertexts."""
+    """`enc.processes` workers that turn chunks of values (or packed slots) into serialized
+    ciphertexts."""
 
     def __init__(self, context: Any, enc: HeParams) -> None:
         blob = context.serialize(
