@@ -92,4 +92,8 @@ class AggregatorNode(Adder):
             log.error("%s: %s", self.id, self.error)
 
     def status(self) -> dict[str, Any]:
-        return {**super().status(), "rounds": list(self.rows)}
+        state = super().status()
+        rows = list(self.rows)
+        if state["state"] == "finished" and len(rows) < self.cfg.rounds:
+            state["state"] = "running"  # the last round's log is written; its row is on its way
+        return {**state, "rounds": rows}
