@@ -173,39 +173,22 @@ def test_aggregator_sums_sends_down_and_closes_rounds(
         "2",
         total,
     )
+
+    def metrics(sender: str, body: bytes) -> int:
+        env = Envelope(EXP, 0, sender, 30, 1)
+        return post(url, "/metrics", env, body, "application/json").status_code
+
     report = {"loss": 0.5, "accuracy": 0.9, "test_samples": 30, "byte_send": 1, "byte_received": 2}
-    assert (
-        post(url, "/metrics", Envelope(EXP, 0, C0, 30, 1), b"{}", "application/json").status_code
-        == 400
-    )
-    assert (
-        post(
-            url,
-            "/metrics",
-            Envelope(EXP, 0, C0, 30, 1),
-            json.dumps(report).encode(),
-            "application/json",
-        ).status_code
-        == 202
-    )
+    assert metrics(C0, b"{}") == 400
+    assert metrics(C0, json.dumps(report).encode()) == 202
     report.update(accuracy=0.6, test_samples=10)
-    assert (
-        post(
-            url,
-            "/metrics",
-            Envelope(EXP, 0, C1, 10, 1),
-            json.dumps(report).encode(),
-            "application/json",
-        ).status_code
-        == 202
-    )
+    assert metrics(C1, json.dumps(report).encode()) == 202
     status = wait_health(url, "finished")
     assert status["state"] == "finished"
     (row,) = requests.get(f"{url}/status", timeout=5).json()["rounds"]
     assert row["accuracy"] == pytest.approx((0.9 * 30 + 0.6 * 10) / 40)
-    own = json.loads(
-        (server.log_dir / EXP / "127.0.0.1_1.json").read_text()
-    )  # other nodes' logs: the controller's job
+    # its own log; the other nodes' logs are the controller's job
+    own = json.loads((server.log_dir / EXP / "127.0.0.1_1.json").read_text())
     assert own["finished"] and own["iteration"][0]["accuracy"] == pytest.approx(row["accuracy"])
 
 
