@@ -8,6 +8,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from blueprints import NodeServer
+from hefl.address import Address
 
 
 class _NodeApplication(BaseApplication):  # type: ignore[misc]
@@ -28,7 +29,7 @@ class _NodeApplication(BaseApplication):  # type: ignore[misc]
 def serve(host: str, port: int, log_dir: Path, token: str, threads: int = 8) -> None:
     """Serve until SIGTERM/SIGINT; never needs a terminal."""
     options = {
-        "bind": f"{host}:{port}",
+        "bind": Address(host.strip("[]"), port).netloc(port),  # an IPv6 host in brackets
         "workers": 1,
         "worker_class": "gthread",
         "threads": threads,
