@@ -152,9 +152,11 @@ def _local(args: argparse.Namespace) -> int:
     print(f"starting {len(cfg.nodes)} local node processes for {args.config}")
     with (
         local_keys(raw, cfg, experiment) as (raw, cfg),
-        local_nodes(cfg, args.log_dir, args.log_dir / experiment / "stdout") as (endpoints, token),
+        local_nodes(cfg, args.log_dir, args.log_dir / experiment / "stdout", args.verbose) as nodes,
     ):
-        Controller(raw, cfg, endpoints, experiment, args.log_dir, token).run()
+        Controller(
+            raw, cfg, nodes.endpoints, experiment, args.log_dir, nodes.token, watch=nodes.check
+        ).run()
     return 0
 
 

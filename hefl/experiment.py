@@ -51,12 +51,18 @@ class Controller:
         log_dir: Path,
         token: str = "",
         out: Callable[[str], None] = print,
+        watch: Callable[[], None] = lambda: None,
     ) -> None:
+        """`watch` raises when the nodes cannot go on (local mode: a node process exited)."""
         self.raw, self.cfg, self.endpoints = raw, cfg, dict(endpoints)
         self.experiment = experiment
         self.exp_dir = log_dir / experiment
         self.out = out
+        self.watch = watch
         self.transport = Transport(endpoints, Timeouts.of(cfg.network), token)
+        self.probe = Transport(
+            endpoints, Timeouts.of(cfg.network).once(), token
+        )  # polls retry anyway
         self.keyless_context = keyless_context(cfg)
         self.key_ids: dict[str, str] = {}
 
@@ -78,9 +84,10 @@ class Controller:
         deadline = time.monotonic() + self.cfg.network.startup_timeout_s
         pending = {n: "not tried" for n in self.cfg.nodes}
         while pending:
+            self.watch()
             for node in list(pending):
                 try:
-                    self.transport.call(node, Kind.HEALTH)
+                    self.probe.call(node, Kind.HEALTH)
                     del pending[node]
                 except HeflError as exc:
                     pending[node] = str(exc)
@@ -131,6 +138,7 @@ class Controller:
         shown = 0
         last_progress = last_check = time.monotonic()
         while True:
+            self.watch()
             status = self.transport.call(self.cfg.root, Kind.STATUS).json()
             rows = status.get("rounds", [])
             for row in rows[shown:]:

@@ -12,12 +12,14 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hefl.address import file_stem
 from hefl.config import ExperimentConfig, parse_config
 from hefl.crypto import generate_keys, keys_match
+from hefl.errors import ExperimentFailed
 
 MAIN = Path(__file__).resolve().parent.parent / "main.py"
 
@@ -36,46 +38,67 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
+@dataclass
+class LocalNodes:
+    """The node processes of a local run: where they listen, their credential, their output."""
+
+    endpoints: dict[str, str]
+    token: str
+    out_dir: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def check(self) -> None:
+        """Raise if a node process has exited (the controller calls this while it waits)."""
+        for node, proc in self.procs.items():
+            code = proc.poll()
+            if code is not None:
+                out = self.out_dir / f"{file_stem(node)}.out"
+                raise ExperimentFailed(
+                    f"local node {node} exited with code {code}: {_last_line(out)} (see {out})"
+                )
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no output"
+    return lines[-1][:300] if lines else "no output"
+
+
 @contextmanager
 def local_nodes(
-    cfg: ExperimentConfig, log_dir: Path, out_dir: Path
-) -> Iterator[tuple[dict[str, str], str]]:
-    """Start one node process per config node; yield (endpoints, token); always stop them all."""
+    cfg: ExperimentConfig, log_dir: Path, out_dir: Path, verbose: bool = False
+) -> Iterator[LocalNodes]:
+    """Start one node process per config node on a free port; always stop them all."""
     token = secrets.token_hex(16)
     env = {**os.environ, "HEFL_TOKEN": token, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     out_dir.mkdir(parents=True, exist_ok=True)
-    ports = free_ports(len(cfg.nodes))
-    endpoints = {
-        node: f"http://127.0.0.1:{port}" for node, port in zip(cfg.nodes, ports, strict=True)
-    }
-    procs: list[subprocess.Popen[bytes]] = []
+    ports = dict(zip(cfg.nodes, free_ports(len(cfg.nodes)), strict=True))
+    nodes = LocalNodes({n: f"http://127.0.0.1:{p}" for n, p in ports.items()}, token, out_dir)
     try:
-        for node, port in zip(cfg.nodes, ports, strict=True):
+        for node, port in ports.items():
+            command = [
+                sys.executable,
+                str(MAIN),
+                "node",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ]
+            command += ["--log-dir", str(log_dir), "--label", node, *(["-v"] if verbose else [])]
             with open(out_dir / f"{file_stem(node)}.out", "wb") as sink:
-                procs.append(
-                    subprocess.Popen(
-                        [
-                            sys.executable,
-                            str(MAIN),
-                            "node",
-                            "--host",
-                            "127.0.0.1",
-                            "--port",
-                            str(port),
-                            "--log-dir",
-                            str(log_dir),
-                            "--label",
-                            node,
-                        ],
-                        env=env,
-                        stdout=sink,
-                        stderr=subprocess.STDOUT,
-                        stdin=subprocess.DEVNULL,
-                    )
+                nodes.procs[node] = subprocess.Popen(
+                    command,
+                    env=env,
+                    stdout=sink,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
                 )
-        yield endpoints, token
+        yield nodes
     finally:
-        stop_all(procs)
+        stop_all(list(nodes.procs.values()))
 
 
 def stop_all(procs: list[subprocess.Popen[bytes]], grace: float = 10.0) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import requests
@@ -33,6 +33,10 @@ class Timeouts:
     def of(cls, net: NetworkConfig) -> Timeouts:
         """The experiment's timeouts: every node, the controller and test.py use these."""
         return cls(net.connect_timeout_s, net.read_timeout_s, net.retries)
+
+    def once(self) -> Timeouts:
+        """The same timeouts without retries: for a poll that asks again anyway."""
+        return replace(self, retries=0)
 
 
 class TrafficMeter:

@@ -59,7 +59,7 @@ def local_run(
     tmp = tmp_path_factory.mktemp("local")
     cfg = tmp / "config.json"
     cfg.write_text(json.dumps(two_level()))
-    proc = run_main("local", "--config", str(cfg), "--log-dir", str(tmp / "log"))
+    proc = run_main("local", "--config", str(cfg), "--log-dir", str(tmp / "log"), "-v")
     return proc, cfg, experiment_dir(tmp / "log")
 
 
@@ -73,6 +73,8 @@ def test_local_run_completes_through_two_level_tree(local_run: Any) -> None:
     assert all([r["round"] for r in d["iteration"]] == [0, 1, 2] for d in logs.values())
     final = json.loads((exp / "rounds.json").read_text())[-1]
     assert final["accuracy"] > 0.8
+    aggregator_out = (exp / "stdout" / "127.0.0.1_1.out").read_text()  # -v reaches the nodes
+    assert "INFO hefl.nodes.aggregator: 127.0.0.1:1 round 2: accuracy" in aggregator_out
 
 
 def test_global_model_is_the_sample_weighted_mean(local_run: Any) -> None:
@@ -458,3 +460,20 @@ def test_local_and_agg_runs_of_one_config_give_identical_accuracies(tmp_path: Pa
     assert [(r["accuracy"], r["loss"]) for r in first] == [
         (r["accuracy"], r["loss"]) for r in second
     ]
+
+
+def test_local_node_that_cannot_start_is_named_at_once(tmp_path: Path) -> None:
+    """A node process that dies (here: its gunicorn does not import) is named with its last output
+    line, instead of a wait for /health until network.startup_timeout_s."""
+    fake = tmp_path / "fake" / "gunicorn"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('no gunicorn in this test')\n")
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(tree_config(clients=2, leaves=1, spine=False)))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "fake")}
+    started = time.monotonic()
+    proc = run_main("local", "--config", str(cfg), "--log-dir", str(tmp_path / "log"), env=env)
+    assert proc.returncode == 1 and time.monotonic() - started < 60
+    (line,) = proc.stderr.strip().splitlines()
+    assert "exited with code 1: ImportError: no gunicorn in this test" in line, line
+    assert _children_alive(str(tmp_path)) == []
