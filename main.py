@@ -181,10 +181,11 @@ def _seal(args: argparse.Namespace) -> int:
     enc = load_config(args.config, overrides).encryption
     params = enc.he_params()
     print(versions())
+    # the config's parameters for its scheme, the defaults for the other
     for scheme in (
         "ckks",
         "bfv",
-    ):  # the config's parameters for its scheme, the defaults for the other
+    ):
         round_trip(
             params
             if scheme == params.scheme

@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException
 from hefl.errors import HeflError, ProtocolError, Unauthorized
 from hefl.host import Host
 from hefl.nodes import Node
-from hefl.wire import OPEN, TOKEN_HEADER, Envelope, Kind, kind_at
+from hefl.wire import OPEN, PREFIX, TOKEN_HEADER, Envelope, Kind, kind_at
 
 log = logging.getLogger(__name__)
 CONFIG_BODY = 16 << 20  # the largest body an unconfigured node reads (a config push)
@@ -84,9 +84,9 @@ def _check_token() -> None:
 
 def _meter_request() -> None:
     """A round message's body is counted here, where it is read, before the node acts on it."""
-    node = current_app.extensions["hefl_node"]
+    node = current_node()
     kind = kind_at(request.path) if request.url_rule is not None else None
-    if node is None or kind is None:
+    if node is None or kind is None or request.method != kind.route.method:
         return
     env = Envelope.from_headers(request.headers)
     node.meter.inbound(kind, env, len(request.get_data()))
@@ -110,7 +110,7 @@ def _meter_answer(response: Response) -> Response:
 def _on_error(exc: HeflError) -> tuple[Response, int]:
     node = current_app.extensions["hefl_node"]
     who = node.id if node is not None else "unconfigured node"
-    sender = request.headers.get("X-Hefl-Sender", request.remote_addr)
+    sender = request.headers.get(f"{PREFIX}Sender", request.remote_addr)
     log.warning("%s: refused %s %s from %s: %s", who, request.method, request.path, sender, exc)
     return jsonify(error=str(exc)), exc.status_code
 

@@ -41,6 +41,11 @@ class AcceptPoint:
                 self._taken.discard(key)
             raise
 
+    def take(self, key: Hashable, what: str) -> None:
+        """Claim `key` for good (nothing to load first); a second claim is a duplicate."""
+        with self.reserve(key, what):
+            pass
+
     def taken(self, key: Hashable) -> bool:
         with self._lock:
             return key in self._taken

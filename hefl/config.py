@@ -28,9 +28,8 @@ class DatasetConfig:
     # mnist: side length to resize to (the original study used 12); 0 keeps 28
     resize: int = field(default=0, metadata=bounds(ge=4, le=28, also=(0,)))
     partition: Literal["iid", "dirichlet"] = "iid"
-    alpha: float = field(
-        default=0.5, metadata=bounds(gt=0)
-    )  # dirichlet: label-skew concentration (smaller is more skewed)
+    # dirichlet: label-skew concentration (smaller is more skewed)
+    alpha: float = field(default=0.5, metadata=bounds(gt=0))
     test_fraction: float = field(default=0.2, metadata=bounds(gt=0, lt=1))
     samples: int = field(default=2000, metadata=bounds(gt=0))  # synthetic: number of samples
     features: int = field(default=64, metadata=bounds(gt=0))  # synthetic: input size
@@ -55,9 +54,8 @@ class TrainingConfig:
     momentum: float = field(default=0.9, metadata=bounds(ge=0))
     seed: int = field(default=0, metadata=bounds(ge=0))  # the root of every seed (hefl.seeds)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = field(
-        default=1, metadata=bounds(ge=1)
-    )  # torch threads per client, the same on every node
+    # torch threads per client, the same on every node
+    threads: int = field(default=1, metadata=bounds(ge=1))
     save_models: bool = False  # write each round's local and global weights (.npy) beside the logs
 
 
@@ -88,18 +86,15 @@ class EncryptionConfig:
 class NetworkConfig:
     """Ports, timeouts and retries of every call between nodes."""
 
-    port: int = field(
-        default=5000, metadata=bounds(ge=1, le=65535)
-    )  # port of a node whose address names none
+    # port of a node whose address names none
+    port: int = field(default=5000, metadata=bounds(ge=1, le=65535))
     connect_timeout_s: float = field(default=3.0, metadata=bounds(gt=0))
     read_timeout_s: float = field(default=60.0, metadata=bounds(gt=0))
     retries: int = field(default=3, metadata=bounds(ge=0))
-    startup_timeout_s: float = field(
-        default=120.0, metadata=bounds(gt=0)
-    )  # how long `agg` waits for every /health
-    round_timeout_s: float = field(
-        default=900.0, metadata=bounds(gt=0)
-    )  # how long the controller waits for one round
+    # how long `agg` waits for every /health
+    startup_timeout_s: float = field(default=120.0, metadata=bounds(gt=0))
+    # how long the controller waits for one round
+    round_timeout_s: float = field(default=900.0, metadata=bounds(gt=0))
 
 
 @dataclass(frozen=True)

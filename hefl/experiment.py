@@ -60,9 +60,8 @@ class Controller:
         self.out = out
         self.watch = watch
         self.transport = Transport(endpoints, Timeouts.of(cfg.network), token)
-        self.probe = Transport(
-            endpoints, Timeouts.of(cfg.network).once(), token
-        )  # polls retry anyway
+        # polls retry anyway
+        self.probe = Transport(endpoints, Timeouts.of(cfg.network).once(), token)
         self.keyless_context = keyless_context(cfg)
         self.key_ids: dict[str, str] = {}
 
@@ -128,9 +127,11 @@ class Controller:
         body = make_push(self.raw, node, self.experiment, self.endpoints, self.keyless_context)
         try:
             resp = self.transport.call(node, Kind.CONFIG, json.dumps(body).encode())
+            if resp.status_code == 409:  # a retried push the node had taken: its status tells
+                resp = self.transport.call(node, Kind.HEALTH)
         except HeflError as exc:
             return str(exc)
-        self.key_ids[node] = resp.json().get("key_id", "") if resp.status_code == 200 else ""
+        self.key_ids[node] = str(resp.json().get("key_id") or "")
         return ""
 
     def follow(self) -> list[dict[str, Any]]:

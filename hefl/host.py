@@ -49,9 +49,13 @@ class Host:
                     f"already configured as {push.node} for experiment {push.experiment!r}"
                 )
             node = build_node(push, self.log_dir, self.token)
+            try:
+                node.start()  # writes its (empty) log: a log folder it cannot write is refused here
+            except OSError as exc:
+                node.close()
+                raise ConfigError(f"push: {push.node} cannot write its log: {exc}") from None
             swap(node)
             self.node = node
-            node.start()
         if current is not None:
             current.close()
         log.info("%s configured as %s for experiment %s", push.node, node.role, push.experiment)

@@ -12,7 +12,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-_BY_DIRECTION = [f"byte_{k}_{d}" for d in ("up", "down", "control") for k in ("send", "received")]
+from hefl.wire import DIRECTIONS
+
+_BY_DIRECTION = [f"byte_{k}_{d}" for d in DIRECTIONS for k in ("send", "received")]
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -142,13 +144,16 @@ class Stopwatch:
 
     def __init__(self) -> None:
         self._started: dict[int, float] = {}
+        self._lock = threading.Lock()  # request threads start waits, the worker stops them
 
     def start(self, round_: int, first: bool = False) -> None:
         """Start the wait of `round_`; `first` keeps an earlier start (first of several events)."""
-        if not (first and round_ in self._started):
-            self._started[round_] = time.monotonic()
+        with self._lock:
+            if not (first and round_ in self._started):
+                self._started[round_] = time.monotonic()
 
     def stop(self, round_: int) -> float:
         """Seconds since the start of `round_`'s wait (0 if it never started)."""
-        started = self._started.pop(round_, None)
+        with self._lock:
+            started = self._started.pop(round_, None)
         return 0.0 if started is None else time.monotonic() - started

@@ -158,9 +158,13 @@ def _coerce(value: Any, tp: Any, path: str, error: Error) -> Any:
         inner = get_args(tp)[1]
         return {k: _coerce(v, inner, f"{path}[{k!r}]", error) for k, v in value.items()}
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        if not math.isfinite(value):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            raise error(f"{path}: expected a finite number, got {_show(value)}") from None
+        if not math.isfinite(number):
             raise error(f"{path}: expected a finite number, got {value}")
-        return float(value)
+        return number
     if tp is int and isinstance(value, bool) or not isinstance(value, tp):
         raise error(f"{path}: expected {_type_name(tp)}, got {_show(value)}")
     return value

@@ -27,9 +27,8 @@ class Purpose(IntEnum):
 def derive(seed: int, purpose: Purpose, *key: int) -> int:
     """A 63-bit seed for `purpose` (and ints that tell its uses apart) from the config's seed."""
     seq = np.random.SeedSequence(entropy=seed, spawn_key=(int(purpose), *key))
-    return int(
-        seq.generate_state(1, np.uint64)[0] >> np.uint64(1)
-    )  # torch.manual_seed takes < 2^63 safely
+    # torch.manual_seed takes < 2^63 safely
+    return int(seq.generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 def holdout_seed(seed: int) -> int:

@@ -59,9 +59,8 @@ class TrafficMeter:
         self.experiment = experiment
         self.rounds = rounds
         self.peers = frozenset(peers)
-        self.hops = dict(
-            hops or {}
-        )  # update sender -> the child it arrives through (topology.first_hops)
+        # update sender -> the child it arrives through (topology.first_hops)
+        self.hops = dict(hops or {})
 
     def counts(self, env: Envelope) -> bool:
         return env.experiment == self.experiment and 0 <= env.round < self.rounds
@@ -113,10 +112,14 @@ class Transport:
     def send(self, peer: str, kind: Kind, env: Envelope, body: bytes = b"") -> requests.Response:
         """A round message, metered. A 409 (the peer has it already) counts as delivered; another
         4xx raises ProtocolError; no answer after the retries raises PeerUnreachable."""
+        if kind.route.direction is None:
+            raise ValueError(f"{kind.value} is not a round message: use call()")
         return self._call(peer, kind, body, env)
 
     def call(self, peer: str, kind: Kind, body: bytes = b"", arg: str = "") -> requests.Response:
         """A control request (health, config, start, status, log); not metered."""
+        if kind.route.direction is not None:
+            raise ValueError(f"{kind.value} is a round message: use send()")
         return self._call(peer, kind, body, None, arg)
 
     def url(self, peer: str, kind: Kind, arg: str = "") -> str:
@@ -148,9 +151,8 @@ class Transport:
                 self._count(kind, peer, env, len(body), 0)
                 reason = f"no answer within {self.timeouts.read:g}s ({type(exc).__name__})"
                 continue
-            except (
-                requests.RequestException
-            ) as exc:  # refused, reset, bad URL, broken chunking, ...
+            # refused, reset, bad URL, broken chunking, ...
+            except requests.RequestException as exc:
                 reason = _short(exc)
                 continue
             self._count(kind, peer, env, len(body), len(resp.content))

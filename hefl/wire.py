@@ -48,7 +48,7 @@ class Route:
 
     def url_path(self, arg: str = "") -> str:
         """The path of one request; `arg` fills the path's one <argument>, if it has one."""
-        return re.sub(r"<[a-z_]+>", arg, self.path)
+        return re.sub(r"<[a-z_]+>", lambda _: arg, self.path)
 
 
 ROUTES: dict[Kind, Route] = {

@@ -42,9 +42,8 @@ def test_invalid_original_names_first_missing_comma(tmp_path: Path) -> None:
         f"{DATA / 'cs277-root-invalid.json'}: line 36 column 23: invalid JSON: missing ','"
     )
     lines = (DATA / "cs277-root-invalid.json").read_text().splitlines()
-    assert (
-        lines[35].rstrip().endswith('"send": "10.10.1.7"')
-    )  # the comma belongs right after this value
+    # the comma belongs right after this value
+    assert lines[35].rstrip().endswith('"send": "10.10.1.7"')
 
 
 def test_invalid_original_with_commas_fixed_names_the_typo(tmp_path: Path) -> None:

@@ -30,9 +30,8 @@ def test_dirichlet_slices_partition_and_skew_labels() -> None:
     shares = np.array(
         [np.bincount(labels[s], minlength=10) / max(len(s), 1) for s in slices if len(s)]
     )
-    assert (
-        shares.max(axis=1).mean() > 0.4
-    )  # alpha 0.1: most of a client's data is one or two labels
+    # alpha 0.1: most of a client's data is one or two labels
+    assert shares.max(axis=1).mean() > 0.4
     again = dirichlet_slices(labels, 5, alpha=0.1, seed=3)
     assert all(np.array_equal(a, b) for a, b in zip(slices, again, strict=True))
 

@@ -46,8 +46,7 @@ def test_expected_contributors_are_the_clients_under_a_node() -> None:
     cfg = parse_config(tree_config(clients=4, leaves=2, spine=True, dumb=(1,)))
     assert expected_contributors(cfg, "127.0.0.1:100") == 1
     assert expected_contributors(cfg, "127.0.0.1:10") == 2
-    assert (
-        expected_contributors(cfg, "127.0.0.1:11") == 2
-    )  # dumb: it forwards, its clients still count
+    # dumb: it forwards, its clients still count
+    assert expected_contributors(cfg, "127.0.0.1:11") == 2
     assert expected_contributors(cfg, "127.0.0.1:2") == 4
     assert expected_contributors(cfg, cfg.root) == 4

@@ -147,6 +147,9 @@ def test_switch_adds_or_forwards_and_relays_down(
     assert rec["byte_received"] == wire.out
     assert rec["byte_send"] == wire.back + sum(len(b) for b in forwarded)
     assert rec["messages_sent"] == len(forwarded) and rec["messages_received"] == wire.count == 9
+    stranger = rec["links"]["?"]  # the update from 127.0.0.1:9, not a child of this switch
+    assert stranger["received"] == len(sent[C1]) and stranger["sent"] > 0  # its refusal
+    assert sum(link["received"] for link in rec["links"].values()) == rec["byte_received"]
 
 
 def test_aggregator_sums_sends_down_and_closes_rounds(
@@ -162,9 +165,8 @@ def test_aggregator_sums_sends_down_and_closes_rounds(
     ((path, headers, body),) = recorder.wait_for(1)
     assert (path, headers["X-Hefl-Round"], body) == ("/begin", "0", b"")
     total = scheme.encrypt(np.arange(scheme.size, dtype=np.float64))
-    assert (
-        post(url, "/update", Envelope(EXP, 0, S0, 190, 1), total).status_code == 400
-    )  # S0 has 2 clients
+    # S0 has 2 clients
+    assert post(url, "/update", Envelope(EXP, 0, S0, 190, 1), total).status_code == 400
     assert post(url, "/update", Envelope(EXP, 0, S0, 190, 2), total).status_code == 202
     ((path, headers, body),) = recorder.wait_for(2)[1:]
     assert (path, headers["X-Hefl-Samples"], headers["X-Hefl-Contributors"], body) == (
@@ -209,9 +211,8 @@ def test_client_trains_sends_and_applies_global(serve_node: Any, recorder: Recor
     sent = scheme.decrypt(scheme.load(body), 1)  # delta x n_i x m / N: here n_i x 2 / N = 1
     other = np.full(scheme.size, 0.01)  # the other client's update
     total = scheme.encrypt(sent + other)
-    assert (
-        post(url, "/global", Envelope(EXP, 0, S0, 1438, 1), total).status_code == 400
-    )  # 1 of 2 clients
+    # 1 of 2 clients
+    assert post(url, "/global", Envelope(EXP, 0, S0, 1438, 1), total).status_code == 400
     assert post(url, "/global", Envelope(EXP, 0, S0, 1438, 2), total).status_code == 202
     ((path, headers, body2),) = recorder.wait_for(2)[1:]
     assert path == "/metrics" and 0 <= json.loads(body2)["accuracy"] <= 1
@@ -219,9 +220,8 @@ def test_client_trains_sends_and_applies_global(serve_node: Any, recorder: Recor
     stem = server.log_dir / EXP / C0.replace(":", "_")
     local, glob = np.load(f"{stem}.r0.local.npy"), np.load(f"{stem}.r0.global.npy")
     start = local - sent  # what the update was computed from (weight 1, nothing clipped)
-    np.testing.assert_allclose(
-        glob, start + (sent + other) / 2, atol=1e-6
-    )  # the mean of the two clients' models
+    # the mean of the two clients' models
+    np.testing.assert_allclose(glob, start + (sent + other) / 2, atol=1e-6)
 
 
 def test_node_is_reconfigured_for_a_new_role_without_restart(
@@ -238,9 +238,8 @@ def test_node_is_reconfigured_for_a_new_role_without_restart(
         "exp-2",
         "running",
     )
-    assert (
-        requests.get(f"{url}/status", timeout=5).status_code == 200
-    )  # the aggregator blueprint now answers
+    # the aggregator blueprint now answers
+    assert requests.get(f"{url}/status", timeout=5).status_code == 200
     gone = post(url, "/global", Envelope(EXP, 0, AGG, 1, 2), b"")  # the switch's endpoint is gone
     assert (gone.status_code, gone.json()) == (
         404,

@@ -86,9 +86,8 @@ def test_switch_adds_its_children_and_relays_the_global_result(
         switch.on_update(Envelope(EXP, 0, C0, 100, 1), scheme.encrypt(a))
     with pytest.raises(ProtocolError, match="claims 2 contributors"):
         switch.on_update(Envelope(EXP, 0, C1, 90, 2), scheme.encrypt(b))
-    switch.on_update(
-        Envelope(EXP, 0, C1, 90, 1), scheme.encrypt(b)
-    )  # the refusal above did not take it
+    # the refusal above did not take it
+    switch.on_update(Envelope(EXP, 0, C1, 90, 1), scheme.encrypt(b))
     ((peer, kind, env, body),) = transport.sent
     assert (peer, kind, env) == (AGG, Kind.UPDATE, Envelope(EXP, 0, S0, 190, 2))
     np.testing.assert_allclose(scheme.decrypt(scheme.load(body), 2), a + b, atol=1e-6)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +217,17 @@ def test_agg_waits_for_late_nodes_pushes_and_runs(tmp_path: Path) -> None:
         _stop(nodes)
 
 
+def _wait_answering(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"{url} did not answer within {timeout:g}s")
+
+
 def test_agg_names_every_unreachable_node(tmp_path: Path) -> None:
     ports = free_ports(4)
     raw = _addressed_config(ports)
@@ -224,6 +236,8 @@ def test_agg_names_every_unreachable_node(tmp_path: Path) -> None:
     cfg.write_text(json.dumps(raw))
     nodes = _start_nodes(ports[:2], tmp_path / "nodes", {**os.environ, "HEFL_TOKEN": "x"})
     try:
+        for port in ports[:2]:  # started and answering: only the other two are unreachable
+            _wait_answering(f"http://127.0.0.1:{port}/health")
         proc = run_main(
             "agg",
             "--config",
@@ -400,9 +414,8 @@ def test_cnn_on_label_skewed_slices_with_bfv(tmp_path: Path) -> None:
     samples = sorted(
         d["iteration"][0]["train_samples"] for d in logs.values() if d["role"] == "client"
     )
-    assert (
-        sum(samples) == 1438 and samples[0] != samples[-1]
-    )  # label skew: unequal slices of one split
+    # label skew: unequal slices of one split
+    assert sum(samples) == 1438 and samples[0] != samples[-1]
     assert all(len(d["iteration"]) == 2 and d["scheme"] == "bfv" for d in logs.values())
 
 

@@ -15,7 +15,8 @@ import pytest
 import requests
 
 from hefl.crypto.plain import PlainScheme
-from hefl.wire import Envelope
+from hefl.push import make_push
+from hefl.wire import JSON, Envelope
 from tests.conftest import ROOT, Recorder, tree_config
 from tests.test_http import AGG, C0, C1, EXP, S0, post, push, size_of, small, wait_health
 
@@ -52,9 +53,8 @@ def test_failed_reconfiguration_keeps_the_node_as_it_was(
             ).status_code
             == 202
         )
-    ((path, headers, body),) = recorder.wait_for(
-        1
-    )  # the old role still works: it forwarded the sum
+    # the old role still works: it forwarded the sum
+    ((path, headers, body),) = recorder.wait_for(1)
     np.testing.assert_allclose(scheme.decrypt(scheme.load(body), 1), 2 * np.ones(scheme.size))
 
 
@@ -189,9 +189,8 @@ def test_concurrent_updates_are_added_once(serve_node: Any, recorder: Recorder) 
     assert sorted(codes) == [202] * 8 + [409] * 8
     ((path, headers, body),) = recorder.wait_for(1)
     assert headers["X-Hefl-Contributors"] == "8" and headers["X-Hefl-Samples"] == "80"
-    np.testing.assert_allclose(
-        scheme.decrypt(scheme.load(body), 1), np.full(scheme.size, 36.0)
-    )  # 1 + ... + 8, each once
+    # 1 + ... + 8, each once
+    np.testing.assert_allclose(scheme.decrypt(scheme.load(body), 1), np.full(scheme.size, 36.0))
     assert wait_health(url, "running")["state"] == "running" and len(recorder.messages) == 1
 
 
@@ -307,3 +306,28 @@ for node in ("127.0.0.1:10", "127.0.0.1:1"):
     assert len(lines) == 2 and all("refused:" in line and "secret_key" in line for line in lines), (
         proc.stdout
     )
+
+
+def test_huge_numbers_and_an_unwritable_log_get_one_line_4xx(
+    serve_node: Any, recorder: Recorder, tmp_path: Path
+) -> None:
+    url, server = serve_node()
+    endpoints = {C0: recorder.url, "127.0.0.1:101": recorder.url, AGG: url, S0: recorder.url}
+    assert push(url, small(), AGG, endpoints).status_code == 200
+    aggregator = server.node
+    huge = '{"loss": 1%s, "accuracy": 0.5, "test_samples": 3, "byte_send": 0, "byte_received": 0}'
+    resp = post(url, "/metrics", Envelope(EXP, 0, C0, 3, 1), (huge % ("0" * 400)).encode(), JSON)
+    assert resp.status_code == 400 and "expected a finite number" in resp.json()["error"]
+    bad = small(training={"lr": 10**400})
+    resp = requests.post(f"{url}/config", json=make_push(bad, AGG, "exp-2", endpoints), timeout=30)
+    assert (
+        resp.status_code == 400 and "training.lr: expected a finite number" in resp.json()["error"]
+    )
+    (server.log_dir / "exp-3").write_text("a file where the experiment's log folder would go")
+    resp = requests.post(
+        f"{url}/config", json=make_push(small(), AGG, "exp-3", endpoints), timeout=30
+    )
+    assert resp.status_code == 400 and "cannot write its log" in resp.json()["error"], resp.text
+    # the push that failed changed nothing
+    assert server.node is aggregator and not aggregator.closed
+    assert requests.get(f"{url}/health", timeout=5).json()["experiment"] == EXP

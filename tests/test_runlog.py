@@ -12,9 +12,8 @@ from hefl.runlog import RunLog, Stopwatch, write_json_atomic
 def test_bytes_add_up_by_direction_and_by_link(tmp_path: Path) -> None:
     log = RunLog(tmp_path / "n.json", "a", "switch", "e")
     log.add_bytes(0, "up", "b", sent=0, received=100, outbound=False)
-    log.add_bytes(
-        0, "up", "b", sent=30, received=0, outbound=False, message=False
-    )  # a refusal's body
+    # a refusal's body
+    log.add_bytes(0, "up", "b", sent=30, received=0, outbound=False, message=False)
     log.add_bytes(0, "up", "p", sent=100, received=0, outbound=True)
     log.add_bytes(0, "down", "p", sent=0, received=50, outbound=False)
     log.add_bytes(0, "control", "p", sent=7, received=0, outbound=True)

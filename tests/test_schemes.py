@@ -324,9 +324,8 @@ def test_local_mode_reuses_sealed_keys_only_when_they_fit(key_dirs: dict[str, Pa
 
     enc, folder = HeParams(scheme="ckks"), key_dirs["ckks"]
     assert keys_match(enc, folder)
-    assert keys_match(
-        replace(enc, scale_bits=25), folder
-    )  # the scale is set at load: the same keys serve
+    # the scale is set at load: the same keys serve
+    assert keys_match(replace(enc, scale_bits=25), folder)
     assert not keys_match(replace(enc, poly_modulus_degree=8192), folder)
     assert not keys_match(replace(enc, scheme="bfv"), folder)
 

@@ -144,3 +144,12 @@ def test_control_calls_and_other_experiments_are_not_metered(peer: Peer, tmp_pat
 def test_timeouts_come_from_the_network_config() -> None:
     net = NetworkConfig(connect_timeout_s=1.5, read_timeout_s=9.0, retries=5)
     assert Timeouts.of(net) == Timeouts(connect=1.5, read=9.0, retries=5)
+
+
+def test_a_kind_goes_through_the_call_it_belongs_to(peer: Peer, tmp_path: Path) -> None:
+    t, _ = transport(peer, tmp_path)
+    with pytest.raises(ValueError, match="health is not a round message"):
+        t.send(PEER, Kind.HEALTH, ENV)
+    with pytest.raises(ValueError, match="update is a round message"):
+        t.call(PEER, Kind.UPDATE, b"abc")
+    assert peer.calls == 0

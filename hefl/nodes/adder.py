@@ -24,9 +24,8 @@ class Adder(Node, ABC):
     def on_update(self, env: Envelope, payload: bytes) -> None:
         """Accept one child's update (a duplicate raises DuplicateMessage); work goes to the worker.
         The payload is loaded (for ciphertexts: deserialized in this node's context) once, here."""
-        with self.buffer.reserve(
-            env
-        ):  # a retried update is refused before it costs a deserialization
+        # reserved first: a retried update is refused before it costs a deserialization
+        with self.buffer.reserve(env):
             expected = expected_contributors(self.cfg, env.sender)
             if env.contributors != expected:
                 raise ProtocolError(
@@ -37,8 +36,8 @@ class Adder(Node, ABC):
                 raise ProtocolError(f"{env.sender!r} sent an update of {env.samples} samples")
             with self.runlog.phase(env.round, "load"):
                 loaded = self.scheme.load(payload)
+            self.first_update.start(env.round, first=True)  # before the fill that may complete it
             complete = self.buffer.fill(env, loaded)
-        self.first_update.start(env.round, first=True)
         self.accepted(env, payload, complete)
 
     def accepted(self, env: Envelope, payload: bytes, complete: bool) -> None:

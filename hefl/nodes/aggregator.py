@@ -30,8 +30,7 @@ class AggregatorNode(Adder):
     def begin_experiment(self) -> None:
         """Begin round 0 (once): every client trains as soon as the begin message reaches it."""
         try:
-            with self.control.reserve(Kind.START, "start"):
-                pass
+            self.control.take(Kind.START, "start")
         except DuplicateMessage:
             raise ProtocolError("the experiment has already started") from None
         self.submit(self.send_begin)

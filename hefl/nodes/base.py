@@ -125,7 +125,10 @@ class Node:
         """Retire this node: queued work is dropped, the log is written, connections closed."""
         self.closed = True
         self.worker.close()
-        self.runlog.flush()
+        try:
+            self.runlog.flush()
+        except OSError as exc:  # a full disk must not keep the connections and workers alive
+            log.error("%s: could not write its log when retired: %s", self.id, exc)
         self.transport.close()
         self.scheme.close()
 

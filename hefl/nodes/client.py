@@ -28,9 +28,8 @@ class ClientNode(Node):
     def __init__(self, cfg: ExperimentConfig, node_id: str, experiment: str, parts: Parts) -> None:
         super().__init__(cfg, node_id, experiment, parts)
         t = cfg.training
-        torch.set_num_threads(
-            t.threads
-        )  # the same on every node, whatever the process was started with
+        # the same on every node, whatever the process was started with
+        torch.set_num_threads(t.threads)
         self.device = pick_device(t.device)
         self.train, self.test, self.all_samples = client_data(
             cfg.dataset, t.seed, self.me.client_number, self.me.index
@@ -48,8 +47,7 @@ class ClientNode(Node):
         self.check_downward(env, payload, allow_empty=True)
         if env.round != 0:
             raise ProtocolError(f"begin is for round 0, got round {env.round}")
-        with self.downward.reserve((Kind.BEGIN, 0), "begin of round 0"):
-            pass
+        self.downward.take((Kind.BEGIN, 0), "begin of round 0")
         self.submit(self.train_round, 0)
 
     def on_global(self, env: Envelope, payload: bytes) -> None:

@@ -51,8 +51,7 @@ class SwitchNode(Adder):
     def _on_down(self, kind: Kind, env: Envelope, payload: bytes) -> None:
         """Accept a begin or global message from the parent, once; the worker relays it."""
         self.check_downward(env, payload, allow_empty=kind is Kind.BEGIN)
-        with self.downward.reserve((kind, env.round), f"{kind.value} of round {env.round}"):
-            pass
+        self.downward.take((kind, env.round), f"{kind.value} of round {env.round}")
         self.submit(self.relay, kind, env, payload)
 
     def relay(self, kind: Kind, env: Envelope, payload: bytes) -> None:

@@ -44,9 +44,8 @@ class TensealScheme(ABC):
 
             self._pool = EncryptPool(self.ctx, enc)
         data_primes = len(coeffs(enc)) - 1  # only the data primes reach the wire
-        per_ct = (
-            2 * enc.poly_modulus_degree * 8 * data_primes + 4096
-        )  # 64-bit words before SEAL's compression
+        # 64-bit words before SEAL's compression
+        per_ct = 2 * enc.poly_modulus_degree * 8 * data_primes + 4096
         self.max_payload_bytes = self.chunks * per_ct + 8 + 4 * self.chunks
 
     @abstractmethod

@@ -27,9 +27,8 @@ class CkksScheme(TensealScheme):
     def check_scale(self, index: int, ct: Any) -> None:
         """A ciphertext of this context's parameters but another scale would add to nonsense."""
         scale = ct.scale() if callable(ct.scale) else ct.scale
-        if (
-            not abs(scale - self.enc.scale) <= 1e-6 * self.enc.scale
-        ):  # written so that NaN fails too
+        # written so that NaN fails too
+        if not abs(scale - self.enc.scale) <= 1e-6 * self.enc.scale:
             raise ProtocolError(
                 f"ciphertext {index} has scale {scale!r}, expected 2^{self.enc.scale_bits}"
             )

@@ -108,9 +108,8 @@ def load_keyless(enc: HeParams, data: bytes) -> KeyRing:
         raise ConfigError(f"push.context: not a TenSEAL context: {exc}") from None
     if ctx.is_private():
         raise ConfigError("push.context: holds a secret key; only clients may have one")
-    expected = list(
-        new_context(enc).seal_context().data.first_parms_id()
-    )  # once, at configure time
+    # once, at configure time
+    expected = list(new_context(enc).seal_context().data.first_parms_id())
     if list(ctx.seal_context().data.first_parms_id()) != expected:
         raise ConfigError(
             f"push.context: made for other parameters than the config's {fingerprint(enc)}"

@@ -33,12 +33,13 @@ class EncryptPool:
     ciphertexts."""
 
     def __init__(self, context: Any, enc: HeParams) -> None:
+        # encryption needs the public key only
         blob = context.serialize(
             save_public_key=True,
             save_secret_key=False,
             save_galois_keys=False,
             save_relin_keys=False,
-        )  # encryption needs the public key only
+        )
         self.pool = ProcessPoolExecutor(
             enc.processes,
             mp_context=multiprocessing.get_context("spawn"),
