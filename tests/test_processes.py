@@ -377,9 +377,15 @@ def test_encrypted_run_matches_the_plaintext_run(
     plain = json.loads((plain_exp / "rounds.json").read_text())[-1]["accuracy"]
     enc = json.loads((exp / "rounds.json").read_text())[-1]["accuracy"]
     assert abs(plain - enc) <= (0.005 if scheme == "ckks" else 0.01)
-    client = "127.0.0.1_100.r2.global.npy"
-    diff = np.abs(np.load(exp / client) - np.load(plain_exp / client)).max()
-    assert diff <= (1e-4 if scheme == "ckks" else 5e-3), diff
+
+    def gap(name: str) -> float:
+        return float(np.abs(np.load(exp / name) - np.load(plain_exp / name)).max())
+
+    # round 0 starts from the same local models in both runs: the gap is the scheme's error alone
+    assert gap("127.0.0.1_100.r0.local.npy") == 0.0
+    assert gap("127.0.0.1_100.r0.global.npy") <= (2e-5 if scheme == "ckks" else 5e-3)
+    # later rounds train on the result: SGD can amplify the unseeded CKKS noise (7e-4 by round 2)
+    assert gap("127.0.0.1_100.r2.global.npy") <= 1e-2
     logs = node_logs(exp)
     assert {(d["role"], d["can_decrypt"], d["scheme"]) for d in logs.values()} == {
         ("client", True, scheme),
