@@ -304,6 +304,8 @@ def _local_until_round(tmp_path: Path, raw: dict[str, Any], round_: int) -> subp
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a test suite started in the background (`cmd &`) inherits SIGINT ignored; Ctrl-C needs it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         cwd=ROOT,
     )
     assert proc.stdout is not None
