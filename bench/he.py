@@ -42,6 +42,12 @@ class Figures:
     err100: float
 
 
+def mparams(size: int, *seconds: float) -> dict[str, float]:
+    """Mparam/s of the five primitives, timed in this order."""
+    names = ("encrypt", "serialize", "deserialize", "add", "decrypt")
+    return {k: size / t / 1e6 for k, t in zip(names, seconds, strict=True)}
+
+
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     t0 = time.perf_counter()
     out = fn()
@@ -88,16 +94,7 @@ def bench_vectors(name: str, enc: HeParams, size: int) -> Figures:
     other = [load(switch_ctx, c.serialize()) for c in encrypt(values)]
     _, t_add = timed(lambda: [a.add_(b) for a, b in zip(loaded, other, strict=True)])
     _, t_dec = timed(lambda: [c.decrypt() for c in cts])
-    rates = {
-        k: size / t / 1e6
-        for k, t in (
-            ("encrypt", t_enc),
-            ("serialize", t_ser),
-            ("deserialize", t_de),
-            ("add", t_add),
-            ("decrypt", t_dec),
-        )
-    }
+    rates = mparams(size, t_enc, t_ser, t_de, t_add, t_dec)
     errs = []
     small = values[: min(size, 4 * n)]
     for count in (10, 100):
@@ -152,16 +149,7 @@ def bench_per_element(shape: tuple[int, int] = (8, 8)) -> Figures:
     loaded, t_de = timed(lambda: [ts.ckks_vector_from(ctx, b) for b in blobs])
     _, t_add = timed(lambda: [a.add_(b) for a, b in zip(loaded, cts, strict=True)])
     _, t_dec = timed(lambda: [c.decrypt() for c in cts])
-    rates = {
-        k: size / t / 1e6
-        for k, t in (
-            ("encrypt", t_enc),
-            ("serialize", t_ser),
-            ("deserialize", t_de),
-            ("add", t_add),
-            ("decrypt", t_dec),
-        )
-    }
+    rates = mparams(size, t_enc, t_ser, t_de, t_add, t_dec)
     per_param = sum(len(b) for b in blobs) / size
     return Figures(
         f"per-element ckks_vector, 8192 [60,40,40,60] ({shape[0]}x{shape[1]})",
