@@ -58,6 +58,7 @@ class RunLog:
                 "messages_sent": 0,
                 "links": {},
                 "phases": {},
+                "phases_cpu": {},
             }
             self._records[round_] = rec
             self._started[round_] = time.monotonic()
@@ -91,19 +92,25 @@ class RunLog:
             if message:
                 rec["messages_sent" if outbound else "messages_received"] += 1
 
-    def add_phase(self, round_: int, name: str, seconds: float) -> None:
+    def add_phase(
+        self, round_: int, name: str, seconds: float, cpu_seconds: float | None = None
+    ) -> None:
         with self._lock:
-            phases = self._record(round_)["phases"]
-            phases[name] = round(phases.get(name, 0.0) + seconds, 6)
+            rec = self._record(round_)
+            for key, value in (("phases", seconds), ("phases_cpu", cpu_seconds)):
+                if value is not None:
+                    rec[key][name] = round(rec[key].get(name, 0.0) + value, 6)
 
     @contextmanager
     def phase(self, round_: int, name: str) -> Iterator[None]:
-        """Time a block with the monotonic clock and add it to the round's phase `name`."""
-        t0 = time.monotonic()
+        """Time a block with the monotonic clock and add it to the round's phase `name`; add the
+        CPU seconds the calling thread spent in it to `phases_cpu` (less than the wall time when
+        the thread waited for the network, a lock or a core another process held)."""
+        t0, cpu0 = time.monotonic(), time.thread_time()
         try:
             yield
         finally:
-            self.add_phase(round_, name, time.monotonic() - t0)
+            self.add_phase(round_, name, time.monotonic() - t0, time.thread_time() - cpu0)
 
     def set(self, round_: int, **values: Any) -> None:
         with self._lock:

@@ -72,3 +72,18 @@ def test_stopwatch_measures_named_waits_per_round() -> None:
     wait.start(0, first=True)  # keeps the first start
     wait.start(1)
     assert wait.stop(0) >= 0.02 and wait.stop(0) == 0.0 and wait.stop(1) < 0.02
+
+
+def test_a_phase_records_the_cpu_its_thread_spent_beside_the_wall_time(tmp_path: Path) -> None:
+    log = RunLog(tmp_path / "n.json", "a", "client", "e")
+    with log.phase(0, "wait_here"):
+        time.sleep(0.2)
+    with log.phase(0, "compute"):
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 0.2:
+            pass
+    rec = log.record(0)
+    assert rec["phases"]["wait_here"] >= 0.2 and rec["phases_cpu"]["wait_here"] < 0.05
+    assert rec["phases_cpu"]["compute"] > 0.1  # a busy loop: CPU, unless another process holds it
+    log.add_phase(0, "wait", 1.0)  # a wait measured elsewhere has no CPU figure
+    assert "wait" not in log.record(0)["phases_cpu"]
