@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, current_app, g, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from hefl.errors import HeflError, ProtocolError, Unauthorized
 from hefl.host import Host
@@ -89,11 +89,36 @@ def _meter_request() -> None:
     if node is None or kind is None or request.method != kind.route.method:
         return
     env = Envelope.from_headers(request.headers)
-    node.meter.inbound(kind, env, len(request.get_data()))
+    g.body = read_body()
+    node.meter.inbound(kind, env, len(g.body))
     g.message = (kind, env)
     wanted = kind.route.content_type
     if kind.route.strict and request.mimetype != wanted:
         raise ProtocolError(f"Content-Type must be {wanted}, got {request.mimetype or 'none'!r}")
+
+
+def read_body(chunk: int = 1 << 20) -> bytes:
+    """The request body, read in large pieces into one buffer of its declared length (werkzeug's
+    get_data reads 64 KiB pieces and copies them twice: a third of loopback speed for 24 MB);
+    refused with 413 above the app's limit and with a 400 if the sender stops short."""
+    size = request.content_length
+    if size is None:  # chunked: no length to size the buffer with (our transport never sends it)
+        return request.get_data()
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if limit is not None and size > limit:
+        raise RequestEntityTooLarge()
+    stream = request.environ["wsgi.input"]
+    buf = bytearray(size)
+    view = memoryview(buf)
+    got = 0
+    while got < size:
+        piece = stream.read(min(chunk, size - got))
+        if not piece:
+            raise ProtocolError(f"body ended after {got} of its {size} bytes")
+        view[got : got + len(piece)] = piece
+        got += len(piece)
+    view.release()
+    return bytes(buf)
 
 
 def _meter_answer(response: Response) -> Response:

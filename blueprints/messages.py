@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, Response, g, request
+from flask import Blueprint, Response, g
 
 from blueprints import current_node
 from hefl.wire import Envelope, Kind
@@ -19,9 +19,11 @@ def add_route(bp: Blueprint, kind: Kind, view: Callable[..., Any]) -> None:
 
 
 def message() -> tuple[Envelope, bytes]:
-    """Envelope and body of this request's round message (parsed and counted by the meter hook)."""
+    """Envelope and body of this request's round message (read, parsed and counted by the meter
+    hook)."""
     _, env = g.message
-    return env, request.get_data()
+    body: bytes = g.body
+    return env, body
 
 
 def accepted() -> tuple[Response, int]:
