@@ -33,10 +33,11 @@ class EncryptPool:
     ciphertexts."""
 
     def __init__(self, context: Any, enc: HeParams) -> None:
-        # encryption needs the public key only
+        # clients encrypt with the secret key (symmetric: keys.generate); the workers are this
+        # client's own processes, started with `spawn`: the context goes to them through a pipe
         blob = context.serialize(
             save_public_key=True,
-            save_secret_key=False,
+            save_secret_key=True,
             save_galois_keys=False,
             save_relin_keys=False,
         )
