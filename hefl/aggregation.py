@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -53,10 +53,12 @@ class AcceptPoint:
 
 @dataclass
 class Inbox:
-    """The messages of one round at one node, keyed by sender."""
+    """The messages of one round at one node, keyed by sender; with a `combine` function, their
+    payloads are folded into `total` as they arrive instead."""
 
     payloads: dict[str, Any] = field(default_factory=dict)  # as the scheme loaded them
     envelopes: dict[str, Envelope] = field(default_factory=dict)
+    total: Any = None
 
 
 class RoundBuffer:
@@ -64,12 +66,21 @@ class RoundBuffer:
 
     A message is accepted only for this experiment, an expected sender and a round in range; a
     second message with the same (round, sender) is a DuplicateMessage, also once the round is out.
+    With `combine(total or None, payload) -> total`, a payload is folded into its round's total as
+    it is filled (an adder adds on arrival) and not kept.
     """
 
-    def __init__(self, experiment: str, senders: Sequence[str], rounds: int) -> None:
+    def __init__(
+        self,
+        experiment: str,
+        senders: Sequence[str],
+        rounds: int,
+        combine: Callable[[Any, Any], Any] | None = None,
+    ) -> None:
         self.experiment = experiment
         self.senders = tuple(senders)
         self.rounds = rounds
+        self.combine = combine
         self.accept_point = AcceptPoint()
         self._inboxes: dict[int, Inbox] = {}
         self._lock = threading.Lock()
@@ -91,12 +102,15 @@ class RoundBuffer:
             yield
 
     def fill(self, env: Envelope, payload: Any) -> bool:
-        """Store a reserved message's payload; True when it completes its round."""
+        """Store (or combine) a reserved message's payload; True when it completes its round."""
         with self._lock:
             inbox = self._inboxes.setdefault(env.round, Inbox())
-            inbox.payloads[env.sender] = payload
+            if self.combine is None:
+                inbox.payloads[env.sender] = payload
+            else:
+                inbox.total = self.combine(inbox.total, payload)
             inbox.envelopes[env.sender] = env
-            return len(inbox.payloads) == len(self.senders)
+            return len(inbox.envelopes) == len(self.senders)
 
     def accept(self, env: Envelope, payload: Any) -> bool:
         """Reserve and fill in one step (for payloads that need no loading)."""

@@ -153,3 +153,91 @@ def test_a_failing_job_is_reported_to_the_aggregator(cfg: ExperimentConfig, tmp_
         body.decode().startswith(f"{S0} (switch), round 0: ")
         and switch.status()["state"] == "failed"
     )
+
+
+def test_an_adder_holds_one_running_total_not_its_childrens_updates(tmp_path: Path) -> None:
+    cfg = parse_config(tree_config(clients=3, leaves=1, spine=False, rounds=1))
+    switch, transport = make(SwitchNode, S0, cfg, tmp_path)
+    scheme = switch.scheme
+    values = [np.linspace(-1, 1, scheme.size) * (i + 1) / 7 for i in range(3)]
+    for i, v in enumerate(values[:2]):
+        switch.on_update(Envelope(EXP, 0, f"127.0.0.1:{100 + i}", 10, 1), scheme.encrypt(v))
+    inbox = switch.buffer._inboxes[0]
+    assert inbox.payloads == {} and sorted(inbox.envelopes) == [C0, C1]
+    # the two arrived updates are already added, in float64
+    assert inbox.total.dtype == np.float64
+    np.testing.assert_allclose(inbox.total, (values[0] + values[1]).astype(np.float32), rtol=1e-6)
+    switch.on_update(Envelope(EXP, 0, "127.0.0.1:102", 10, 1), scheme.encrypt(values[2]))
+    ((_, kind, env, body),) = transport.sent
+    assert (kind, env.contributors) == (Kind.UPDATE, 3)
+    assert set(switch.runlog.record(0)["phases"]) >= {"load", "aggregate", "serialize", "send"}
+    assert 0 not in switch.buffer._inboxes  # released: nothing of the round is held any more
+
+
+def test_plaintext_sums_do_not_depend_on_arrival_order() -> None:
+    """Float64 running totals of float32 updates give the same bytes in every arrival order, where
+    float32 running totals would not (checked on the same data, so the test can tell them apart)."""
+    import itertools
+
+    from hefl.crypto import add_all
+
+    scheme = PlainScheme(20_000)
+    rng = np.random.default_rng(11)
+    updates = [scheme.load(scheme.encrypt(rng.normal(0, 0.01, 20_000) * 10**i)) for i in range(4)]
+    sums = {add_all(scheme, list(order)) for order in itertools.permutations(updates)}
+    assert len(sums) == 1
+    float32 = set()
+    for order in itertools.permutations(updates):
+        total = np.zeros(20_000, dtype=np.float32)
+        for u in order:
+            total += u
+        float32.add(total.tobytes())
+    assert len(float32) > 1
+
+
+class SlowTransport(FakeTransport):
+    """A transport whose sends to one peer take `delay` seconds; records when each send began."""
+
+    def __init__(self, slow: str, delay: float) -> None:
+        super().__init__()
+        self.slow, self.delay = slow, delay
+        self.began: dict[str, float] = {}
+
+    def send(self, peer: str, kind: Kind, env: Envelope, body: bytes = b"") -> None:
+        import time
+
+        self.began[peer] = time.monotonic()
+        if peer == self.slow:
+            time.sleep(self.delay)
+        super().send(peer, kind, env, body)
+
+
+def test_a_slow_child_does_not_delay_its_siblings(tmp_path: Path) -> None:
+    import time
+
+    cfg = parse_config(tree_config(clients=3, leaves=1, spine=False, rounds=1))
+    switch, _ = make(SwitchNode, S0, cfg, tmp_path)
+    slow = SlowTransport(C0, 1.0)
+    switch.transport = slow
+    t0 = time.monotonic()
+    switch.on_begin(Envelope(EXP, 0, AGG), b"")
+    assert sorted(slow.began) == [C0, C1, "127.0.0.1:102"]
+    # every sibling's send began at once, not after the slow child's second
+    assert max(slow.began[c] for c in (C1, "127.0.0.1:102")) - t0 < 0.5
+    assert time.monotonic() - t0 >= 1.0  # the phase still waits for the slow child
+    assert switch.runlog.record(0)["phases"]["send"] >= 1.0
+
+
+def test_a_child_that_fails_fails_the_fan_out_after_the_others_got_it(tmp_path: Path) -> None:
+    cfg = parse_config(tree_config(clients=3, leaves=1, spine=False, rounds=1))
+    switch, transport = make(SwitchNode, S0, cfg, tmp_path)
+
+    def send(peer: str, kind: Kind, env: Envelope, body: bytes = b"") -> None:
+        if peer == C0:
+            raise ProtocolError(f"{peer} refused")
+        transport.sent.append((peer, kind, env, body))
+
+    switch.transport.send = send  # type: ignore[method-assign]
+    switch.on_begin(Envelope(EXP, 0, AGG), b"")
+    assert sorted(p for p, *_ in transport.sent if p != AGG) == [C1, "127.0.0.1:102"]
+    assert switch.status()["state"] == "failed" and f"{C0} refused" in switch.error

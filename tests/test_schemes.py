@@ -17,6 +17,7 @@ from hefl.config import EncryptionConfig, parse_config
 from hefl.crypto import (
     HeParams,
     Scheme,
+    add_all,
     generate_keys,
     load_keyless,
     load_secret,
@@ -60,10 +61,10 @@ def test_sum_through_a_two_level_tree(name: str, key_dirs: dict[str, Path]) -> N
     client, switch = schemes(name, size, key_dirs)
     payloads = [client.encrypt(v) for v in values]
     halves = [
-        switch.add([switch.load(p) for p in payloads[:4]]),
-        switch.add([switch.load(p) for p in payloads[4:]]),
+        add_all(switch, [switch.load(p) for p in payloads[:4]]),
+        add_all(switch, [switch.load(p) for p in payloads[4:]]),
     ]
-    total = switch.add([switch.load(h) for h in halves])
+    total = add_all(switch, [switch.load(h) for h in halves])
     np.testing.assert_allclose(
         client.decrypt(client.load(total), 8), np.sum(values, axis=0), atol=TOLERANCE[name]
     )
@@ -73,7 +74,7 @@ def test_ckks_sum_of_100_unit_vectors(key_dirs: dict[str, Path]) -> None:
     client, switch = schemes("ckks", 2048, key_dirs)
     rng = np.random.default_rng(1)
     values = [rng.uniform(-1, 1, 2048) for _ in range(100)]
-    total = switch.add([switch.load(client.encrypt(v)) for v in values])
+    total = add_all(switch, [switch.load(client.encrypt(v)) for v in values])
     assert np.abs(client.decrypt(client.load(total), 100) - np.sum(values, axis=0)).max() < 1e-4
 
 
@@ -84,7 +85,9 @@ def test_bfv_sums_of_128_clients_are_exact(key_dirs: dict[str, Path]) -> None:
     values = [rng.uniform(-1, 1, size) for _ in range(128)]
     clients = [schemes("bfv", size, key_dirs, seed=i)[0] for i in range(128)]
     switch = schemes("bfv", size, key_dirs)[1]
-    total = switch.add([switch.load(c.encrypt(v)) for c, v in zip(clients, values, strict=True)])
+    total = add_all(
+        switch, [switch.load(c.encrypt(v)) for c, v in zip(clients, values, strict=True)]
+    )
     from hefl.crypto.quantize import dequantize_sum, quantize
 
     ints = sum(quantize(v, 1.0, 16, np.random.default_rng(i)) for i, v in enumerate(values))
@@ -225,8 +228,8 @@ def test_encryption_in_worker_processes(name: str, key_dirs: dict[str, Path]) ->
     switch = schemes(name, size, key_dirs)[1]
     try:
         values = np.random.default_rng(4).uniform(-1, 1, size)
-        total = switch.add(
-            [switch.load(client.encrypt(values)), switch.load(client.encrypt(values))]
+        total = add_all(
+            switch, [switch.load(client.encrypt(values)), switch.load(client.encrypt(values))]
         )
         np.testing.assert_allclose(
             client.decrypt(client.load(total), 2), 2 * values, atol=TOLERANCE[name]
@@ -289,8 +292,8 @@ def test_bfv_128_clients_at_the_clip_edges(edge: float, key_dirs: dict[str, Path
     size = 2 * 8192 + 5  # several ciphertexts, the last partly filled, an odd count
     client, switch = schemes("bfv", size, key_dirs)
     one = switch.load(client.encrypt(np.full(size, edge)))
-    total = switch.add(
-        [one] + [switch.load(client.encrypt(np.full(size, edge))) for _ in range(127)]
+    total = add_all(
+        switch, [one] + [switch.load(client.encrypt(np.full(size, edge))) for _ in range(127)]
     )
     np.testing.assert_allclose(
         client.decrypt(client.load(total), 128), np.full(size, 128 * edge), atol=1e-9
@@ -334,3 +337,56 @@ def test_encryption_config_converts_to_the_crypto_parameters() -> None:
     assert EncryptionConfig().he_params() == HeParams()  # the same defaults on both sides
     enc = EncryptionConfig(scheme="bfv", quant_bits=12, clip=0.5, processes=3, key_dir="elsewhere")
     assert enc.he_params() == HeParams(scheme="bfv", quant_bits=12, clip=0.5, processes=3)
+
+
+def test_independent_key_pairs_get_different_key_ids(tmp_path: Path) -> None:
+    """The key id names the secret key: two `./seal.sh` runs never share one, one folder always
+    gives the same, and it is what params.json recorded."""
+    enc = HeParams(scheme="ckks")
+    ids = []
+    for name in ("a", "b"):
+        generate_keys(enc, tmp_path / name)
+        ring = load_secret(enc, tmp_path / name)
+        made = json.loads((tmp_path / name / "params.json").read_text())["key_id"]
+        assert ring.key_id == made == load_secret(enc, tmp_path / name).key_id
+        ids.append(ring.key_id)
+    assert ids[0] != ids[1]
+    # a secret file from another run than its params.json is refused
+    (tmp_path / "a" / SECRET).write_bytes((tmp_path / "b" / SECRET).read_bytes())
+    with pytest.raises(ConfigError, match="copy both from the same ./seal.sh run"):
+        load_secret(enc, tmp_path / "a")
+
+
+@pytest.mark.parametrize("name", ["ckks", "bfv"])
+def test_clients_encrypt_with_the_secret_key(name: str, key_dirs: dict[str, Path]) -> None:
+    """A client's context is symmetric: it has no public key at all (so nothing can encrypt for
+    this experiment without the secret key), and its ciphertexts add and decrypt as before."""
+    ctx = load_secret(HeParams(scheme=name), key_dirs[name]).context
+    with pytest.raises(ValueError, match="symmetric"):
+        ctx.public_key()
+
+
+def test_keys_of_an_older_seal_still_load(tmp_path: Path) -> None:
+    """A key folder written before clients encrypted symmetrically (a public key, its hash as the
+    key id) loads as it is, with its old id."""
+    from hefl.crypto.keydir import write_params
+    from hefl.crypto.tenseal.keys import keyless_part, new_context, public_key_id
+
+    enc = HeParams(scheme="ckks")
+    ctx = new_context(enc, symmetric=False)
+    folder = tmp_path / "old"
+    folder.mkdir()
+    (folder / SECRET).write_bytes(ctx.serialize(save_secret_key=True))
+    (folder / KEYLESS).write_bytes(keyless_part(ctx))
+    old_id = public_key_id(ctx)
+    assert old_id is not None
+    write_params(enc, folder, old_id)
+    ring = load_secret(enc, folder)
+    assert ring.key_id == old_id
+    client, switch = (
+        make_scheme(enc, 3000, ring),
+        make_scheme(enc, 3000, load_keyless(enc, read_keyless(enc, folder))),
+    )
+    values = np.random.default_rng(9).uniform(-1, 1, 3000)
+    total = add_all(switch, [switch.load(client.encrypt(values)) for _ in range(2)])
+    np.testing.assert_allclose(client.decrypt(client.load(total), 2), 2 * values, atol=1e-4)

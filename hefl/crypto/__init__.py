@@ -13,12 +13,13 @@ from typing import Protocol
 from hefl.crypto.keydir import keys_match, read_keyless
 from hefl.crypto.params import HeParams, fingerprint
 from hefl.crypto.plain import PlainScheme
-from hefl.crypto.scheme import KeyRing, Scheme
+from hefl.crypto.scheme import KeyRing, Scheme, add_all
 
 __all__ = [
     "HeParams",
     "KeyRing",
     "Scheme",
+    "add_all",
     "fingerprint",
     "generate_keys",
     "keys_match",

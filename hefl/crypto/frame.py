@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from hefl.errors import ProtocolError
 
@@ -33,11 +33,16 @@ def frame_lengths(payload: bytes, count: int) -> tuple[int, ...]:
     return lengths
 
 
-def unframe(payload: bytes, count: int) -> list[bytes]:
-    """Split a framed body into exactly `count` parts; anything else is a ProtocolError."""
+def unframe(payload: bytes, count: int) -> Iterator[bytes]:
+    """The `count` parts of a framed body, one at a time (a part is copied out only when asked for:
+    a loader never holds a second copy of the whole body); the frame is checked before the first
+    part, and anything else than `count` parts is a ProtocolError."""
     lengths = frame_lengths(payload, count)
-    parts, at = [], 8 + 4 * count
-    for n in lengths:
-        parts.append(payload[at : at + n])
-        at += n
-    return parts
+
+    def parts() -> Iterator[bytes]:
+        at = 8 + 4 * count
+        for n in lengths:
+            yield payload[at : at + n]
+            at += n
+
+    return parts()

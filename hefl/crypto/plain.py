@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
 from hefl.errors import ProtocolError
@@ -37,10 +35,16 @@ class PlainScheme:
         self.check(payload)
         return np.frombuffer(payload, dtype=WIRE)
 
-    def add(self, loaded: Sequence[np.ndarray]) -> bytes:
-        total = np.zeros(self.size, dtype=np.float64)
-        for values in loaded:
-            total += values
+    def add_into(self, total: np.ndarray | None, loaded: np.ndarray) -> np.ndarray:
+        """A float64 running total: float64 holds the sum of a few float32 values exactly (unless
+        their magnitudes differ by more than 2^29), so the result does not depend on the order
+        updates arrive in, as a float32 running sum of three or more would."""
+        if total is None:
+            return loaded.astype(np.float64)
+        total += loaded
+        return total
+
+    def serialize(self, total: np.ndarray) -> bytes:
         return total.astype(WIRE).tobytes()
 
     def decrypt(self, loaded: np.ndarray, contributors: int) -> np.ndarray:

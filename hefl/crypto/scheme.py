@@ -1,7 +1,8 @@
 """The scheme interface every way of sending an update implements, and the key ring a node holds.
 
-Clients `encrypt` and `decrypt`; adders `load` (and so validate) what they receive and `add` loaded
-payloads into one new payload; a relay only `check`s a payload's shape.
+Clients `encrypt` and `decrypt`; adders `load` (and so validate) what they receive, `add_into` a
+running total as each update arrives (so a node holds one total per round, not every child's update)
+and `serialize` the total; a relay only `check`s a payload's shape.
 """
 
 from __future__ import annotations
@@ -27,11 +28,24 @@ class Scheme(Protocol):
 
     def load(self, payload: bytes) -> Any: ...
 
-    def add(self, loaded: Sequence[Any]) -> bytes: ...
+    def add_into(self, total: Any | None, loaded: Any) -> Any:
+        """The running total with `loaded` added; the first call (total None) may return `loaded`
+        itself as the total, so a loaded update must not be used again after it was added."""
+        ...
+
+    def serialize(self, total: Any) -> bytes: ...
 
     def decrypt(self, loaded: Any, contributors: int) -> np.ndarray: ...
 
     def close(self) -> None: ...
+
+
+def add_all(scheme: Scheme, loaded: Sequence[Any]) -> bytes:
+    """Add loaded payloads (in this order) into one payload."""
+    total = None
+    for item in loaded:
+        total = scheme.add_into(total, item)
+    return scheme.serialize(total)
 
 
 @dataclass(frozen=True)

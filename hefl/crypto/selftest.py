@@ -15,6 +15,7 @@ import numpy as np
 
 from hefl.crypto import (
     HeParams,
+    add_all,
     generate_keys,
     load_keyless,
     load_secret,
@@ -36,7 +37,7 @@ def round_trip(enc: HeParams, size: int = 20_000, out: Callable[[str], None] = p
         t0 = time.perf_counter()
         pa, pb = client.encrypt(a), client.encrypt(b)
         t1 = time.perf_counter()
-        total = switch.add([switch.load(pa), switch.load(pb)])
+        total = add_all(switch, [switch.load(pa), switch.load(pb)])
         t2 = time.perf_counter()
         got = client.decrypt(client.load(total), 2)
         t3 = time.perf_counter()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from hefl.aggregation import RoundBuffer, expected_contributors
 from hefl.config import ExperimentConfig
@@ -18,12 +21,21 @@ class Adder(Node, ABC):
     def __init__(self, cfg: ExperimentConfig, node_id: str, experiment: str, parts: Parts) -> None:
         super().__init__(cfg, node_id, experiment, parts)
         self.children = cfg.children(node_id)
-        self.buffer = RoundBuffer(experiment, cfg.contributors(node_id), cfg.rounds)
+        self.adds = True  # False on a dumb switch
+        self.buffer = RoundBuffer(experiment, cfg.contributors(node_id), cfg.rounds, self.combine)
         self.first_update = Stopwatch()  # from the first child's update to the last one's
+        # one update loaded and added at a time: TenSEAL holds the GIL, so concurrent loads would
+        # not be faster, and the node holds one loaded update beside each round's total
+        self._adding = threading.Lock()
+        # children are sent to at once: a slow child does not delay its siblings
+        self._fan_out = ThreadPoolExecutor(
+            max(1, len(self.children)), thread_name_prefix=f"{self.role}-send"
+        )
 
     def on_update(self, env: Envelope, payload: bytes) -> None:
-        """Accept one child's update (a duplicate raises DuplicateMessage); work goes to the worker.
-        The payload is loaded (for ciphertexts: deserialized in this node's context) once, here."""
+        """Accept one child's update (a duplicate raises DuplicateMessage) and add it to its round's
+        total at once; the work a complete round causes goes to the worker. The payload is loaded
+        (for ciphertexts: deserialized and checked in this node's context) once, here."""
         # reserved first: a retried update is refused before it costs a deserialization
         with self.buffer.reserve(env):
             expected = expected_contributors(self.cfg, env.sender)
@@ -34,11 +46,22 @@ class Adder(Node, ABC):
                 )
             if env.samples <= 0:
                 raise ProtocolError(f"{env.sender!r} sent an update of {env.samples} samples")
-            with self.runlog.phase(env.round, "load"):
-                loaded = self.scheme.load(payload)
-            self.first_update.start(env.round, first=True)  # before the fill that may complete it
-            complete = self.buffer.fill(env, loaded)
+            with self._adding:
+                with self.runlog.phase(env.round, "load"):
+                    loaded = self.scheme.load(payload)
+                # started before the fill that may complete the round
+                self.first_update.start(env.round, first=True)
+                if self.adds:
+                    with self.runlog.phase(env.round, "aggregate"):
+                        complete = self.buffer.fill(env, loaded)
+                else:
+                    complete = self.buffer.fill(env, None)
+                del loaded  # added (or the total itself): only the total holds it now
         self.accepted(env, payload, complete)
+
+    def combine(self, total: Any, loaded: Any) -> Any:
+        """How the buffer folds an update into its round's total (under its lock)."""
+        return self.scheme.add_into(total, loaded) if self.adds else None
 
     def accepted(self, env: Envelope, payload: bytes, complete: bool) -> None:
         if complete:
@@ -53,14 +76,24 @@ class Adder(Node, ABC):
         self.round = round_
         self.runlog.add_phase(round_, "wait", self.first_update.stop(round_))
         inbox = self.buffer.release(round_)
-        with self.runlog.phase(round_, "aggregate"):
-            payload = self.scheme.add(list(inbox.payloads.values()))
+        with self.runlog.phase(round_, "serialize"):
+            payload = self.scheme.serialize(inbox.total)
         envs = inbox.envelopes.values()
         env = self.envelope(round_, sum(e.samples for e in envs), sum(e.contributors for e in envs))
         return env, payload
 
     def send_down(self, kind: Kind, env: Envelope, payload: bytes) -> None:
-        """Send a begin or global message to every child, timed as the round's `send` phase."""
+        """Send a begin or global message to every child at once, timed as the round's `send`
+        phase (until the last child answered); the first child's error is raised once all ended."""
         with self.runlog.phase(env.round, "send"):
-            for child in self.children:
-                self.transport.send(child, kind, env, payload)
+            sends = [
+                self._fan_out.submit(self.transport.send, child, kind, env, payload)
+                for child in self.children
+            ]
+            errors = [exc for exc in (f.exception() for f in sends) if exc is not None]
+        if errors:
+            raise errors[0]
+
+    def close(self) -> None:
+        super().close()
+        self._fan_out.shutdown(wait=False, cancel_futures=True)

@@ -16,6 +16,7 @@ class SwitchNode(Adder):
     def __init__(self, cfg: ExperimentConfig, node_id: str, experiment: str, parts: Parts) -> None:
         super().__init__(cfg, node_id, experiment, parts)
         self.dumb = self.me.dumb
+        self.adds = not self.dumb  # a dumb switch forwards each update as it came (loaded to check)
         self.downward = AcceptPoint()  # begin and global messages, once each
         self.awaiting_global = Stopwatch()  # from forwarding up to the global result's arrival
 

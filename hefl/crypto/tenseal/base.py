@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -131,10 +131,13 @@ class TensealScheme(ABC):
         """CKKS checks that the scale is the configured one; a BFV ciphertext has none."""
         return None
 
-    def add(self, loaded: Sequence[list[Any]]) -> bytes:
-        """Add loaded payloads ciphertext by ciphertext (in place on the first: no extra copies)."""
-        total = loaded[0]
-        for other in loaded[1:]:
-            for acc, vec in zip(total, other, strict=True):
-                acc.add_(vec)
+    def add_into(self, total: list[Any] | None, loaded: list[Any]) -> list[Any]:
+        """Add ciphertext by ciphertext, in place: the first update loaded becomes the total."""
+        if total is None:
+            return loaded
+        for acc, vec in zip(total, loaded, strict=True):
+            acc.add_(vec)
+        return total
+
+    def serialize(self, total: list[Any]) -> bytes:
         return frame([vec.serialize() for vec in total])
