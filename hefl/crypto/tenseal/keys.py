@@ -1,7 +1,7 @@
 """TenSEAL key material by role: a secret context for clients, a keyless one for everyone else.
 
 The secret context comes from disk only. `generate` writes key_dir/secret.ctx (mode 600: the secret
-key of a symmetric context, so clients encrypt with it, about 3x faster than with a public key and
+key of a symmetric context, so clients encrypt with it, 2-3x faster than with a public key and
 with less fresh noise; no public, galois or relin keys: nothing needs them), key_dir/keyless.ctx
 (parameters only: no key at all) and key_dir/params.json (what they were made for, and the key id).
 Loading checks the kind it expects and the parameters.
@@ -129,7 +129,7 @@ def load_secret(enc: HeParams, key_dir: Path) -> KeyRing:
             )
         # an older seal.sh's key pair: it works as it is, encrypting with its public key
         log.warning(
-            "%s was made by an older ./seal.sh: clients encrypt with its public key, about 3x "
+            "%s was made by an older ./seal.sh: clients encrypt with its public key, 2-3x "
             "slower than with the secret key; run ./seal.sh again for symmetric encryption",
             key_dir / SECRET,
         )
