@@ -27,9 +27,10 @@ rounds: `main.py local`, 4 clients / 2 adding switches / the ~1M-parameter synth
   critical path; per node (its processes: the node's, its gunicorn worker, any encrypting workers):
   CPU seconds over the whole run and peak RSS (VmHWM). Uses only main.py local, the node logs and
   /proc, so this file measures older commits unchanged (--only rounds or --only memory).
-memory: 4 clients -> 1 adding switch -> aggregator, 2 rounds, per scheme: the switch's RSS before
-  any update arrived (sampled just before the first client began round 1), its peak RSS (VmHWM) and
-  the difference, what adding 4 children's updates costs; the aggregator's peak beside it. Last
+memory: 4 clients -> 1 adding switch -> aggregator, 2 rounds, per scheme: the switch's peak RSS
+  (VmHWM of its largest process, the gunicorn worker), that process's RSS before any update arrived
+  (sampled just before the first client began round 1; keys and scheme already loaded) and the
+  difference, what adding 4 children's updates costs; the aggregator's peak beside it. Last
   line: "an adder's peak RSS for 4 children of a 1M-parameter CKKS update", the figure to cut.
 """
 
@@ -285,13 +286,17 @@ def print_table(rows: list[Figures]) -> None:
     print(f"{'':<61}" + f"{'Mp/s  cpu%':>14}" * len(PRIMITIVES))
     for r in rows:
         cells = "".join(
-            f"{r.rate(k):>9.3g}{100 * r.times[k].cpu / r.times[k].wall:>5.0f}" for k in PRIMITIVES
+            f"{rate(r.rate(k))}{100 * r.times[k].cpu / r.times[k].wall:>5.0f}" for k in PRIMITIVES
         )
         print(f"{r.name:<50}{r.bytes_per_param:>11,.2f}{cells}{r.err10:>9.1e}{r.err100:>9.1e}")
     print(
         "(Mp/s: Mparam/s, one process; cpu%: CPU / wall seconds; add: 2 payloads into one body; "
         "errors: max |decrypted sum - true sum| over values in [-clip, clip])"
     )
+
+
+def rate(mparams: float) -> str:
+    return f"{mparams:>9.2f}" if mparams >= 0.01 else f"{mparams:>9.1e}"
 
 
 def primitives(size: int) -> dict[str, Figures]:
@@ -337,19 +342,28 @@ def primitives(size: int) -> dict[str, Figures]:
 
 @dataclass
 class NodeUsage:
-    """What /proc showed of one node's processes during a run."""
+    """What /proc showed of one node's processes during a run, per process id."""
 
-    cpu: dict[int, float] = field(default_factory=dict)  # last CPU seconds seen, per process
-    hwm_kb: int = 0  # the largest VmHWM of its processes
-    rss: list[tuple[float, int]] = field(default_factory=list)  # (time.time(), max VmRSS kB)
+    cpu: dict[int, float] = field(default_factory=dict)  # the last CPU seconds seen
+    hwm_kb: dict[int, int] = field(default_factory=dict)  # VmHWM: peak RSS
+    rss: dict[int, list[tuple[float, int]]] = field(default_factory=dict)  # (time.time(), kB)
 
     @property
     def cpu_s(self) -> float:
         return sum(self.cpu.values())
 
+    @property
+    def peak_kb(self) -> int:
+        """The largest peak RSS of the node's processes (its gunicorn worker's, in practice)."""
+        return max(self.hwm_kb.values(), default=0)
+
     def rss_before(self, moment: float) -> int | None:
-        """VmRSS (kB) in the last sample taken before `moment` (a time.time())."""
-        before = [kb for t, kb in self.rss if t < moment]
+        """VmRSS (kB) of the process with the largest peak, in its last sample before `moment` (a
+        time.time()): that process's own baseline, not its parent's."""
+        if not self.hwm_kb:
+            return None
+        pid = max(self.hwm_kb, key=lambda p: self.hwm_kb[p])
+        before = [kb for t, kb in self.rss[pid] if t < moment]
         return before[-1] if before else None
 
 
@@ -365,7 +379,6 @@ class Sampler:
     def sample(self) -> None:
         stats = proc_stats()
         now = time.time()
-        rss: dict[str, int] = {}
         for pid in descendants(self.root, stats):
             label = self.label(pid, stats[pid][0])
             mem = memory_kb(pid)
@@ -373,10 +386,8 @@ class Sampler:
                 continue
             node = self.nodes.setdefault(label, NodeUsage())
             node.cpu[pid] = stats[pid][1]
-            node.hwm_kb = max(node.hwm_kb, mem.get("VmHWM", 0))
-            rss[label] = max(rss.get(label, 0), mem.get("VmRSS", 0))
-        for label, kb in rss.items():
-            self.nodes[label].rss.append((now, kb))
+            node.hwm_kb[pid] = max(node.hwm_kb.get(pid, 0), mem.get("VmHWM", 0))
+            node.rss.setdefault(pid, []).append((now, mem.get("VmRSS", 0)))
 
     def label(self, pid: int, parent: int) -> str | None:
         """Kept once known (a process between fork and exec shows its parent's command line)."""
@@ -531,7 +542,7 @@ def print_usage(run: LocalRun) -> None:
     for role in ROLES:
         nodes = sorted(n for n in run.usage if role_of.get(n) == role)
         cpu = " ".join(f"{run.usage[n].cpu_s:.1f}" for n in nodes)
-        peak = " ".join(f"{run.usage[n].hwm_kb / 1024:.0f}" for n in nodes)
+        peak = " ".join(f"{run.usage[n].peak_kb / 1024:.0f}" for n in nodes)
         print(f"  {role:<10} per node, whole run: CPU s {cpu}; peak RSS MB {peak}")
     total = sum(u.cpu_s for u in run.usage.values())
     print(
@@ -599,11 +610,11 @@ def adder_memory(scheme: str, features: int, hidden: int) -> tuple[float, float 
     start = first_client_start(run.logs)
     before_kb = switch.rss_before(start) if start is not None else None
     before = None if before_kb is None else before_kb / 1024
-    peak = switch.hwm_kb / 1024
+    peak = switch.peak_kb / 1024
     print(
         f"  {scheme:<5} switch: before the first update {mb(before)}, peak (VmHWM) {peak:.0f} MB, "
         f"peak - before {mb(None if before is None else peak - before)}; "
-        f"aggregator (1 child) peak {agg.hwm_kb / 1024:.0f} MB"
+        f"aggregator (1 child) peak {agg.peak_kb / 1024:.0f} MB"
     )
     return peak, before
 
@@ -616,7 +627,7 @@ def memory(features: int, hidden: int) -> None:
     params = parameters(features, hidden)
     print(
         f"\nmemory: 4 clients -> 1 adding switch -> aggregator, {params:,} parameters, 2 rounds "
-        f"(before: the switch's VmRSS sampled just before the first client began round 1)"
+        f"(before: the VmRSS of the switch's worker just before the first client began round 1)"
     )
     found = {scheme: adder_memory(scheme, features, hidden) for scheme in ("none", "ckks", "bfv")}
     ckks = found["ckks"]
