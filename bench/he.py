@@ -77,7 +77,7 @@ def proc_stats() -> dict[int, tuple[int, float]]:
         if not name.isdigit():
             continue
         try:
-            with open(f"/proc/{name}/stat", "rb") as fh:
+            with open(os.path.join("/proc", name, "stat"), "rb") as fh:
                 raw = fh.read()
         except OSError:
             continue  # gone since the listing
@@ -102,7 +102,7 @@ def descendants(root: int, stats: dict[int, tuple[int, float]]) -> list[int]:
 def memory_kb(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM (peak RSS) of a process in kB; empty once it is gone."""
     try:
-        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+        lines = Path("/proc", str(pid), "status").read_text().splitlines()
     except OSError:
         return {}
     return {
@@ -115,7 +115,7 @@ def memory_kb(pid: int) -> dict[str, int]:
 def label_of(pid: int) -> str | None:
     """The node id a process was started with (`main.py node ... --label <node id>`)."""
     try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        args = Path("/proc", str(pid), "cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
         return None
     if "--label" in args[:-1]:
