@@ -1,26 +1,54 @@
-"""What HE costs, measured: per scheme and parameter set, then one full local round by phase.
+"""What HE costs, measured on the project's own schemes, then through real node processes.
 
-    .venv/bin/python bench/he.py [--size 1000000] [--skip-round]
+    .venv/bin/python bench/he.py [--size N] [--hidden H] [--only primitives|rounds|memory]
+                                 [--skip-round (= --only primitives)]
 
-Prints figures only (nothing is asserted): bytes/param on the wire, throughput of each primitive in
-Mparam/s (encrypt, serialize, deserialize, add, decrypt), the max error after 10 and 100 sums; the
-same for two baselines (the original study's one ciphertext per element, NVFlare's default CKKS
-parameters); then one round of 4 clients / 2 switches / 1M-parameter synthetic model through real
-node processes, its phases, and the ratio of its time to the crypto primitives on its critical path.
+Prints figures only (nothing is asserted). At the top: the machine (cores, CPU model, load average),
+the tenseal and numpy versions and the commit measured ("dirty" when the checkout has changes), so
+that two outputs can be told apart.
+
+primitives: per parameter set, the schemes of hefl.crypto (make_scheme, keys from generate_keys: a
+client's secret ring, a switch's keyless one) on --size values, in this process:
+  B/param        bytes of one client payload on the wire / values;
+  encrypt        a client's `encrypt`: values -> framed bytes (bfv: quantize and pack first);
+  load           a switch's `load` of one payload: unframe, deserialize, check every ciphertext;
+  add            a switch adding 2 loaded payloads into one framed body (serializing included);
+  load+decrypt   a client's `load` of that body and `decrypt` (bfv: unpack and dequantize);
+  each as Mparam/s (values per wall second) and cpu% (CPU seconds of this process and its children
+  / wall seconds: near 100% is computing; below it, waiting or sharing the cores with others);
+  err@10/@100    max |decrypted sum - float64 sum| of 10 / 100 random updates in [-clip, clip], 4
+                 ciphertexts' worth each, added by a switch's scheme.
+  The per-element row is the original study's way (one ciphertext per weight, TenSEAL directly).
+  Then a client's encrypt with encryption.processes 1 and one per core, wall and CPU seconds.
+rounds: `main.py local`, 4 clients / 2 adding switches / the ~1M-parameter synthetic MLP, 2 rounds,
+  per scheme (none, ckks, bfv). Round 2 (the first pays for connection set-up) per role: the mean
+  wall seconds of each logged phase (and its CPU seconds, where the logs have `phases_cpu`), bytes
+  sent / (bytes/param x parameters x update messages), and the round's time / the primitives on its
+  critical path; per node (its processes: the node's, its gunicorn worker, any encrypting workers):
+  CPU seconds over the whole run and peak RSS (VmHWM). Uses only main.py local, the node logs and
+  /proc, so this file measures older commits unchanged (--only rounds or --only memory).
+memory: 4 clients -> 1 adding switch -> aggregator, 2 rounds, per scheme: the switch's peak RSS
+  (VmHWM of its largest process, the gunicorn worker), that process's RSS before any update arrived
+  (sampled just before the first client began round 1; keys and scheme already loaded) and the
+  difference, what adding 4 children's updates costs; the aggregator's peak beside it. Last
+  line: "an adder's peak RSS for 4 children of a 1M-parameter CKKS update", the figure to cut.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import tenseal as ts
@@ -28,298 +56,253 @@ import tenseal as ts
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hefl.crypto.params import HeParams, batching_prime, lane_bits, slots  # noqa: E402
-from hefl.crypto.quantize import dequantize_sum, pack, quantize, unpack  # noqa: E402
-from hefl.crypto.tenseal.keys import keyless_part, new_context, with_scale  # noqa: E402
+if TYPE_CHECKING:
+    from hefl.crypto.params import HeParams
+
+T = TypeVar("T")
+PRIMITIVES = ("encrypt", "load", "add", "load+decrypt")
+ROLES = ("client", "switch", "aggregator")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SAMPLE_S = 0.1  # /proc sampling period during a local run
+FEATURES = 1000  # synthetic inputs; with --hidden 990: 1000*990 + 990 + 990*10 + 10 = 1,000,900
+
+
+# ------------------------------------------------------------------------------------ /proc readers
+
+
+def proc_stats() -> dict[int, tuple[int, float]]:
+    """Every process: its parent and its own CPU seconds (utime + stime)."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(os.path.join("/proc", name, "stat"), "rb") as fh:
+                raw = fh.read()
+        except OSError:
+            continue  # gone since the listing
+        fields = raw[raw.rindex(b")") + 2 :].split()  # the command name may hold spaces and ')'
+        out[int(name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / CLK_TCK)
+    return out
+
+
+def descendants(root: int, stats: dict[int, tuple[int, float]]) -> list[int]:
+    """The processes below `root`, each after its parent."""
+    children: dict[int, list[int]] = defaultdict(list)
+    for pid, (ppid, _) in stats.items():
+        children[ppid].append(pid)
+    out, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) of a process in kB; empty once it is gone."""
+    try:
+        lines = Path("/proc", str(pid), "status").read_text().splitlines()
+    except OSError:
+        return {}
+    return {
+        key: int(rest.split()[0])
+        for key, _, rest in (line.partition(":") for line in lines)
+        if key in ("VmRSS", "VmHWM")
+    }
+
+
+def label_of(pid: int) -> str | None:
+    """The node id a process was started with (`main.py node ... --label <node id>`)."""
+    try:
+        args = Path("/proc", str(pid), "cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+    if "--label" in args[:-1]:
+        return args[args.index("--label") + 1]
+    return None
+
+
+def children_cpu() -> dict[int, float]:
+    """CPU seconds of each process below this one (an encrypting pool's workers)."""
+    stats = proc_stats()
+    return {pid: stats[pid][1] for pid in descendants(os.getpid(), stats)}
+
+
+# -------------------------------------------------------------------------------------- primitives
+
+
+@dataclass(frozen=True)
+class Timing:
+    wall: float
+    cpu: float  # this process and its children (an encrypting pool's workers)
+
+
+def timed(fn: Callable[[], T]) -> tuple[T, Timing]:
+    """Run `fn` once: its result, wall seconds (perf_counter) and CPU seconds (process_time, all
+    threads, plus the children's from /proc; reading /proc stays outside both clocks)."""
+    children = children_cpu()
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    out = fn()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    # a child that ended in between counts nothing (its last seconds are lost, none are negative)
+    cpu += sum(v - children.get(pid, 0.0) for pid, v in children_cpu().items())
+    return out, Timing(wall, cpu)
 
 
 @dataclass
 class Figures:
     name: str
+    size: int  # values the primitives were timed on
     bytes_per_param: float
-    rates: dict[str, float]  # Mparam/s per primitive
-    err10: float
-    err100: float
+    times: dict[str, Timing]  # per primitive
+    err10: float = float("nan")
+    err100: float = float("nan")
+
+    def rate(self, primitive: str) -> float:
+        """Mparam/s of one primitive."""
+        return self.size / self.times[primitive].wall / 1e6
 
 
-def mparams(size: int, *seconds: float) -> dict[str, float]:
-    """Mparam/s of the five primitives, timed in this order."""
-    names = ("encrypt", "serialize", "deserialize", "add", "decrypt")
-    return {k: size / t / 1e6 for k, t in zip(names, seconds, strict=True)}
+def add_payloads(scheme: Any, loaded: list[Any]) -> bytes:
+    """A switch's add of loaded payloads into one body: `add(list)` where the scheme has it, else an
+    accumulator (`accumulate(acc or None, loaded)` per payload, then `finish(acc)`)."""
+    if hasattr(scheme, "add"):
+        body = scheme.add(loaded)
+    else:
+        acc = None
+        for item in loaded:
+            acc = scheme.accumulate(acc, item)
+        body = scheme.finish(acc)
+    assert isinstance(body, bytes)
+    return body
 
 
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
+def key_rings(enc: HeParams) -> tuple[Any, Any]:
+    """A client's secret key ring and a switch's keyless one, from freshly generated keys."""
+    from hefl.crypto import generate_keys, load_keyless, load_secret, read_keyless
+
+    with tempfile.TemporaryDirectory() as tmp:
+        generate_keys(enc, Path(tmp))
+        return load_secret(enc, Path(tmp)), load_keyless(enc, read_keyless(enc, Path(tmp)))
 
 
-def bench_vectors(name: str, enc: HeParams, size: int) -> Figures:
-    """One scheme and parameter set: the primitives on `size` values, chunked at the slot count."""
-    ctx = new_context(enc)
-    switch_ctx = with_scale(ts.context_from(keyless_part(ctx)), enc)
-    n = slots(enc)
-    values = np.random.default_rng(0).uniform(-enc.clip, enc.clip, size)
-    rng = np.random.default_rng(1)
-    bfv = enc.scheme == "bfv"
-    lane, modulus = lane_bits(enc), batching_prime(enc.plain_modulus_bits, enc.poly_modulus_degree)
-    make, load = (
-        (ts.bfv_vector, ts.bfv_vector_from) if bfv else (ts.ckks_vector, ts.ckks_vector_from)
-    )
+def sum_error(enc: HeParams, secret: Any, keyless: Any, size: int, count: int) -> float:
+    """Max error of `count` random updates of `size` values, added by a switch's scheme."""
+    from hefl.crypto import make_scheme
 
-    def encrypt(v: np.ndarray) -> list[Any]:
-        if bfv:
-            packed = pack(quantize(v, enc.clip, enc.quant_bits, rng), lane)
-            return [
-                make(ctx, packed[i : i + n // 2].tolist()) for i in range(0, len(packed), n // 2)
-            ]
-        return [make(ctx, v[i : i + n].tolist()) for i in range(0, size, n)]
-
-    def decrypt(cts: list[Any], count: int) -> np.ndarray:
-        if bfv:
-            raw = np.concatenate(
-                [
-                    np.asarray(load(ctx, c.serialize()).decrypt(), dtype=object) % modulus
-                    for c in cts
-                ]
-            )
-            return dequantize_sum(
-                unpack(raw.astype(np.int64), lane, size), enc.clip, enc.quant_bits, count
-            )
-        return np.concatenate([np.asarray(load(ctx, c.serialize()).decrypt()) for c in cts])
-
-    cts, t_enc = timed(lambda: encrypt(values))
-    blobs, t_ser = timed(lambda: [c.serialize() for c in cts])
-    loaded, t_de = timed(lambda: [load(switch_ctx, b) for b in blobs])
-    other = [load(switch_ctx, c.serialize()) for c in encrypt(values)]
-    _, t_add = timed(lambda: [a.add_(b) for a, b in zip(loaded, other, strict=True)])
-    _, t_dec = timed(lambda: [c.decrypt() for c in cts])
-    rates = mparams(size, t_enc, t_ser, t_de, t_add, t_dec)
-    errs = []
-    small = values[: min(size, 4 * n)]
-    for count in (10, 100):
-        parts = [
-            np.random.default_rng(10 + i).uniform(-enc.clip, enc.clip, len(small))
-            for i in range(count)
-        ]
-        sub = replace(enc)
-        total = None
-        for p in parts:
-            c = encrypt_small(sub, ctx, p, rng)
-            total = c if total is None else [a + b for a, b in zip(total, c, strict=True)]
-        assert total is not None
-        got = decrypt_small(sub, ctx, total, len(small), count)
-        errs.append(float(np.abs(got - np.sum(parts, axis=0)).max()))
-    wire = sum(len(b) for b in blobs) / size
-    return Figures(name, wire, rates, errs[0], errs[1])
+    client = make_scheme(enc, size, secret, seed=2)
+    switch = make_scheme(enc, size, keyless)
+    rng = np.random.default_rng(10 + count)
+    parts = [rng.uniform(-enc.clip, enc.clip, size) for _ in range(count)]
+    body = add_payloads(switch, [switch.load(client.encrypt(p)) for p in parts])
+    got = client.decrypt(client.load(body), count)
+    client.close()
+    return float(np.abs(got - np.sum(parts, axis=0)).max())
 
 
-def encrypt_small(enc: HeParams, ctx: Any, v: np.ndarray, rng: np.random.Generator) -> list[Any]:
-    n = slots(enc)
-    if enc.scheme == "bfv":
-        packed = pack(quantize(v, enc.clip, enc.quant_bits, rng), lane_bits(enc))
-        return [
-            ts.bfv_vector(ctx, packed[i : i + n // 2].tolist())
-            for i in range(0, len(packed), n // 2)
-        ]
-    return [ts.ckks_vector(ctx, v[i : i + n].tolist()) for i in range(0, len(v), n)]
+def bench_scheme(name: str, enc: HeParams, size: int) -> Figures:
+    """One parameter set: the four primitives on `size` values, then the errors of 10 and 100
+    sums."""
+    from hefl.crypto import make_scheme
+    from hefl.crypto.params import slots
 
-
-def decrypt_small(enc: HeParams, ctx: Any, cts: list[Any], size: int, count: int) -> np.ndarray:
-    if enc.scheme == "bfv":
-        modulus = batching_prime(enc.plain_modulus_bits, enc.poly_modulus_degree)
-        raw = np.concatenate([np.asarray(c.decrypt(), dtype=object) % modulus for c in cts]).astype(
-            np.int64
-        )
-        return dequantize_sum(unpack(raw, lane_bits(enc), size), enc.clip, enc.quant_bits, count)
-    return np.concatenate([np.asarray(c.decrypt()) for c in cts])
+    secret, keyless = key_rings(enc)
+    client = make_scheme(enc, size, secret, seed=1)
+    switch = make_scheme(enc, size, keyless)
+    rng = np.random.default_rng(0)
+    mine, theirs = (rng.uniform(-enc.clip, enc.clip, size) for _ in range(2))
+    times: dict[str, Timing] = {}
+    payload, times["encrypt"] = timed(lambda: client.encrypt(mine))
+    other = switch.load(client.encrypt(theirs))
+    loaded, times["load"] = timed(lambda: switch.load(payload))
+    body, times["add"] = timed(lambda: add_payloads(switch, [loaded, other]))
+    _, times["load+decrypt"] = timed(lambda: client.decrypt(client.load(body), 2))
+    client.close()
+    small = min(size, 4 * slots(enc))
+    errs = [sum_error(enc, secret, keyless, small, count) for count in (10, 100)]
+    return Figures(name, size, len(payload) / size, times, *errs)
 
 
 def bench_per_element(shape: tuple[int, int] = (8, 8)) -> Figures:
     """The original study's way: one CKKS ciphertext per weight (tutorial parameters 8192
-    [60,40,40,60])."""
+    [60,40,40,60]), timed as the same four primitives."""
     ctx = ts.context(
         ts.SCHEME_TYPE.CKKS, poly_modulus_degree=8192, coeff_mod_bit_sizes=[60, 40, 40, 60]
     )
     ctx.global_scale = 2.0**40
-    m = np.random.default_rng(0).uniform(-1, 1, shape)
-    size = m.size
-    cts, t_enc = timed(lambda: [ts.ckks_vector(ctx, [float(x)]) for x in m.ravel()])
-    blobs, t_ser = timed(lambda: [c.serialize() for c in cts])
-    loaded, t_de = timed(lambda: [ts.ckks_vector_from(ctx, b) for b in blobs])
-    _, t_add = timed(lambda: [a.add_(b) for a, b in zip(loaded, cts, strict=True)])
-    _, t_dec = timed(lambda: [c.decrypt() for c in cts])
-    rates = mparams(size, t_enc, t_ser, t_de, t_add, t_dec)
-    per_param = sum(len(b) for b in blobs) / size
+    rng = np.random.default_rng(0)
+    mine, theirs = (rng.uniform(-1, 1, shape).ravel() for _ in range(2))
+
+    def encrypt(m: np.ndarray) -> list[bytes]:
+        return [ts.ckks_vector(ctx, [float(x)]).serialize() for x in m]
+
+    def load(blobs: list[bytes]) -> list[Any]:
+        return [ts.ckks_vector_from(ctx, b) for b in blobs]
+
+    times: dict[str, Timing] = {}
+    blobs, times["encrypt"] = timed(lambda: encrypt(mine))
+    other = load(encrypt(theirs))
+    loaded, times["load"] = timed(lambda: load(blobs))
+    sums, times["add"] = timed(
+        lambda: [a.add_(b).serialize() for a, b in zip(loaded, other, strict=True)]
+    )
+    _, times["load+decrypt"] = timed(lambda: [v.decrypt() for v in load(sums)])
     return Figures(
         f"per-element ckks_vector, 8192 [60,40,40,60] ({shape[0]}x{shape[1]})",
-        per_param,
-        rates,
-        float("nan"),
-        float("nan"),
+        len(mine),
+        sum(len(b) for b in blobs) / len(mine),
+        times,
     )
 
 
 def bench_processes(size: int) -> None:
-    """A client's whole encrypt (quantize, encrypt, serialize, frame), 1 process and 1 per core."""
-    import os
-
-    from hefl.crypto import generate_keys, load_secret, make_scheme
+    """A client's whole encrypt with 1 process and with 1 per core (CPU: the workers' too)."""
+    from hefl.crypto import HeParams, make_scheme
 
     values = np.random.default_rng(5).uniform(-1, 1, size)
     cores = os.cpu_count() or 1
     for scheme in ("ckks", "bfv"):
         line = []
         for processes in sorted({1, cores}):
-            with tempfile.TemporaryDirectory() as tmp:
-                enc = HeParams(scheme=scheme, processes=processes)
-                generate_keys(enc, Path(tmp))
-                client = make_scheme(enc, size, load_secret(enc, Path(tmp)), seed=1)
-                client.encrypt(values)  # starts the workers
-                _, t = timed(lambda: client.encrypt(values))  # noqa: B023
-                client.close()
-            line.append(f"{processes} process(es) {size / t / 1e6:.2f} Mparam/s")
-        print(f"{scheme} client encrypt of {size:,} values: " + ", ".join(line))
+            enc = HeParams(scheme=scheme, processes=processes)
+            client = make_scheme(enc, size, key_rings(enc)[0], seed=1)
+            client.encrypt(values)  # starts the workers
+            _, t = timed(lambda: client.encrypt(values))  # noqa: B023
+            client.close()
+            line.append(
+                f"{processes} process(es) {size / t.wall / 1e6:.2f} Mparam/s "
+                f"({t.wall:.2f} s wall, {t.cpu:.2f} s CPU)"
+            )
+        print(f"{scheme} client encrypt of {size:,} values: " + "; ".join(line))
 
 
 def print_table(rows: list[Figures]) -> None:
-    keys = ["encrypt", "serialize", "deserialize", "add", "decrypt"]
     print(
-        f"{'scheme / parameters':<52}{'B/param':>9}"
-        + "".join(f"{k:>12}" for k in keys)
-        + f"{'err@10':>10}{'err@100':>10}"
+        f"{'scheme / parameters':<50}{'B/param':>11}"
+        + "".join(f"{k:>14}" for k in PRIMITIVES)
+        + f"{'err@10':>9}{'err@100':>9}"
     )
+    print(f"{'':<61}" + f"{'Mp/s  cpu%':>14}" * len(PRIMITIVES))
     for r in rows:
-        print(
-            f"{r.name:<52}{r.bytes_per_param:>9.2f}"
-            + "".join(f"{r.rates[k]:>12.2f}" for k in keys)
-            + f"{r.err10:>10.1e}{r.err100:>10.1e}"
+        cells = "".join(
+            f"{rate(r.rate(k))}{100 * r.times[k].cpu / r.times[k].wall:>5.0f}" for k in PRIMITIVES
         )
+        print(f"{r.name:<50}{r.bytes_per_param:>11,.2f}{cells}{r.err10:>9.1e}{r.err100:>9.1e}")
     print(
-        "(throughputs in Mparam/s, one core; errors: max |decrypted sum - true sum| over values "
-        "in [-clip, clip])"
+        "(Mp/s: Mparam/s, one process; cpu%: CPU / wall seconds; add: 2 payloads into one body; "
+        "errors: max |decrypted sum - true sum| over values in [-clip, clip])"
     )
 
 
-# ------------------------------------------------------------ one full round through real processes
+def rate(mparams: float) -> str:
+    return f"{mparams:>9.2f}" if mparams >= 0.01 else f"{mparams:>9.1e}"
 
 
-def round_config(scheme: str, features: int, hidden: int) -> dict[str, Any]:
-    clients = [f"127.0.0.1:{100 + i}" for i in range(4)]
-    switches = ["127.0.0.1:10", "127.0.0.1:11"]
-    others: dict[str, Any] = {}
-    for i, c in enumerate(clients):
-        others[c] = {"type": "client", "client_number": 4, "index": i, "send": switches[i // 2]}
-    for j, s in enumerate(switches):
-        others[s] = {
-            "type": "switch",
-            "receive": clients[2 * j : 2 * j + 2],
-            "send": "127.0.0.1:1",
-            "dumb": False,
-        }
-    return {
-        "name": f"bench-{scheme}",
-        "aggregator": {"iteration": 2, "ip": "127.0.0.1:1"},
-        "others": others,
-        "dataset": {"name": "synthetic", "samples": 400, "features": features, "classes": 10},
-        "model": {"name": "mlp", "hidden": [hidden]},
-        "training": {"epochs": 1, "batch_size": 50, "device": "cpu"},
-        "encryption": {"scheme": scheme},
-        "network": {"read_timeout_s": 300},
-    }
+def primitives(size: int) -> dict[str, Figures]:
+    """The primitive table and the processes line; the figures the round section compares with."""
+    from hefl.crypto import HeParams
 
-
-def full_round(
-    scheme: str, figures: Figures | None, params: int, features: int, hidden: int
-) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = Path(tmp) / "config.json"
-        cfg.write_text(json.dumps(round_config(scheme, features, hidden)))
-        proc = subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / "main.py"),
-                "local",
-                "--config",
-                str(cfg),
-                "--log-dir",
-                str(Path(tmp) / "log"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=900,
-            cwd=ROOT,
-        )
-        if proc.returncode:
-            print(f"{scheme}: the round failed: {proc.stderr.strip()[-500:]}")
-            return
-        exp = next(p for p in (Path(tmp) / "log").iterdir() if p.is_dir())
-        logs = {
-            d["node"]: d
-            for d in (json.loads(p.read_text()) for p in exp.glob("*.json"))
-            if "node" in d
-        }
-    r = 1  # the second round: the first one pays for connection set-up
-    agg = next(d for d in logs.values() if d["role"] == "aggregator")["iteration"][r]
-    print(
-        f"\n{scheme}: {params:,} parameters, round {r + 1} of 2: "
-        f"{agg['duration_s']:.2f} s at the aggregator"
-    )
-    for role in ("client", "switch", "aggregator"):
-        recs = [d["iteration"][r] for d in logs.values() if d["role"] == role]
-        phases: dict[str, float] = {}
-        for rec in recs:
-            for k, v in rec["phases"].items():
-                phases[k] = phases.get(k, 0.0) + v / len(recs)
-        sent = sum(x["byte_send"] for x in recs) / len(recs)
-        got = sum(x["byte_received"] for x in recs) / len(recs)
-        msgs = sum(x["messages_sent"] for x in recs) / len(recs)
-        line = ", ".join(f"{k} {v:.3f}" for k, v in sorted(phases.items()))
-        print(
-            f"  {role:<10} mean s: {line}; sent {sent / 1e6:.2f} MB in {msgs:.0f} messages, "
-            f"received {got / 1e6:.2f} MB"
-        )
-        if figures is not None:
-            payloads = {"client": 1, "switch": 3, "aggregator": 2}[
-                role
-            ]  # update messages each sends per round
-            expected = figures.bytes_per_param * params * payloads
-            print(
-                f"  {'':<10} bytes sent / (bytes/param x params x {payloads} update messages): "
-                f"{sent / expected:.3f}"
-            )
-    if figures is not None:
-        rate = figures.rates
-        # one client encrypts and serializes; each level loads its 2 children's payloads, adds,
-        # serializes; the client loads and decrypts the result
-        critical = (
-            params
-            * (
-                1 / rate["encrypt"]
-                + 3 / rate["serialize"]
-                + 5 / rate["deserialize"]
-                + 2 / rate["add"]
-                + 1 / rate["decrypt"]
-            )
-            / 1e6
-        )
-        print(
-            f"  crypto primitives on the critical path (client encrypt+serialize; switch and "
-            f"aggregator: 2 loads, add, serialize; client load+decrypt): {critical:.2f} s; "
-            f"round / primitives = {agg['duration_s'] / critical:.2f}"
-        )
-
-
-def main() -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument(
-        "--size", type=int, default=1_000_000, help="values per update in the primitive benchmark"
-    )
-    p.add_argument("--skip-round", action="store_true", help="only the primitives")
-    args = p.parse_args()
-    print(f"tenseal {ts.__version__}, numpy {np.__version__}, {args.size:,} values per update\n")
     sets = [
         ("ckks 4096 [40,20] 2^30 (default)", HeParams(scheme="ckks")),
         (
@@ -342,21 +325,374 @@ def main() -> int:
         ),
         ("bfv 4096 [60,20] t~2^47, 16-bit x2 (default)", HeParams(scheme="bfv")),
     ]
-    rows = [bench_vectors(name, enc, args.size) for name, enc in sets]
+    rows = [bench_scheme(name, enc, size) for name, enc in sets]
     rows.append(bench_per_element())
+    print(f"primitives on {size:,} values (the per-element row: {rows[-1].size})")
     print_table(rows)
     print(
         f"(one ciphertext per weight, as the original study did: a 32x144 weight matrix is "
         f"{rows[-1].bytes_per_param * 32 * 144 / 1e9:.2f} GB on the wire)"
     )
-    bench_processes(args.size)
-    if args.skip_round:
-        return 0
-    features, hidden = 1000, 990  # 1000*990 + 990 + 990*10 + 10 = 1,000,900 parameters
-    params = features * hidden + hidden + hidden * 10 + 10
-    by_scheme = {"none": None, "ckks": rows[0], "bfv": rows[3]}
-    for scheme, figures in by_scheme.items():
-        full_round(scheme, figures, params, features, hidden)
+    bench_processes(size)
+    return {"ckks": rows[0], "bfv": rows[3]}
+
+
+# --------------------------------------------------------------- runs of main.py local, with /proc
+
+
+@dataclass
+class NodeUsage:
+    """What /proc showed of one node's processes during a run, per process id."""
+
+    cpu: dict[int, float] = field(default_factory=dict)  # the last CPU seconds seen
+    hwm_kb: dict[int, int] = field(default_factory=dict)  # VmHWM: peak RSS
+    rss: dict[int, list[tuple[float, int]]] = field(default_factory=dict)  # (time.time(), kB)
+
+    @property
+    def cpu_s(self) -> float:
+        return sum(self.cpu.values())
+
+    @property
+    def peak_kb(self) -> int:
+        """The largest peak RSS of the node's processes (its gunicorn worker's, in practice)."""
+        return max(self.hwm_kb.values(), default=0)
+
+    def rss_before(self, moment: float) -> int | None:
+        """VmRSS (kB) of the process with the largest peak, in its last sample before `moment` (a
+        time.time()): that process's own baseline, not its parent's."""
+        if not self.hwm_kb:
+            return None
+        pid = max(self.hwm_kb, key=lambda p: self.hwm_kb[p])
+        before = [kb for t, kb in self.rss[pid] if t < moment]
+        return before[-1] if before else None
+
+
+class Sampler:
+    """Samples the processes below a local run: each belongs to the node whose `--label` it, or an
+    ancestor, was started with (the node process, its gunicorn worker, encrypting workers)."""
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self.labels: dict[int, str] = {}
+        self.nodes: dict[str, NodeUsage] = {}
+
+    def sample(self) -> None:
+        stats = proc_stats()
+        now = time.time()
+        for pid in descendants(self.root, stats):
+            label = self.label(pid, stats[pid][0])
+            mem = memory_kb(pid)
+            if label is None or not mem:
+                continue
+            node = self.nodes.setdefault(label, NodeUsage())
+            node.cpu[pid] = stats[pid][1]
+            node.hwm_kb[pid] = max(node.hwm_kb.get(pid, 0), mem.get("VmHWM", 0))
+            node.rss.setdefault(pid, []).append((now, mem.get("VmRSS", 0)))
+
+    def label(self, pid: int, parent: int) -> str | None:
+        """Kept once known (a process between fork and exec shows its parent's command line)."""
+        if pid not in self.labels:
+            found = label_of(pid) or self.labels.get(parent)
+            if found is None:
+                return None
+            self.labels[pid] = found
+        return self.labels[pid]
+
+
+@dataclass
+class LocalRun:
+    logs: dict[str, dict[str, Any]]  # node id -> its log
+    usage: dict[str, NodeUsage]  # node id -> its processes
+    wall_s: float
+    error: str = ""
+
+
+def run_local(config: dict[str, Any], timeout_s: float = 900.0) -> LocalRun:
+    """`main.py local` on `config`, sampled every SAMPLE_S; the node logs once it ended."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg, log, out = Path(tmp) / "config.json", Path(tmp) / "log", Path(tmp) / "local.out"
+        cfg.write_text(json.dumps(config))
+        command = [sys.executable, str(ROOT / "main.py"), "local", "--config", str(cfg)]
+        command += ["--log-dir", str(log)]
+        t0 = time.monotonic()
+        with open(out, "wb") as sink:
+            proc = subprocess.Popen(
+                command,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=ROOT,
+            )
+            sampler = Sampler(proc.pid)
+            while proc.poll() is None:
+                sampler.sample()
+                if time.monotonic() - t0 > timeout_s:
+                    stop(proc)
+                    break
+                time.sleep(SAMPLE_S)
+        wall = time.monotonic() - t0
+        if proc.returncode:
+            tail = out.read_text(errors="replace").strip()[-500:]
+            return LocalRun({}, sampler.nodes, wall, f"exit code {proc.returncode}: {tail}")
+        exp = next(p for p in log.iterdir() if p.is_dir())
+        logs = {
+            d["node"]: d
+            for d in (json.loads(p.read_text()) for p in exp.glob("*.json"))
+            if "node" in d
+        }
+    return LocalRun(logs, sampler.nodes, wall)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Ctrl-C for a local run (it stops its nodes), then a kill."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def topology(scheme: str, features: int, hidden: int, switches: int) -> dict[str, Any]:
+    """4 clients split evenly over `switches` adding switches, under one aggregator; 2 rounds."""
+    clients = [f"127.0.0.1:{100 + i}" for i in range(4)]
+    ids = [f"127.0.0.1:{10 + j}" for j in range(switches)]
+    per = len(clients) // switches
+    others: dict[str, Any] = {}
+    for i, c in enumerate(clients):
+        others[c] = {"type": "client", "client_number": 4, "index": i, "send": ids[i // per]}
+    for j, s in enumerate(ids):
+        others[s] = {
+            "type": "switch",
+            "receive": clients[per * j : per * (j + 1)],
+            "send": "127.0.0.1:1",
+            "dumb": False,
+        }
+    return {
+        "name": f"bench-{scheme}",
+        "aggregator": {"iteration": 2, "ip": "127.0.0.1:1"},
+        "others": others,
+        "dataset": {"name": "synthetic", "samples": 400, "features": features, "classes": 10},
+        "model": {"name": "mlp", "hidden": [hidden]},
+        "training": {"epochs": 1, "batch_size": 50, "device": "cpu"},
+        "encryption": {"scheme": scheme},
+        "network": {"read_timeout_s": 300},
+    }
+
+
+def parameters(features: int, hidden: int) -> int:
+    return features * hidden + hidden + hidden * 10 + 10
+
+
+def records(logs: dict[str, dict[str, Any]], role: str, r: int) -> list[dict[str, Any]]:
+    return [d["iteration"][r] for _, d in sorted(logs.items()) if d["role"] == role]
+
+
+def mean_phases(recs: list[dict[str, Any]], key: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for rec in recs:
+        for k, v in rec.get(key, {}).items():
+            out[k] = out.get(k, 0.0) + v / len(recs)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- rounds
+
+
+def print_role(role: str, recs: list[dict[str, Any]], params: int, fig: Figures | None) -> None:
+    """Round 2 of one role: phases (wall, CPU where logged), bytes, and the bytes check."""
+    wall, cpu = mean_phases(recs, "phases"), mean_phases(recs, "phases_cpu")
+    line = ", ".join(
+        f"{k} {wall.get(k, 0.0):.3f}" + (f" (cpu {cpu[k]:.3f})" if k in cpu else "")
+        for k in sorted(wall.keys() | cpu.keys())
+    )
+    sent = sum(x["byte_send"] for x in recs) / len(recs)
+    got = sum(x["byte_received"] for x in recs) / len(recs)
+    msgs = sum(x["messages_sent"] for x in recs) / len(recs)
+    print(
+        f"  {role:<10} mean s: {line}; sent {sent / 1e6:.2f} MB in {msgs:.0f} messages, "
+        f"received {got / 1e6:.2f} MB"
+    )
+    if fig is not None:
+        payloads = {"client": 1, "switch": 3, "aggregator": 2}[role]  # update messages per round
+        expected = fig.bytes_per_param * params * payloads
+        print(
+            f"  {'':<10} bytes sent / (bytes/param x params x {payloads} update messages): "
+            f"{sent / expected:.3f}"
+        )
+
+
+def critical_path_s(fig: Figures, params: int) -> float:
+    """Seconds of the primitives one update waits for, in order: a client encrypts; its switch loads
+    its 2 children's payloads and adds them (the body serialized); the aggregator loads its 2
+    switches' bodies and adds them; a client loads that global body (relayed unchanged) and
+    decrypts it. Loads run as updates arrive: some overlap with waiting, counted whole here."""
+    per_value = (
+        1 / fig.rate("encrypt")
+        + 4 / fig.rate("load")
+        + 2 / fig.rate("add")
+        + 1 / fig.rate("load+decrypt")
+    )
+    return params * per_value / 1e6
+
+
+def print_usage(run: LocalRun) -> None:
+    """Per node: CPU seconds over the whole run (start-up included) and peak RSS."""
+    role_of = {node: d["role"] for node, d in run.logs.items()}
+    for role in ROLES:
+        nodes = sorted(n for n in run.usage if role_of.get(n) == role)
+        cpu = " ".join(f"{run.usage[n].cpu_s:.1f}" for n in nodes)
+        peak = " ".join(f"{run.usage[n].peak_kb / 1024:.0f}" for n in nodes)
+        print(f"  {role:<10} per node, whole run: CPU s {cpu}; peak RSS MB {peak}")
+    total = sum(u.cpu_s for u in run.usage.values())
+    print(
+        f"  all {len(run.usage)} nodes: {total:.1f} CPU s in {run.wall_s:.1f} s of wall "
+        f"({total / run.wall_s:.2f} cores busy on average, {os.cpu_count()} cores)"
+    )
+
+
+def full_round(scheme: str, fig: Figures | None, features: int, hidden: int) -> None:
+    params = parameters(features, hidden)
+    run = run_local(topology(scheme, features, hidden, switches=2))
+    if run.error:
+        print(f"\n{scheme}: the run failed: {run.error}")
+        return
+    r = 1  # the second round: the first one pays for connection set-up
+    agg = records(run.logs, "aggregator", r)[0]
+    print(
+        f"\n{scheme}: {params:,} parameters, round {r + 1} of 2: "
+        f"{agg['duration_s']:.2f} s at the aggregator"
+    )
+    for role in ROLES:
+        print_role(role, records(run.logs, role, r), params, fig)
+    if fig is not None:
+        critical = critical_path_s(fig, params)
+        print(
+            f"  crypto primitives on the critical path (client encrypt; switch: 2 loads, add; "
+            f"aggregator: 2 loads, add; client load+decrypt): {critical:.2f} s; "
+            f"round / primitives = {agg['duration_s'] / critical:.2f}"
+        )
+    print_usage(run)
+
+
+def rounds(figures: dict[str, Figures], features: int, hidden: int) -> None:
+    print(
+        f"\nrounds: main.py local, 4 clients, 2 adding switches, aggregator, "
+        f"{parameters(features, hidden):,}-parameter synthetic MLP, 2 rounds"
+    )
+    for scheme in ("none", "ckks", "bfv"):
+        full_round(scheme, figures.get(scheme), features, hidden)
+
+
+# ---------------------------------------------------------------------------------------- memory
+
+
+def first_client_start(logs: dict[str, dict[str, Any]]) -> float | None:
+    """When the first client began round 1 (time.time()): after every node was configured and
+    before any update was sent."""
+    starts = [
+        float(d["iteration"][0]["start_time"])
+        for d in logs.values()
+        if d["role"] == "client" and d.get("iteration")
+    ]
+    return min(starts) if starts else None
+
+
+def adder_memory(scheme: str, features: int, hidden: int) -> tuple[float, float | None] | None:
+    """One run with a single adding switch; prints its memory, returns its peak RSS and its RSS
+    before the first update (MB)."""
+    run = run_local(topology(scheme, features, hidden, switches=1))
+    if run.error:
+        print(f"  {scheme}: the run failed: {run.error}")
+        return None
+    node = {d["role"]: n for n, d in run.logs.items()}
+    switch, agg = run.usage[node["switch"]], run.usage[node["aggregator"]]
+    start = first_client_start(run.logs)
+    before_kb = switch.rss_before(start) if start is not None else None
+    before = None if before_kb is None else before_kb / 1024
+    peak = switch.peak_kb / 1024
+    print(
+        f"  {scheme:<5} switch: before the first update {mb(before)}, peak (VmHWM) {peak:.0f} MB, "
+        f"peak - before {mb(None if before is None else peak - before)}; "
+        f"aggregator (1 child) peak {agg.peak_kb / 1024:.0f} MB"
+    )
+    return peak, before
+
+
+def mb(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f} MB"
+
+
+def memory(features: int, hidden: int) -> None:
+    params = parameters(features, hidden)
+    print(
+        f"\nmemory: 4 clients -> 1 adding switch -> aggregator, {params:,} parameters, 2 rounds "
+        f"(before: the VmRSS of the switch's worker just before the first client began round 1)"
+    )
+    found = {scheme: adder_memory(scheme, features, hidden) for scheme in ("none", "ckks", "bfv")}
+    ckks = found["ckks"]
+    if ckks is not None:
+        peak, before = ckks
+        print(
+            f"an adder's peak RSS for 4 children of a {params:,}-parameter CKKS update: "
+            f"{peak:.0f} MB (before the first update {mb(before)}, "
+            f"the updates' share {mb(None if before is None else peak - before)})"
+        )
+
+
+# ---------------------------------------------------------------------------------------- header
+
+
+def git(*args: str) -> str:
+    proc = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    return proc.stdout.strip() if proc.returncode == 0 else "?"
+
+
+def cpu_model() -> str:
+    try:
+        lines: Iterable[str] = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return "unknown CPU"
+    names = (line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    return next(names, "unknown CPU")
+
+
+def header(args: argparse.Namespace) -> None:
+    commit = git("rev-parse", "--short", "HEAD")
+    dirty = " (dirty)" if git("status", "--porcelain") not in ("", "?") else ""
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(
+        f"{os.cpu_count()} cores, {cpu_model()}, load average {load}\n"
+        f"tenseal {ts.__version__}, numpy {np.__version__}, python {sys.version.split()[0]}\n"
+        f"commit {commit}{dirty} of {ROOT}; --size {args.size:,}, --hidden {args.hidden}\n"
+    )
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--size", type=int, default=1_000_000, help="values per update for the primitives"
+    )
+    p.add_argument(
+        "--hidden",
+        type=int,
+        default=990,
+        help="hidden layer of the rounds' and memory runs' MLP (990: 1,000,900 parameters)",
+    )
+    p.add_argument("--only", choices=["primitives", "rounds", "memory"], help="one section")
+    p.add_argument("--skip-round", action="store_true", help="the same as --only primitives")
+    args = p.parse_args()
+    only = "primitives" if args.skip_round else args.only
+    header(args)
+    figures: dict[str, Figures] = {}
+    if only in (None, "primitives"):
+        figures = primitives(args.size)
+    if only in (None, "rounds"):
+        rounds(figures, FEATURES, args.hidden)
+    if only in (None, "memory"):
+        memory(FEATURES, args.hidden)
     return 0
 
 
