@@ -1,7 +1,7 @@
 """What HE costs, measured on the project's own schemes, then through real node processes.
 
     .venv/bin/python bench/he.py [--size N] [--hidden H] [--only primitives|rounds|memory]
-                                 [--skip-round (= --only primitives)]
+                                 [--repeat N] [--skip-round (= --only primitives)]
 
 Prints figures only (nothing is asserted). At the top: the machine (cores, CPU model, load average),
 the tenseal and numpy versions and the commit measured ("dirty" when the checkout has changes), so
@@ -25,8 +25,11 @@ rounds: `main.py local`, 4 clients / 2 adding switches / the ~1M-parameter synth
   wall seconds of each logged phase (and its CPU seconds, where the logs have `phases_cpu`), bytes
   sent / (bytes/param x parameters x update messages), and the round's time / the primitives on its
   critical path; per node (its processes: the node's, its gunicorn worker, any encrypting workers):
-  CPU seconds over the whole run and peak RSS (VmHWM). Uses only main.py local, the node logs and
-  /proc, so this file measures older commits unchanged (--only rounds or --only memory).
+  CPU seconds over the whole run and peak RSS (VmHWM); where clients precomputed encryptions of
+  zero, how many of their update's ciphertexts used one. --repeat N runs each scheme N times
+  (interleaved) and prints every round time and their median: on a shared 2-core machine one run
+  can be 30% off the next. Uses only main.py local, the node logs and /proc, so this file measures
+  older commits unchanged (--only rounds or --only memory).
 memory: 4 clients -> 1 adding switch -> aggregator, 2 rounds, per scheme: the switch's peak RSS
   (VmHWM of its largest process, the gunicorn worker), that process's RSS before any update arrived
   (sampled just before the first client began round 1; keys and scheme already loaded) and the
@@ -40,6 +43,7 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -514,6 +518,12 @@ def print_role(role: str, recs: list[dict[str, Any]], params: int, fig: Figures 
         f"  {role:<10} mean s: {line}; sent {sent / 1e6:.2f} MB in {msgs:.0f} messages, "
         f"received {got / 1e6:.2f} MB"
     )
+    made = [x["precomputed"] for x in recs if "precomputed" in x]
+    if made:
+        print(
+            f"  {'':<10} ciphertexts encrypted onto precomputed zeros (of the update's): "
+            + " ".join(str(n) for n in made)
+        )
     if fig is not None:
         payloads = {"client": 1, "switch": 3, "aggregator": 2}[role]  # update messages per round
         expected = fig.bytes_per_param * params * payloads
@@ -552,12 +562,13 @@ def print_usage(run: LocalRun) -> None:
     )
 
 
-def full_round(scheme: str, fig: Figures | None, features: int, hidden: int) -> None:
+def full_round(scheme: str, fig: Figures | None, features: int, hidden: int) -> float | None:
+    """One run, printed in full; returns its round time at the aggregator."""
     params = parameters(features, hidden)
     run = run_local(topology(scheme, features, hidden, switches=2))
     if run.error:
         print(f"\n{scheme}: the run failed: {run.error}")
-        return
+        return None
     r = 1  # the second round: the first one pays for connection set-up
     agg = records(run.logs, "aggregator", r)[0]
     print(
@@ -574,15 +585,36 @@ def full_round(scheme: str, fig: Figures | None, features: int, hidden: int) -> 
             f"round / primitives = {agg['duration_s'] / critical:.2f}"
         )
     print_usage(run)
+    return float(agg["duration_s"])
 
 
-def rounds(figures: dict[str, Figures], features: int, hidden: int) -> None:
+def round_time(scheme: str, features: int, hidden: int) -> float | None:
+    """One more run of a scheme, for its round time only."""
+    run = run_local(topology(scheme, features, hidden, switches=2))
+    return None if run.error else float(records(run.logs, "aggregator", 1)[0]["duration_s"])
+
+
+def rounds(figures: dict[str, Figures], features: int, hidden: int, repeat: int) -> None:
     print(
         f"\nrounds: main.py local, 4 clients, 2 adding switches, aggregator, "
         f"{parameters(features, hidden):,}-parameter synthetic MLP, 2 rounds"
     )
+    times: dict[str, list[float]] = {}
     for scheme in ("none", "ckks", "bfv"):
-        full_round(scheme, figures.get(scheme), features, hidden)
+        first = full_round(scheme, figures.get(scheme), features, hidden)
+        times[scheme] = [] if first is None else [first]
+    for _ in range(repeat - 1):  # interleaved, so that a busy minute of the machine hits all
+        for scheme in times:
+            more = round_time(scheme, features, hidden)
+            if more is not None:
+                times[scheme].append(more)
+    if repeat > 1:
+        print(f"\nround 2 at the aggregator over {repeat} runs (s):")
+        for scheme, found in times.items():
+            print(
+                f"  {scheme:<5} median {statistics.median(found):.2f}: "
+                + " ".join(f"{t:.2f}" for t in found)
+            )
 
 
 # ---------------------------------------------------------------------------------------- memory
@@ -683,6 +715,9 @@ def main() -> int:
         help="hidden layer of the rounds' and memory runs' MLP (990: 1,000,900 parameters)",
     )
     p.add_argument("--only", choices=["primitives", "rounds", "memory"], help="one section")
+    p.add_argument(
+        "--repeat", type=int, default=1, help="runs of each round (their median is printed)"
+    )
     p.add_argument("--skip-round", action="store_true", help="the same as --only primitives")
     args = p.parse_args()
     only = "primitives" if args.skip_round else args.only
@@ -691,7 +726,7 @@ def main() -> int:
     if only in (None, "primitives"):
         figures = primitives(args.size)
     if only in (None, "rounds"):
-        rounds(figures, FEATURES, args.hidden)
+        rounds(figures, FEATURES, args.hidden, max(1, args.repeat))
     if only in (None, "memory"):
         memory(FEATURES, args.hidden)
     return 0

@@ -76,6 +76,8 @@ class EncryptionConfig:
     processes: int = (
         1  # clients: worker processes that encrypt an update's ciphertexts (set to the cores)
     )
+    # clients: make the next update's encryptions of zero while waiting for the global result
+    precompute: bool = True
 
     def he_params(self) -> HeParams:
         """What the crypto package needs: these parameters without the key folder."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -390,3 +391,56 @@ def test_keys_of_an_older_seal_still_load(tmp_path: Path) -> None:
     values = np.random.default_rng(9).uniform(-1, 1, 3000)
     total = add_all(switch, [switch.load(client.encrypt(values)) for _ in range(2)])
     np.testing.assert_allclose(client.decrypt(client.load(total), 2), 2 * values, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["ckks", "bfv"])
+def test_precomputed_encryptions_of_zero_give_the_same_sums(
+    name: str, key_dirs: dict[str, Path]
+) -> None:
+    """An update encrypted onto precomputed encryptions of zero (all, some or none of its
+    ciphertexts) adds and decrypts as one encrypted at once; each zero is used once."""
+    size = 5000  # three ciphertexts for ckks (the last one short), one for bfv
+    client, switch = schemes(name, size, key_dirs)
+    rng = np.random.default_rng(12)
+    values = [rng.uniform(-1, 1, size) for _ in range(3)]
+    assert not switch.precompute(lambda: False)  # no key, nothing to make
+    chunks = math.ceil(size / (2048 if name == "ckks" else 8192))
+    assert client.precompute(lambda: False) == chunks
+    assert client.precompute(lambda: False) == 0  # all there already
+    first = client.encrypt(values[0])
+    assert client.precomputed == chunks
+    calls = iter([False, True])
+    assert client.precompute(lambda: next(calls)) == 1  # stopped after one
+    second = client.encrypt(values[1])
+    assert client.precomputed == 1
+    third = client.encrypt(values[2])  # nothing left: encrypted at once
+    assert client.precomputed == 0
+    total = add_all(switch, [switch.load(p) for p in (first, second, third)])
+    np.testing.assert_allclose(
+        client.decrypt(client.load(total), 3), np.sum(values, axis=0), atol=TOLERANCE[name]
+    )
+
+
+@pytest.mark.parametrize("name", ["ckks", "bfv"])
+def test_an_update_refused_part_way_leaves_the_total_as_it_was(
+    name: str, key_dirs: dict[str, Path]
+) -> None:
+    """Adding on arrival adds ciphertext by ciphertext; when one fails its checks, what the update
+    had added is taken out again, to the bit, and the error names the ciphertext."""
+    from hefl.crypto.frame import frame, unframe
+
+    size = 3 * (2048 if name == "ckks" else 8192)
+    client, switch = schemes(name, size, key_dirs)
+    rng = np.random.default_rng(13)
+    a, b = rng.uniform(-1, 1, size), rng.uniform(-1, 1, size)
+    total = switch.load_into(None, client.encrypt(a))
+    before = switch.serialize(total)
+    parts = list(unframe(client.encrypt(b), 3))
+    broken = frame([parts[0], parts[1], parts[1][: len(parts[1]) // 2]])
+    with pytest.raises(ProtocolError, match="ciphertext 2"):
+        switch.load_into(total, broken)
+    assert switch.serialize(total) == before
+    total = switch.load_into(total, frame(parts))  # the whole update still adds
+    np.testing.assert_allclose(
+        client.decrypt(client.load(switch.serialize(total)), 2), a + b, atol=TOLERANCE[name]
+    )

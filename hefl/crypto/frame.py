@@ -41,8 +41,9 @@ def unframe(payload: bytes, count: int) -> Iterator[bytes]:
 
     def parts() -> Iterator[bytes]:
         at = 8 + 4 * count
+        view = memoryview(payload)
         for n in lengths:
-            yield payload[at : at + n]
+            yield bytes(view[at : at + n])
             at += n
 
     return parts()

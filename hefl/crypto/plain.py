@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from hefl.errors import ProtocolError
@@ -14,6 +16,7 @@ class PlainScheme:
 
     name = "none"
     can_decrypt = True
+    precomputed = 0
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -23,6 +26,10 @@ class PlainScheme:
         if values.shape != (self.size,):
             raise ValueError(f"update has shape {values.shape}, expected ({self.size},)")
         return values.astype(WIRE).tobytes()
+
+    def precompute(self, stop: Callable[[], bool]) -> int:
+        """Nothing to do ahead: converting floats is all `encrypt` does."""
+        return 0
 
     def check(self, payload: bytes) -> None:
         if len(payload) != self.max_payload_bytes:
@@ -43,6 +50,10 @@ class PlainScheme:
             return loaded.astype(np.float64)
         total += loaded
         return total
+
+    def load_into(self, total: np.ndarray | None, payload: bytes) -> np.ndarray:
+        """Load (check the size: all or nothing) and add into the float64 total."""
+        return self.add_into(total, self.load(payload))
 
     def serialize(self, total: np.ndarray) -> bytes:
         return total.astype(WIRE).tobytes()

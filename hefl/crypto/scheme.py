@@ -1,13 +1,13 @@
 """The scheme interface every way of sending an update implements, and the key ring a node holds.
 
-Clients `encrypt` and `decrypt`; adders `load` (and so validate) what they receive, `add_into` a
-running total as each update arrives (so a node holds one total per round, not every child's update)
-and `serialize` the total; a relay only `check`s a payload's shape.
+Clients `encrypt` and `decrypt`; adders `load_into` a running total each update as it arrives (it is
+deserialized, checked and added one ciphertext at a time: a node holds one total per round, never
+every child's update) and `serialize` the total; a relay only `check`s a payload's shape.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -21,8 +21,14 @@ class Scheme(Protocol):
     size: int  # values per update
     max_payload_bytes: int  # the most bytes one payload can have (exact for `none`)
     can_decrypt: bool  # False on switches and the aggregator: they hold no secret key
+    precomputed: int  # parts of the last `encrypt` that used work `precompute` had done
 
     def encrypt(self, values: np.ndarray) -> bytes: ...
+
+    def precompute(self, stop: Callable[[], bool]) -> int:
+        """Do ahead what the next `encrypt` can use (HE: encryptions of zero, which do not depend
+        on the values), until done or `stop()`; return how many parts were made (0: nothing)."""
+        ...
 
     def check(self, payload: bytes) -> None: ...
 
@@ -31,6 +37,11 @@ class Scheme(Protocol):
     def add_into(self, total: Any | None, loaded: Any) -> Any:
         """The running total with `loaded` added; the first call (total None) may return `loaded`
         itself as the total, so a loaded update must not be used again after it was added."""
+        ...
+
+    def load_into(self, total: Any | None, payload: bytes) -> Any:
+        """`add_into(total, load(payload))` in one pass, holding at most one ciphertext of the
+        payload at a time; a payload refused part way leaves `total` as it was."""
         ...
 
     def serialize(self, total: Any) -> bytes: ...

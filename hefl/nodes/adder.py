@@ -25,7 +25,7 @@ class Adder(Node, ABC):
         self.buffer = RoundBuffer(experiment, cfg.contributors(node_id), cfg.rounds, self.combine)
         self.first_update = Stopwatch()  # from the first child's update to the last one's
         # one update loaded and added at a time: TenSEAL holds the GIL, so concurrent loads would
-        # not be faster, and the node holds one loaded update beside each round's total
+        # not be faster
         self._adding = threading.Lock()
         # children are sent to at once: a slow child does not delay its siblings
         self._fan_out = ThreadPoolExecutor(
@@ -35,7 +35,8 @@ class Adder(Node, ABC):
     def on_update(self, env: Envelope, payload: bytes) -> None:
         """Accept one child's update (a duplicate raises DuplicateMessage) and add it to its round's
         total at once; the work a complete round causes goes to the worker. The payload is loaded
-        (for ciphertexts: deserialized and checked in this node's context) once, here."""
+        (for ciphertexts: deserialized and checked in this node's context) once, here, one
+        ciphertext at a time; one refused part way is taken back out of the total."""
         # reserved first: a retried update is refused before it costs a deserialization
         with self.buffer.reserve(env):
             expected = expected_contributors(self.cfg, env.sender)
@@ -48,20 +49,18 @@ class Adder(Node, ABC):
                 raise ProtocolError(f"{env.sender!r} sent an update of {env.samples} samples")
             with self._adding:
                 with self.runlog.phase(env.round, "load"):
-                    loaded = self.scheme.load(payload)
-                # started before the fill that may complete the round
+                    if self.adds:  # deserialized, checked and added in one pass
+                        complete = self.buffer.fill(env, payload)
+                    else:
+                        self.scheme.load(payload)  # checked, then forwarded as it came
+                        complete = self.buffer.fill(env, None)
+                # started before the worker may stop it (`accepted` submits a complete round)
                 self.first_update.start(env.round, first=True)
-                if self.adds:
-                    with self.runlog.phase(env.round, "aggregate"):
-                        complete = self.buffer.fill(env, loaded)
-                else:
-                    complete = self.buffer.fill(env, None)
-                del loaded  # added (or the total itself): only the total holds it now
         self.accepted(env, payload, complete)
 
-    def combine(self, total: Any, loaded: Any) -> Any:
+    def combine(self, total: Any, payload: Any) -> Any:
         """How the buffer folds an update into its round's total (under its lock)."""
-        return self.scheme.add_into(total, loaded) if self.adds else None
+        return self.scheme.load_into(total, payload) if self.adds else None
 
     def accepted(self, env: Envelope, payload: bytes, complete: bool) -> None:
         if complete:

@@ -5,8 +5,9 @@ framed body.
 from __future__ import annotations
 
 import math
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,9 +23,18 @@ if TYPE_CHECKING:
 
 class TensealScheme(ABC):
     """Chunked at the slot count (one call per ciphertext: no TenSEAL 'does not fit' warning).
-    A subclass sets `name` and implements `encrypt` and `decrypt`."""
+    A subclass sets `name`, `make` (TenSEAL's encrypting constructor) and `zero` (its zero value),
+    and implements `encrypt` and `decrypt`.
+
+    Encryption in two halves: an encryption of zero does not depend on the values, so `precompute`
+    makes one per ciphertext ahead of time (a client runs it while it waits for the global result),
+    and `encrypt` then only encodes the values and adds them to it (plaintext addition: the result
+    is an encryption of the values with the zero's fresh noise, as if encrypted at once). Each
+    encryption of zero is used once; what is not ready is encrypted at once as usual."""
 
     name: str
+    make: Callable[[Any, list[Any]], Any]
+    zero: float
 
     def __init__(
         self, enc: HeParams, size: int, keys: KeyRing, loader: Callable[[Any, bytes], Any]
@@ -38,6 +48,9 @@ class TensealScheme(ABC):
         self._loader = loader
         self.ntt = enc.scheme == "ckks"  # SEAL keeps CKKS ciphertexts in NTT form, BFV ones not
         self.parms_id = list(self.ctx.seal_context().data.first_parms_id())
+        self._zeros: list[Any] = []  # encryptions of zero for chunks 0, 1, ... of the next update
+        self._zeros_lock = threading.Lock()
+        self.precomputed = 0  # how many ciphertexts of the last update used one
         self._pool: EncryptPool | None = None
         if keys.private and enc.processes > 1:
             from hefl.crypto.tenseal.pool import EncryptPool
@@ -54,14 +67,47 @@ class TensealScheme(ABC):
     @abstractmethod
     def decrypt(self, loaded: list[Any], contributors: int) -> np.ndarray: ...
 
-    def encrypt_chunks(
-        self, chunks: list[np.ndarray], make: Callable[[Any, list[Any]], Any]
-    ) -> bytes:
-        """Serialized ciphertexts of `chunks`, in worker processes when there are several
-        chunks each."""
-        if self._pool is not None and len(chunks) >= 2 * self.enc.processes:
+    def encrypt_chunks(self, chunks: list[np.ndarray]) -> bytes:
+        """Serialized ciphertexts of `chunks`: added to precomputed encryptions of zero where there
+        are some, else encrypted here, or in worker processes when there are several chunks
+        each."""
+        with self._zeros_lock:
+            zeros, self._zeros = self._zeros, []
+        self.precomputed = min(len(zeros), len(chunks))
+        if not zeros and self._pool is not None and len(chunks) >= 2 * self.enc.processes:
             return frame(self._pool.encrypt(chunks))
-        return frame([make(self.ctx, chunk.tolist()).serialize() for chunk in chunks])
+        parts = []
+        for i, chunk in enumerate(chunks):
+            if i < len(zeros):
+                vec = zeros[i]
+                zeros[i] = None  # used once
+                vec.add_(chunk.tolist())
+            else:
+                vec = self.make(self.ctx, chunk.tolist())
+            parts.append(vec.serialize())
+        return frame(parts)
+
+    def precompute(self, stop: Callable[[], bool]) -> int:
+        """Make encryptions of zero for the next update's ciphertexts, one at a time, until there
+        is one for each or `stop()` says to stop; return how many were made. Only a client can
+        (it holds the key); with worker processes nothing is made (they encrypt at once)."""
+        if not self.can_decrypt or self._pool is not None:
+            return 0
+        lengths = [self.slot_count(n) for n in self.chunk_lengths()]
+        made = 0
+        while not stop():
+            with self._zeros_lock:
+                batch = self._zeros
+                index = len(batch)
+            if index >= self.chunks:
+                break
+            zero = self.make(self.ctx, [self.zero] * lengths[index])
+            with self._zeros_lock:
+                # `encrypt` may have taken the batch meanwhile: this zero was for another one
+                if self._zeros is batch and len(batch) == index:
+                    batch.append(zero)
+                    made += 1
+        return made
 
     def close(self) -> None:
         if self._pool is not None:
@@ -85,7 +131,27 @@ class TensealScheme(ABC):
 
     def load(self, payload: bytes) -> list[Any]:
         """Deserialize and check every ciphertext of a payload in this node's context."""
-        vectors = []
+        return list(self._vectors(payload))
+
+    def load_into(self, total: list[Any] | None, payload: bytes) -> list[Any]:
+        """Load a payload and add it into `total` one ciphertext at a time (a node never holds a
+        second loaded update); a ciphertext that fails its checks takes back what this payload had
+        added (ciphertext addition is exact modular arithmetic: subtracting restores every bit)."""
+        if total is None:
+            return self.load(payload)
+        added = 0
+        try:
+            for acc, vec in zip(total, self._vectors(payload), strict=True):
+                acc.add_(vec)
+                added += 1
+        except BaseException:
+            for acc, vec in zip(total[:added], self._vectors(payload), strict=False):
+                acc.sub_(vec)
+            raise
+        return total
+
+    def _vectors(self, payload: bytes) -> Iterator[Any]:
+        """The payload's ciphertexts, each deserialized and checked as it is asked for."""
         for i, (part, want) in enumerate(
             zip(unframe(payload, self.chunks), self.chunk_lengths(), strict=True)
         ):
@@ -105,8 +171,7 @@ class TensealScheme(ABC):
                 if isinstance(exc, ProtocolError):
                     raise
                 raise ProtocolError(f"ciphertext {i} cannot be checked: {exc}") from None
-            vectors.append(vec)
-        return vectors
+            yield vec
 
     def check_vector(self, index: int, vec: Any) -> None:
         """One fresh-shaped ciphertext of this context per vector: anything else (no ciphertext,

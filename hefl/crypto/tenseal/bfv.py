@@ -13,6 +13,8 @@ from hefl.crypto.tenseal.base import TensealScheme
 
 class BfvScheme(TensealScheme):
     name = "bfv"
+    make = staticmethod(ts.bfv_vector)
+    zero = 0
 
     def __init__(self, enc: HeParams, size: int, keys: KeyRing, seed: int) -> None:
         super().__init__(enc, size, keys, ts.bfv_vector_from)
@@ -27,9 +29,7 @@ class BfvScheme(TensealScheme):
         q = quantize(values, self.enc.clip, self.enc.quant_bits, self.rng)
         packed = pack(q, self.lane)
         per_ct = self.slots // 2
-        return self.encrypt_chunks(
-            [packed[i : i + per_ct] for i in range(0, len(packed), per_ct)], ts.bfv_vector
-        )
+        return self.encrypt_chunks([packed[i : i + per_ct] for i in range(0, len(packed), per_ct)])
 
     def decrypt(self, loaded: list[ts.BFVVector], contributors: int) -> np.ndarray:
         slots = np.concatenate(

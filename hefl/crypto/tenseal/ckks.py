@@ -15,13 +15,15 @@ from hefl.errors import ProtocolError
 
 class CkksScheme(TensealScheme):
     name = "ckks"
+    make = staticmethod(ts.ckks_vector)
+    zero = 0.0
 
     def __init__(self, enc: HeParams, size: int, keys: KeyRing) -> None:
         super().__init__(enc, size, keys, ts.ckks_vector_from)
 
     def encrypt(self, values: np.ndarray) -> bytes:
         return self.encrypt_chunks(
-            [values[i : i + self.slots] for i in range(0, self.size, self.slots)], ts.ckks_vector
+            [values[i : i + self.slots] for i in range(0, self.size, self.slots)]
         )
 
     def check_scale(self, index: int, ct: Any) -> None:
