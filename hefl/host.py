@@ -3,6 +3,7 @@ the old one, and answers for its logs. No HTTP here: blueprints/ calls it."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import threading
@@ -83,6 +84,22 @@ class Host:
             ) from None
 
 
+def return_large_buffers(threshold: int = 1 << 20) -> bool:
+    """Make glibc hand every buffer of `threshold` bytes or more back to the system when freed.
+
+    By default glibc raises its mmap threshold up to 32 MiB after freeing a large buffer, so later
+    bodies and payloads (24 MB for a 1M-parameter CKKS update) come from its heap and stay
+    resident after use: an adding switch of 4 children peaked at 347 MB instead of 238 MB. Set for
+    switches and the aggregator only: a client's torch tensors would pay page faults on every
+    allocation. False where the C library has no `mallopt` (not glibc): nothing changes there."""
+    try:
+        libc = ctypes.CDLL(None)
+        m_mmap_threshold = -3  # glibc's malloc.h
+        return bool(libc.mallopt(m_mmap_threshold, threshold))
+    except (OSError, AttributeError):
+        return False
+
+
 def build_node(push: Push, log_dir: Path, token: str = "") -> Node:
     """The node of `push.node`'s role, with every part it works with; a part that cannot be made
     (no data, no GPU, no keys) is the push's fault: one line, and nothing is left running."""
@@ -102,7 +119,10 @@ def build_node(push: Push, log_dir: Path, token: str = "") -> Node:
         parts = Parts(
             transport, scheme, runlog, meter, Worker(f"{role}-worker"), keys.key_id if keys else ""
         )
-        return role_class(role)(cfg, push.node, push.experiment, parts)
+        node = role_class(role)(cfg, push.node, push.experiment, parts)
+        if role != "client":
+            return_large_buffers()
+        return node
     except Exception as exc:
         transport.close()
         if scheme is not None:

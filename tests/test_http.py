@@ -246,3 +246,43 @@ def test_node_is_reconfigured_for_a_new_role_without_restart(
         {"error": "POST /global: not an endpoint of this node (role: aggregator)"},
     )
     assert old is not None and server.node is not old
+
+
+def test_bodies_too_large_cut_short_or_chunked(serve_node: Any, recorder: Recorder) -> None:
+    """A round message's body over the node's limit gets 413 before it is read; one that ends
+    before its declared length gets a 400 (or a closed connection); a chunked one is read as a
+    whole. The switch keeps serving and adds what is right."""
+    import socket
+    from urllib.parse import urlsplit
+
+    raw = small(rounds=1)
+    url, server = serve_node()
+    endpoints = {C0: recorder.url, C1: recorder.url, AGG: recorder.url, S0: url}
+    assert push(url, raw, S0, endpoints).status_code == 200
+    scheme = PlainScheme(size_of(raw))
+    limit = server.node.max_body
+    env = Envelope(EXP, 0, C0, 100, 1)
+    assert post(url, "/update", env, b"\0" * (limit + 1)).status_code == 413
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+    head = "".join(f"{k}: {v}\r\n" for k, v in env.headers().items())
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(
+            f"POST /update HTTP/1.1\r\nHost: x\r\nContent-Type: {BINARY}\r\n{head}"
+            f"Content-Length: {scheme.max_payload_bytes}\r\nConnection: close\r\n\r\n".encode()
+            + b"\0" * 100
+        )
+        sock.shutdown(socket.SHUT_WR)
+        answer = sock.recv(4096)
+    assert answer == b"" or answer.split()[1] == b"400"
+    values = np.linspace(-1, 1, scheme.size)
+    body = scheme.encrypt(values)
+    chunked = requests.post(
+        url + "/update",
+        data=(body[i : i + 10_000] for i in range(0, len(body), 10_000)),
+        headers={**env.headers(), "Content-Type": BINARY},
+        timeout=10,
+    )
+    assert chunked.status_code == 202
+    assert post(url, "/update", Envelope(EXP, 0, C1, 90, 1), body).status_code == 202
+    ((_, _, total),) = recorder.wait_for(1)
+    np.testing.assert_allclose(scheme.decrypt(scheme.load(total), 2), 2 * values, atol=1e-5)

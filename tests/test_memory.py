@@ -11,7 +11,7 @@ from tests.conftest import ROOT
 
 PROBE = """
 import sys
-from blueprints.serve import return_large_buffers
+from hefl.host import return_large_buffers
 def rss():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):

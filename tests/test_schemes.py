@@ -361,10 +361,22 @@ def test_independent_key_pairs_get_different_key_ids(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["ckks", "bfv"])
 def test_clients_encrypt_with_the_secret_key(name: str, key_dirs: dict[str, Path]) -> None:
     """A client's context is symmetric: it has no public key at all (so nothing can encrypt for
-    this experiment without the secret key), and its ciphertexts add and decrypt as before."""
-    ctx = load_secret(HeParams(scheme=name), key_dirs[name]).context
+    this experiment without the secret key); the keyless context has no key of any kind; two
+    encryptions of the same values differ (fresh randomness each time) and decrypt alike."""
+    enc = HeParams(scheme=name)
+    ctx = load_secret(enc, key_dirs[name]).context
+    assert ctx.is_private()
     with pytest.raises(ValueError, match="symmetric"):
         ctx.public_key()
+    keyless = ts.context_from((key_dirs[name] / KEYLESS).read_bytes())
+    assert not keyless.is_private() and not keyless.has_public_key()
+    client = schemes(name, 3000, key_dirs)[0]
+    values = np.random.default_rng(14).uniform(-1, 1, 3000)
+    first, second = client.encrypt(values), client.encrypt(values)
+    assert first != second
+    np.testing.assert_allclose(
+        client.decrypt(client.load(first), 1), client.decrypt(client.load(second), 1), atol=1e-4
+    )
 
 
 def test_keys_of_an_older_seal_still_load(tmp_path: Path) -> None:
@@ -408,7 +420,7 @@ def test_precomputed_encryptions_of_zero_give_the_same_sums(
     assert client.precompute(lambda: False) == chunks
     assert client.precompute(lambda: False) == 0  # all there already
     first = client.encrypt(values[0])
-    assert client.precomputed == chunks
+    assert client.precomputed == chunks and client._zeros == []  # taken: each is used once
     calls = iter([False, True])
     assert client.precompute(lambda: next(calls)) == 1  # stopped after one
     second = client.encrypt(values[1])

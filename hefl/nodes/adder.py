@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -13,6 +15,8 @@ from hefl.errors import ProtocolError
 from hefl.nodes.base import Node, Parts
 from hefl.runlog import Stopwatch
 from hefl.wire import Envelope, Kind
+
+log = logging.getLogger(__name__)
 
 
 class Adder(Node, ABC):
@@ -27,9 +31,10 @@ class Adder(Node, ABC):
         # one update loaded and added at a time: TenSEAL holds the GIL, so concurrent loads would
         # not be faster
         self._adding = threading.Lock()
-        # children are sent to at once: a slow child does not delay its siblings
+        # children are sent to at once (up to 16 at a time): a slow child does not delay its
+        # siblings; the transport's one HTTP session (connection pools per peer) is shared
         self._fan_out = ThreadPoolExecutor(
-            max(1, len(self.children)), thread_name_prefix=f"{self.role}-send"
+            min(16, max(1, len(self.children))), thread_name_prefix=f"{self.role}-send"
         )
 
     def on_update(self, env: Envelope, payload: bytes) -> None:
@@ -83,15 +88,29 @@ class Adder(Node, ABC):
 
     def send_down(self, kind: Kind, env: Envelope, payload: bytes) -> None:
         """Send a begin or global message to every child at once, timed as the round's `send`
-        phase (until the last child answered); the first child's error is raised once all ended."""
-        with self.runlog.phase(env.round, "send"):
-            sends = [
-                self._fan_out.submit(self.transport.send, child, kind, env, payload)
-                for child in self.children
-            ]
-            errors = [exc for exc in (f.exception() for f in sends) if exc is not None]
-        if errors:
-            raise errors[0]
+        phase (until the last child answered; wall time only: the sending threads' CPU is not the
+        worker's). Every child that failed is logged; the first one's error is raised."""
+        if self.closed:
+            return
+        started = time.monotonic()
+        sends = {
+            child: self._fan_out.submit(self.transport.send, child, kind, env, payload)
+            for child in self.children
+        }
+        errors = {child: f.exception() for child, f in sends.items()}
+        self.runlog.add_phase(env.round, "send", time.monotonic() - started)
+        failed = [(child, exc) for child, exc in errors.items() if exc is not None]
+        for child, exc in failed[1:]:
+            log.error(
+                "%s: %s of round %d to %s failed too: %s",
+                self.id,
+                kind.value,
+                env.round,
+                child,
+                exc,
+            )
+        if failed:
+            raise failed[0][1]
 
     def close(self) -> None:
         super().close()

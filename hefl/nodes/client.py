@@ -28,57 +28,71 @@ log = logging.getLogger(__name__)
 
 
 class Precomputer:
-    """Runs `scheme.precompute` on a background thread while the client waits (before round 0 and
-    between sending its update and the global result's arrival), so that encrypting the next update
-    costs only encoding and adding. Paused while the client works: the GIL is then the round's.
-    (At the lowest priority it would only run on idle cores: on a 2-core laptop running 7 nodes it
-    then made a third of the ciphertexts and the round was slower.)"""
+    """Runs `scheme.precompute` on a background thread while the client waits, so that encrypting
+    the next update costs only encoding and adding. The waits are numbered by the round whose
+    downward message ends them: wait -1 before round 0 (ended by begin), wait r from sending the
+    update of round r to the global result of round r. `resume(r)` starts wait r unless its end was
+    already seen (a global result can overtake the sender's own return); `pause(r)` ends it: the GIL
+    is then the round's. (At the lowest priority the thread would only run on idle cores: on a
+    2-core laptop running 7 nodes it then made a third of the ciphertexts, and the round was
+    slower.)"""
 
     def __init__(self, scheme: Scheme) -> None:
         self.scheme = scheme
-        self._go = threading.Event()
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._running = False  # a wait is on: make encryptions of zero
+        self._ended = -2  # the last wait whose end was seen
+        self._generation = 0  # counts resumes: a finished batch clears only its own resume
         self._closed = False
         self._spent = (0.0, 0.0)  # wall and CPU seconds since the last `take_spent`
         self._thread = threading.Thread(target=self._run, name="precompute", daemon=True)
         self._thread.start()
 
-    def resume(self) -> None:
-        self._go.set()
+    def resume(self, wait: int) -> None:
+        with self._cond:
+            if wait > self._ended:
+                self._running = True
+                self._generation += 1
+                self._cond.notify()
 
-    def pause(self) -> None:
-        self._go.clear()
+    def pause(self, wait: int) -> None:
+        with self._cond:
+            self._ended = max(self._ended, wait)
+            self._running = False
 
     def close(self) -> None:
-        self._closed = True
-        self._go.set()
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout=5)  # it stops within one ciphertext
 
     def take_spent(self) -> tuple[float, float]:
         """Wall and CPU seconds the thread worked since the last call (what the update just
         encrypted used, give or take one ciphertext)."""
-        with self._lock:
+        with self._cond:
             spent, self._spent = self._spent, (0.0, 0.0)
         return spent
 
     def _stop(self) -> bool:
-        return self._closed or not self._go.is_set()
+        return self._closed or not self._running
 
     def _run(self) -> None:
         while True:
-            self._go.wait()
-            if self._closed:
-                return
+            with self._cond:
+                self._cond.wait_for(lambda: self._running or self._closed)
+                if self._closed:
+                    return
+                generation = self._generation
             t0, cpu0 = time.monotonic(), time.thread_time()
             try:
-                made = self.scheme.precompute(self._stop)
+                self.scheme.precompute(self._stop)
             except Exception as exc:  # the update is then encrypted at once, as without this
                 log.warning("precomputing encryptions failed: %s", exc)
-                made = 0
-            with self._lock:
+            with self._cond:
                 wall, cpu = self._spent
                 self._spent = (wall + time.monotonic() - t0, cpu + time.thread_time() - cpu0)
-            if made == 0:  # all made (or nothing to make): wait for the next resume
-                self._go.clear()
+                if self._generation == generation:  # done (or failed): wait for the next resume
+                    self._running = False
 
 
 class ClientNode(Node):
@@ -101,9 +115,10 @@ class ClientNode(Node):
         self.downward = AcceptPoint()  # begin and global messages, once each
         self.awaiting_global = Stopwatch()  # from sending the update to the global result's arrival
         self.precomputer: Precomputer | None = None
-        if cfg.encryption.precompute and cfg.encryption.scheme != "none":
+        enc = cfg.encryption
+        if enc.precompute and enc.scheme != "none" and enc.processes == 1:
             self.precomputer = Precomputer(self.scheme)
-            self.precomputer.resume()  # until the begin message comes
+            self.precomputer.resume(-1)  # until the begin message comes
 
     def on_begin(self, env: Envelope, payload: bytes) -> None:
         """The aggregator's begin message (round 0), once: start training."""
@@ -111,7 +126,7 @@ class ClientNode(Node):
         if env.round != 0:
             raise ProtocolError(f"begin is for round 0, got round {env.round}")
         self.downward.take((Kind.BEGIN, 0), "begin of round 0")
-        self.pause_precompute()
+        self.pause_precompute(-1)
         self.submit(self.train_round, 0)
 
     def on_global(self, env: Envelope, payload: bytes) -> None:
@@ -123,7 +138,7 @@ class ClientNode(Node):
                 f"global result of round {env.round} adds {env.contributors} clients, "
                 f"{env.samples} samples; expected {expected} clients"
             )
-        self.pause_precompute()
+        self.pause_precompute(env.round)  # checked above: the parent's, for this experiment
         started = time.monotonic()
         with self.downward.reserve((Kind.GLOBAL, env.round), f"global of round {env.round}"):
             loaded = self.scheme.load(payload)  # a refused one is not taken: a corrected retry is
@@ -151,9 +166,14 @@ class ClientNode(Node):
         with self.runlog.phase(r, "serialize"):
             payload = self.scheme.encrypt(np.clip(update, -clip, clip))
         if self.precomputer is not None:
+            # done in the background before this round's update (not one of its phases)
             wall, cpu = self.precomputer.take_spent()
-            self.runlog.add_phase(r, "precompute", wall, cpu)
-            self.runlog.set(r, precomputed=self.scheme.precomputed)
+            self.runlog.set(
+                r,
+                precomputed=self.scheme.precomputed,
+                precompute_s=round(wall, 6),
+                precompute_cpu_s=round(cpu, 6),
+            )
         self.runlog.set(r, train_loss=loss, train_samples=self.samples, clipped=clipped)
         with self.runlog.phase(r, "send"):
             self.transport.send(
@@ -161,11 +181,11 @@ class ClientNode(Node):
             )
         self.awaiting_global.start(r)
         if self.precomputer is not None and r + 1 < self.cfg.rounds:
-            self.precomputer.resume()  # the next update's, while this round's result is on its way
+            self.precomputer.resume(r)  # the next update's, while this round's result is on its way
 
-    def pause_precompute(self) -> None:
+    def pause_precompute(self, wait: int) -> None:
         if self.precomputer is not None:
-            self.precomputer.pause()
+            self.precomputer.pause(wait)
 
     def close(self) -> None:
         if self.precomputer is not None:
