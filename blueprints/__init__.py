@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from hefl.errors import HeflError, ProtocolError, Unauthorized
 from hefl.host import Host
 from hefl.nodes import Node
-from hefl.wire import OPEN, PREFIX, TOKEN_HEADER, Envelope, Kind, kind_at
+from hefl.wire import OPEN, PREFIX, TOKEN_HEADER, Body, Envelope, Kind, kind_at
 
 log = logging.getLogger(__name__)
 CONFIG_BODY = 16 << 20  # the largest body an unconfigured node reads (a config push)
@@ -97,10 +97,11 @@ def _meter_request() -> None:
         raise ProtocolError(f"Content-Type must be {wanted}, got {request.mimetype or 'none'!r}")
 
 
-def read_body(piece_size: int = 1 << 20) -> bytes:
-    """The request body, read in large pieces and joined once (werkzeug's get_data reads 64 KiB
-    pieces into a growing buffer and copies it: a third of loopback speed for 24 MB); memory grows
-    with the bytes that arrived, not with the length a sender declares. Refused with 413 above the
+def read_body(piece_size: int = 1 << 20) -> Body:
+    """The request body, read in large pieces and appended to one buffer as they arrive (werkzeug's
+    get_data reads 64 KiB pieces into a growing buffer, then copies it: a third of loopback speed
+    for 24 MB); memory grows with the bytes that arrived, not with the length a sender declares,
+    and the buffer is handed on as it is (a bytearray: no second copy). Refused with 413 above the
     app's limit and with a 400 if the sender stops short."""
     size = request.content_length
     if size is None:  # chunked: no length to read up to (our transport never sends it)
@@ -109,14 +110,13 @@ def read_body(piece_size: int = 1 << 20) -> bytes:
     if limit is not None and size > limit:
         raise RequestEntityTooLarge()
     stream = request.environ["wsgi.input"]
-    pieces, got = [], 0
-    while got < size:
-        piece = stream.read(min(piece_size, size - got))
+    body = bytearray()
+    while len(body) < size:
+        piece = stream.read(min(piece_size, size - len(body)))
         if not piece:
-            raise ProtocolError(f"body ended after {got} of its {size} bytes")
-        pieces.append(piece)
-        got += len(piece)
-    return b"".join(pieces)
+            raise ProtocolError(f"body ended after {len(body)} of its {size} bytes")
+        body += piece
+    return body
 
 
 def _meter_answer(response: Response) -> Response:

@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, g
 
 from blueprints import current_node
-from hefl.wire import Envelope, Kind
+from hefl.wire import Body, Envelope, Kind
 
 
 def add_route(bp: Blueprint, kind: Kind, view: Callable[..., Any]) -> None:
@@ -18,11 +18,11 @@ def add_route(bp: Blueprint, kind: Kind, view: Callable[..., Any]) -> None:
     )
 
 
-def message() -> tuple[Envelope, bytes]:
+def message() -> tuple[Envelope, Body]:
     """Envelope and body of this request's round message (read, parsed and counted by the meter
     hook)."""
     _, env = g.message
-    body: bytes = g.body
+    body: Body = g.body
     return env, body
 
 

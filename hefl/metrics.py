@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 from hefl.errors import ProtocolError
 from hefl.schema import bounds, parse_section
+from hefl.wire import Body
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class MetricsReport:
         return json.dumps(asdict(self)).encode()
 
 
-def parse_metrics(body: bytes, sender: str) -> MetricsReport:
+def parse_metrics(body: Body, sender: str) -> MetricsReport:
     """Validate a metrics body; anything off is a one-line ProtocolError starting
     `metrics from '<sender>'`."""
     where = f"metrics from {sender!r}"

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import requests
 
 from hefl.errors import PeerUnreachable, ProtocolError
-from hefl.wire import TOKEN_HEADER, Envelope, Kind
+from hefl.wire import TOKEN_HEADER, Body, Envelope, Kind
 
 if TYPE_CHECKING:
     from hefl.config import NetworkConfig
@@ -109,14 +109,14 @@ class Transport:
         if token:
             self.session.headers[TOKEN_HEADER] = token
 
-    def send(self, peer: str, kind: Kind, env: Envelope, body: bytes = b"") -> requests.Response:
+    def send(self, peer: str, kind: Kind, env: Envelope, body: Body = b"") -> requests.Response:
         """A round message, metered. A 409 (the peer has it already) counts as delivered; another
         4xx raises ProtocolError; no answer after the retries raises PeerUnreachable."""
         if kind.route.direction is None:
             raise ValueError(f"{kind.value} is not a round message: use call()")
         return self._call(peer, kind, body, env)
 
-    def call(self, peer: str, kind: Kind, body: bytes = b"", arg: str = "") -> requests.Response:
+    def call(self, peer: str, kind: Kind, body: Body = b"", arg: str = "") -> requests.Response:
         """A control request (health, config, start, status, log); not metered."""
         if kind.route.direction is not None:
             raise ValueError(f"{kind.value} is a round message: use send()")
@@ -129,7 +129,7 @@ class Transport:
             raise PeerUnreachable(f"{peer!r} is not a node of this experiment") from None
 
     def _call(
-        self, peer: str, kind: Kind, body: bytes, env: Envelope | None, arg: str = ""
+        self, peer: str, kind: Kind, body: Body, env: Envelope | None, arg: str = ""
     ) -> requests.Response:
         route = kind.route
         url = self.url(peer, kind, arg)

@@ -10,6 +10,9 @@ from typing import Protocol
 from hefl.errors import ProtocolError
 
 BINARY = "application/octet-stream"
+# a message body as it arrived: the HTTP layer reads into a bytearray (no second copy of a 24 MB
+# update); everything that reads a body takes either
+Body = bytes | bytearray
 JSON = "application/json"
 TEXT = "text/plain"
 PREFIX = "X-Hefl-"

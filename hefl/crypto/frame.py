@@ -7,6 +7,8 @@ from collections.abc import Iterator, Sequence
 
 from hefl.errors import ProtocolError
 
+# a framed body as it arrived: bytes, or the bytearray the HTTP layer read it into (hefl.wire.Body)
+Payload = bytes | bytearray
 MAGIC = b"HEF1"
 
 
@@ -15,7 +17,7 @@ def frame(parts: Sequence[bytes]) -> bytes:
     return b"".join([head, *parts])  # one copy of the ciphertexts, not two
 
 
-def frame_lengths(payload: bytes, count: int) -> tuple[int, ...]:
+def frame_lengths(payload: Payload, count: int) -> tuple[int, ...]:
     """The part lengths a framed body declares, checked against its size (nothing is copied)."""
     if len(payload) < 8 or payload[:4] != MAGIC:
         raise ProtocolError(f"payload of {len(payload)} bytes is not a framed ciphertext list")
@@ -33,7 +35,7 @@ def frame_lengths(payload: bytes, count: int) -> tuple[int, ...]:
     return lengths
 
 
-def unframe(payload: bytes, count: int) -> Iterator[bytes]:
+def unframe(payload: Payload, count: int) -> Iterator[bytes]:
     """The `count` parts of a framed body, one at a time (a part is copied out only when asked for:
     a loader never holds a second copy of the whole body); the frame is checked before the first
     part, and anything else than `count` parts is a ProtocolError."""

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from hefl.crypto.frame import Payload
 from hefl.errors import ProtocolError
 
 WIRE = np.dtype("<f4")
@@ -31,14 +32,14 @@ class PlainScheme:
         """Nothing to do ahead: converting floats is all `encrypt` does."""
         return 0
 
-    def check(self, payload: bytes) -> None:
+    def check(self, payload: Payload) -> None:
         if len(payload) != self.max_payload_bytes:
             raise ProtocolError(
                 f"payload is {len(payload)} bytes, expected {self.max_payload_bytes} "
                 f"({self.size} float32 values)"
             )
 
-    def load(self, payload: bytes) -> np.ndarray:
+    def load(self, payload: Payload) -> np.ndarray:
         self.check(payload)
         return np.frombuffer(payload, dtype=WIRE)
 
@@ -51,7 +52,7 @@ class PlainScheme:
         total += loaded
         return total
 
-    def load_into(self, total: np.ndarray | None, payload: bytes) -> np.ndarray:
+    def load_into(self, total: np.ndarray | None, payload: Payload) -> np.ndarray:
         """Load (check the size: all or nothing) and add into the float64 total."""
         return self.add_into(total, self.load(payload))
 

@@ -13,6 +13,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from hefl.crypto.frame import Payload
+
 
 class Scheme(Protocol):
     """How one update of `size` float values becomes bytes on the wire and back."""
@@ -30,16 +32,16 @@ class Scheme(Protocol):
         on the values), until done or `stop()`; return how many parts were made (0: nothing)."""
         ...
 
-    def check(self, payload: bytes) -> None: ...
+    def check(self, payload: Payload) -> None: ...
 
-    def load(self, payload: bytes) -> Any: ...
+    def load(self, payload: Payload) -> Any: ...
 
     def add_into(self, total: Any | None, loaded: Any) -> Any:
         """The running total with `loaded` added; the first call (total None) may return `loaded`
         itself as the total, so a loaded update must not be used again after it was added."""
         ...
 
-    def load_into(self, total: Any | None, payload: bytes) -> Any:
+    def load_into(self, total: Any | None, payload: Payload) -> Any:
         """`add_into(total, load(payload))` in one pass, holding at most one ciphertext of the
         payload at a time; a payload refused part way leaves `total` as it was."""
         ...

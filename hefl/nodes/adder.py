@@ -14,7 +14,7 @@ from hefl.config import ExperimentConfig
 from hefl.errors import ProtocolError
 from hefl.nodes.base import Node, Parts
 from hefl.runlog import Stopwatch
-from hefl.wire import Envelope, Kind
+from hefl.wire import Body, Envelope, Kind
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class Adder(Node, ABC):
             min(16, max(1, len(self.children))), thread_name_prefix=f"{self.role}-send"
         )
 
-    def on_update(self, env: Envelope, payload: bytes) -> None:
+    def on_update(self, env: Envelope, payload: Body) -> None:
         """Accept one child's update (a duplicate raises DuplicateMessage) and add it to its round's
         total at once; the work a complete round causes goes to the worker. The payload is loaded
         (for ciphertexts: deserialized and checked in this node's context) once, here, one
@@ -67,7 +67,7 @@ class Adder(Node, ABC):
         """How the buffer folds an update into its round's total (under its lock)."""
         return self.scheme.load_into(total, payload) if self.adds else None
 
-    def accepted(self, env: Envelope, payload: bytes, complete: bool) -> None:
+    def accepted(self, env: Envelope, payload: Body, complete: bool) -> None:
         if complete:
             self.submit(self.complete, env.round)
 
@@ -75,7 +75,7 @@ class Adder(Node, ABC):
     def complete(self, round_: int) -> None:
         """Add (or close) a round whose updates have all arrived; runs on the worker."""
 
-    def add_round(self, round_: int) -> tuple[Envelope, bytes]:
+    def add_round(self, round_: int) -> tuple[Envelope, Body]:
         """Release a complete round and add its payloads into one message of this node's."""
         self.round = round_
         self.runlog.add_phase(round_, "wait", self.first_update.stop(round_))
@@ -86,7 +86,7 @@ class Adder(Node, ABC):
         env = self.envelope(round_, sum(e.samples for e in envs), sum(e.contributors for e in envs))
         return env, payload
 
-    def send_down(self, kind: Kind, env: Envelope, payload: bytes) -> None:
+    def send_down(self, kind: Kind, env: Envelope, payload: Body) -> None:
         """Send a begin or global message to every child at once, timed as the round's `send`
         phase (until the last child answered; wall time only: the sending threads' CPU is not the
         worker's). Every child that failed is logged; the first one's error is raised."""

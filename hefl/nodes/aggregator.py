@@ -12,7 +12,7 @@ from hefl.metrics import MetricsReport, parse_metrics
 from hefl.nodes.adder import Adder
 from hefl.nodes.base import Parts
 from hefl.runlog import Stopwatch
-from hefl.wire import Envelope, Kind
+from hefl.wire import Body, Envelope, Kind
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class AggregatorNode(Adder):
         self.awaiting_metrics.start(round_)
         self.first_update.start(round_ + 1)
 
-    def on_metrics(self, env: Envelope, body: bytes) -> None:
+    def on_metrics(self, env: Envelope, body: Body) -> None:
         """Accept one client's loss and accuracy for a round (parsed once, on arrival)."""
         with self.metrics.reserve(env):
             complete = self.metrics.fill(env, parse_metrics(body, env.sender))

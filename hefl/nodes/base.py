@@ -14,7 +14,7 @@ from hefl.crypto import Scheme
 from hefl.errors import HeflError, ProtocolError
 from hefl.runlog import RunLog
 from hefl.transport import TrafficMeter
-from hefl.wire import Envelope, Kind, check_scope
+from hefl.wire import Body, Envelope, Kind, check_scope
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 class Sender(Protocol):
     """What a node sends through: the Transport, or a fake in unit tests."""
 
-    def send(self, peer: str, kind: Kind, env: Envelope, body: bytes = b"") -> Any: ...
+    def send(self, peer: str, kind: Kind, env: Envelope, body: Body = b"") -> Any: ...
 
     def close(self) -> None: ...
 
@@ -135,7 +135,7 @@ class Node:
     def envelope(self, round_: int, samples: int = 0, contributors: int = 0) -> Envelope:
         return Envelope(self.experiment, round_, self.id, samples, contributors)
 
-    def check_downward(self, env: Envelope, payload: bytes, allow_empty: bool = False) -> None:
+    def check_downward(self, env: Envelope, payload: Body, allow_empty: bool = False) -> None:
         """A begin or global message must come from the parent, for this experiment, in range."""
         check_scope(env, self.experiment, self.cfg.rounds)
         if env.sender != self.me.send:

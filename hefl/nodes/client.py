@@ -22,7 +22,7 @@ from hefl.nodes.base import Node, Parts
 from hefl.runlog import Stopwatch
 from hefl.seeds import shuffle_seed
 from hefl.training import evaluate, pick_device, train_epochs, warm_up
-from hefl.wire import Envelope, Kind
+from hefl.wire import Body, Envelope, Kind
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class ClientNode(Node):
             self.precomputer = Precomputer(self.scheme)
             self.precomputer.resume(-1)  # until the begin message comes
 
-    def on_begin(self, env: Envelope, payload: bytes) -> None:
+    def on_begin(self, env: Envelope, payload: Body) -> None:
         """The aggregator's begin message (round 0), once: start training."""
         self.check_downward(env, payload, allow_empty=True)
         if env.round != 0:
@@ -129,7 +129,7 @@ class ClientNode(Node):
         self.pause_precompute(-1)
         self.submit(self.train_round, 0)
 
-    def on_global(self, env: Envelope, payload: bytes) -> None:
+    def on_global(self, env: Envelope, payload: Body) -> None:
         """A round's global result, once; loaded (and so checked) here, applied on the worker."""
         self.check_downward(env, payload)
         expected = expected_contributors(self.cfg, self.cfg.root)

@@ -7,7 +7,7 @@ from hefl.config import ExperimentConfig
 from hefl.nodes.adder import Adder
 from hefl.nodes.base import Parts
 from hefl.runlog import Stopwatch
-from hefl.wire import Envelope, Kind
+from hefl.wire import Body, Envelope, Kind
 
 
 class SwitchNode(Adder):
@@ -20,7 +20,7 @@ class SwitchNode(Adder):
         self.downward = AcceptPoint()  # begin and global messages, once each
         self.awaiting_global = Stopwatch()  # from forwarding up to the global result's arrival
 
-    def accepted(self, env: Envelope, payload: bytes, complete: bool) -> None:
+    def accepted(self, env: Envelope, payload: Body, complete: bool) -> None:
         if self.dumb:
             if complete:  # the children's wait ends with the last arrival, not after forwarding it
                 self.runlog.add_phase(env.round, "wait", self.first_update.stop(env.round))
@@ -28,7 +28,7 @@ class SwitchNode(Adder):
         elif complete:
             self.submit(self.complete, env.round)
 
-    def forward(self, env: Envelope, payload: bytes, last: bool) -> None:
+    def forward(self, env: Envelope, payload: Body, last: bool) -> None:
         """Dumb switch: pass one child's message upstream unchanged (the original's base case)."""
         self.round = env.round
         with self.runlog.phase(env.round, "send"):
@@ -43,19 +43,19 @@ class SwitchNode(Adder):
             self.transport.send(self.me.send, Kind.UPDATE, env, payload)
         self.awaiting_global.start(round_)
 
-    def on_begin(self, env: Envelope, payload: bytes) -> None:
+    def on_begin(self, env: Envelope, payload: Body) -> None:
         self._on_down(Kind.BEGIN, env, payload)
 
-    def on_global(self, env: Envelope, payload: bytes) -> None:
+    def on_global(self, env: Envelope, payload: Body) -> None:
         self._on_down(Kind.GLOBAL, env, payload)
 
-    def _on_down(self, kind: Kind, env: Envelope, payload: bytes) -> None:
+    def _on_down(self, kind: Kind, env: Envelope, payload: Body) -> None:
         """Accept a begin or global message from the parent, once; the worker relays it."""
         self.check_downward(env, payload, allow_empty=kind is Kind.BEGIN)
         self.downward.take((kind, env.round), f"{kind.value} of round {env.round}")
         self.submit(self.relay, kind, env, payload)
 
-    def relay(self, kind: Kind, env: Envelope, payload: bytes) -> None:
+    def relay(self, kind: Kind, env: Envelope, payload: Body) -> None:
         r = env.round
         if kind is Kind.GLOBAL:
             self.runlog.add_phase(r, "wait", self.awaiting_global.stop(r))

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hefl.crypto.frame import frame, frame_lengths, unframe
+from hefl.crypto.frame import Payload, frame, frame_lengths, unframe
 from hefl.crypto.params import HeParams, coeffs, slots
 from hefl.crypto.scheme import KeyRing
 from hefl.errors import ProtocolError
@@ -120,7 +120,7 @@ class TensealScheme(ABC):
     def slot_count(self, values: int) -> int:
         return values
 
-    def check(self, payload: bytes) -> None:
+    def check(self, payload: Payload) -> None:
         """The payload's shape only: a frame of the right number of ciphertexts, none empty or
         oversized."""
         if len(payload) > self.max_payload_bytes or 0 in frame_lengths(payload, self.chunks):
@@ -129,11 +129,11 @@ class TensealScheme(ABC):
                 f"of this experiment"
             )
 
-    def load(self, payload: bytes) -> list[Any]:
+    def load(self, payload: Payload) -> list[Any]:
         """Deserialize and check every ciphertext of a payload in this node's context."""
         return list(self._vectors(payload))
 
-    def load_into(self, total: list[Any] | None, payload: bytes) -> list[Any]:
+    def load_into(self, total: list[Any] | None, payload: Payload) -> list[Any]:
         """Load a payload and add it into `total` one ciphertext at a time (a node never holds a
         second loaded update); a ciphertext that fails its checks takes back what this payload had
         added (ciphertext addition is exact modular arithmetic: subtracting restores every bit)."""
@@ -150,7 +150,7 @@ class TensealScheme(ABC):
             raise
         return total
 
-    def _vectors(self, payload: bytes) -> Iterator[Any]:
+    def _vectors(self, payload: Payload) -> Iterator[Any]:
         """The payload's ciphertexts, each deserialized and checked as it is asked for."""
         for i, (part, want) in enumerate(
             zip(unframe(payload, self.chunks), self.chunk_lengths(), strict=True)
