@@ -81,7 +81,9 @@ class TensealScheme(ABC):
             if i < len(zeros):
                 vec = zeros[i]
                 zeros[i] = None  # used once
-                vec.add_(chunk.tolist())
+                # TenSEAL's C++ vector takes the list as it is (the Python `add_` first builds a
+                # PlainTensor: 3x slower for bfv)
+                vec.data.add_plain_(chunk.tolist())
             else:
                 vec = self.make(self.ctx, chunk.tolist())
             parts.append(vec.serialize())
