@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hefl.errors import DuplicateMessage, ProtocolError
+from hefl.errors import DuplicateMessage, OutOfWindow, ProtocolError
 from hefl.wire import Envelope, check_scope
 
 if TYPE_CHECKING:
@@ -64,10 +64,12 @@ class Inbox:
 class RoundBuffer:
     """Collects the messages a node adds for each round; says when a round is complete.
 
-    A message is accepted only for this experiment, an expected sender and a round in range; a
-    second message with the same (round, sender) is a DuplicateMessage, also once the round is out.
-    With `combine(total or None, payload) -> total`, a payload is folded into its round's total as
-    it is filled (an adder adds on arrival) and not kept.
+    A message is accepted only for this experiment, an expected sender and a round in range (else
+    ProtocolError, 400); a second message with the same (round, sender) is a DuplicateMessage (409),
+    also once the round is out; a first one for a round that is not open is OutOfWindow (422). The
+    node opens rounds as its protocol moves on (`open`); `release` closes one. With
+    `combine(total or None, payload) -> total`, a payload is folded into its round's total as it is
+    filled (an adder adds on arrival) and not kept.
     """
 
     def __init__(
@@ -83,7 +85,19 @@ class RoundBuffer:
         self.combine = combine
         self.accept_point = AcceptPoint()
         self._inboxes: dict[int, Inbox] = {}
+        self._open: set[int] = set()
         self._lock = threading.Lock()
+
+    def open(self, round_: int, only: bool = False) -> None:
+        """Take messages for `round_` from now on; with `only`, for no other round."""
+        with self._lock:
+            if only:
+                self._open.clear()
+            self._open.add(round_)
+
+    def is_open(self, round_: int) -> bool:
+        with self._lock:
+            return round_ in self._open
 
     def check(self, env: Envelope) -> None:
         """Raise ProtocolError if `env` does not belong here."""
@@ -97,9 +111,20 @@ class RoundBuffer:
     def reserve(self, env: Envelope) -> Iterator[None]:
         """Check `env` and claim its (round, sender) while the payload loads inside the `with`."""
         self.check(env)
-        what = f"round {env.round} from {env.sender!r}"
-        with self.accept_point.reserve((env.round, env.sender), what):
+        key = (env.round, env.sender)
+        what = f"round {env.round + 1} from {env.sender!r}"
+        if not self.accept_point.taken(key) and not self.is_open(env.round):
+            raise OutOfWindow(f"{what} is not open here ({self.window()})")
+        with self.accept_point.reserve(key, what):
             yield
+
+    def window(self) -> str:
+        """The open rounds, counted from 1 as the round lines do (for error lines)."""
+        with self._lock:
+            rounds = sorted(r + 1 for r in self._open)
+        if not rounds:
+            return "no round is open"
+        return "open: round " + ", ".join(map(str, rounds))
 
     def fill(self, env: Envelope, payload: Any) -> bool:
         """Store (or combine) a reserved message's payload; True when it completes its round."""
@@ -118,8 +143,9 @@ class RoundBuffer:
             return self.fill(env, payload)
 
     def release(self, round_: int) -> Inbox:
-        """Hand over a complete round; its (round, sender) keys stay taken."""
+        """Hand over a complete round and close it; its (round, sender) keys stay taken."""
         with self._lock:
+            self._open.discard(round_)
             return self._inboxes.pop(round_, Inbox())
 
 

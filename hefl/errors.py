@@ -27,6 +27,13 @@ class DuplicateMessage(ProtocolError):
     status_code = 409
 
 
+class OutOfWindow(ProtocolError):
+    """A message for a round this node does not take now (not yet open, or already closed): refused
+    with 422, which a sender must not take as delivered (unlike 409)."""
+
+    status_code = 422
+
+
 class NotFound(HeflError, LookupError):
     """What a request asks for does not exist here (no log of that experiment on this node)."""
 

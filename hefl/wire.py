@@ -135,4 +135,4 @@ def check_scope(env: Envelope, experiment: str, rounds: int) -> None:
             f"experiment {env.experiment!r} is not the running experiment {experiment!r}"
         )
     if not 0 <= env.round < rounds:
-        raise ProtocolError(f"round {env.round} is outside 0..{rounds - 1}")
+        raise ProtocolError(f"round {env.round + 1} is outside 1..{rounds}")

@@ -11,7 +11,7 @@ import pytest
 
 from hefl.config import ExperimentConfig, parse_config
 from hefl.crypto.plain import PlainScheme
-from hefl.errors import DuplicateMessage, ProtocolError
+from hefl.errors import DuplicateMessage, OutOfWindow, ProtocolError
 from hefl.modelspec import param_count
 from hefl.nodes import Parts, Worker
 from hefl.nodes.aggregator import AggregatorNode
@@ -80,6 +80,13 @@ def test_switch_adds_its_children_and_relays_the_global_result(
     switch, transport = make(SwitchNode, S0, cfg, tmp_path)
     scheme = switch.scheme
     a, b = np.full(scheme.size, 0.25), np.linspace(-1, 1, scheme.size)
+    with pytest.raises(OutOfWindow, match="no round is open"):  # before begin
+        switch.on_update(Envelope(EXP, 0, C0, 100, 1), scheme.encrypt(a))
+    switch.on_begin(Envelope(EXP, 0, AGG), b"")
+    assert [(p, k) for p, k, _, _ in transport.sent] == [(C0, Kind.BEGIN), (C1, Kind.BEGIN)]
+    transport.sent.clear()
+    with pytest.raises(OutOfWindow, match=r"round 2 from '127.0.0.1:100' is not open"):
+        switch.on_update(Envelope(EXP, 1, C0, 100, 1), scheme.encrypt(a))
     switch.on_update(Envelope(EXP, 0, C0, 100, 1), scheme.encrypt(a))
     assert transport.sent == []  # waits for its other child
     with pytest.raises(DuplicateMessage):
@@ -106,11 +113,15 @@ def test_switch_adds_its_children_and_relays_the_global_result(
     assert not switch.runlog.finished  # two rounds; the first ended
     with pytest.raises(DuplicateMessage):
         switch.on_global(Envelope(EXP, 0, AGG, 190, 2), body)
+    # the global result of round 1 opened round 2 (and closed round 1)
+    switch.on_update(Envelope(EXP, 1, C0, 100, 1), scheme.encrypt(a))
 
 
 def test_dumb_switch_forwards_each_child_unchanged(tmp_path: Path) -> None:
     cfg = parse_config(tree_config(clients=2, leaves=1, spine=False, dumb=(0,), rounds=1))
     switch, transport = make(SwitchNode, S0, cfg, tmp_path)
+    switch.on_begin(Envelope(EXP, 0, AGG), b"")
+    transport.sent.clear()
     bodies = {
         c: switch.scheme.encrypt(np.full(switch.scheme.size, i + 1.0))
         for i, c in enumerate((C0, C1))
@@ -131,8 +142,19 @@ def test_aggregator_sends_begin_then_global_and_closes_rounds(
         agg.begin_experiment()
     assert [(p, k, e.round, b) for p, k, e, b in transport.sent] == [(S0, Kind.BEGIN, 0, b"")]
     total = agg.scheme.encrypt(np.ones(agg.scheme.size))
+    with pytest.raises(OutOfWindow, match="round 2 from '127.0.0.1:10' is not open"):
+        agg.on_update(Envelope(EXP, 1, S0, 190, 2), total)
+    metrics = (
+        b'{"loss": 0.5, "accuracy": 1.0, "test_samples": 5, "byte_send": 1, "byte_received": 2}'
+    )
+    with pytest.raises(OutOfWindow, match="no round is open"):  # no global result sent yet
+        agg.on_metrics(Envelope(EXP, 0, C0, 5, 1), metrics)
     agg.on_update(Envelope(EXP, 0, S0, 190, 2), total)
     assert transport.sent[-1][:2] == (S0, Kind.GLOBAL) and transport.sent[-1][2].contributors == 2
+    with pytest.raises(
+        OutOfWindow, match=r"round 2 from '127.0.0.1:100' is not open here \(open: round 1\)"
+    ):
+        agg.on_metrics(Envelope(EXP, 1, C0, 5, 1), metrics)
     for client, acc, n in ((C0, 0.9, 30), (C1, 0.6, 10)):
         body = (
             f'{{"loss": 0.5, "accuracy": {acc}, "test_samples": {n}, '
@@ -150,7 +172,7 @@ def test_a_failing_job_is_reported_to_the_aggregator(cfg: ExperimentConfig, tmp_
     ((peer, kind, env, body),) = transport.sent
     assert (peer, kind, env.sender) == (AGG, Kind.FAIL, S0)
     assert (
-        body.decode().startswith(f"{S0} (switch), round 0: ")
+        body.decode().startswith(f"{S0} (switch), round 1: ")
         and switch.status()["state"] == "failed"
     )
 
@@ -158,6 +180,7 @@ def test_a_failing_job_is_reported_to_the_aggregator(cfg: ExperimentConfig, tmp_
 def test_an_adder_holds_one_running_total_not_its_childrens_updates(tmp_path: Path) -> None:
     cfg = parse_config(tree_config(clients=3, leaves=1, spine=False, rounds=1))
     switch, transport = make(SwitchNode, S0, cfg, tmp_path)
+    switch.buffer.open(0)
     scheme = switch.scheme
     values = [np.linspace(-1, 1, scheme.size) * (i + 1) / 7 for i in range(3)]
     for i, v in enumerate(values[:2]):

@@ -18,7 +18,7 @@ from hefl.crypto.plain import PlainScheme
 from hefl.push import make_push
 from hefl.wire import JSON, Envelope
 from tests.conftest import ROOT, Recorder, tree_config
-from tests.test_http import AGG, C0, C1, EXP, S0, post, push, size_of, small, wait_health
+from tests.test_http import AGG, C0, C1, EXP, S0, begin, post, push, size_of, small, wait_health
 
 
 def test_failed_reconfiguration_keeps_the_node_as_it_was(
@@ -27,6 +27,7 @@ def test_failed_reconfiguration_keeps_the_node_as_it_was(
     url, server = serve_node()
     endpoints = {C0: recorder.url, "127.0.0.1:101": recorder.url, AGG: recorder.url, S0: url}
     assert push(url, small(), S0, endpoints).status_code == 200
+    begin(url, recorder)
     switch = server.node
     bad = small(dataset={"name": "mnist", "path": "/nonexistent"})
     resp = requests.post(
@@ -64,6 +65,7 @@ def test_repushing_the_running_experiment_keeps_its_log(
     url, server = serve_node()
     endpoints = {C0: recorder.url, "127.0.0.1:101": recorder.url, AGG: recorder.url, S0: url}
     assert push(url, small(), S0, endpoints).status_code == 200
+    begin(url, recorder)
     scheme = PlainScheme(size_of(small()))
     assert (
         post(
@@ -79,9 +81,10 @@ def test_repushing_the_running_experiment_keeps_its_log(
 def test_aggregator_refuses_bad_metrics_and_foreign_failures(
     serve_node: Any, recorder: Recorder
 ) -> None:
-    url, _ = serve_node()
+    url, server = serve_node()
     endpoints = {C0: recorder.url, "127.0.0.1:101": recorder.url, S0: recorder.url, AGG: url}
     assert push(url, small(), AGG, endpoints).status_code == 200
+    server.node.metrics.open(0)  # as sending round 1's global result down would
     good = {"loss": 0.5, "accuracy": 0.9, "test_samples": 30, "byte_send": 1, "byte_received": 2}
     for bad in (
         {k: v for k, v in good.items() if k != "byte_send"},
@@ -172,6 +175,7 @@ def test_concurrent_updates_are_added_once(serve_node: Any, recorder: Recorder) 
     url, _ = serve_node()
     endpoints = {**{c: recorder.url for c in clients}, AGG: recorder.url, S0: url}
     assert push(url, raw, S0, endpoints).status_code == 200
+    begin(url, recorder, children=8)
     scheme = PlainScheme(size_of(raw))
     codes: list[int] = []
 
@@ -235,6 +239,7 @@ def test_encrypted_switch_refuses_foreign_and_short_ciphertexts(
         f"{url}/config", json=make_push(raw, S0, EXP, endpoints, keyless), timeout=30
     )
     assert resp.status_code == 200 and resp.json()["can_decrypt"] is (name == "none")
+    begin(url, recorder)
     keys = load_secret(enc, key_dir) if name != "none" else None
     client = make_scheme(enc, size, keys, seed=1)
     good = client.encrypt(np.full(size, 0.25))
@@ -315,6 +320,7 @@ def test_huge_numbers_and_an_unwritable_log_get_one_line_4xx(
     endpoints = {C0: recorder.url, "127.0.0.1:101": recorder.url, AGG: url, S0: recorder.url}
     assert push(url, small(), AGG, endpoints).status_code == 200
     aggregator = server.node
+    aggregator.metrics.open(0)  # as sending round 1's global result down would
     huge = '{"loss": 1%s, "accuracy": 0.5, "test_samples": 3, "byte_send": 0, "byte_received": 0}'
     resp = post(url, "/metrics", Envelope(EXP, 0, C0, 3, 1), (huge % ("0" * 400)).encode(), JSON)
     assert resp.status_code == 400 and "expected a finite number" in resp.json()["error"]

@@ -105,7 +105,7 @@ class Adder(Node, ABC):
                 "%s: %s of round %d to %s failed too: %s",
                 self.id,
                 kind.value,
-                env.round,
+                env.round + 1,
                 child,
                 exc,
             )

@@ -37,6 +37,7 @@ class AggregatorNode(Adder):
 
     def send_begin(self) -> None:
         self.runlog.begin(0)
+        self.buffer.open(0, only=True)
         self.send_down(Kind.BEGIN, self.envelope(0), b"")
         self.first_update.start(0)
 
@@ -46,10 +47,13 @@ class AggregatorNode(Adder):
         expected = expected_contributors(self.cfg, self.id)
         if env.contributors != expected:
             raise ProtocolError(
-                f"round {round_} adds {env.contributors} clients, expected {expected}"
+                f"round {round_ + 1} adds {env.contributors} clients, expected {expected}"
             )
         if round_ + 1 < self.cfg.rounds:
             self.runlog.begin(round_ + 1)
+        # before anyone hears of it: updates of the next round, metrics of this one
+        self.buffer.open(round_ + 1, only=True)
+        self.metrics.open(round_)
         self.send_down(Kind.GLOBAL, env, payload)
         self.awaiting_metrics.start(round_)
         self.first_update.start(round_ + 1)
@@ -77,7 +81,9 @@ class AggregatorNode(Adder):
         self.runlog.end(r, final=r == self.cfg.rounds - 1)
         row["duration_s"] = self.runlog.record(r)["duration_s"]
         self.rows.append(row)
-        log.info("%s round %d: accuracy %.4f loss %.4f", self.id, r, row["accuracy"], row["loss"])
+        log.info(
+            "%s round %d: accuracy %.4f loss %.4f", self.id, r + 1, row["accuracy"], row["loss"]
+        )
 
     def on_fail(self, env: Envelope, text: str) -> None:
         """A node of this experiment reports it failed: the experiment stops with its reason."""

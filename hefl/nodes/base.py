@@ -109,7 +109,7 @@ class Node:
 
     def fail(self, reason: str, exc: BaseException | None = None) -> None:
         """Record a failure, keep every log line written so far, and tell the aggregator."""
-        self.error = f"{self.id} ({self.role}), round {self.round}: {reason}"
+        self.error = f"{self.id} ({self.role}), round {self.round + 1}: {reason}"
         log.error("%s", self.error, exc_info=exc if not isinstance(exc, HeflError) else None)
         self.runlog.flush()
         if self.id == self.cfg.root or self.closed:

@@ -15,7 +15,7 @@ from hefl.aggregation import AcceptPoint, apply_sum, client_weight, expected_con
 from hefl.config import ExperimentConfig
 from hefl.crypto import Scheme
 from hefl.data import client_data
-from hefl.errors import ExperimentFailed, ProtocolError
+from hefl.errors import ExperimentFailed, OutOfWindow, ProtocolError
 from hefl.metrics import MetricsReport
 from hefl.model import build_model, get_flat, set_flat
 from hefl.nodes.base import Node, Parts
@@ -114,6 +114,7 @@ class ClientNode(Node):
         warm_up(self.model, self.train, t, self.device)
         self.downward = AcceptPoint()  # begin and global messages, once each
         self.awaiting_global = Stopwatch()  # from sending the update to the global result's arrival
+        self.sent_round = -1  # the round whose update this client sent last: its global is due
         self.precomputer: Precomputer | None = None
         enc = cfg.encryption
         if enc.precompute and enc.scheme != "none" and enc.processes == 1:
@@ -124,7 +125,7 @@ class ClientNode(Node):
         """The aggregator's begin message (round 0), once: start training."""
         self.check_downward(env, payload, allow_empty=True)
         if env.round != 0:
-            raise ProtocolError(f"begin is for round 0, got round {env.round}")
+            raise ProtocolError(f"begin is for round 1, got round {env.round + 1}")
         self.downward.take((Kind.BEGIN, 0), "begin of round 0")
         self.pause_precompute(-1)
         self.submit(self.train_round, 0)
@@ -132,15 +133,19 @@ class ClientNode(Node):
     def on_global(self, env: Envelope, payload: Body) -> None:
         """A round's global result, once; loaded (and so checked) here, applied on the worker."""
         self.check_downward(env, payload)
+        sent = self.sent_round
+        if env.round != sent and not self.downward.taken((Kind.GLOBAL, env.round)):
+            last = f"the last update it sent is round {sent + 1}" if sent >= 0 else "no update sent"
+            raise OutOfWindow(f"global result of round {env.round + 1} is not open here ({last})")
         expected = expected_contributors(self.cfg, self.cfg.root)
         if env.contributors != expected or env.samples <= 0:
             raise ProtocolError(
-                f"global result of round {env.round} adds {env.contributors} clients, "
+                f"global result of round {env.round + 1} adds {env.contributors} clients, "
                 f"{env.samples} samples; expected {expected} clients"
             )
         self.pause_precompute(env.round)  # checked above: the parent's, for this experiment
         started = time.monotonic()
-        with self.downward.reserve((Kind.GLOBAL, env.round), f"global of round {env.round}"):
+        with self.downward.reserve((Kind.GLOBAL, env.round), f"global of round {env.round + 1}"):
             loaded = self.scheme.load(payload)  # a refused one is not taken: a corrected retry is
         self.runlog.add_phase(env.round, "load", time.monotonic() - started)
         self.submit(self.apply_global, env, loaded)
@@ -175,6 +180,7 @@ class ClientNode(Node):
                 precompute_cpu_s=round(cpu, 6),
             )
         self.runlog.set(r, train_loss=loss, train_samples=self.samples, clipped=clipped)
+        self.sent_round = r  # before it goes: the result can come back before the answer does
         with self.runlog.phase(r, "send"):
             self.transport.send(
                 self.me.send, Kind.UPDATE, self.envelope(r, self.samples, 1), payload

@@ -52,7 +52,9 @@ class SwitchNode(Adder):
     def _on_down(self, kind: Kind, env: Envelope, payload: Body) -> None:
         """Accept a begin or global message from the parent, once; the worker relays it."""
         self.check_downward(env, payload, allow_empty=kind is Kind.BEGIN)
-        self.downward.take((kind, env.round), f"{kind.value} of round {env.round}")
+        self.downward.take((kind, env.round), f"{kind.value} of round {env.round + 1}")
+        # begin opens round 0, global r round r + 1: before the children hear of it
+        self.buffer.open(env.round + (kind is Kind.GLOBAL), only=True)
         self.submit(self.relay, kind, env, payload)
 
     def relay(self, kind: Kind, env: Envelope, payload: Body) -> None:
