@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import hmac
 import logging
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,7 @@ from hefl.wire import OPEN, PREFIX, TOKEN_HEADER, Body, Envelope, Kind, kind_at
 
 log = logging.getLogger(__name__)
 CONFIG_BODY = 16 << 20  # the largest body an unconfigured node reads (a config push)
+UNCONFIGURED_BODY_S = 60.0  # how long an unconfigured node waits for a body (a config push)
 
 
 class NodeServer:
@@ -73,13 +78,17 @@ def current_node() -> Any:
     return current_app.extensions["hefl_node"]
 
 
+def has_credential() -> bool:
+    """Whether this request carries the experiment's credential (always, on a node without one)."""
+    token = current_app.extensions["hefl_server"].host.token
+    given = request.headers.get(TOKEN_HEADER, "")
+    return not token or hmac.compare_digest(given.encode(), token.encode())
+
+
 def _check_token() -> None:
     """Every endpoint but /health needs the experiment's credential when the node has one."""
-    token = current_app.extensions["hefl_server"].host.token
-    if token and request.path not in {kind.route.path for kind in OPEN}:
-        given = request.headers.get(TOKEN_HEADER, "")
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            raise Unauthorized(f"{request.method} {request.path}: missing or wrong {TOKEN_HEADER}")
+    if request.path not in {kind.route.path for kind in OPEN} and not has_credential():
+        raise Unauthorized(f"{request.method} {request.path}: missing or wrong {TOKEN_HEADER}")
 
 
 def _meter_request() -> None:
@@ -102,21 +111,63 @@ def read_body(piece_size: int = 1 << 20) -> Body:
     get_data reads 64 KiB pieces into a growing buffer, then copies it: a third of loopback speed
     for 24 MB); memory grows with the bytes that arrived, not with the length a sender declares,
     and the buffer is handed on as it is (a bytearray: no second copy). Refused with 413 above the
-    app's limit and with a 400 if the sender stops short."""
-    size = request.content_length
-    if size is None:  # chunked: no length to read up to (our transport never sends it)
-        return request.get_data()
+    app's limit (chunked bodies too, as soon as they pass it) and with a 400 if the sender stops
+    short or takes longer than the node's `network.read_timeout_s` (under gunicorn: the socket is
+    shut at that deadline, which frees the request thread whatever the sender does)."""
     limit = current_app.config["MAX_CONTENT_LENGTH"]
-    if limit is not None and size > limit:
+    size = request.content_length
+    if size is not None and limit is not None and size > limit:
         raise RequestEntityTooLarge()
     stream = request.environ["wsgi.input"]
-    body = bytearray()
-    while len(body) < size:
-        piece = stream.read(min(piece_size, size - len(body)))
-        if not piece:
-            raise ProtocolError(f"body ended after {len(body)} of its {size} bytes")
-        body += piece
+    timeout = _body_timeout()
+    with _deadline(request.environ.get("gunicorn.socket"), timeout) as late:
+        body = bytearray()
+        while size is None or len(body) < size:
+            want = piece_size if size is None else min(piece_size, size - len(body))
+            piece = stream.read(want)
+            if not piece:
+                if size is None:  # chunked: its end
+                    break
+                if late.is_set():
+                    raise ProtocolError(
+                        f"body did not arrive within {timeout:g}s (network.read_timeout_s): "
+                        f"{len(body)} of its {size} bytes came"
+                    )
+                raise ProtocolError(f"body ended after {len(body)} of its {size} bytes")
+            body += piece
+            if limit is not None and len(body) > limit:  # chunked: no length said beforehand
+                raise RequestEntityTooLarge()
     return body
+
+
+def _body_timeout() -> float:
+    node = current_app.extensions["hefl_node"]
+    return float(node.cfg.network.read_timeout_s) if node is not None else UNCONFIGURED_BODY_S
+
+
+@contextmanager
+def _deadline(sock: Any, seconds: float) -> Iterator[threading.Event]:
+    """Shut `sock` for reading after `seconds` unless the `with` ended first (a blocked read
+    then returns at once); the event says whether it fired. Without a socket (werkzeug's test
+    server), nothing happens."""
+    fired = threading.Event()
+
+    def shut() -> None:
+        fired.set()
+        try:
+            sock.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
+
+    timer = threading.Timer(seconds, shut) if sock is not None else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
+    try:
+        yield fired
+    finally:
+        if timer is not None:
+            timer.cancel()
 
 
 def _meter_answer(response: Response) -> Response:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
+from blueprints import has_credential, read_body
 from blueprints.messages import add_route
 from hefl.errors import ConfigError
 from hefl.wire import Kind
@@ -14,14 +16,22 @@ bp = Blueprint("common", __name__)
 
 
 def health() -> Any:
-    return jsonify(current_app.extensions["hefl_server"].host.health())
+    """State and role to anyone (a liveness probe); everything else, the experiment id and an
+    error's text included, only with the credential."""
+    state = current_app.extensions["hefl_server"].host.health()
+    if not has_credential():
+        state = {"state": state["state"], "role": state["role"]}
+    return jsonify(state)
 
 
 def config() -> Any:
-    try:
-        payload = request.get_json(silent=True)
-    except RecursionError:
-        payload = None
+    body = read_body()  # bounded in size and time like a round message's
+    payload = None
+    if request.is_json:
+        try:
+            payload = json.loads(body)
+        except (ValueError, RecursionError):
+            payload = None
     if payload is None:
         raise ConfigError("push: body is not JSON (send Content-Type: application/json)")
     return jsonify(current_app.extensions["hefl_server"].configure(payload))

@@ -8,6 +8,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from blueprints import NodeServer
+from blueprints.worker import NodeWorker
 from hefl.address import Address
 
 
@@ -31,7 +32,7 @@ def serve(host: str, port: int, log_dir: Path, token: str, threads: int = 8) -> 
     options = {
         "bind": Address(host.strip("[]"), port).netloc(port),  # an IPv6 host in brackets
         "workers": 1,
-        "worker_class": "gthread",
+        "worker_class": NodeWorker,  # gthread that reads request heads before a thread takes them
         "threads": threads,
         "timeout": 120,
         "graceful_timeout": 5,

@@ -187,10 +187,14 @@ do_start() {
 
 do_stop() { on_host "$1" "$IN_DIR bash deploy/stop.sh"; }
 
-do_status() { # "host port": the node's /health, asked from here
+do_status() { # "host port": the node's /health, asked from here (with the credential: all of it)
     local h=${1% *} p=${1#* }
     [[ $h == *:* ]] && h="[$h]"
-    curl -fsS --max-time 5 "http://$h:$p/health"
+    if [[ -f keys/token ]]; then # the header through stdin: not on a command line others can see
+        printf 'X-Hefl-Token: %s\n' "$(<keys/token)" | curl -fsS --max-time 5 -H @- "http://$h:$p/health"
+    else
+        curl -fsS --max-time 5 "http://$h:$p/health"
+    fi
 }
 
 do_collect() {
