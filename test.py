@@ -3,6 +3,10 @@
 
 python test.py 10.10.1.3                  # the node whose address in config.json is 10.10.1.3
 python test.py 127.0.0.1:5003 --as 10.10.1.3   # a node on another address plays 10.10.1.3
+
+Exit status: 0 when the node took the config (its answer on stdout), 1 when it refused it (any 4xx,
+409 included: configured already, or that experiment's log exists there) or could not be reached
+(one line on stderr), 2 for a wrong command line.
 """
 
 from __future__ import annotations
@@ -58,7 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     except HeflError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"{resp.status_code} {json.dumps(resp.json(), indent=1)}")
+    answer = f"{resp.status_code} {json.dumps(resp.json(), indent=1)}"
+    if resp.status_code >= 300:  # 409: configured already, or that experiment's log exists
+        print(f"refused: {answer}", file=sys.stderr)
+        return 1
+    print(answer)
     return 0
 
 

@@ -9,7 +9,10 @@ from urllib.parse import urlsplit
 
 from hefl.errors import ConfigError
 
-_HOST = re.compile(r"[A-Za-z0-9._-]+")  # DNS names and IPv4; IPv6 only in brackets
+# DNS names and IPv4 (IPv6 only in brackets): dot-separated labels of letters, digits, '-' and '_',
+# none empty and none starting with '-', so that no address reads as '.', '..' or an option
+_LABEL = r"[A-Za-z0-9_][A-Za-z0-9_-]{0,62}"
+_HOST = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
 _PORT = re.compile(r"[0-9]{1,5}")
 
 
@@ -79,22 +82,23 @@ def base_url(node_id: str, default_port: int, path: str = "address") -> str:
 
 
 def check_base_url(url: str, path: str) -> str:
-    """A peer's base URL `http(s)://host[:port]` (paths are appended to it, so it has none);
-    returned as given."""
+    """A peer's base URL `http://host[:port]`, host[:port] checked as any address (no path, query,
+    user or other scheme: nodes send the credential there; a TLS option would take its scheme from
+    the config, not from a URL); returned as given."""
     try:
         parts = urlsplit(url)
     except ValueError:
         parts = None
     if (
         parts is None
-        or parts.scheme not in ("http", "https")
+        or parts.scheme != "http"
         or parts.path
         or parts.query
         or parts.fragment
         or "?" in url
         or "#" in url
     ):
-        raise ConfigError(f"{path}: {url!r} is not an http(s) URL of the form http://host[:port]")
+        raise ConfigError(f"{path}: {url!r} is not of the form http://host[:port]")
     parse_address(parts.netloc, path)
     return url
 

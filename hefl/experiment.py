@@ -64,6 +64,7 @@ class Controller:
         self.probe = Transport(endpoints, Timeouts.of(cfg.network).once(), token)
         self.keyless_context = keyless_context(cfg)
         self.key_ids: dict[str, str] = {}
+        self.open_nodes: list[str] = []  # nodes that said they check no credential
 
     def run(self) -> list[dict[str, Any]]:
         self.exp_dir.mkdir(parents=True, exist_ok=True)
@@ -111,6 +112,11 @@ class Controller:
             errors = [e for e in pool.map(self._push, self.cfg.nodes) if e]
         if errors:
             raise ConfigError(f"{len(errors)} node(s) refused their config: " + " | ".join(errors))
+        if self.open_nodes:
+            self.out(
+                f"warning: {len(self.open_nodes)} node(s) run without a credential (anyone who "
+                f"reaches them can configure them and post updates): {', '.join(self.open_nodes)}"
+            )
         ids = {self.key_ids.get(n, "") for n in self.cfg.clients()}
         if len(ids) > 1:
             found = ", ".join(f"{n}={self.key_ids.get(n)}" for n in self.cfg.clients())
@@ -124,14 +130,26 @@ class Controller:
         )
 
     def _push(self, node: str) -> str:
+        """Push one node its config; '' when it took it, else what went wrong (one line). A 409
+        answers a retried push the node had taken (its /health then tells its key id) or an
+        experiment id the node has a log of already (a refusal)."""
         body = make_push(self.raw, node, self.experiment, self.endpoints, self.keyless_context)
         try:
             resp = self.transport.call(node, Kind.CONFIG, json.dumps(body).encode())
-            if resp.status_code == 409:  # a retried push the node had taken: its status tells
-                resp = self.transport.call(node, Kind.HEALTH)
+            state = _json_object(resp)
+            if resp.status_code == 409:
+                refusal = str(state.get("error", ""))
+                state = _json_object(self.transport.call(node, Kind.HEALTH))
+                if (state.get("experiment"), state.get("node")) != (self.experiment, node):
+                    return f"{node} refused its config: 409 {refusal}"
         except HeflError as exc:
             return str(exc)
-        self.key_ids[node] = str(resp.json().get("key_id") or "")
+        key_id = str(state.get("key_id") or "")
+        if node in self.cfg.clients() and self.cfg.encryption.scheme != "none" and not key_id:
+            return f"{node} did not say which key pair it loaded (no key_id in its answer)"
+        self.key_ids[node] = key_id
+        if state.get("credential") is False:
+            self.open_nodes.append(node)
         return ""
 
     def follow(self) -> list[dict[str, Any]]:
@@ -220,3 +238,12 @@ def _finished(path: Path) -> bool:
         return bool(json.loads(path.read_text()).get("finished"))
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def _json_object(resp: Any) -> dict[str, Any]:
+    """A node's JSON answer as a dict ({} for anything else: the caller names what is missing)."""
+    try:
+        data = resp.json()
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -33,6 +33,7 @@ class Host:
         self.log_dir = log_dir
         self.token = token
         self.node: Node | None = None
+        self._served: dict[str, str] = {}  # experiment -> the node this process was in it
         self._lock = threading.Lock()
 
     def configure(
@@ -49,6 +50,16 @@ class Host:
                 raise DuplicateMessage(
                     f"already configured as {push.node} for experiment {push.experiment!r}"
                 )
+            served = self._served.get(push.experiment)
+            if (
+                served is not None
+                or (self.log_dir / push.experiment / log_name(push.node)).exists()
+            ):
+                raise DuplicateMessage(
+                    f"experiment {push.experiment!r} already has a log of "
+                    f"{served or push.node} on this node: an experiment id is used once, and its "
+                    "files are never rewritten"
+                )
             node = build_node(push, self.log_dir, self.token)
             try:
                 node.start()  # writes its (empty) log: a log folder it cannot write is refused here
@@ -57,16 +68,20 @@ class Host:
                 raise ConfigError(f"push: {push.node} cannot write its log: {exc}") from None
             swap(node)
             self.node = node
+            self._served[push.experiment] = push.node
         if current is not None:
             current.close()
         log.info("%s configured as %s for experiment %s", push.node, node.role, push.experiment)
-        return node.status()
+        return self.health()
 
     def health(self) -> dict[str, Any]:
+        """The node's status, and whether this process checks a credential."""
         node = self.node
         if node is None:
-            return {"state": "idle", "role": None, "experiment": None, "round": None}
-        return node.status()
+            state = {"state": "idle", "role": None, "experiment": None, "round": None}
+        else:
+            state = node.status()
+        return {**state, "credential": bool(self.token)}
 
     def log_of(self, experiment: str) -> dict[str, Any]:
         """This node's log of an experiment: live for the current one, from disk for older ones."""

@@ -90,7 +90,7 @@ def test_base_url_uses_the_default_port_and_brackets_ipv6(text: str, url: str) -
 
 
 @pytest.mark.parametrize(
-    "url", ["http://127.0.0.1:5000", "https://node3:443", "http://[::1]:5000", "http://h"]
+    "url", ["http://127.0.0.1:5000", "http://node3:443", "http://[::1]:5000", "http://h"]
 )
 def test_base_urls_accepted(url: str) -> None:
     assert check_base_url(url, "push.endpoints['x']") == url
@@ -99,13 +99,15 @@ def test_base_urls_accepted(url: str) -> None:
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("ftp://h:1", "is not an http"),
-        ("127.0.0.1:5000", "is not an http"),
-        ("http://h:1/", "is not an http"),
-        ("http://h:1/api", "is not an http"),
-        ("http://h:1?x=1", "is not an http"),
-        ("http://h:1#top", "is not an http"),
-        ("http://[::1", "is not an http"),
+        ("ftp://h:1", "is not of the form http://host"),
+        ("https://node3:443", "is not of the form http://host"),  # no TLS from an address
+        ("http://..:1", FORM),
+        ("127.0.0.1:5000", "is not of the form http://host"),
+        ("http://h:1/", "is not of the form http://host"),
+        ("http://h:1/api", "is not of the form http://host"),
+        ("http://h:1?x=1", "is not of the form http://host"),
+        ("http://h:1#top", "is not of the form http://host"),
+        ("http://[::1", "is not of the form http://host"),
         ("http://", FORM),
         ("http://u@h:1", FORM),
         ("http://h:0", BAD_PORT),

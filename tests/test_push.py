@@ -31,7 +31,7 @@ def test_a_push_parses_into_its_parts() -> None:
 
 def test_given_endpoints_are_kept() -> None:
     endpoints = {n: f"http://[::1]:{6000 + i}" for i, n in enumerate(tree_config()["others"])} | {
-        AGG: "https://agg"
+        AGG: "http://agg"
     }
     assert parse_push(_body(endpoints=endpoints)).endpoints == endpoints
 
@@ -52,7 +52,7 @@ BAD = [
     (_body(endpoints=[1]), r"^push.endpoints: expected an object"),
     (
         _body(endpoints={**{n: "http://h:1" for n in tree_config()["others"]}, AGG: "ftp://h"}),
-        r"^push.endpoints\['127.0.0.1:1'\]: 'ftp://h' is not an http\(s\) URL",
+        r"^push.endpoints\['127.0.0.1:1'\]: 'ftp://h' is not of the form http://host\[:port\]$",
     ),
     (
         _body(endpoints={**{n: "http://h:1" for n in tree_config()["others"]}, AGG: 5}),

@@ -1,0 +1,437 @@
+"""Attacks on running node processes over HTTP on 127.0.0.1: with the credential (an insider) and
+without it (a stranger). Each test starts real `main.py` node processes and an `agg` run."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+
+from hefl.config import parse_config
+from hefl.crypto.plain import PlainScheme
+from hefl.errors import ConfigError
+from hefl.local import free_ports
+from hefl.modelspec import param_count
+from hefl.wire import BINARY, JSON, TOKEN_HEADER, Envelope
+from tests.conftest import ROOT
+
+PY = sys.executable
+TOKEN = "insider-t0ken"
+
+
+@dataclass
+class Cluster:
+    """Four node processes (two clients, a switch, the aggregator) and their addresses."""
+
+    tmp: Path
+    raw: dict[str, Any]
+    ids: dict[str, str]  # role name (c0, c1, sw, agg) -> node id
+    procs: list[subprocess.Popen[bytes]]
+
+    def url(self, name: str) -> str:
+        return f"http://{self.ids[name]}"
+
+    def stderr(self, name: str) -> str:
+        return (self.tmp / f"{name}.err").read_text(errors="replace")
+
+    def health(self, name: str, token: str = TOKEN) -> dict[str, Any]:
+        resp = requests.get(f"{self.url(name)}/health", headers={TOKEN_HEADER: token}, timeout=10)
+        return resp.json()  # type: ignore[no-any-return]
+
+    def run(self, timeout: float = 240, **kw: Any) -> subprocess.Popen[str]:
+        cfg = self.tmp / "config.json"
+        cfg.write_text(json.dumps(self.raw))
+        return subprocess.Popen(
+            [
+                PY,
+                str(ROOT / "main.py"),
+                "agg",
+                "--config",
+                str(cfg),
+                "--log-dir",
+                str(self.tmp / "agg"),
+            ],
+            env={**os.environ, "HEFL_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            **kw,
+        )
+
+
+def addressed(ports: list[int], rounds: int) -> tuple[dict[str, Any], dict[str, str]]:
+    ids = dict(zip(("c0", "c1", "sw", "agg"), (f"127.0.0.1:{p}" for p in ports), strict=True))
+    c0, c1, sw, agg = ids.values()
+    raw = {
+        "name": "integrity",
+        "aggregator": {"iteration": rounds, "ip": agg},
+        "training": {"device": "cpu"},
+        "network": {"startup_timeout_s": 60},
+        "others": {
+            c0: {"type": "client", "client_number": 2, "index": 0, "send": sw},
+            c1: {"type": "client", "client_number": 2, "index": 1, "send": sw},
+            sw: {"type": "switch", "receive": [c0, c1], "send": agg, "dumb": False},
+        },
+    }
+    return raw, ids
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    raw, ids = addressed(free_ports(4), rounds=8)
+    env = {**os.environ, "HEFL_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}
+    procs = []
+    for name, node in ids.items():
+        with (tmp_path / f"{name}.err").open("wb") as err:
+            procs.append(
+                subprocess.Popen(
+                    [
+                        PY,
+                        str(ROOT / "main.py"),
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        node.split(":")[1],
+                        "--log-dir",
+                        str(tmp_path / name),
+                    ],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                    cwd=ROOT,
+                )
+            )
+    made = Cluster(tmp_path, raw, ids, procs)
+    try:
+        for name in ids:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    made.health(name)
+                    break
+                except requests.ConnectionError:
+                    assert time.monotonic() < deadline, f"{name} does not answer"
+                    time.sleep(0.2)
+        yield made
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
+
+
+def wait_running(cluster: Cluster, name: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        health = cluster.health(name)
+        if health.get("state") == "running" or time.monotonic() > deadline:
+            return health
+        time.sleep(0.05)
+
+
+def insider_post(
+    url: str, path: str, env: Envelope, body: bytes, content_type: str = BINARY
+) -> requests.Response:
+    headers = {**env.headers(), "Content-Type": content_type, TOKEN_HEADER: TOKEN}
+    return requests.post(url + path, data=body, headers=headers, timeout=30)
+
+
+def test_messages_for_rounds_not_open_are_refused_with_422(cluster: Cluster) -> None:
+    """An insider posts, early, an update for the last round to the switch, a metrics report for it
+    to the aggregator and a global result of it to a client: each is refused with 422 and logged
+    with sender and round, and the run's real messages of that round are then taken (not 409)."""
+    agg = cluster.run()
+    try:
+        exp = wait_running(cluster, "sw")["experiment"]
+        wait_running(cluster, "c0")
+        size = param_count(parse_config(cluster.raw).model, parse_config(cluster.raw).dataset)
+        fake = PlainScheme(size).encrypt(np.full(size, 0.5))
+        c0, sw = cluster.ids["c0"], cluster.ids["sw"]
+        last = 7
+        update = insider_post(cluster.url("sw"), "/update", Envelope(exp, last, c0, 10, 1), fake)
+        metrics = json.dumps(
+            {"loss": 0.0, "accuracy": 1.0, "test_samples": 10, "byte_send": 1, "byte_received": 1}
+        ).encode()
+        report = insider_post(
+            cluster.url("agg"), "/metrics", Envelope(exp, last, c0, 10, 1), metrics, JSON
+        )
+        down = insider_post(cluster.url("c0"), "/global", Envelope(exp, last, sw, 20, 2), fake)
+        assert (update.status_code, report.status_code, down.status_code) == (422, 422, 422), (
+            update.text,
+            report.text,
+            down.text,
+        )
+        assert "round 8" in update.json()["error"] and "not open" in update.json()["error"]
+        out, err = agg.communicate(timeout=240)
+    finally:
+        agg.kill()
+    assert agg.returncode == 0, err[-2000:]
+    rows = json.loads(next((cluster.tmp / "agg").glob("*/rounds.json")).read_text())
+    assert len(rows) == 8 and rows[-1]["accuracy"] < 1.0
+    for name, sender in (("sw", c0), ("agg", c0), ("c0", sw)):
+        line = next(
+            x for x in cluster.stderr(name).splitlines() if "refused POST" in x and "round 8" in x
+        )
+        assert f"from {sender}:" in line and "is not open here" in line, line
+
+
+class Slowloris:
+    """Connections that send a request head one byte every `every` seconds, without the credential,
+    reopened whenever the node drops them."""
+
+    def __init__(self, addrs: list[str], count: int, every: float = 2.0) -> None:
+        self.addrs, self.every = addrs, every
+        self.stop = threading.Event()
+        self.opened = 0
+        self.threads = [threading.Thread(target=self._hold, args=(i,)) for i in range(count)]
+        for t in self.threads:
+            t.start()
+
+    def _hold(self, i: int) -> None:
+        host, port = self.addrs[i % len(self.addrs)].split(":")
+        head = b"POST /update HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 10_000
+        while not self.stop.is_set():
+            try:
+                with socket.create_connection((host, int(port)), timeout=5) as sock:
+                    self.opened += 1
+                    for byte in head:
+                        sock.sendall(bytes([byte]))
+                        if self.stop.wait(self.every):
+                            return
+            except OSError:
+                self.stop.wait(0.2)
+
+    def close(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=10)
+
+
+def timed_run(cluster: Cluster) -> float:
+    started = time.monotonic()
+    agg = cluster.run()
+    try:
+        out, err = agg.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        agg.kill()
+        raise AssertionError("the run did not finish within 180 s") from None
+    assert agg.returncode == 0, err[-2000:]
+    return time.monotonic() - started
+
+
+def test_slow_connections_do_not_stall_a_node(cluster: Cluster) -> None:
+    """32 connections trickling a head into every node (8 each, no credential): each node still
+    answers at once, and a run takes about as long as without them."""
+    cluster.raw["aggregator"]["iteration"] = 3
+    alone = timed_run(cluster)
+    slow = Slowloris(list(cluster.ids.values()), 32)
+    try:
+        time.sleep(3)  # every slow connection is open and has sent a byte or two
+        for name in cluster.ids:
+            t0 = time.monotonic()
+            assert cluster.health(name)["state"] == "finished"
+            assert time.monotonic() - t0 < 2.0, (
+                f"{name} answered /health after {time.monotonic() - t0:.1f}s"
+            )
+        loaded = timed_run(cluster)
+    finally:
+        slow.close()
+    assert slow.opened >= 32
+    assert loaded < 1.5 * alone + 5, f"{loaded:.1f}s with slow connections, {alone:.1f}s without"
+
+
+def test_a_slow_body_is_cut_at_the_read_timeout(cluster: Cluster) -> None:
+    """An insider (with the credential) that trickles a body frees its request thread once the
+    node's network.read_timeout_s has passed: it gets a 400 or a closed connection."""
+    cluster.raw["aggregator"]["iteration"] = 1
+    cluster.raw["network"]["read_timeout_s"] = 2
+    timed_run(cluster)
+    exp = cluster.health("sw")["experiment"]
+    host, port = cluster.ids["sw"].split(":")
+    headers = {**Envelope(exp, 0, cluster.ids["c0"], 10, 1).headers(), TOKEN_HEADER: TOKEN}
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    with socket.create_connection((host, int(port)), timeout=20) as sock:
+        sock.sendall(
+            f"POST /update HTTP/1.1\r\nHost: x\r\nContent-Type: {BINARY}\r\n{head}"
+            f"Content-Length: 100000\r\n\r\n".encode()
+        )
+        started = time.monotonic()
+        answer = b""
+        sock.settimeout(0.5)
+        while time.monotonic() - started < 15:
+            try:
+                sock.sendall(b"\0")
+                answer = sock.recv(4096)
+                break  # an answer, or the node closed the connection
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+        took = time.monotonic() - started
+    assert 1.5 < took < 6, f"cut after {took:.1f}s"
+    assert answer == b"" or answer.split()[1] == b"400", answer[:200]
+    assert cluster.health("sw")["state"] == "finished"
+    assert "body did not arrive within 2s (network.read_timeout_s)" in cluster.stderr("sw")
+
+
+@pytest.mark.parametrize("where", ["aggregator.ip", "others"])
+def test_addresses_that_name_paths_are_refused_before_anything_is_written(
+    tmp_path: Path, where: str
+) -> None:
+    """`aggregator.ip: "../../x"` (the aggregator left out of `others`), or a node at '..': one
+    line naming the field, exit 1, and no file written anywhere."""
+    raw, ids = addressed([5001, 5002, 5003, 5004], rounds=1)
+    if where == "aggregator.ip":
+        raw["aggregator"]["ip"] = "../../x"
+        raw["others"][ids["sw"]]["send"] = "../../x"
+    else:
+        raw["others"]["..:5005"] = raw["others"].pop(ids["c1"])
+        raw["others"][ids["sw"]]["receive"] = [ids["c0"], "..:5005"]
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    (work / "config.json").write_text(json.dumps(raw))
+    before = sorted(p for p in tmp_path.rglob("*"))
+    proc = subprocess.run(
+        [PY, str(ROOT / "main.py"), "local", "--config", "config.json", "--log-dir", "log"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=work,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert "is not an address of the form host[:port]" in line, line
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+
+
+def test_a_config_push_with_a_path_for_an_address_is_refused(cluster: Cluster) -> None:
+    """The same through a node's /config: 400, one line, and the node stays as it was."""
+    from hefl.push import make_push
+
+    raw = json.loads(json.dumps(cluster.raw))
+    raw["aggregator"]["ip"] = "../../x"
+    raw["others"][cluster.ids["sw"]]["send"] = "../../x"
+    body = {"node": cluster.ids["c0"], "experiment": "e-1", "config": raw, "endpoints": {}}
+    resp = requests.post(
+        f"{cluster.url('c0')}/config", json=body, headers={TOKEN_HEADER: TOKEN}, timeout=30
+    )
+    assert resp.status_code == 400 and "aggregator.ip: '../../x' is not an address" in resp.text
+    assert cluster.health("c0")["state"] == "idle"
+    assert not list(cluster.tmp.glob("**/x.json")) and not (cluster.tmp.parent / "x.json").exists()
+    good = make_push(cluster.raw, cluster.ids["c0"], "e-1", {})
+    good["endpoints"] = {n: "https://" + n for n in cluster.ids.values()}
+    resp = requests.post(
+        f"{cluster.url('c0')}/config", json=good, headers={TOKEN_HEADER: TOKEN}, timeout=30
+    )
+    assert resp.status_code == 400 and "is not of the form http://host[:port]" in resp.text
+
+
+def test_a_finished_experiment_is_never_pushed_again(cluster: Cluster) -> None:
+    """test.py with a finished experiment's id: refused with 409, exit 1, and the node's log of
+    it is left as it was, as that node or as another one."""
+    cluster.raw["aggregator"]["iteration"] = 1
+    timed_run(cluster)
+    exp = cluster.health("sw")["experiment"]
+    (log,) = (cluster.tmp / "sw" / exp).glob("*.json")
+    before = log.read_bytes()
+    config = cluster.tmp / "config.json"
+    env = {**os.environ, "HEFL_TOKEN": TOKEN}
+    for role in ("sw", "c1"):  # the node it was, and another node of that experiment
+        push = subprocess.run(
+            [
+                PY,
+                str(ROOT / "test.py"),
+                cluster.ids["sw"],
+                "--as",
+                cluster.ids[role],
+                "--config",
+                str(config),
+                "--experiment",
+                exp,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            cwd=ROOT,
+        )
+        assert push.returncode == 1, (push.stdout, push.stderr)
+        assert push.stderr.startswith("refused: 409 ") and exp in push.stderr, push.stderr
+    assert log.read_bytes() == before and len(list((cluster.tmp / "sw" / exp).iterdir())) == 1
+
+
+def test_health_tells_strangers_only_state_and_role(cluster: Cluster) -> None:
+    cluster.raw["aggregator"]["iteration"] = 1
+    timed_run(cluster)
+    stranger = requests.get(f"{cluster.url('sw')}/health", timeout=10).json()
+    assert stranger == {"state": "finished", "role": "switch"}
+    insider = cluster.health("sw")
+    assert insider["experiment"] and insider["credential"] is True and "error" in insider
+
+
+def test_a_push_answered_409_reads_the_nodes_state(
+    serve_node: Any, key_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    """A push retried after the node took it gets 409: the controller reads the key id from the
+    node's /health (with the credential), so the key check still compares real ids; a 409 for an
+    experiment the node has a log of is a refusal, named."""
+    from hefl.experiment import Controller
+    from tests.conftest import tree_config
+
+    raw = tree_config(
+        clients=2,
+        leaves=1,
+        spine=False,
+        rounds=1,
+        encryption={"scheme": "ckks", "key_dir": str(key_dirs["ckks"])},
+    )
+    cfg = parse_config(raw)
+    served = {node: serve_node(token=TOKEN) for node in cfg.nodes}
+    endpoints = {node: url for node, (url, _) in served.items()}
+
+    def controller(experiment: str) -> tuple[Controller, list[str]]:
+        lines: list[str] = []
+        made = Controller(raw, cfg, endpoints, experiment, tmp_path, TOKEN, out=lines.append)
+        return made, lines
+
+    first, _ = controller("e-1")
+    first.push_configs()
+    ids = {first.key_ids[c] for c in cfg.clients()}
+    assert len(ids) == 1 and "" not in ids
+    again, _ = controller("e-1")  # as a retry whose first try went through
+    again.push_configs()
+    assert again.key_ids == first.key_ids
+    controller("e-2")[0].push_configs()  # the nodes move on to another experiment
+    with pytest.raises(ConfigError, match="refused its config: 409 experiment 'e-1' already has"):
+        controller("e-1")[0].push_configs()
+
+
+def test_the_controller_warns_of_nodes_without_a_credential(
+    serve_node: Any, tmp_path: Path
+) -> None:
+    from hefl.experiment import Controller
+    from tests.conftest import tree_config
+
+    raw = tree_config(clients=2, leaves=1, spine=False, rounds=1)
+    cfg = parse_config(raw)
+    open_node = "127.0.0.1:100"
+    served = {node: serve_node(token="" if node == open_node else TOKEN) for node in cfg.nodes}
+    lines: list[str] = []
+    Controller(
+        raw, cfg, {n: u for n, (u, _) in served.items()}, "e-1", tmp_path, TOKEN, out=lines.append
+    ).push_configs()
+    (warning,) = [x for x in lines if x.startswith("warning:")]
+    assert "1 node(s) run without a credential" in warning and warning.endswith(open_node)
