@@ -245,7 +245,7 @@ def _parse_node(node_id: str, body: Any) -> NodeConfig:
     if not isinstance(body, dict):
         raise ConfigError(f"{path}: expected an object, got {json.dumps(body)}")
     role = body.get("type")
-    if role not in _NODE_KEYS:
+    if not isinstance(role, str) or role not in _NODE_KEYS:
         raise ConfigError(f"{path}.type: {role!r} is not one of 'client' | 'switch' | 'aggregator'")
     addr = parse_address(node_id, path)
     skip = tuple(f.name for f in fields(NodeConfig) if f.name not in _NODE_KEYS[role])

@@ -65,6 +65,7 @@ class Controller:
         self.keyless_context = keyless_context(cfg)
         self.key_ids: dict[str, str] = {}
         self.open_nodes: list[str] = []  # nodes that said they check no credential
+        self.samples: dict[str, int] = {}  # each client's training samples, from its answer
 
     def run(self) -> list[dict[str, Any]]:
         self.exp_dir.mkdir(parents=True, exist_ok=True)
@@ -108,8 +109,13 @@ class Controller:
         """POST every node its config, all at once; each refusal is named before anything starts."""
         self.out("pushing configs (clients load their data and torch: a few seconds)")
         started = time.monotonic()
+        clients = self.cfg.clients()
+        adders = [n for n in self.cfg.nodes if n not in clients]
+        # clients first: their answers declare their sample counts, which the adders then check
         with ThreadPoolExecutor(max_workers=min(32, len(self.cfg.nodes))) as pool:
-            errors = [e for e in pool.map(self._push, self.cfg.nodes) if e]
+            errors = [e for e in pool.map(self._push, clients) if e]
+            if not errors:
+                errors = [e for e in pool.map(self._push, adders) if e]
         if errors:
             raise ConfigError(f"{len(errors)} node(s) refused their config: " + " | ".join(errors))
         if self.open_nodes:
@@ -133,7 +139,10 @@ class Controller:
         """Push one node its config; '' when it took it, else what went wrong (one line). A 409
         answers a retried push the node had taken (its /health then tells its key id) or an
         experiment id the node has a log of already (a refusal)."""
-        body = make_push(self.raw, node, self.experiment, self.endpoints, self.keyless_context)
+        samples = None if node in self.cfg.clients() else self.samples
+        body = make_push(
+            self.raw, node, self.experiment, self.endpoints, self.keyless_context, samples
+        )
         try:
             resp = self.transport.call(node, Kind.CONFIG, json.dumps(body).encode())
             state = _json_object(resp)
@@ -148,6 +157,11 @@ class Controller:
         if node in self.cfg.clients() and self.cfg.encryption.scheme != "none" and not key_id:
             return f"{node} did not say which key pair it loaded (no key_id in its answer)"
         self.key_ids[node] = key_id
+        if node in self.cfg.clients():
+            samples = state.get("samples")
+            if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+                return f"{node} did not declare its training samples (got {samples!r})"
+            self.samples[node] = samples
         if state.get("credential") is False:
             self.open_nodes.append(node)
         return ""

@@ -132,7 +132,13 @@ def build_node(push: Push, log_dir: Path, token: str = "") -> Node:
         size = param_count(cfg.model, cfg.dataset)
         scheme = make_scheme(cfg.encryption.he_params(), size, keys, seed=_scheme_seed(push))
         parts = Parts(
-            transport, scheme, runlog, meter, Worker(f"{role}-worker"), keys.key_id if keys else ""
+            transport,
+            scheme,
+            runlog,
+            meter,
+            Worker(f"{role}-worker"),
+            keys.key_id if keys else "",
+            push.samples,
         )
         node = role_class(role)(cfg, push.node, push.experiment, parts)
         if role != "client":

@@ -28,6 +28,9 @@ class PushBody:
     config: dict[str, Any]
     endpoints: dict[str, str] = field(default_factory=dict)  # {} means each node's default URL
     context: str = ""  # base64 of the keyless HE context (switches and the aggregator)
+    # switches and the aggregator: each client's training samples, as the client declared them
+    # in its answer to its own push (Dirichlet slices are known only to the clients)
+    samples: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class Push:
     experiment: str
     endpoints: Mapping[str, str]
     context: bytes = b""  # the keyless HE context pushed to switches and the aggregator
+    samples: Mapping[str, int] = field(default_factory=dict)  # {}: no table (not checked)
 
 
 def make_push(
@@ -47,6 +51,7 @@ def make_push(
     experiment: str,
     endpoints: Mapping[str, str],
     keyless_context: bytes = b"",
+    samples: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """The body of POST /config for one node: the whole experiment, who it is, where its peers are,
     and, for a switch or the aggregator of an encrypted experiment, the keyless HE context (base64:
@@ -57,8 +62,11 @@ def make_push(
         "config": dict(raw),
         "endpoints": dict(endpoints),
     }
-    if keyless_context and raw["others"].get(node, {}).get("type") != "client":
+    adder = raw["others"].get(node, {}).get("type") != "client"
+    if keyless_context and adder:
         body["context"] = base64.b64encode(keyless_context).decode()
+    if samples and adder:
+        body["samples"] = dict(samples)
     return body
 
 
@@ -79,6 +87,17 @@ def parse_push(payload: Any) -> Push:
         check_base_url(url, f"push.endpoints[{nid!r}]")
     try:
         context = base64.b64decode(body.context, validate=True)
-    except binascii.Error:
+    except (binascii.Error, ValueError):  # ValueError: not ASCII
         raise ConfigError("push.context: not base64") from None
-    return Push(cfg, body.node, body.experiment, endpoints, context)
+    clients = set(cfg.clients())
+    for nid, n in body.samples.items():
+        if nid not in clients:
+            raise ConfigError(f"push.samples: {nid!r} is not a client of this experiment")
+        if isinstance(n, bool) or n < 1:
+            raise ConfigError(f"push.samples[{nid!r}]: {n!r} is not a positive sample count")
+    if body.samples and set(body.samples) != clients:
+        absent = sorted(clients - set(body.samples))[0]
+        raise ConfigError(
+            f"push.samples: must give every client's sample count (none for {absent!r})"
+        )
+    return Push(cfg, body.node, body.experiment, endpoints, context, dict(body.samples))

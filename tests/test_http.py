@@ -118,7 +118,7 @@ def test_switch_adds_or_forwards_and_relays_down(
     begin(url, recorder)
     scheme = PlainScheme(size_of(raw))
     rng = np.random.default_rng(0)
-    updates = {C0: rng.standard_normal(scheme.size), C1: rng.standard_normal(scheme.size)}
+    updates = {C0: rng.uniform(-1, 1, scheme.size), C1: rng.uniform(-1, 1, scheme.size)}
     sent = {c: scheme.encrypt(u) for c, u in updates.items()}
     wire = Wire(url)
     assert wire.post("/update", Envelope(EXP, 0, C0, 100, 1), sent[C0]) == 202
@@ -129,6 +129,10 @@ def test_switch_adds_or_forwards_and_relays_down(
     assert wire.post("/update", Envelope("other", 0, C1, 90, 1), sent[C1]) == 400
     assert wire.post("/update", Envelope(EXP, 0, C1, 90, 2), sent[C1]) == 400
     assert wire.post("/update", Envelope(EXP, 0, C1, 90, 1), sent[C1], "application/json") == 400
+    for bad in (np.nan, np.inf, 1.5):  # not finite, or beyond 1 client x clip 1
+        values = updates[C1].copy()
+        values[7] = bad
+        assert wire.post("/update", Envelope(EXP, 0, C1, 90, 1), scheme.encrypt(values)) == 400
     assert wire.post("/update", Envelope(EXP, 0, C1, 90, 1), sent[C1]) == 202
     if dumb:
         msgs = recorder.wait_for(2)
@@ -159,7 +163,7 @@ def test_switch_adds_or_forwards_and_relays_down(
     assert rec["byte_send"] == wire.back + sum(len(b) for b in forwarded)
     # and the begin message (empty) and its two relays, not in the tallies
     assert rec["messages_sent"] == len(forwarded) + 2
-    assert rec["messages_received"] == wire.count + 1 == 10
+    assert rec["messages_received"] == wire.count + 1 == 13
     stranger = rec["links"]["?"]  # the update from 127.0.0.1:9, not a child of this switch
     assert stranger["received"] == len(sent[C1]) and stranger["sent"] > 0  # its refusal
     assert sum(link["received"] for link in rec["links"].values()) == rec["byte_received"]
@@ -177,7 +181,7 @@ def test_aggregator_sums_sends_down_and_closes_rounds(
     assert requests.post(f"{url}/start", timeout=5).status_code == 400  # only once
     ((path, headers, body),) = recorder.wait_for(1)
     assert (path, headers["X-Hefl-Round"], body) == ("/begin", "0", b"")
-    total = scheme.encrypt(np.arange(scheme.size, dtype=np.float64))
+    total = scheme.encrypt(np.linspace(-2, 2, scheme.size))  # 2 clients x clip 1
     # S0 has 2 clients
     assert post(url, "/update", Envelope(EXP, 0, S0, 190, 1), total).status_code == 400
     assert post(url, "/update", Envelope(EXP, 0, S0, 190, 2), total).status_code == 202

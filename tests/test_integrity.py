@@ -435,3 +435,68 @@ def test_the_controller_warns_of_nodes_without_a_credential(
     ).push_configs()
     (warning,) = [x for x in lines if x.startswith("warning:")]
     assert "1 node(s) run without a credential" in warning and warning.endswith(open_node)
+
+
+def first_answer_in_window(url: str, env: Envelope, body: bytes, timeout: float = 60) -> Any:
+    """POST until the round is open at the node (anything but 422); that answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        resp = insider_post(url, "/update", env, body)
+        if resp.status_code != 422 or time.monotonic() > deadline:
+            return resp
+        time.sleep(0.01)
+
+
+def test_adders_refuse_values_and_sample_counts_a_sender_cannot_have(cluster: Cluster) -> None:
+    """Plaintext with NaN or values beyond the clip range, and a sample count other than the one
+    the client declared, are refused (400) by the switch as soon as the round opens; the real
+    update then goes in and the run finishes with exit 0."""
+    cluster.raw["aggregator"]["iteration"] = 1
+    cluster.raw["training"]["epochs"] = 40  # the real updates come seconds after round 1 opens
+    agg = cluster.run()
+    try:
+        exp = wait_running(cluster, "sw")["experiment"]
+        size = param_count(parse_config(cluster.raw).model, parse_config(cluster.raw).dataset)
+        scheme = PlainScheme(size)
+        c0 = cluster.ids["c0"]
+        declared = cluster.health("c0")["samples"]
+        values = np.full(size, 0.01)
+        values[3] = np.nan
+        nan = first_answer_in_window(
+            cluster.url("sw"), Envelope(exp, 0, c0, declared, 1), scheme.encrypt(values)
+        )
+        values[3] = 1.5
+        big = insider_post(
+            cluster.url("sw"), "/update", Envelope(exp, 0, c0, declared, 1), scheme.encrypt(values)
+        )
+        values[3] = 0.0
+        many = insider_post(
+            cluster.url("sw"), "/update", Envelope(exp, 0, c0, 10**8, 1), scheme.encrypt(values)
+        )
+        out, err = agg.communicate(timeout=240)
+    finally:
+        agg.kill()
+    assert (nan.status_code, big.status_code, many.status_code) == (400, 400, 400)
+    assert "non-finite" in nan.text and "magnitude 1.5, beyond 1 client(s) x clip 1" in big.text
+    assert f"says its update holds 100000000 samples; its clients declared {declared}" in many.text
+    assert agg.returncode == 0, err[-2000:]
+
+
+def test_a_client_refuses_a_global_result_beyond_the_clip_range(
+    serve_node: Any, recorder: Any
+) -> None:
+    """A decrypted sum beyond contributors x clip stops the client with one line naming it."""
+    from tests.test_http import AGG, C0, C1, EXP, S0, post, push, small, wait_health
+
+    raw = small(rounds=1)
+    url, server = serve_node()
+    endpoints = {C0: url, C1: recorder.url, S0: recorder.url, AGG: recorder.url}
+    assert push(url, raw, C0, endpoints).status_code == 200
+    assert post(url, "/begin", Envelope(EXP, 0, S0), b"").status_code == 202
+    recorder.wait_for(1)  # its update
+    size = param_count(parse_config(raw).model, parse_config(raw).dataset)
+    total = PlainScheme(size).encrypt(np.full(size, 3.0))  # 2 clients x clip 1 at most
+    assert post(url, "/global", Envelope(EXP, 0, S0, 1438, 2), total).status_code == 202
+    health = wait_health(url, "failed")
+    assert "global result of round 1 decrypts to a value of magnitude 3" in health["error"]
+    assert "beyond 2 client(s) x clip 1" in health["error"]

@@ -180,7 +180,7 @@ def test_concurrent_updates_are_added_once(serve_node: Any, recorder: Recorder) 
     codes: list[int] = []
 
     def send(i: int) -> None:  # every client twice (a retried POST), all at once
-        body = scheme.encrypt(np.full(scheme.size, float(i % 8 + 1)))
+        body = scheme.encrypt(np.full(scheme.size, (i % 8 + 1) / 10))
         codes.append(
             post(url, "/update", Envelope(EXP, 0, clients[i % 8], 10, 1), body).status_code
         )
@@ -193,8 +193,10 @@ def test_concurrent_updates_are_added_once(serve_node: Any, recorder: Recorder) 
     assert sorted(codes) == [202] * 8 + [409] * 8
     ((path, headers, body),) = recorder.wait_for(1)
     assert headers["X-Hefl-Contributors"] == "8" and headers["X-Hefl-Samples"] == "80"
-    # 1 + ... + 8, each once
-    np.testing.assert_allclose(scheme.decrypt(scheme.load(body), 1), np.full(scheme.size, 36.0))
+    # 0.1 + ... + 0.8, each once
+    np.testing.assert_allclose(
+        scheme.decrypt(scheme.load(body), 1), np.full(scheme.size, 3.6), rtol=1e-6
+    )
     assert wait_health(url, "running")["state"] == "running" and len(recorder.messages) == 1
 
 

@@ -55,7 +55,7 @@ def make_scheme(enc: HeParams, size: int, keys: KeyRing | None = None, seed: int
     """The experiment's scheme for updates of `size` values; `keys` holds this node's context
     (secret on clients, keyless elsewhere); `seed` drives a client's stochastic rounding."""
     if enc.scheme == "none":
-        return PlainScheme(size)
+        return PlainScheme(size, enc.clip)
     if keys is None:
         raise ValueError(f"the {enc.scheme} scheme needs a key ring")
     return _backend(enc).make_scheme(enc, size, keys, seed)

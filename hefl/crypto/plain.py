@@ -19,8 +19,9 @@ class PlainScheme:
     can_decrypt = True
     precomputed = 0
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, clip: float | None = None) -> None:
         self.size = size
+        self.clip = clip  # None: values are only checked to be finite
         self.max_payload_bytes = size * WIRE.itemsize  # every payload has exactly this many bytes
 
     def encrypt(self, values: np.ndarray) -> bytes:
@@ -38,6 +39,23 @@ class PlainScheme:
                 f"payload is {len(payload)} bytes, expected {self.max_payload_bytes} "
                 f"({self.size} float32 values)"
             )
+
+    def check_sum(self, payload: Payload, contributors: int) -> None:
+        """The values of a sum of `contributors` clipped updates are finite and within
+        contributors x clip (float32 rounding aside): an adder refuses anything else before adding
+        it, so that NaN or a huge value cannot spoil the round for every client."""
+        values = self.load(payload)
+        bad = np.count_nonzero(~np.isfinite(values))
+        if bad:
+            raise ProtocolError(f"payload holds {bad} non-finite values")
+        if self.clip is not None and values.size:
+            top = float(np.max(np.abs(values)))
+            bound = contributors * self.clip * (1 + 1e-6)
+            if top > bound:
+                raise ProtocolError(
+                    f"payload holds a value of magnitude {top:.6g}, beyond {contributors} "
+                    f"client(s) x clip {self.clip:g}"
+                )
 
     def load(self, payload: Payload) -> np.ndarray:
         self.check(payload)

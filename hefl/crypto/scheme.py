@@ -34,6 +34,11 @@ class Scheme(Protocol):
 
     def check(self, payload: Payload) -> None: ...
 
+    def check_sum(self, payload: Payload, contributors: int) -> None:
+        """What an adder can check of the values of a sum of `contributors` updates: plaintext
+        ones are finite and within contributors x clip; ciphertexts cannot be looked into."""
+        ...
+
     def load(self, payload: Payload) -> Any: ...
 
     def add_into(self, total: Any | None, loaded: Any) -> Any:

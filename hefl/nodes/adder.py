@@ -26,6 +26,7 @@ class Adder(Node, ABC):
         super().__init__(cfg, node_id, experiment, parts)
         self.children = cfg.children(node_id)
         self.adds = True  # False on a dumb switch
+        self.declared = dict(parts.samples)  # each client's samples, when the controller gave them
         self.buffer = RoundBuffer(experiment, cfg.contributors(node_id), cfg.rounds, self.combine)
         self.first_update = Stopwatch()  # from the first child's update to the last one's
         # one update loaded and added at a time: TenSEAL holds the GIL, so concurrent loads would
@@ -52,6 +53,14 @@ class Adder(Node, ABC):
                 )
             if env.samples <= 0:
                 raise ProtocolError(f"{env.sender!r} sent an update of {env.samples} samples")
+            if self.declared:
+                want = sum(self.declared[c] for c in self.cfg.clients_under(env.sender))
+                if env.samples != want:
+                    raise ProtocolError(
+                        f"{env.sender!r} says its update holds {env.samples} samples; its "
+                        f"clients declared {want}"
+                    )
+            self.scheme.check_sum(payload, env.contributors)  # plaintext: finite, in range
             with self._adding:
                 with self.runlog.phase(env.round, "load"):
                     if self.adds:  # deserialized, checked and added in one pass

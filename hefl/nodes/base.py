@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from hefl.config import ExperimentConfig, NodeConfig
@@ -70,6 +70,8 @@ class Parts:
     meter: TrafficMeter  # the HTTP layer counts what this node is sent with it
     worker: Worker
     key_id: str = ""  # clients: which key pair they loaded
+    # adders: each client's training samples as it declared them ({}: not given, not checked)
+    samples: Mapping[str, int] = field(default_factory=dict)
 
 
 class Node:

@@ -189,6 +189,10 @@ class ClientNode(Node):
         if self.precomputer is not None and r + 1 < self.cfg.rounds:
             self.precomputer.resume(r)  # the next update's, while this round's result is on its way
 
+    def status(self) -> dict[str, Any]:
+        """With its training samples: the controller hands every client's count to the adders."""
+        return {**super().status(), "samples": self.samples}
+
     def pause_precompute(self, wait: int) -> None:
         if self.precomputer is not None:
             self.precomputer.pause(wait)
@@ -204,6 +208,7 @@ class ClientNode(Node):
         self.runlog.add_phase(r, "wait", self.awaiting_global.stop(r))
         with self.runlog.phase(r, "apply"):
             total = self.scheme.decrypt(loaded, env.contributors)
+            self.check_sum(r, total, env.contributors)
             new = apply_sum(self.base, total, self.me.client_number, self.all_samples, env.samples)
             set_flat(self.model, new)
             self.base = get_flat(self.model)
@@ -217,6 +222,21 @@ class ClientNode(Node):
         self.runlog.end(r, final=r == self.cfg.rounds - 1)
         if r + 1 < self.cfg.rounds:
             self.train_round(r + 1)
+
+    def check_sum(self, r: int, total: np.ndarray, contributors: int) -> None:
+        """A decrypted sum of `contributors` clipped updates lies within contributors x clip, plus
+        the scheme's error (1% of that bound at most: CKKS noise, BFV rounding); anything else
+        (another key pair, a corrupted ciphertext) stops the run here, named, instead of
+        training on garbage."""
+        bound = contributors * self.cfg.encryption.clip
+        bad = int(np.count_nonzero(~np.isfinite(total)))
+        top = float(np.max(np.abs(total))) if total.size and not bad else 0.0
+        if bad or top > bound * 1.01 + 1e-3:
+            found = f"{bad} non-finite values" if bad else f"a value of magnitude {top:.6g}"
+            raise ProtocolError(
+                f"global result of round {r + 1} decrypts to {found}, beyond {contributors} "
+                f"client(s) x clip {self.cfg.encryption.clip:g}"
+            )
 
     def report(self, r: int, loss: float, acc: float) -> None:
         rec = self.runlog.record(r)
