@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -19,14 +20,39 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format=f"%(asctime)s {label}%(levelname)s %(name)s: %(message)s",
     )
+    if args.command in ("agg", "local"):
+        for signum in (signal.SIGTERM, signal.SIGHUP):  # stop as on Ctrl-C: nodes, keys, record
+            signal.signal(signum, _interrupt)
     try:
         return int(args.func(args) or 0)
     except HeflError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted: every node was stopped; logs written so far are kept", file=sys.stderr)
-        return 130
+    except OSError as exc:  # a disk that is full or read-only, a folder that cannot be made
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(
+            f"interrupted ({signal.Signals(signum).name}): every node was stopped; logs written so "
+            "far are kept",
+            file=sys.stderr,
+        )
+        return 128 + signum
+
+
+class Signalled(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, taken like Ctrl-C (the `with` blocks stop the nodes and remove keys)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    for other in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # one clean-up, not two
+        signal.signal(other, signal.SIG_IGN)
+    raise Signalled(signum)
 
 
 def _with_command(argv: list[str]) -> list[str]:
@@ -120,6 +146,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, str]]:
 
 def _node(args: argparse.Namespace) -> int:
     from blueprints.serve import serve
+    from hefl.host import die_with_parent
+
+    die_with_parent()  # a local run's node: gone when `main.py local` is, even after a SIGKILL
 
     serve(args.host, args.port, args.log_dir, read_token(args.token_file), args.threads)
     return 0

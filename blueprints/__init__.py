@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, current_app, g, jsonify, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from gunicorn.http.errors import ParseException
+from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
 from hefl.errors import HeflError, ProtocolError, Unauthorized
 from hefl.host import Host
@@ -124,7 +125,12 @@ def read_body(piece_size: int = 1 << 20) -> Body:
         body = bytearray()
         while size is None or len(body) < size:
             want = piece_size if size is None else min(piece_size, size - len(body))
-            piece = stream.read(want)
+            try:
+                piece = stream.read(want)
+            except (ParseException, ClientDisconnected, ValueError) as exc:  # malformed chunking
+                raise ProtocolError(
+                    f"body unreadable after {len(body)} bytes: {type(exc).__name__}: {exc}"[:300]
+                ) from None
             if not piece:
                 if size is None:  # chunked: its end
                     break

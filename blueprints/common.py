@@ -42,5 +42,16 @@ def node_log(experiment: str) -> Any:
     return jsonify(current_app.extensions["hefl_server"].host.log_of(experiment))
 
 
-for _kind, _view in ((Kind.HEALTH, health), (Kind.CONFIG, config), (Kind.LOG, node_log)):
+def end(experiment: str) -> Any:
+    """The controller ends an experiment that failed: a node still in it stops its round work,
+    writes its log and keeps answering /health and /log."""
+    return jsonify(current_app.extensions["hefl_server"].host.end(experiment))
+
+
+for _kind, _view in (
+    (Kind.HEALTH, health),
+    (Kind.CONFIG, config),
+    (Kind.LOG, node_log),
+    (Kind.END, end),
+):
     add_route(bp, _kind, _view)

@@ -34,7 +34,9 @@ def serve(host: str, port: int, log_dir: Path, token: str, threads: int = 8) -> 
         "workers": 1,
         "worker_class": NodeWorker,  # gthread that reads request heads before a thread takes them
         "threads": threads,
-        "timeout": 120,
+        # no worker timeout: a node busy for minutes (long training, a paused process resumed)
+        # keeps its worker and so its state; the controller names a node that stops answering
+        "timeout": 0,
         "graceful_timeout": 5,
         "loglevel": "warning",
         "accesslog": None,

@@ -10,18 +10,23 @@ many connections as it has, and drops a connection whose head is not complete wi
 once, the oldest one is dropped. A peer sends its head at once and is never among them for long.
 
 What a thread then reads is bounded too: a request without the credential is refused from its
-head (the body is never read), and a body must arrive within the node's `network.read_timeout_s`
+head and its body is never read: the connection is shut after the answer instead of being drained
+(gthread drains an unread body before keeping a connection alive, 1 KiB at a time, for as long as
+the sender trickles it); a body a node does read must arrive within its `network.read_timeout_s`
 (`blueprints.read_body`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import selectors
+import socket
 import time
 from collections import deque
 from functools import partial
 from typing import Any
 
+from gunicorn.http.body import LengthReader
 from gunicorn.workers.gthread import ThreadWorker
 
 HEAD_TIMEOUT_S = 10.0  # from the head's first byte (or a kept-alive connection's next) to its end
@@ -102,6 +107,16 @@ class NodeWorker(ThreadWorker):  # type: ignore[misc]
         self.dropped_heads += counted
         conn.close()
 
+    def _keepalive_after(self, conn: Any, keepalive: bool) -> bool:
+        """Keep a connection only when its request's body was read to the end; otherwise shut it
+        at once (in this request thread: the main loop's graceful close would then find nothing
+        to wait for)."""
+        if _body_unread(conn):
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            return False
+        return bool(super()._keepalive_after(conn, keepalive))
+
     def murder_pending(self) -> None:
         """gthread's own timeouts, then heads past their time (every head once the worker
         stops)."""
@@ -109,3 +124,15 @@ class NodeWorker(ThreadWorker):  # type: ignore[misc]
         now = time.monotonic()
         while self.heading and (self.heading[0].timeout <= now or not self.alive):
             self._drop(self.heading[0])
+
+
+def _body_unread(conn: Any) -> bool:
+    """Whether the request just answered on `conn` left body bytes unread (a chunked or
+    read-to-close body counts as unread: this node's peers always send a length)."""
+    mesg = getattr(conn.parser, "mesg", None)
+    reader = getattr(getattr(mesg, "body", None), "reader", None)
+    if reader is None:
+        return False
+    if isinstance(reader, LengthReader):
+        return bool(reader.length > 0)
+    return True

@@ -86,7 +86,8 @@ def check_base_url(url: str, path: str) -> str:
     user or other scheme: nodes send the credential there; a TLS option would take its scheme from
     the config, not from a URL); returned as given."""
     try:
-        parts = urlsplit(url)
+        # urlsplit drops tabs and line breaks, which the URL would keep: refused here
+        parts = None if any(c.isspace() or not c.isprintable() for c in url) else urlsplit(url)
     except ValueError:
         parts = None
     if (

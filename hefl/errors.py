@@ -45,9 +45,14 @@ class ExperimentFailed(HeflError, RuntimeError):
 
 
 class PeerUnreachable(HeflError, ConnectionError):
-    """An outbound call failed after its retries; the message names the peer."""
+    """An outbound call failed after its retries; the message names the peer. `silent`: the peer
+    took the connection but did not answer in time (hung or paused), rather than refusing it."""
 
     status_code = 502
+
+    def __init__(self, message: str, silent: bool = False) -> None:
+        super().__init__(message)
+        self.silent = silent
 
 
 class Unauthorized(HeflError, PermissionError):

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
+import signal
+import sys
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,7 @@ log = logging.getLogger(__name__)
 
 
 HEALTH_EVERY_S = 3.0  # how often the controller checks that every node is alive
+HEALTH_ANSWER_S = 5.0  # how long a node may take to answer /health before it counts as silent
 
 
 def new_experiment_id(name: str) -> str:
@@ -62,23 +68,96 @@ class Controller:
         self.transport = Transport(endpoints, Timeouts.of(cfg.network), token)
         # polls retry anyway
         self.probe = Transport(endpoints, Timeouts.of(cfg.network).once(), token)
+        # /health while the rounds run: a hung node must not hold the controller for minutes
+        self.pulse = Transport(
+            endpoints, replace(Timeouts.of(cfg.network).once(), read=HEALTH_ANSWER_S), token
+        )
+        self.silent_since: dict[str, float] = {}  # nodes that answer nothing, since when
         self.keyless_context = keyless_context(cfg)
         self.key_ids: dict[str, str] = {}
         self.open_nodes: list[str] = []  # nodes that said they check no credential
         self.samples: dict[str, int] = {}  # each client's training samples, from its answer
+        self.rows: list[dict[str, Any]] = []  # the rounds the aggregator closed so far
 
     def run(self) -> list[dict[str, Any]]:
-        self.exp_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.exp_dir / "config.json", self.raw)
-        self.wait_for_nodes()
-        self.push_configs()
-        self.transport.call(self.cfg.root, Kind.START)
-        rows = self.follow()
-        self.collect_logs()
+        """The whole experiment. Whatever ends it, `run.json` says how (status running, then
+        finished or failed with the reason), and a failed run still leaves `rounds.json` for the
+        rounds that completed and every log the nodes could still give."""
+        try:
+            self.exp_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.exp_dir / "config.json", self.raw)
+        except OSError as exc:
+            raise ExperimentFailed(f"cannot write the experiment folder: {exc}") from None
+        self.record: dict[str, Any] = {
+            "experiment": self.experiment,
+            "status": "running",
+            "started": _now(),
+            "ended": None,
+            "controller_pid": os.getpid(),
+            "command": sys.argv,
+        }
+        self.write_record()
+        try:
+            self.wait_for_nodes()
+            self.push_configs()
+            self.transport.call(self.cfg.root, Kind.START)
+            rows = self.follow()
+            self.collect_logs()
+        except BaseException as exc:
+            self.record.update(
+                status="failed", error=_reason(exc), ended=_now(), rounds_completed=len(self.rows)
+            )
+            unwritten = self.salvage()
+            try:
+                self.write_record()
+            except ExperimentFailed:
+                unwritten.append("run.json")
+            if unwritten and isinstance(exc, HeflError):  # in the one line that is printed
+                raise ExperimentFailed(
+                    f"{exc}; not written in {self.exp_dir}: {', '.join(unwritten)}"
+                ) from None
+            raise
+        self.record.update(status="finished", ended=_now(), rounds_completed=len(self.rows))
+        self.write_record()
         self.out(f"logs: {self.exp_dir}")
         for line in node_table(read_logs(self.exp_dir), self.cfg):
             self.out(line)
         return rows
+
+    def write_record(self) -> None:
+        """run.json; a folder it cannot write to is an ExperimentFailed (one line)."""
+        try:
+            write_json_atomic(self.exp_dir / "run.json", self.record)
+        except OSError as exc:
+            raise ExperimentFailed(f"cannot write {self.exp_dir / 'run.json'}: {exc}") from None
+
+    def salvage(self) -> list[str]:
+        """After a failure: the completed rounds into rounds.json, every node still in the
+        experiment told it ended (it writes its log and stops its round work), and every log a
+        node can still give brought here. Best effort, a few seconds at most; never raises;
+        returns what could not be written, with why."""
+        unwritten = []
+        try:
+            write_json_atomic(self.exp_dir / "rounds.json", self.rows)
+        except OSError as exc:
+            unwritten.append(f"rounds.json ({exc.strerror or exc})")
+        nodes = list(self.cfg.nodes)
+        with ThreadPoolExecutor(max_workers=min(32, len(nodes))) as pool:
+            list(pool.map(self._end_and_fetch, nodes))
+        return unwritten
+
+    def _end_and_fetch(self, node: str) -> None:
+        try:  # briefly: a hung node must not hold the record back
+            self.pulse.call(node, Kind.END, arg=self.experiment)
+        except HeflError as exc:
+            log.info("%s not told the experiment ended: %s", node, exc)
+            return
+        if not _finished(self.exp_dir / log_name(node)):
+            try:
+                data = self.probe.call(node, Kind.LOG, arg=self.experiment).json()
+                write_json_atomic(self.exp_dir / log_name(node), data)
+            except (HeflError, ValueError, OSError) as exc:
+                log.info("log of %s not fetched: %s", node, exc)
 
     def wait_for_nodes(self) -> None:
         """Poll /health until every node answers; at the deadline name every silent node."""
@@ -174,6 +253,7 @@ class Controller:
             self.watch()
             status = self.transport.call(self.cfg.root, Kind.STATUS).json()
             rows = status.get("rounds", [])
+            self.rows = list(rows)
             for row in rows[shown:]:
                 self.out(format_round(row, self.cfg.rounds))
             if len(rows) > shown:
@@ -185,8 +265,9 @@ class Controller:
                 return list(rows)
             if time.monotonic() - last_progress > self.cfg.network.round_timeout_s:
                 raise ExperimentFailed(
-                    f"round {shown} did not finish within {self.cfg.network.round_timeout_s:g}s "
-                    f"(network.round_timeout_s); node states: {self.states()}"
+                    f"round {shown + 1} did not finish within "
+                    f"{self.cfg.network.round_timeout_s:g}s (network.round_timeout_s); "
+                    f"node states: {self.states()}"
                 )
             if time.monotonic() - last_check > HEALTH_EVERY_S:
                 self.check_nodes(shown)
@@ -194,14 +275,25 @@ class Controller:
             time.sleep(0.2)
 
     def check_nodes(self, round_: int) -> None:
-        """Stop early when a node died, failed, or was taken over by another experiment."""
-        for node in self.cfg.nodes:
-            try:
-                health = self.transport.call(node, Kind.HEALTH).json()
-            except HeflError as exc:
+        """Stop early when a node died (refuses connections), failed, was taken over by another
+        experiment, or has answered nothing for network.round_timeout_s (hung or paused: it
+        takes the connection and never answers). Every node is asked at once, briefly."""
+        now = time.monotonic()
+        limit = self.cfg.network.round_timeout_s
+        for node, health in self.healths().items():
+            if isinstance(health, PeerUnreachable) and health.silent:
+                since = self.silent_since.setdefault(node, now)
+                if now - since > limit:
+                    raise ExperimentFailed(
+                        f"{node} answered neither its round nor /health for {limit:g}s "
+                        f"(network.round_timeout_s) during round {round_ + 1}: hung or paused"
+                    )
+                continue
+            if isinstance(health, Exception):
                 raise ExperimentFailed(
-                    f"{node} stopped answering during round {round_ + 1}: {exc}"
+                    f"{node} stopped answering during round {round_ + 1}: {health}"
                 ) from None
+            self.silent_since.pop(node, None)
             if health.get("state") == "failed":
                 raise ExperimentFailed(health.get("error") or f"{node} failed")
             if health.get("experiment") != self.experiment:
@@ -235,14 +327,29 @@ class Controller:
         write_json_atomic(self.exp_dir / log_name(node), data)
         return bool(data.get("finished"))
 
+    def healths(self) -> dict[str, dict[str, Any] | Exception]:
+        """Every node's /health, asked at once with a short timeout and no retries: its answer,
+        or the error (PeerUnreachable.silent: it took the connection and said nothing)."""
+
+        def ask(node: str) -> dict[str, Any] | Exception:
+            try:
+                return _json_object(self.pulse.call(node, Kind.HEALTH))
+            except HeflError as exc:
+                return exc
+
+        nodes = list(self.cfg.nodes)
+        with ThreadPoolExecutor(max_workers=min(32, len(nodes))) as pool:
+            return dict(zip(nodes, pool.map(ask, nodes), strict=True))
+
     def states(self) -> str:
         found = []
-        for node in self.cfg.nodes:
-            try:
-                st = self.transport.call(node, Kind.HEALTH).json()
-                found.append(f"{node}={st.get('state')}@{st.get('round')}")
-            except HeflError:
+        for node, st in self.healths().items():
+            if isinstance(st, PeerUnreachable) and st.silent:
+                found.append(f"{node}=silent (no answer within {HEALTH_ANSWER_S:g}s: hung?)")
+            elif isinstance(st, Exception):
                 found.append(f"{node}=unreachable")
+            else:
+                found.append(f"{node}={st.get('state')}@{(st.get('round') or 0) + 1}")
         return ", ".join(found)
 
 
@@ -261,3 +368,15 @@ def _json_object(resp: Any) -> dict[str, Any]:
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _now() -> str:
+    """Wall-clock time of this machine, ISO 8601 with its offset (for people, not for durations)."""
+    return datetime.now(UTC).astimezone().isoformat(timespec="seconds")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        signum = getattr(exc, "signum", signal.SIGINT)
+        return f"interrupted ({signal.Signals(signum).name})"
+    return str(exc) or type(exc).__name__

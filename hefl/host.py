@@ -83,6 +83,15 @@ class Host:
             state = node.status()
         return {**state, "credential": bool(self.token)}
 
+    def end(self, experiment: str) -> dict[str, Any]:
+        """Retire the node if it is in `experiment` (its log is written; it keeps answering /health
+        and /log); a node in another experiment, or none, is left as it is. Its health after."""
+        with self._lock:
+            node = self.node
+            if node is not None and node.experiment == experiment and not node.closed:
+                node.stop("the controller ended the experiment")
+        return self.health()
+
     def log_of(self, experiment: str) -> dict[str, Any]:
         """This node's log of an experiment: live for the current one, from disk for older ones."""
         node = self.node
@@ -173,3 +182,26 @@ def _scheme_seed(push: Push) -> int:
     """A client's stochastic rounding (bfv) is reproducible per client; other roles never round."""
     node = push.cfg.nodes[push.node]
     return quantize_seed(push.cfg.training.seed, node.index) if node.type == "client" else 0
+
+
+PARENT_ENV = "HEFL_PARENT_PID"  # set by local mode: the node exits when that process is gone
+
+
+def die_with_parent() -> None:
+    """When $HEFL_PARENT_PID names this process's parent (local mode), ask the kernel for SIGTERM
+    when the parent dies (Linux: PR_SET_PDEATHSIG), and exit at once if it died already. A node
+    started by hand or by deploy/ has no such variable and lives on its own."""
+    import os
+    import signal
+
+    want = os.environ.pop(PARENT_ENV, "")
+    if not want:
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1  # linux/prctl.h
+        libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        log.warning("cannot ask to be stopped with the local run (no prctl here)")
+    if str(os.getppid()) != want:  # the parent died before the request above
+        raise SystemExit(f"the local run that started this node (pid {want}) is gone")

@@ -20,6 +20,7 @@ from hefl.address import file_stem
 from hefl.config import ExperimentConfig, parse_config
 from hefl.crypto import generate_keys, keys_match
 from hefl.errors import ExperimentFailed
+from hefl.host import PARENT_ENV
 
 MAIN = Path(__file__).resolve().parent.parent / "main.py"
 
@@ -72,7 +73,13 @@ def local_nodes(
 ) -> Iterator[LocalNodes]:
     """Start one node process per config node on a free port; always stop them all."""
     token = secrets.token_hex(16)
-    env = {**os.environ, "HEFL_TOKEN": token, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "HEFL_TOKEN": token,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+        PARENT_ENV: str(os.getpid()),  # each node exits when this process is gone
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     ports = dict(zip(cfg.nodes, free_ports(len(cfg.nodes)), strict=True))
     nodes = LocalNodes({n: f"http://127.0.0.1:{p}" for n, p in ports.items()}, token, out_dir)
@@ -95,6 +102,10 @@ def local_nodes(
                     stdout=sink,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
+                    # its own process group (its gunicorn worker and any encrypting processes
+                    # too): a terminal's Ctrl-C or hang-up reaches this process only, which stops
+                    # each group as a whole
+                    process_group=0,
                 )
         yield nodes
     finally:
@@ -102,16 +113,23 @@ def local_nodes(
 
 
 def stop_all(procs: list[subprocess.Popen[bytes]], grace: float = 10.0) -> None:
-    """SIGTERM every process, then SIGKILL what is still alive after `grace` seconds."""
+    """SIGTERM each node's process group, then SIGKILL every group still there after `grace`
+    seconds (a node leads its group: its gunicorn worker and any children go with it)."""
     for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
+        _signal_group(p.pid, signal.SIGTERM)
     for p in procs:
         try:
             p.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+    for p in procs:  # a worker that outlived its master
+        _signal_group(p.pid, signal.SIGKILL)
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
 
 
 @contextmanager
@@ -127,12 +145,15 @@ def local_keys(
         yield raw, cfg
         return
     key_dir = (Path("keys") / f"local-{experiment}").resolve()
+    remove_stale_keys(key_dir.parent)
     raw = {
         **raw,
         "encryption": {**raw.get("encryption", {}), "scheme": enc.scheme, "key_dir": str(key_dir)},
     }
     cfg = parse_config(raw)
     try:
+        key_dir.mkdir(parents=True)
+        (key_dir / OWNER).write_text(_owner(os.getpid()))  # first: a SIGKILL leaves it stale
         generate_keys(cfg.encryption.he_params(), key_dir)
         yield raw, cfg
     finally:
@@ -140,3 +161,32 @@ def local_keys(
         with contextlib.suppress(OSError):
             # keys/ itself, when this run created it and nothing else is there
             key_dir.parent.rmdir()
+
+
+OWNER = "owner"  # in a local run's key folder: the pid and start time of the run that made it
+
+
+def _owner(pid: int) -> str:
+    """`pid start-time`: a pid alone may be reused by another process after a reboot or wrap."""
+    try:
+        # field 22 of /proc/<pid>/stat, counted after the command name's closing parenthesis
+        start = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        start = "?"
+    return f"{pid} {start}"
+
+
+def remove_stale_keys(keys: Path) -> list[Path]:
+    """Remove the key folders of local runs that are no longer alive (a SIGKILL leaves one);
+    the folders removed."""
+    removed = []
+    for folder in keys.glob("local-*"):
+        try:
+            owner = (folder / OWNER).read_text().split()
+        except OSError:
+            continue  # being made, or not ours: left alone
+        if len(owner) == 2 and owner[0].isdigit() and _owner(int(owner[0])) == " ".join(owner):
+            continue  # its run is alive
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed

@@ -136,6 +136,7 @@ class Transport:
         headers = {"Content-Type": route.content_type, **(env.headers() if env else {})}
         attempts = self.timeouts.retries + 1
         reason = ""
+        silent = False  # the last attempt was taken in but got no answer (a hung peer)
         for attempt in range(attempts):
             if attempt:
                 time.sleep(self.timeouts.backoff * 2 ** (attempt - 1))
@@ -150,10 +151,12 @@ class Transport:
             except requests.ReadTimeout as exc:  # the body went out; no answer came back
                 self._count(kind, peer, env, len(body), 0)
                 reason = f"no answer within {self.timeouts.read:g}s ({type(exc).__name__})"
+                silent = True
                 continue
             # refused, reset, bad URL, broken chunking, ...
             except requests.RequestException as exc:
                 reason = _short(exc)
+                silent = False
                 continue
             self._count(kind, peer, env, len(body), len(resp.content))
             if resp.status_code < 400 or resp.status_code == 409:
@@ -164,7 +167,9 @@ class Transport:
                     f"{peer} refused {where}: {resp.status_code} {_error_text(resp)}"
                 )
             reason = f"{resp.status_code} {_error_text(resp)}"
-        raise PeerUnreachable(f"cannot reach {peer} ({url}) after {attempts} attempts: {reason}")
+        raise PeerUnreachable(
+            f"cannot reach {peer} ({url}) after {attempts} attempts: {reason}", silent=silent
+        )
 
     def _count(self, kind: Kind, peer: str, env: Envelope | None, sent: int, received: int) -> None:
         if self.meter is not None and env is not None:

@@ -33,6 +33,7 @@ class Kind(Enum):
     START = "start"
     STATUS = "status"
     LOG = "log"
+    END = "end"  # the controller: the experiment is over (it failed); retire the node
 
     @property
     def route(self) -> Route:
@@ -65,6 +66,7 @@ ROUTES: dict[Kind, Route] = {
     Kind.START: Route("POST", "/start"),
     Kind.STATUS: Route("GET", "/status"),
     Kind.LOG: Route("GET", "/log/<experiment>"),
+    Kind.END: Route("POST", "/end/<experiment>"),
 }
 DIRECTIONS = ("up", "down", "control")
 OPEN = frozenset({Kind.HEALTH})  # answered without the credential

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from flask import Flask, request
 from werkzeug.serving import make_server
 
 from blueprints import NodeServer
+from hefl.local import free_ports
+from hefl.wire import TOKEN_HEADER
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).parent.parent
@@ -144,3 +153,108 @@ def key_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         generate_keys(HeParams(scheme=name), path)
         dirs[name] = path
     return dirs
+
+
+TOKEN = "insider-t0ken"  # the credential of `cluster` nodes
+
+
+@dataclass
+class Cluster:
+    """Four node processes (two clients, a switch, the aggregator) and their addresses."""
+
+    tmp: Path
+    raw: dict[str, Any]
+    ids: dict[str, str]  # role name (c0, c1, sw, agg) -> node id
+    procs: list[subprocess.Popen[bytes]]
+
+    def url(self, name: str) -> str:
+        return f"http://{self.ids[name]}"
+
+    def stderr(self, name: str) -> str:
+        return (self.tmp / f"{name}.err").read_text(errors="replace")
+
+    def health(self, name: str, token: str = TOKEN) -> dict[str, Any]:
+        resp = requests.get(f"{self.url(name)}/health", headers={TOKEN_HEADER: token}, timeout=10)
+        return resp.json()  # type: ignore[no-any-return]
+
+    def run(self, timeout: float = 240, **kw: Any) -> subprocess.Popen[str]:
+        cfg = self.tmp / "config.json"
+        cfg.write_text(json.dumps(self.raw))
+        return subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "main.py"),
+                "agg",
+                "--config",
+                str(cfg),
+                "--log-dir",
+                str(self.tmp / "agg"),
+            ],
+            env={**os.environ, "HEFL_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            **kw,
+        )
+
+
+def addressed(ports: list[int], rounds: int) -> tuple[dict[str, Any], dict[str, str]]:
+    ids = dict(zip(("c0", "c1", "sw", "agg"), (f"127.0.0.1:{p}" for p in ports), strict=True))
+    c0, c1, sw, agg = ids.values()
+    raw = {
+        "name": "integrity",
+        "aggregator": {"iteration": rounds, "ip": agg},
+        "training": {"device": "cpu"},
+        "network": {"startup_timeout_s": 60},
+        "others": {
+            c0: {"type": "client", "client_number": 2, "index": 0, "send": sw},
+            c1: {"type": "client", "client_number": 2, "index": 1, "send": sw},
+            sw: {"type": "switch", "receive": [c0, c1], "send": agg, "dumb": False},
+        },
+    }
+    return raw, ids
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    raw, ids = addressed(free_ports(4), rounds=8)
+    env = {**os.environ, "HEFL_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}
+    procs = []
+    for name, node in ids.items():
+        with (tmp_path / f"{name}.err").open("wb") as err:
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        str(ROOT / "main.py"),
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        node.split(":")[1],
+                        "--log-dir",
+                        str(tmp_path / name),
+                    ],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                    cwd=ROOT,
+                )
+            )
+    made = Cluster(tmp_path, raw, ids, procs)
+    try:
+        for name in ids:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    made.health(name)
+                    break
+                except requests.ConnectionError:
+                    assert time.monotonic() < deadline, f"{name} does not answer"
+                    time.sleep(0.2)
+        yield made
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)

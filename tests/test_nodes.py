@@ -100,6 +100,10 @@ def test_switch_adds_its_children_and_relays_the_global_result(
     np.testing.assert_allclose(scheme.decrypt(scheme.load(body), 2), a + b, atol=1e-6)
     with pytest.raises(ProtocolError, match="not this node's parent"):
         switch.on_global(Envelope(EXP, 0, C0, 190, 2), body)
+    with pytest.raises(OutOfWindow, match="the last update this switch sent up: round 1"):
+        switch.on_global(Envelope(EXP, 1, AGG, 190, 2), body)
+    with pytest.raises(ProtocolError, match="begin is for round 1, got round 2"):
+        switch.on_begin(Envelope(EXP, 1, AGG), b"")
     switch.on_global(Envelope(EXP, 0, AGG, 190, 2), body)
     down = transport.sent[1:]
     assert sorted((p, k, e.sender, b2 == body) for p, k, e, b2 in down) == [

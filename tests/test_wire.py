@@ -23,6 +23,7 @@ def test_paths_stay_as_documented() -> None:
         "start": ("POST", "/start"),
         "status": ("GET", "/status"),
         "log": ("GET", "/log/<experiment>"),
+        "end": ("POST", "/end/<experiment>"),
     }
     assert Kind.LOG.route.url_path("exp-1") == "/log/exp-1"
     assert {

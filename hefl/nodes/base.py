@@ -57,7 +57,10 @@ class Worker:
             try:
                 fn(*args)
             except Exception as exc:  # the worker must survive to report; the node keeps serving
-                self._on_error(f"{fn.__name__}: {exc}", exc)
+                try:
+                    self._on_error(f"{fn.__name__}: {exc}", exc)
+                except Exception:  # reporting failed too: said in the log, the thread lives on
+                    log.exception("reporting a failure failed")
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,7 @@ class Node:
         self.key_id = parts.key_id
         self.runlog.header.update(scheme=self.scheme.name, can_decrypt=self.scheme.can_decrypt)
         self.error = ""
+        self.stopped = ""  # why the experiment ended before this node finished
         self.round = 0
         self.closed = False
 
@@ -112,8 +116,14 @@ class Node:
     def fail(self, reason: str, exc: BaseException | None = None) -> None:
         """Record a failure, keep every log line written so far, and tell the aggregator."""
         self.error = f"{self.id} ({self.role}), round {self.round + 1}: {reason}"
-        log.error("%s", self.error, exc_info=exc if not isinstance(exc, HeflError) else None)
-        self.runlog.flush()
+        quiet = isinstance(exc, HeflError | OSError)  # said in the line: no traceback
+        log.error("%s", self.error, exc_info=None if quiet else exc)
+        try:
+            self.runlog.flush()
+        except OSError as exc2:  # a full or read-only disk: the report below still goes out
+            if "log" not in reason:
+                self.error += f" (and its log could not be written: {exc2})"
+            log.error("%s: could not write its log: %s", self.id, exc2)
         if self.id == self.cfg.root or self.closed:
             return
         try:
@@ -122,6 +132,12 @@ class Node:
             )
         except Exception as exc2:  # reporting is best effort; the failure is logged above
             log.error("%s: could not report the failure to the aggregator: %s", self.id, exc2)
+
+    def stop(self, reason: str) -> None:
+        """The experiment ended without this node finishing: say so in its status, retire it."""
+        if not self.runlog.finished and not self.error:
+            self.stopped = reason
+        self.close()
 
     def close(self) -> None:
         """Retire this node: queued work is dropped, the log is written, connections closed."""
@@ -147,6 +163,8 @@ class Node:
 
     def status(self) -> dict[str, Any]:
         state = "failed" if self.error else ("finished" if self.runlog.finished else "running")
+        if state == "running" and self.stopped:
+            state = "stopped"
         return {
             "state": state,
             "role": self.role,

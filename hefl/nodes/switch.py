@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hefl.aggregation import AcceptPoint
 from hefl.config import ExperimentConfig
+from hefl.errors import OutOfWindow, ProtocolError
 from hefl.nodes.adder import Adder
 from hefl.nodes.base import Parts
 from hefl.runlog import Stopwatch
@@ -19,6 +20,7 @@ class SwitchNode(Adder):
         self.adds = not self.dumb  # a dumb switch forwards each update as it came (loaded to check)
         self.downward = AcceptPoint()  # begin and global messages, once each
         self.awaiting_global = Stopwatch()  # from forwarding up to the global result's arrival
+        self.sent_round = -1  # the round whose update this switch sent up last: its global is due
 
     def accepted(self, env: Envelope, payload: Body, complete: bool) -> None:
         if self.dumb:
@@ -31,6 +33,8 @@ class SwitchNode(Adder):
     def forward(self, env: Envelope, payload: Body, last: bool) -> None:
         """Dumb switch: pass one child's message upstream unchanged (the original's base case)."""
         self.round = env.round
+        if last:  # before it goes: the result can come back before the answer does
+            self.sent_round = env.round
         with self.runlog.phase(env.round, "send"):
             self.transport.send(self.me.send, Kind.UPDATE, env, payload)
         if last:
@@ -39,6 +43,7 @@ class SwitchNode(Adder):
 
     def complete(self, round_: int) -> None:
         env, payload = self.add_round(round_)
+        self.sent_round = round_  # before it goes: the result can come back before the answer
         with self.runlog.phase(round_, "send"):
             self.transport.send(self.me.send, Kind.UPDATE, env, payload)
         self.awaiting_global.start(round_)
@@ -50,8 +55,19 @@ class SwitchNode(Adder):
         self._on_down(Kind.GLOBAL, env, payload)
 
     def _on_down(self, kind: Kind, env: Envelope, payload: Body) -> None:
-        """Accept a begin or global message from the parent, once; the worker relays it."""
+        """Accept a begin or global message from the parent, once; the worker relays it. Its
+        window: begin is round 1's; a global result only that of the round this switch sent up
+        last (a retry of one taken is a duplicate, 409)."""
         self.check_downward(env, payload, allow_empty=kind is Kind.BEGIN)
+        if not self.downward.taken((kind, env.round)):
+            if kind is Kind.BEGIN and env.round != 0:
+                raise ProtocolError(f"begin is for round 1, got round {env.round + 1}")
+            if kind is Kind.GLOBAL and env.round != self.sent_round:
+                last = f"round {self.sent_round + 1}" if self.sent_round >= 0 else "none yet"
+                raise OutOfWindow(
+                    f"global result of round {env.round + 1} is not open here (the last update "
+                    f"this switch sent up: {last})"
+                )
         self.downward.take((kind, env.round), f"{kind.value} of round {env.round + 1}")
         # begin opens round 0, global r round r + 1: before the children hear of it
         self.buffer.open(env.round + (kind is Kind.GLOBAL), only=True)

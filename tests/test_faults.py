@@ -1,0 +1,243 @@
+"""Faults a researcher meets, with real processes on 127.0.0.1: signals to local mode, and what
+every run leaves behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hefl.address import log_name
+from tests.conftest import ROOT, Cluster, tree_config
+
+PY = sys.executable
+
+
+def node_processes(marker: str) -> list[int]:
+    """Node processes (gunicorn master or worker) whose command line holds `marker`."""
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmd and "\0node\0" in cmd:
+            found.append(int(pid))
+    return found
+
+
+def wait_gone(marker: str, timeout: float = 30) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while (alive := node_processes(marker)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return alive
+
+
+def local_until_round(work: Path, raw: dict[str, Any], round_: int) -> subprocess.Popen[str]:
+    """`main.py local` started in `work` (its keys/ and log/ go there), returned once it printed
+    round `round_`."""
+    (work / "config.json").write_text(json.dumps(raw))
+    proc = subprocess.Popen(
+        [PY, str(ROOT / "main.py"), "local", "--config", "config.json", "--log-dir", "log"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=work,
+        # a suite started in the background inherits SIGINT ignored; the run must see signals
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith(f"round {round_:>3}/"):
+            return proc
+    raise AssertionError(f"the run ended before round {round_}: {proc.communicate()[1][-2000:]}")
+
+
+def ckks(rounds: int) -> dict[str, Any]:
+    """Two clients, one switch; ckks with no keys in the config's key folder: local mode makes
+    them in keys/local-<experiment>/ for the run."""
+    return tree_config(
+        clients=2,
+        leaves=1,
+        spine=False,
+        rounds=rounds,
+        encryption={"scheme": "ckks", "key_dir": "no-keys-here"},
+    )
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_stop_local_mode_like_ctrl_c(tmp_path: Path, signum: int) -> None:
+    proc = local_until_round(tmp_path, ckks(rounds=500), 2)
+    assert list((tmp_path / "keys").glob("local-*/secret.ctx"))  # made for the run
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    name = signal.Signals(signum).name
+    assert proc.returncode == 128 + signum, err[-2000:]
+    assert f"interrupted ({name}): every node was stopped" in err
+    assert wait_gone(str(tmp_path), timeout=5) == []
+    assert not list((tmp_path / "keys").glob("local-*"))
+    (exp,) = (tmp_path / "log").iterdir()
+    record = json.loads((exp / "run.json").read_text())
+    assert (record["status"], record["error"]) == ("failed", f"interrupted ({name})")
+    assert record["ended"] and record["rounds_completed"] >= 2
+    rows = json.loads((exp / "rounds.json").read_text())
+    assert [row["round"] for row in rows] == list(range(len(rows))) and len(rows) >= 2
+
+
+def test_sigkill_of_local_mode_leaves_no_node_and_the_next_run_no_key_folder(
+    tmp_path: Path,
+) -> None:
+    proc = local_until_round(tmp_path, ckks(rounds=500), 2)
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert wait_gone(str(tmp_path)) == []  # every node went with it
+    (stale,) = (tmp_path / "keys").glob("local-*")  # nothing could remove it
+    (tmp_path / "config.json").write_text(json.dumps(ckks(rounds=1)))
+    again = subprocess.run(
+        [PY, str(ROOT / "main.py"), "local", "--config", "config.json", "--log-dir", "log"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert not stale.exists() and not list((tmp_path / "keys").glob("local-*"))
+
+
+def test_a_failed_run_leaves_its_record_and_ends_the_surviving_nodes(cluster: Cluster) -> None:
+    """A client killed mid-run: `agg` names it; run.json says failed and why, rounds.json holds
+    the rounds that completed, the surviving nodes are told the experiment ended (they stop
+    their round work and keep their logs) and their logs are gathered."""
+    cluster.raw["aggregator"]["iteration"] = 500
+    agg = cluster.run()
+    try:
+        assert agg.stdout is not None
+        for line in agg.stdout:
+            if line.startswith("round   3/"):
+                break
+        victim = cluster.ids["c1"]
+        cluster.procs[1].kill()  # c1's gunicorn master; its worker exits with it
+        out, err = agg.communicate(timeout=240)
+    finally:
+        agg.kill()
+    assert agg.returncode == 1 and victim in err, err[-2000:]
+    (exp,) = (cluster.tmp / "agg").iterdir()
+    record = json.loads((exp / "run.json").read_text())
+    assert record["status"] == "failed" and victim in record["error"]
+    rows = json.loads((exp / "rounds.json").read_text())
+    assert len(rows) >= 3 and rows == sorted(rows, key=lambda r: r["round"])
+    for name in ("c0", "sw", "agg"):
+        health = cluster.health(name)
+        assert health["state"] == "stopped", (name, health)
+        node_log = json.loads((exp / log_name(cluster.ids[name])).read_text())
+        assert len(node_log["iteration"]) >= 3
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Any:
+    """A 32 MiB tmpfs at tmp_path/disk (root only: mount), unmounted after the test."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(disk)], check=True)
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(disk: Path) -> None:
+    """Write zeros until the disk is full."""
+    with open(disk / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * (1 << 20))
+                f.flush()
+        except OSError:
+            pass
+
+
+def test_a_full_disk_mid_run_stops_it_with_one_line(tmp_path: Path, small_disk: Path) -> None:
+    """The log folder's disk fills up during a run: the nodes that cannot write their logs still
+    report it, the run stops with one line naming the node and the error (no traceback), and
+    every node process is gone."""
+    (tmp_path / "config.json").write_text(
+        json.dumps(tree_config(clients=2, leaves=1, spine=False, rounds=500))
+    )
+    proc = subprocess.Popen(
+        [
+            PY,
+            str(ROOT / "main.py"),
+            "local",
+            "--config",
+            "config.json",
+            "--log-dir",
+            str(small_disk / "log"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("round   2/"):
+            break
+    fill(small_disk)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err[-2000:]
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: ") and "No space left on device" in line, line
+    assert "127.0.0.1:" in line  # the node that could not write
+    assert wait_gone(str(tmp_path), timeout=15) == []
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every process below it."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                pass
+    return found
+
+
+def test_a_paused_node_is_named_within_the_round_timeout(cluster: Cluster) -> None:
+    """SIGSTOP of a client (its gunicorn master and worker): `agg` names it as hung within
+    network.round_timeout_s (plus one probe), not minutes later; resumed, it still holds its
+    experiment (no worker timeout emptied it)."""
+    cluster.raw["aggregator"]["iteration"] = 500
+    cluster.raw["network"]["round_timeout_s"] = 10
+    agg = cluster.run()
+    victim = cluster.ids["c1"]
+    paused = process_tree(cluster.procs[1].pid)
+    try:
+        assert agg.stdout is not None
+        for line in agg.stdout:
+            if line.startswith("round   2/"):
+                break
+        exp = cluster.health("c1")["experiment"]
+        for pid in paused:
+            os.kill(pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        out, err = agg.communicate(timeout=120)
+        took = time.monotonic() - stopped
+    finally:
+        for pid in paused:
+            os.kill(pid, signal.SIGCONT)
+        agg.kill()
+    assert agg.returncode == 1, err[-2000:]
+    (line,) = err.strip().splitlines()
+    assert victim in line and ("hung" in line or "silent" in line), line
+    assert took < 10 + 3 + 5 + 10, f"named after {took:.0f}s"
+    assert cluster.health("c1")["experiment"] == exp  # its state survived the pause
