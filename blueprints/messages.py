@@ -44,3 +44,9 @@ def begin() -> tuple[Response, int]:
 def global_() -> tuple[Response, int]:
     current_node().on_global(*message())
     return accepted()
+
+
+def flush() -> tuple[Response, int]:
+    """A round's deadline passed: answered once this switch has sent up what it had."""
+    current_node().on_flush(*message())
+    return accepted()

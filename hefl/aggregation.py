@@ -86,18 +86,26 @@ class RoundBuffer:
         self.accept_point = AcceptPoint()
         self._inboxes: dict[int, Inbox] = {}
         self._open: set[int] = set()
+        self._closed: set[int] = set()
+        self._expected: dict[int, tuple[str, ...]] = {}
         self._lock = threading.Lock()
 
     def open(self, round_: int, only: bool = False) -> None:
         """Take messages for `round_` from now on; with `only`, for no other round."""
         with self._lock:
             if only:
+                self._closed |= self._open - {round_}
                 self._open.clear()
             self._open.add(round_)
 
     def is_open(self, round_: int) -> bool:
         with self._lock:
             return round_ in self._open
+
+    def is_closed(self, round_: int) -> bool:
+        """Whether `round_` was open here and is no longer (released)."""
+        with self._lock:
+            return round_ in self._closed
 
     def check(self, env: Envelope) -> None:
         """Raise ProtocolError if `env` does not belong here."""
@@ -114,6 +122,8 @@ class RoundBuffer:
         key = (env.round, env.sender)
         what = f"round {env.round + 1} from {env.sender!r}"
         if not self.accept_point.taken(key) and not self.is_open(env.round):
+            if self.is_closed(env.round):  # a straggler's, after the round's deadline
+                raise OutOfWindow(f"{what}: round closed")
             raise OutOfWindow(f"{what} is not open here ({self.window()})")
         with self.accept_point.reserve(key, what):
             yield
@@ -127,15 +137,30 @@ class RoundBuffer:
         return "open: round " + ", ".join(map(str, rounds))
 
     def fill(self, env: Envelope, payload: Any) -> bool:
-        """Store (or combine) a reserved message's payload; True when it completes its round."""
+        """Store (or combine) a reserved message's payload; True when it completes its round (every
+        expected sender is in). A round closed meanwhile (its deadline passed) refuses it."""
         with self._lock:
+            if env.round not in self._open:
+                raise OutOfWindow(f"round {env.round + 1} from {env.sender!r}: round closed")
             inbox = self._inboxes.setdefault(env.round, Inbox())
             if self.combine is None:
                 inbox.payloads[env.sender] = payload
             else:
                 inbox.total = self.combine(inbox.total, payload)
             inbox.envelopes[env.sender] = env
-            return len(inbox.envelopes) == len(self.senders)
+            return set(self._expected.get(env.round, self.senders)) <= inbox.envelopes.keys()
+
+    def expect(self, round_: int, senders: Sequence[str]) -> None:
+        """The senders that complete `round_` (by default every sender): a round's metrics come
+        from the clients that contributed to it."""
+        with self._lock:
+            self._expected[round_] = tuple(senders)
+
+    def arrived(self, round_: int) -> list[Envelope]:
+        """The envelopes of what `round_` holds so far."""
+        with self._lock:
+            inbox = self._inboxes.get(round_)
+            return list(inbox.envelopes.values()) if inbox else []
 
     def accept(self, env: Envelope, payload: Any) -> bool:
         """Reserve and fill in one step (for payloads that need no loading)."""
@@ -145,7 +170,10 @@ class RoundBuffer:
     def release(self, round_: int) -> Inbox:
         """Hand over a complete round and close it; its (round, sender) keys stay taken."""
         with self._lock:
+            if round_ in self._open:
+                self._closed.add(round_)
             self._open.discard(round_)
+            self._expected.pop(round_, None)
             return self._inboxes.pop(round_, Inbox())
 
 

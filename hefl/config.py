@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -97,6 +97,9 @@ class NetworkConfig:
     startup_timeout_s: float = field(default=120.0, metadata=bounds(gt=0))
     # how long the controller waits for one round
     round_timeout_s: float = field(default=900.0, metadata=bounds(gt=0))
+    # 0: every round waits for every client; else, this long after a round opens the aggregator
+    # completes it with the clients that contributed (at least aggregator.min_clients)
+    round_deadline_s: float = field(default=0.0, metadata=bounds(ge=0))
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,8 @@ class AggregatorConfig:
 
     ip: str
     iteration: int = field(default=10, metadata=bounds(ge=1, le=100_000))
+    # with network.round_deadline_s: the fewest clients a round may complete with (0: every one)
+    min_clients: int = field(default=0, metadata=bounds(ge=0))
     key: str = ""  # the original study's placeholder: accepted, never used as key material
 
 
@@ -152,6 +157,25 @@ class ExperimentConfig:
         """Every client, ordered by slice index."""
         found = [n for n in self.nodes.values() if n.type == "client"]
         return tuple(n.id for n in sorted(found, key=lambda n: n.index))
+
+    @property
+    def min_clients(self) -> int:
+        """The fewest clients a round completes with: every client unless a deadline is set."""
+        everyone = len(self.clients())
+        if not self.network.round_deadline_s:
+            return everyone
+        return self.aggregator.min_clients or everyone
+
+    def mask(self, clients: Iterable[str]) -> int:
+        """A set of clients as a bit mask: bit i is the client of slice index i."""
+        out = 0
+        for c in clients:
+            out |= 1 << self.nodes[c].index
+        return out
+
+    def members(self, mask: int) -> tuple[str, ...]:
+        """The clients of a bit mask, by slice index."""
+        return tuple(c for c in self.clients() if mask >> self.nodes[c].index & 1)
 
     def clients_under(self, node_id: str) -> tuple[str, ...]:
         """The clients whose updates pass through `node_id`."""
@@ -207,6 +231,11 @@ def parse_config(raw: Any) -> ExperimentConfig:
     cfg = ExperimentConfig(aggregator=agg, nodes=nodes, name=name, **sections)
     check_model(cfg.model, cfg.dataset)
     check_encryption(cfg.encryption.he_params(), len(cfg.clients()))
+    if agg.min_clients > len(cfg.clients()):
+        raise ConfigError(
+            f"aggregator.min_clients: {agg.min_clients} is more than the "
+            f"{len(cfg.clients())} clients of this config"
+        )
     return cfg
 
 

@@ -34,6 +34,14 @@ class OutOfWindow(ProtocolError):
     status_code = 422
 
 
+class PeerRefused(ProtocolError):
+    """A peer answered an outbound call with a 4xx (not 409); `status` is that code."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class NotFound(HeflError, LookupError):
     """What a request asks for does not exist here (no log of that experiment on this node)."""
 

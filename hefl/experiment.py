@@ -73,6 +73,7 @@ class Controller:
             endpoints, replace(Timeouts.of(cfg.network).once(), read=HEALTH_ANSWER_S), token
         )
         self.silent_since: dict[str, float] = {}  # nodes that answer nothing, since when
+        self.dropouts: set[str] = set()  # clients gone while a round deadline lets rounds go on
         self.keyless_context = keyless_context(cfg)
         self.key_ids: dict[str, str] = {}
         self.open_nodes: list[str] = []  # nodes that said they check no credential
@@ -281,6 +282,8 @@ class Controller:
         now = time.monotonic()
         limit = self.cfg.network.round_timeout_s
         for node, health in self.healths().items():
+            if self.dropout(node, round_, health):
+                continue
             if isinstance(health, PeerUnreachable) and health.silent:
                 since = self.silent_since.setdefault(node, now)
                 if now - since > limit:
@@ -307,7 +310,11 @@ class Controller:
         local mode, wrote theirs there already); a node still writing its last round is asked
         again."""
         deadline = time.monotonic() + self.cfg.network.read_timeout_s
-        missing = [n for n in self.cfg.nodes if not _finished(self.exp_dir / log_name(n))]
+        missing = [
+            n
+            for n in self.cfg.nodes
+            if n not in self.dropouts and not _finished(self.exp_dir / log_name(n))
+        ]
         while missing:
             missing = [n for n in missing if not self._fetch_log(n)]
             if missing and time.monotonic() > deadline:
@@ -326,6 +333,25 @@ class Controller:
             return False
         write_json_atomic(self.exp_dir / log_name(node), data)
         return bool(data.get("finished"))
+
+    def dropout(self, node: str, round_: int, health: dict[str, Any] | Exception) -> bool:
+        """With a round deadline, a client that stops answering is a dropout, not a failure: the
+        aggregator completes rounds without it while at least min_clients contribute (and stops
+        the run when fewer do). Said once."""
+        if not self.cfg.network.round_deadline_s or node not in self.cfg.clients():
+            return False
+        if not isinstance(health, Exception):
+            if node in self.dropouts:  # a straggler, paused or slow: it takes part again
+                self.dropouts.discard(node)
+                self.out(f"{node} answers again (round {round_ + 1})")
+            return False
+        if node not in self.dropouts:
+            self.dropouts.add(node)
+            self.out(
+                f"{node} stopped answering in round {round_ + 1}: a dropout (rounds go on with "
+                f"at least {self.cfg.min_clients} clients)"
+            )
+        return True
 
     def healths(self) -> dict[str, dict[str, Any] | Exception]:
         """Every node's /health, asked at once with a short timeout and no retries: its answer,

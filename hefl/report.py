@@ -20,14 +20,23 @@ def human_bytes(n: float) -> str:
 
 
 def format_round(row: dict[str, Any], rounds: int) -> str:
-    """One line per round: accuracy, loss, bytes the clients sent and received, seconds."""
-    return (
-        f"round {row['round'] + 1:>3}/{rounds}  accuracy {row['accuracy']:.4f}  "
-        f"loss {row['loss']:.4f}  "
+    """One line per round: accuracy, loss, bytes the clients sent and received, seconds; and,
+    when some client was missing (a round deadline), how many contributed and who was not."""
+    line = (
+        f"round {row['round'] + 1:>3}/{rounds}  accuracy {_figure(row['accuracy'])}  "
+        f"loss {_figure(row['loss'])}  "
         f"clients sent {human_bytes(row['client_byte_send'])}  "
         f"received {human_bytes(row['client_byte_received'])}  "
         f"{row['duration_s']:.2f} s"
     )
+    missing = row.get("missing") or []
+    if missing:
+        line += f"  ({row['contributors']} clients; missing {', '.join(missing)})"
+    return line
+
+
+def _figure(value: float | None) -> str:
+    return "n/a   " if value is None else f"{value:.4f}"
 
 
 def read_logs(exp_dir: Path) -> dict[str, dict[str, Any]]:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import requests
 
-from hefl.errors import PeerUnreachable, ProtocolError
+from hefl.errors import PeerRefused, PeerUnreachable
 from hefl.wire import TOKEN_HEADER, Body, Envelope, Kind
 
 if TYPE_CHECKING:
@@ -163,8 +163,9 @@ class Transport:
                 return resp
             where = f"{route.method} {route.url_path(arg)}"
             if resp.status_code < 500:
-                raise ProtocolError(
-                    f"{peer} refused {where}: {resp.status_code} {_error_text(resp)}"
+                raise PeerRefused(
+                    f"{peer} refused {where}: {resp.status_code} {_error_text(resp)}",
+                    resp.status_code,
                 )
             reason = f"{resp.status_code} {_error_text(resp)}"
         raise PeerUnreachable(

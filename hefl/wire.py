@@ -18,6 +18,7 @@ TEXT = "text/plain"
 PREFIX = "X-Hefl-"
 TOKEN_HEADER = "X-Hefl-Token"
 _COUNT = re.compile(r"[0-9]{1,12}")  # ASCII digits only: str.isdigit() also takes '²'
+_MASK = re.compile(r"[0-9a-f]{1,4096}")  # a client bit mask: up to 16,384 clients
 
 
 class Kind(Enum):
@@ -34,6 +35,7 @@ class Kind(Enum):
     STATUS = "status"
     LOG = "log"
     END = "end"  # the controller: the experiment is over (it failed); retire the node
+    FLUSH = "flush"  # a parent: a round's deadline passed; send up at once what you have
 
     @property
     def route(self) -> Route:
@@ -67,6 +69,7 @@ ROUTES: dict[Kind, Route] = {
     Kind.STATUS: Route("GET", "/status"),
     Kind.LOG: Route("GET", "/log/<experiment>"),
     Kind.END: Route("POST", "/end/<experiment>"),
+    Kind.FLUSH: Route("POST", "/flush", BINARY, "down"),  # empty body
 }
 DIRECTIONS = ("up", "down", "control")
 OPEN = frozenset({Kind.HEALTH})  # answered without the credential
@@ -95,15 +98,19 @@ class Envelope:
     sender: str
     samples: int = 0  # training samples behind the payload (summed by aggregating nodes)
     contributors: int = 0  # clients whose updates are added into the payload
+    members: int = 0  # which clients (bit i: slice index i); 0: every client below the sender
 
     def headers(self) -> dict[str, str]:
-        return {
+        out = {
             f"{PREFIX}Experiment": self.experiment,
             f"{PREFIX}Round": str(self.round),
             f"{PREFIX}Sender": self.sender,
             f"{PREFIX}Samples": str(self.samples),
             f"{PREFIX}Contributors": str(self.contributors),
         }
+        if self.members:
+            out[f"{PREFIX}Clients"] = format(self.members, "x")
+        return out
 
     @classmethod
     def from_headers(cls, headers: Headers) -> Envelope:
@@ -121,12 +128,18 @@ class Envelope:
                     f"header {PREFIX}{name}: {values[name][:20]!r} is not a non-negative integer"
                 )
             numbers[name] = int(values[name])
+        members = headers.get(f"{PREFIX}Clients")
+        if members is not None and not _MASK.fullmatch(members):
+            raise ProtocolError(
+                f"header {PREFIX}Clients: {members[:20]!r} is not a hexadecimal client mask"
+            )
         return cls(
             values["Experiment"],
             numbers["Round"],
             values["Sender"],
             numbers["Samples"],
             numbers["Contributors"],
+            int(members, 16) if members else 0,
         )
 
 

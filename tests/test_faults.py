@@ -241,3 +241,21 @@ def test_a_paused_node_is_named_within_the_round_timeout(cluster: Cluster) -> No
     assert victim in line and ("hung" in line or "silent" in line), line
     assert took < 10 + 3 + 5 + 10, f"named after {took:.0f}s"
     assert cluster.health("c1")["experiment"] == exp  # its state survived the pause
+
+
+def test_an_unwritable_log_folder_is_one_line(tmp_path: Path) -> None:
+    """The controller's own log folder cannot be made (a file stands where it would go; root
+    ignores file modes, not that): one line, exit 1, no node left running."""
+    (tmp_path / "config.json").write_text(json.dumps(tree_config(clients=2, leaves=1, spine=False)))
+    (tmp_path / "log").write_text("a file, not a folder")
+    proc = subprocess.run(
+        [PY, str(ROOT / "main.py"), "local", "--config", "config.json", "--log-dir", "log"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 1
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "log" in line and "Errno" in line, line
+    assert wait_gone(str(tmp_path), timeout=15) == []

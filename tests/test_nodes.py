@@ -96,7 +96,7 @@ def test_switch_adds_its_children_and_relays_the_global_result(
     # the refusal above did not take it
     switch.on_update(Envelope(EXP, 0, C1, 90, 1), scheme.encrypt(b))
     ((peer, kind, env, body),) = transport.sent
-    assert (peer, kind, env) == (AGG, Kind.UPDATE, Envelope(EXP, 0, S0, 190, 2))
+    assert (peer, kind, env) == (AGG, Kind.UPDATE, Envelope(EXP, 0, S0, 190, 2, members=0b11))
     np.testing.assert_allclose(scheme.decrypt(scheme.load(body), 2), a + b, atol=1e-6)
     with pytest.raises(ProtocolError, match="not this node's parent"):
         switch.on_global(Envelope(EXP, 0, C0, 190, 2), body)

@@ -24,6 +24,7 @@ def test_paths_stay_as_documented() -> None:
         "status": ("GET", "/status"),
         "log": ("GET", "/log/<experiment>"),
         "end": ("POST", "/end/<experiment>"),
+        "flush": ("POST", "/flush"),
     }
     assert Kind.LOG.route.url_path("exp-1") == "/log/exp-1"
     assert {

@@ -9,7 +9,7 @@ from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from hefl.aggregation import RoundBuffer, expected_contributors
+from hefl.aggregation import RoundBuffer
 from hefl.config import ExperimentConfig
 from hefl.errors import ProtocolError
 from hefl.nodes.base import Node, Parts
@@ -45,16 +45,11 @@ class Adder(Node, ABC):
         ciphertext at a time; one refused part way is taken back out of the total."""
         # reserved first: a retried update is refused before it costs a deserialization
         with self.buffer.reserve(env):
-            expected = expected_contributors(self.cfg, env.sender)
-            if env.contributors != expected:
-                raise ProtocolError(
-                    f"{env.sender!r} claims {env.contributors} contributors; "
-                    f"it has {expected} clients"
-                )
+            members = self.check_members(env)
             if env.samples <= 0:
                 raise ProtocolError(f"{env.sender!r} sent an update of {env.samples} samples")
             if self.declared:
-                want = sum(self.declared[c] for c in self.cfg.clients_under(env.sender))
+                want = sum(self.declared[c] for c in self.cfg.members(members))
                 if env.samples != want:
                     raise ProtocolError(
                         f"{env.sender!r} says its update holds {env.samples} samples; its "
@@ -72,6 +67,29 @@ class Adder(Node, ABC):
                 self.first_update.start(env.round, first=True)
         self.accepted(env, payload, complete)
 
+    def check_members(self, env: Envelope) -> int:
+        """The clients an update adds (its mask): all the clients below its sender, or, with a
+        round deadline, some of them (a partial sum a switch sent at the deadline)."""
+        clients = self.cfg.clients_under(env.sender)
+        if not env.members and env.contributors != len(clients):
+            raise ProtocolError(
+                f"{env.sender!r} claims {env.contributors} contributors; "
+                f"it has {len(clients)} clients"
+            )
+        full = self.cfg.mask(clients)
+        members = env.members or full
+        if members & ~full or members.bit_count() != env.contributors:
+            raise ProtocolError(
+                f"{env.sender!r} claims {env.contributors} contributors, clients "
+                f"{members:x}: not a set of its {len(clients)} clients"
+            )
+        if members != full and not self.cfg.network.round_deadline_s:
+            raise ProtocolError(
+                f"{env.sender!r} sent a sum of {env.contributors} of its {len(clients)} clients; "
+                "this experiment has no round deadline"
+            )
+        return members
+
     def combine(self, total: Any, payload: Any) -> Any:
         """How the buffer folds an update into its round's total (under its lock)."""
         return self.scheme.load_into(total, payload) if self.adds else None
@@ -85,15 +103,46 @@ class Adder(Node, ABC):
         """Add (or close) a round whose updates have all arrived; runs on the worker."""
 
     def add_round(self, round_: int) -> tuple[Envelope, Body]:
-        """Release a complete round and add its payloads into one message of this node's."""
+        """Release a round (complete, or at its deadline with what came) and add its payloads into
+        one message of this node's; its log names who contributed and who is missing."""
         self.round = round_
         self.runlog.add_phase(round_, "wait", self.first_update.stop(round_))
         inbox = self.buffer.release(round_)
         with self.runlog.phase(round_, "serialize"):
             payload = self.scheme.serialize(inbox.total)
         envs = inbox.envelopes.values()
-        env = self.envelope(round_, sum(e.samples for e in envs), sum(e.contributors for e in envs))
+        members = 0
+        for e in envs:
+            members |= e.members or self.cfg.mask(self.cfg.clients_under(e.sender))
+        env = self.envelope(
+            round_, sum(e.samples for e in envs), sum(e.contributors for e in envs), members
+        )
+        self.record_members(round_, members)
         return env, payload
+
+    def record_members(self, round_: int, members: int) -> None:
+        present = set(self.cfg.members(members))
+        below = self.cfg.clients_under(self.id)
+        self.runlog.set(
+            round_,
+            contributors=[c for c in below if c in present],
+            missing=[c for c in below if c not in present],
+        )
+
+    def flush_children(self, round_: int) -> None:
+        """At a round's deadline: ask every child switch, at once, to send up what it has (each
+        flushes its own child switches first); returns when all answered or failed (logged)."""
+        switches = [c for c in self.children if self.cfg.nodes[c].type == "switch"]
+        sends = [
+            self._fan_out.submit(self.transport.send, child, Kind.FLUSH, self.envelope(round_), b"")
+            for child in switches
+        ]
+        for child, f in zip(switches, sends, strict=True):
+            exc = f.exception()
+            if exc is not None:
+                log.warning(
+                    "%s: flush of round %d at %s failed: %s", self.id, round_ + 1, child, exc
+                )
 
     def send_down(self, kind: Kind, env: Envelope, payload: Body) -> None:
         """Send a begin or global message to every child at once, timed as the round's `send`
@@ -109,6 +158,17 @@ class Adder(Node, ABC):
         errors = {child: f.exception() for child, f in sends.items()}
         self.runlog.add_phase(env.round, "send", time.monotonic() - started)
         failed = [(child, exc) for child, exc in errors.items() if exc is not None]
+        if failed and self.cfg.network.round_deadline_s:  # a child gone is a dropout: skipped
+            for child, exc in failed:
+                log.warning(
+                    "%s: %s of round %d not delivered to %s (skipped): %s",
+                    self.id,
+                    kind.value,
+                    env.round + 1,
+                    child,
+                    exc,
+                )
+            return
         for child, exc in failed[1:]:
             log.error(
                 "%s: %s of round %d to %s failed too: %s",

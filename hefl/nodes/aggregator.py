@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
-from hefl.aggregation import AcceptPoint, RoundBuffer, expected_contributors, weighted_metrics
+from hefl.aggregation import AcceptPoint, RoundBuffer, weighted_metrics
 from hefl.config import ExperimentConfig
 from hefl.errors import DuplicateMessage, ProtocolError
 from hefl.metrics import MetricsReport, parse_metrics
@@ -26,6 +27,8 @@ class AggregatorNode(Adder):
         self.rows: list[dict[str, Any]] = []
         self.control = AcceptPoint()  # the start of the experiment, once
         self.awaiting_metrics = Stopwatch()  # from sending a round's result down to the last report
+        self.round_members: dict[int, tuple[str, ...]] = {}  # who contributed to each round
+        self._timers: list[threading.Timer] = []
 
     def begin_experiment(self) -> None:
         """Begin round 0 (once): every client trains as soon as the begin message reaches it."""
@@ -38,22 +41,71 @@ class AggregatorNode(Adder):
     def send_begin(self) -> None:
         self.runlog.begin(0)
         self.buffer.open(0, only=True)
+        self.arm(0)
         self.send_down(Kind.BEGIN, self.envelope(0), b"")
         self.first_update.start(0)
 
+    def arm(self, round_: int) -> None:
+        """With network.round_deadline_s: round `round_` opens now; at its deadline, flush it
+        (and close the metrics of the round before, if some contributor never reported)."""
+        deadline = self.cfg.network.round_deadline_s
+        if not deadline:
+            return
+        timer = threading.Timer(deadline, self.submit, args=(self.deadline_passed, round_))
+        timer.daemon = True
+        timer.start()
+        self._timers.append(timer)
+
+    def deadline_passed(self, round_: int) -> None:
+        """Round `round_`'s deadline: every switch sends up what it has, and the round completes
+        with the clients that contributed if they are at least min_clients; else the run stops,
+        naming the missing."""
+        if round_ > 0 and self.metrics.is_open(round_ - 1):
+            self.close_round(round_ - 1)
+        if round_ >= self.cfg.rounds or not self.buffer.is_open(round_):
+            return
+        self.flush_children(round_)
+        if not self.buffer.is_open(round_):  # the flushed sums completed it meanwhile
+            return
+        members = 0
+        for e in self.buffer.arrived(round_):
+            members |= e.members or self.cfg.mask(self.cfg.clients_under(e.sender))
+        present = members.bit_count()
+        if present < self.cfg.min_clients:
+            missing = [c for c in self.cfg.clients() if c not in self.cfg.members(members)]
+            raise ProtocolError(
+                f"round {round_ + 1}: {present} of {len(self.cfg.clients())} clients "
+                f"contributed within network.round_deadline_s "
+                f"({self.cfg.network.round_deadline_s:g}s), min_clients {self.cfg.min_clients}; "
+                f"missing: {', '.join(missing)}"
+            )
+        self.complete(round_)
+
     def complete(self, round_: int) -> None:
         """Send the round's sum down; the next round starts as it goes (its wait after it went)."""
+        if not self.buffer.is_open(round_):  # done already (at its deadline)
+            return
         env, payload = self.add_round(round_)
-        expected = expected_contributors(self.cfg, self.id)
-        if env.contributors != expected:
+        everyone = len(self.cfg.clients())
+        if not self.cfg.min_clients <= env.contributors <= everyone:
             raise ProtocolError(
-                f"round {round_ + 1} adds {env.contributors} clients, expected {expected}"
+                f"round {round_ + 1} adds {env.contributors} clients, expected "
+                + (
+                    f"{everyone}"
+                    if self.cfg.min_clients == everyone
+                    else f"{self.cfg.min_clients} to {everyone}"
+                )
             )
+        present = self.cfg.members(env.members)
+        self.round_members[round_] = present
         if round_ + 1 < self.cfg.rounds:
             self.runlog.begin(round_ + 1)
-        # before anyone hears of it: updates of the next round, metrics of this one
+        # before anyone hears of it: updates of the next round, metrics of this one (from the
+        # clients that contributed)
         self.buffer.open(round_ + 1, only=True)
+        self.metrics.expect(round_, present)
         self.metrics.open(round_)
+        self.arm(round_ + 1)
         self.send_down(Kind.GLOBAL, env, payload)
         self.awaiting_metrics.start(round_)
         self.first_update.start(round_ + 1)
@@ -66,24 +118,37 @@ class AggregatorNode(Adder):
             self.submit(self.close_round, env.round)
 
     def close_round(self, r: int) -> None:
-        """Weighted metrics of the round (by test samples); the last one finishes the experiment."""
+        """Weighted metrics of the round (by test samples) over the reports that came (every
+        contributor's, or, at the next deadline, those in by then); the last one finishes the
+        experiment."""
+        if not self.metrics.is_open(r):
+            return
         self.runlog.add_phase(r, "wait_metrics", self.awaiting_metrics.stop(r))
         reports: list[MetricsReport] = list(self.metrics.release(r).payloads.values())
-        loss, accuracy = weighted_metrics([(p.test_samples, p.loss, p.accuracy) for p in reports])
+        loss: float | None = None  # no contributor reported in time: no figure, not a made-up one
+        accuracy: float | None = None
+        if reports:
+            loss, accuracy = weighted_metrics(
+                [(p.test_samples, p.loss, p.accuracy) for p in reports]
+            )
+        present = self.round_members.get(r, self.cfg.clients())
         row: dict[str, Any] = {
             "round": r,
             "accuracy": accuracy,
             "loss": loss,
             "client_byte_send": sum(p.byte_send for p in reports),
             "client_byte_received": sum(p.byte_received for p in reports),
+            "contributors": len(present),
+            "missing": [c for c in self.cfg.clients() if c not in present],
         }
-        self.runlog.set(r, **{k: v for k, v in row.items() if k != "round"})
+        # (who contributed is in the log already, as lists: see Adder.record_members)
+        self.runlog.set(
+            r, **{k: v for k, v in row.items() if k not in ("round", "contributors", "missing")}
+        )
         self.runlog.end(r, final=r == self.cfg.rounds - 1)
         row["duration_s"] = self.runlog.record(r)["duration_s"]
         self.rows.append(row)
-        log.info(
-            "%s round %d: accuracy %.4f loss %.4f", self.id, r + 1, row["accuracy"], row["loss"]
-        )
+        log.info("%s round %d: accuracy %s loss %s", self.id, r + 1, row["accuracy"], row["loss"])
 
     def on_fail(self, env: Envelope, text: str) -> None:
         """A node of this experiment reports it failed: the experiment stops with its reason."""

@@ -114,10 +114,14 @@ class Node:
         self.worker.submit(fn, *args)
 
     def fail(self, reason: str, exc: BaseException | None = None) -> None:
-        """Record a failure, keep every log line written so far, and tell the aggregator."""
-        self.error = f"{self.id} ({self.role}), round {self.round + 1}: {reason}"
+        """Record a failure, keep every log line written so far, and tell the aggregator. The
+        first failure is the node's error (what follows from it is logged, not reported)."""
+        line = f"{self.id} ({self.role}), round {self.round + 1}: {reason}"
         quiet = isinstance(exc, HeflError | OSError)  # said in the line: no traceback
-        log.error("%s", self.error, exc_info=None if quiet else exc)
+        log.error("%s", line, exc_info=None if quiet else exc)
+        if self.error:
+            return
+        self.error = line
         try:
             self.runlog.flush()
         except OSError as exc2:  # a full or read-only disk: the report below still goes out
@@ -150,8 +154,10 @@ class Node:
         self.transport.close()
         self.scheme.close()
 
-    def envelope(self, round_: int, samples: int = 0, contributors: int = 0) -> Envelope:
-        return Envelope(self.experiment, round_, self.id, samples, contributors)
+    def envelope(
+        self, round_: int, samples: int = 0, contributors: int = 0, members: int = 0
+    ) -> Envelope:
+        return Envelope(self.experiment, round_, self.id, samples, contributors, members)
 
     def check_downward(self, env: Envelope, payload: Body, allow_empty: bool = False) -> None:
         """A begin or global message must come from the parent, for this experiment, in range."""

@@ -11,11 +11,11 @@ import numpy as np
 import torch
 
 from hefl.address import file_stem
-from hefl.aggregation import AcceptPoint, apply_sum, client_weight, expected_contributors
+from hefl.aggregation import AcceptPoint, apply_sum, client_weight
 from hefl.config import ExperimentConfig
 from hefl.crypto import Scheme
 from hefl.data import client_data
-from hefl.errors import ExperimentFailed, OutOfWindow, ProtocolError
+from hefl.errors import ExperimentFailed, OutOfWindow, PeerRefused, ProtocolError
 from hefl.metrics import MetricsReport
 from hefl.model import build_model, get_flat, set_flat
 from hefl.nodes.base import Node, Parts
@@ -134,14 +134,20 @@ class ClientNode(Node):
         """A round's global result, once; loaded (and so checked) here, applied on the worker."""
         self.check_downward(env, payload)
         sent = self.sent_round
-        if env.round != sent and not self.downward.taken((Kind.GLOBAL, env.round)):
+        window = {sent}
+        if self.cfg.network.round_deadline_s and self.downward.taken((Kind.BEGIN, 0)):
+            # a straggler: the round it is still training closed at its deadline without it
+            window.add(self.round)
+        if env.round not in window and not self.downward.taken((Kind.GLOBAL, env.round)):
             last = f"the last update it sent is round {sent + 1}" if sent >= 0 else "no update sent"
             raise OutOfWindow(f"global result of round {env.round + 1} is not open here ({last})")
-        expected = expected_contributors(self.cfg, self.cfg.root)
-        if env.contributors != expected or env.samples <= 0:
+        everyone = len(self.cfg.clients())
+        low = self.cfg.min_clients
+        if not low <= env.contributors <= everyone or env.samples <= 0:
+            want = f"{everyone}" if low == everyone else f"{low} to {everyone}"
             raise ProtocolError(
                 f"global result of round {env.round + 1} adds {env.contributors} clients, "
-                f"{env.samples} samples; expected {expected} clients"
+                f"{env.samples} samples; expected {want} clients"
             )
         self.pause_precompute(env.round)  # checked above: the parent's, for this experiment
         started = time.monotonic()
@@ -182,9 +188,19 @@ class ClientNode(Node):
         self.runlog.set(r, train_loss=loss, train_samples=self.samples, clipped=clipped)
         self.sent_round = r  # before it goes: the result can come back before the answer does
         with self.runlog.phase(r, "send"):
-            self.transport.send(
-                self.me.send, Kind.UPDATE, self.envelope(r, self.samples, 1), payload
-            )
+            try:
+                self.transport.send(
+                    self.me.send,
+                    Kind.UPDATE,
+                    self.envelope(r, self.samples, 1, 1 << self.me.index),
+                    payload,
+                )
+            except PeerRefused as exc:
+                if exc.status != 422 or not self.cfg.network.round_deadline_s:
+                    raise
+                # late: the round closed at its deadline; its result comes down all the same
+                log.warning("%s: update of round %d came late: %s", self.id, r + 1, exc)
+                self.runlog.set(r, late=True)
         self.awaiting_global.start(r)
         if self.precomputer is not None and r + 1 < self.cfg.rounds:
             self.precomputer.resume(r)  # the next update's, while this round's result is on its way
@@ -243,7 +259,13 @@ class ClientNode(Node):
         body = MetricsReport(
             loss, acc, len(self.test), rec["byte_send"], rec["byte_received"]
         ).encode()
-        self.transport.send(self.cfg.root, Kind.METRICS, self.envelope(r, len(self.test), 1), body)
+        env = self.envelope(r, len(self.test), 1, 1 << self.me.index)
+        try:
+            self.transport.send(self.cfg.root, Kind.METRICS, env, body)
+        except PeerRefused as exc:
+            if exc.status != 422 or not self.cfg.network.round_deadline_s:
+                raise
+            log.warning("%s: metrics of round %d came late: %s", self.id, r + 1, exc)
 
     def save(self, tag: str, flat: np.ndarray) -> None:
         if self.cfg.training.save_models:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from hefl.aggregation import AcceptPoint
 from hefl.config import ExperimentConfig
 from hefl.errors import OutOfWindow, ProtocolError
@@ -42,11 +44,45 @@ class SwitchNode(Adder):
             self.awaiting_global.start(env.round)
 
     def complete(self, round_: int) -> None:
+        if not self.buffer.is_open(round_):  # sent already (complete and flushed at once)
+            return
         env, payload = self.add_round(round_)
         self.sent_round = round_  # before it goes: the result can come back before the answer
         with self.runlog.phase(round_, "send"):
             self.transport.send(self.me.send, Kind.UPDATE, env, payload)
         self.awaiting_global.start(round_)
+
+    def on_flush(self, env: Envelope, payload: Body) -> None:
+        """The parent's round deadline passed: child switches flush first (so that their partial
+        sums are here), then this switch sends up what it has, at once: a partial sum with its
+        true contributor and sample counts, or nothing. Late updates of the round then get 422.
+        Answered when done (bounded by network.read_timeout_s)."""
+        self.check_downward(env, payload, allow_empty=True)
+        self.flush_children(env.round)
+        done = threading.Event()
+        self.submit(self.flush_round, env.round, done)
+        if not done.wait(self.cfg.network.read_timeout_s):
+            raise ProtocolError(f"flush of round {env.round + 1} did not finish in time")
+
+    def flush_round(self, round_: int, done: threading.Event) -> None:
+        try:
+            if not self.buffer.is_open(round_):
+                return  # sent already, or not begun here
+            arrived = self.buffer.arrived(round_)
+            if self.dumb or not arrived:
+                # a dumb switch forwarded each update as it came; with nothing, nothing goes up
+                members = 0
+                for e in arrived:
+                    members |= e.members or self.cfg.mask(self.cfg.clients_under(e.sender))
+                self.runlog.add_phase(round_, "wait", self.first_update.stop(round_))
+                self.buffer.release(round_)
+                self.record_members(round_, members)
+                self.sent_round = round_
+                self.awaiting_global.start(round_)
+                return
+            self.complete(round_)
+        finally:
+            done.set()
 
     def on_begin(self, env: Envelope, payload: Body) -> None:
         self._on_down(Kind.BEGIN, env, payload)
