@@ -12,8 +12,10 @@ Prints figures only (nothing is asserted):
   per round   seconds from the first update posted to the sum's arrival, and MB/s (the updates'
               bytes over that time: what the switch takes in while it deserializes, checks and
               adds); the switch's worker RSS after the round (its global result relayed down)
-  at the end  the median MB/s, the worker's peak RSS (VmHWM), and RSS growth from round 2 to the
-              last (round 1 pays for first allocations): memory must not grow across rounds
+  at the end  the median MB/s, the worker's peak RSS (VmHWM), RSS growth from round 2 to the
+              last (round 1 pays for first allocations) and the RSS range over the second half
+              of the rounds: memory must settle, not grow round after round (the C library
+              keeps an arena per request thread: RSS rises over the first rounds, then stays)
 
 The switch's CPU and this script share the machine's cores: on 2 cores the figure is what one
 switch can take with the senders' sends competing with it.
@@ -232,10 +234,12 @@ def main() -> int:
                 print(f"{r + 1:>5} {took:>7.2f} {rates[-1]:>8.1f} {rss[-1]:>8.0f}", flush=True)
             peak = rss_mb(worker, "VmHWM")
             second = rss[min(1, len(rss) - 1)]
+            half = rss[len(rss) // 2 :]
             print(
                 f"median {statistics.median(rates):.1f} MB/s taken in; worker peak RSS "
                 f"{peak:.0f} MB; RSS after round 2 {second:.0f} MB, after the last "
-                f"{rss[-1]:.0f} MB (growth {rss[-1] - second:+.0f} MB)"
+                f"{rss[-1]:.0f} MB (growth {rss[-1] - second:+.0f} MB); over the last "
+                f"{len(half)} rounds {min(half):.0f} to {max(half):.0f} MB"
             )
             log = json.dumps(session.get(url + Kind.HEALTH.route.path, timeout=10).json())
             print(f"switch: {log}")
