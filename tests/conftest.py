@@ -199,7 +199,8 @@ class Cluster:
         )
 
 
-def addressed(ports: list[int], rounds: int) -> tuple[dict[str, Any], dict[str, str]]:
+def addressed(ports: list[int], rounds: int = 2) -> tuple[dict[str, Any], dict[str, str]]:
+    """Two clients, one switch, the aggregator, at real 127.0.0.1 ports (as on a cluster)."""
     ids = dict(zip(("c0", "c1", "sw", "agg"), (f"127.0.0.1:{p}" for p in ports), strict=True))
     c0, c1, sw, agg = ids.values()
     raw = {
@@ -258,3 +259,16 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
             p.terminate()
         for p in procs:
             p.wait(timeout=30)
+
+
+def node_processes(marker: str) -> list[int]:
+    """Node processes (gunicorn master or worker) whose command line holds `marker`."""
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmd and "\0node\0" in cmd:
+            found.append(int(pid))
+    return found

@@ -15,22 +15,9 @@ from typing import Any
 import pytest
 
 from hefl.address import log_name
-from tests.conftest import ROOT, Cluster, tree_config
+from tests.conftest import ROOT, Cluster, node_processes, tree_config
 
 PY = sys.executable
-
-
-def node_processes(marker: str) -> list[int]:
-    """Node processes (gunicorn master or worker) whose command line holds `marker`."""
-    found = []
-    for pid in os.listdir("/proc"):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if marker in cmd and "\0node\0" in cmd:
-            found.append(int(pid))
-    return found
 
 
 def wait_gone(marker: str, timeout: float = 30) -> list[int]:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from hefl.local import free_ports
-from tests.conftest import ROOT, tree_config
+from tests.conftest import ROOT, addressed, node_processes, tree_config
 
 PY = sys.executable
 
@@ -114,22 +114,6 @@ def test_same_config_gives_identical_accuracies(local_run: Any, tmp_path: Path) 
     assert [r["loss"] for r in first] == [r["loss"] for r in second]
 
 
-def _addressed_config(ports: list[int], rounds: int = 2) -> dict[str, Any]:
-    """Two clients, one switch, the aggregator, at real 127.0.0.1 ports (as on a cluster)."""
-    c0, c1, sw, agg = (f"127.0.0.1:{p}" for p in ports)
-    return {
-        "name": "agg-test",
-        "aggregator": {"iteration": rounds, "ip": agg},
-        "training": {"device": "cpu"},
-        "network": {"startup_timeout_s": 60},
-        "others": {
-            c0: {"type": "client", "client_number": 2, "index": 0, "send": sw},
-            c1: {"type": "client", "client_number": 2, "index": 1, "send": sw},
-            sw: {"type": "switch", "receive": [c0, c1], "send": agg, "dumb": False},
-        },
-    }
-
-
 def _start_nodes(
     ports: list[int], log_dir: Path, env: dict[str, str]
 ) -> list[subprocess.Popen[bytes]]:
@@ -164,7 +148,7 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
 def test_agg_waits_for_late_nodes_pushes_and_runs(tmp_path: Path) -> None:
     ports = free_ports(4)
     cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps(_addressed_config(ports)))
+    cfg.write_text(json.dumps(addressed(ports)[0]))
     env = {**os.environ, "HEFL_TOKEN": "t0ken", "OMP_NUM_THREADS": "1"}
     agg = subprocess.Popen(
         [
@@ -230,7 +214,7 @@ def _wait_answering(url: str, timeout: float = 60) -> None:
 
 def test_agg_names_every_unreachable_node(tmp_path: Path) -> None:
     ports = free_ports(4)
-    raw = _addressed_config(ports)
+    raw = addressed(ports)[0]
     raw["network"]["startup_timeout_s"] = 2
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps(raw))
@@ -255,18 +239,6 @@ def test_agg_names_every_unreachable_node(tmp_path: Path) -> None:
     assert f"127.0.0.1:{ports[3]}" in line and "connection refused" in line
 
 
-def _children_alive(marker: str) -> list[int]:
-    found = []
-    for pid in os.listdir("/proc"):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if marker in cmd and "node" in cmd:
-            found.append(int(pid))
-    return found
-
-
 def test_failed_config_push_names_the_node_and_stops_everything(tmp_path: Path) -> None:
     raw = tree_config(
         clients=2,
@@ -284,7 +256,7 @@ def test_failed_config_push_names_the_node_and_stops_everything(tmp_path: Path) 
         and "127.0.0.1:100 refused POST /config: 400" in line
     )
     assert "train-images-idx3-ubyte not found" in line
-    assert _children_alive(str(tmp_path)) == []
+    assert node_processes(str(tmp_path)) == []
 
 
 def _local_until_round(tmp_path: Path, raw: dict[str, Any], round_: int) -> subprocess.Popen[str]:
@@ -322,7 +294,7 @@ def test_ctrl_c_stops_every_node_and_keeps_logs(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted" in err
-    assert _children_alive(str(tmp_path)) == []
+    assert node_processes(str(tmp_path)) == []
     logs = node_logs(experiment_dir(tmp_path / "log"))
     assert len(logs) == 4 and all(len(d["iteration"]) >= 1 for d in logs.values())
 
@@ -332,14 +304,14 @@ def test_node_killed_mid_run_is_named_and_logs_are_kept(tmp_path: Path) -> None:
         tmp_path, tree_config(clients=4, leaves=2, spine=False, rounds=500), 3
     )
     victim = "127.0.0.1:102"
-    for pid in _children_alive(str(tmp_path)):
+    for pid in node_processes(str(tmp_path)):
         if f"--label\x00{victim}\x00" in Path(f"/proc/{pid}/cmdline").read_bytes().decode():
             os.kill(pid, signal.SIGKILL)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1
     (line,) = err.strip().splitlines()
     assert line.startswith("error: ") and victim in line, line
-    assert _children_alive(str(tmp_path)) == []
+    assert node_processes(str(tmp_path)) == []
     logs = node_logs(experiment_dir(tmp_path / "log"))
     assert len(logs) == 7 and all(len(d["iteration"]) >= 3 for d in logs.values())
 
@@ -464,7 +436,7 @@ def test_local_and_agg_runs_of_one_config_give_identical_accuracies(tmp_path: Pa
     """Standalone nodes started without OMP_NUM_THREADS use training.threads like local ones."""
     ports = free_ports(4)
     cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps(_addressed_config(ports, rounds=3)))
+    cfg.write_text(json.dumps(addressed(ports, rounds=3)[0]))
     local = run_main("local", "--config", str(cfg), "--log-dir", str(tmp_path / "local"))
     assert local.returncode == 0, local.stderr[-2000:]
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"HEFL_TOKEN": "t0ken"}
@@ -497,4 +469,4 @@ def test_local_node_that_cannot_start_is_named_at_once(tmp_path: Path) -> None:
     assert proc.returncode == 1 and time.monotonic() - started < 60
     (line,) = proc.stderr.strip().splitlines()
     assert "exited with code 1: ImportError: no gunicorn in this test" in line, line
-    assert _children_alive(str(tmp_path)) == []
+    assert node_processes(str(tmp_path)) == []
