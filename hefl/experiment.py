@@ -317,6 +317,11 @@ class Controller:
         ]
         while missing:
             missing = [n for n in missing if not self._fetch_log(n)]
+            if missing and self.cfg.network.round_deadline_s:  # a client gone at the very end
+                healths = self.healths()
+                missing = [
+                    n for n in missing if not self.dropout(n, self.cfg.rounds - 1, healths[n])
+                ]
             if missing and time.monotonic() > deadline:
                 raise ExperimentFailed(
                     f"logs not finished within {self.cfg.network.read_timeout_s:g}s "
@@ -327,7 +332,7 @@ class Controller:
 
     def _fetch_log(self, node: str) -> bool:
         try:
-            data = self.transport.call(node, Kind.LOG, arg=self.experiment).json()
+            data = self.probe.call(node, Kind.LOG, arg=self.experiment).json()  # asked again
         except (HeflError, ValueError) as exc:
             log.warning("log of %s not fetched: %s", node, exc)
             return False

@@ -30,8 +30,13 @@ def format_round(row: dict[str, Any], rounds: int) -> str:
         f"{row['duration_s']:.2f} s"
     )
     missing = row.get("missing") or []
+    notes = []
     if missing:
-        line += f"  ({row['contributors']} clients; missing {', '.join(missing)})"
+        notes.append(f"{row['contributors']} clients; missing {', '.join(missing)}")
+    if row.get("reports", row.get("contributors", 0)) < row.get("contributors", 0):
+        notes.append(f"metrics from {row['reports']} of them")
+    if notes:
+        line += f"  ({'; '.join(notes)})"
     return line
 
 

@@ -140,6 +140,7 @@ class AggregatorNode(Adder):
             "client_byte_received": sum(p.byte_received for p in reports),
             "contributors": len(present),
             "missing": [c for c in self.cfg.clients() if c not in present],
+            "reports": len(reports),  # the metrics behind accuracy and loss
         }
         # (who contributed is in the log already, as lists: see Adder.record_members)
         self.runlog.set(
