@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -111,14 +112,19 @@ class Adder(Node, ABC):
         with self.runlog.phase(round_, "serialize"):
             payload = self.scheme.serialize(inbox.total)
         envs = inbox.envelopes.values()
-        members = 0
-        for e in envs:
-            members |= e.members or self.cfg.mask(self.cfg.clients_under(e.sender))
+        members = self.members_of(envs)
         env = self.envelope(
             round_, sum(e.samples for e in envs), sum(e.contributors for e in envs), members
         )
         self.record_members(round_, members)
         return env, payload
+
+    def members_of(self, envs: Iterable[Envelope]) -> int:
+        """The clients (mask) that the updates of `envs` add together."""
+        members = 0
+        for e in envs:
+            members |= e.members or self.cfg.mask(self.cfg.clients_under(e.sender))
+        return members
 
     def record_members(self, round_: int, members: int) -> None:
         present = set(self.cfg.members(members))

@@ -67,9 +67,7 @@ class AggregatorNode(Adder):
         self.flush_children(round_)
         if not self.buffer.is_open(round_):  # the flushed sums completed it meanwhile
             return
-        members = 0
-        for e in self.buffer.arrived(round_):
-            members |= e.members or self.cfg.mask(self.cfg.clients_under(e.sender))
+        members = self.members_of(self.buffer.arrived(round_))
         present = members.bit_count()
         if present < self.cfg.min_clients:
             missing = [c for c in self.cfg.clients() if c not in self.cfg.members(members)]

@@ -71,9 +71,7 @@ class SwitchNode(Adder):
             arrived = self.buffer.arrived(round_)
             if self.dumb or not arrived:
                 # a dumb switch forwarded each update as it came; with nothing, nothing goes up
-                members = 0
-                for e in arrived:
-                    members |= e.members or self.cfg.mask(self.cfg.clients_under(e.sender))
+                members = self.members_of(arrived)
                 self.runlog.add_phase(round_, "wait", self.first_update.stop(round_))
                 self.buffer.release(round_)
                 self.record_members(round_, members)
