@@ -272,3 +272,22 @@ def node_processes(marker: str) -> list[int]:
         if marker in cmd and "\0node\0" in cmd:
             found.append(int(pid))
     return found
+
+
+def run_main(*args: str, timeout: float = 240, **kw: Any) -> subprocess.CompletedProcess[str]:
+    """`main.py ARGS` to its end, output captured (in ROOT unless `cwd` says otherwise)."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=kw.pop("cwd", ROOT),
+        **kw,
+    )
+
+
+def run_local(work: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """`main.py local` on `work`/config.json, its keys/ and log/ in `work`."""
+    return run_main(
+        "local", "--config", "config.json", "--log-dir", "log", timeout=timeout, cwd=work
+    )

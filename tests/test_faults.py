@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from hefl.address import log_name
-from tests.conftest import ROOT, Cluster, node_processes, tree_config
+from tests.conftest import ROOT, Cluster, node_processes, run_local, tree_config
 
 PY = sys.executable
 
@@ -87,13 +87,7 @@ def test_sigkill_of_local_mode_leaves_no_node_and_the_next_run_no_key_folder(
     assert wait_gone(str(tmp_path)) == []  # every node went with it
     (stale,) = (tmp_path / "keys").glob("local-*")  # nothing could remove it
     (tmp_path / "config.json").write_text(json.dumps(ckks(rounds=1)))
-    again = subprocess.run(
-        [PY, str(ROOT / "main.py"), "local", "--config", "config.json", "--log-dir", "log"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
+    again = run_local(tmp_path, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert not stale.exists() and not list((tmp_path / "keys").glob("local-*"))
 
@@ -235,13 +229,7 @@ def test_an_unwritable_log_folder_is_one_line(tmp_path: Path) -> None:
     ignores file modes, not that): one line, exit 1, no node left running."""
     (tmp_path / "config.json").write_text(json.dumps(tree_config(clients=2, leaves=1, spine=False)))
     (tmp_path / "log").write_text("a file, not a folder")
-    proc = subprocess.run(
-        [PY, str(ROOT / "main.py"), "local", "--config", "config.json", "--log-dir", "log"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
+    proc = run_local(tmp_path, timeout=120)
     assert proc.returncode == 1
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("error: ") and "log" in line and "Errno" in line, line

@@ -22,7 +22,7 @@ from hefl.crypto.plain import PlainScheme
 from hefl.errors import ConfigError
 from hefl.modelspec import param_count
 from hefl.wire import BINARY, JSON, TOKEN_HEADER, Envelope
-from tests.conftest import ROOT, TOKEN, Cluster, addressed
+from tests.conftest import ROOT, TOKEN, Cluster, addressed, run_local
 
 PY = sys.executable
 
@@ -217,13 +217,7 @@ def test_addresses_that_name_paths_are_refused_before_anything_is_written(
     work.mkdir(parents=True)
     (work / "config.json").write_text(json.dumps(raw))
     before = sorted(p for p in tmp_path.rglob("*"))
-    proc = subprocess.run(
-        [PY, str(ROOT / "main.py"), "local", "--config", "config.json", "--log-dir", "log"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=work,
-    )
+    proc = run_local(work, timeout=120)
     assert proc.returncode == 1, proc.stderr[-2000:]
     (line,) = proc.stderr.strip().splitlines()
     assert "is not an address of the form host[:port]" in line, line

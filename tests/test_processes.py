@@ -16,20 +16,9 @@ import numpy as np
 import pytest
 
 from hefl.local import free_ports
-from tests.conftest import ROOT, addressed, node_processes, tree_config
+from tests.conftest import ROOT, addressed, node_processes, run_main, tree_config
 
 PY = sys.executable
-
-
-def run_main(*args: str, timeout: float = 240, **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PY, str(ROOT / "main.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=kw.pop("cwd", ROOT),
-        **kw,
-    )
 
 
 def experiment_dir(log_dir: Path) -> Path:
