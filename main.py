@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format=f"%(asctime)s {label}%(levelname)s %(name)s: %(message)s",
     )
-    if args.command in ("agg", "local"):
+    if args.command in ("agg", "local", "sweep"):
         for signum in (signal.SIGTERM, signal.SIGHUP):  # stop as on Ctrl-C: nodes, keys, record
             signal.signal(signum, _interrupt)
     try:
@@ -119,6 +119,34 @@ def _parser() -> argparse.ArgumentParser:
             help="override encryption.scheme of the config",
         )
         cmd.set_defaults(func=func)
+    report = sub.add_parser(
+        "report",
+        parents=[common],
+        help="rebuild summary.json, summary.csv and the plots of runs from their logs alone",
+    )
+    report.add_argument("runs", nargs="+", type=Path, help="run folders (log/<experiment>)")
+    report.set_defaults(func=_report)
+    cmp = sub.add_parser(
+        "compare",
+        parents=[common],
+        help="one table (and plot) over several runs, as ratios to the first; repeats averaged",
+    )
+    cmp.add_argument("runs", nargs="+", type=Path, help="run folders (log/<experiment>)")
+    cmp.add_argument(
+        "--out", type=Path, help="where compare.txt/.json/.png go (default: log/compare-<time>)"
+    )
+    cmp.set_defaults(func=_compare)
+    sweep = sub.add_parser(
+        "sweep",
+        parents=[common],
+        help="run a grid of local experiments one after another, then compare them",
+    )
+    sweep.add_argument("sweep", type=Path, help="sweep file (see README: Sweeps)")
+    sweep.set_defaults(func=_sweep)
+    runs = sub.add_parser(
+        "runs", parents=[common], help="list the runs under --log-dir: status, scheme, accuracy"
+    )
+    runs.set_defaults(func=_runs)
     token = sub.add_parser(
         "token",
         parents=[common],
@@ -173,19 +201,58 @@ def _agg(args: argparse.Namespace) -> int:
 
 def _local(args: argparse.Namespace) -> int:
     from hefl.config import load_raw_config
-    from hefl.experiment import Controller, new_experiment_id
-    from hefl.local import local_keys, local_nodes
+    from hefl.local import run_local
 
     raw, cfg = load_raw_config(args.config, _overrides(args))
-    experiment = new_experiment_id(cfg.name)
-    print(f"starting {len(cfg.nodes)} local node processes for {args.config}")
-    with (
-        local_keys(raw, cfg, experiment) as (raw, cfg),
-        local_nodes(cfg, args.log_dir, args.log_dir / experiment / "stdout", args.verbose) as nodes,
-    ):
-        Controller(
-            raw, cfg, nodes.endpoints, experiment, args.log_dir, nodes.token, watch=nodes.check
-        ).run()
+    run_local(raw, cfg, args.config, args.log_dir, args.verbose)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from hefl.report import summary_lines
+    from hefl.summary import write_summary
+
+    for run in args.runs:
+        if not (run / "config.json").is_file():
+            raise HeflError(f"{run}: not a run folder (no config.json)")
+        for line in summary_lines(write_summary(run)):
+            print(line)
+        print(f"wrote {run}/summary.json, summary.csv and plots")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    import time
+
+    from hefl.compare import group_runs, write_comparison
+
+    out = args.out or args.log_dir / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    lines, _ = write_comparison(group_runs(args.runs), out)
+    for line in lines:
+        print(line)
+    print(f"wrote {out}/compare.txt, compare.json, compare.png")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from typing import Any
+
+    from hefl.config import parse_config
+    from hefl.local import run_local
+    from hefl.sweep import run_sweep
+
+    def one(raw: dict[str, Any], name: str) -> Path:
+        return run_local(raw, parse_config(raw), name, args.log_dir, args.verbose)
+
+    _, all_finished = run_sweep(args.sweep, args.log_dir, one)
+    return 0 if all_finished else 1
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from hefl.report import list_runs
+
+    for line in list_runs(args.log_dir):
+        print(line)
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ from typing import Any
 from hefl.address import log_name
 from hefl.config import ExperimentConfig
 from hefl.errors import ConfigError, ExperimentFailed, HeflError, PeerUnreachable
+from hefl.provenance import code_version, machine, versions
 from hefl.push import make_push
 from hefl.report import format_round, node_table, read_logs
 from hefl.runlog import write_json_atomic
@@ -84,19 +86,17 @@ class Controller:
         """The whole experiment. Whatever ends it, `run.json` says how (status running, then
         finished or failed with the reason), and a failed run still leaves `rounds.json` for the
         rounds that completed and every log the nodes could still give."""
+        if (self.exp_dir / "run.json").exists():
+            raise ExperimentFailed(
+                f"{self.exp_dir} holds a run already: an experiment folder is never rewritten"
+            )
         try:
             self.exp_dir.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.exp_dir / "config.json", self.raw)
         except OSError as exc:
             raise ExperimentFailed(f"cannot write the experiment folder: {exc}") from None
-        self.record: dict[str, Any] = {
-            "experiment": self.experiment,
-            "status": "running",
-            "started": _now(),
-            "ended": None,
-            "controller_pid": os.getpid(),
-            "command": sys.argv,
-        }
+        self.began = time.monotonic()
+        self.record: dict[str, Any] = run_record(self.experiment, self.cfg)
         self.write_record()
         try:
             self.wait_for_nodes()
@@ -106,9 +106,13 @@ class Controller:
             self.collect_logs()
         except BaseException as exc:
             self.record.update(
-                status="failed", error=_reason(exc), ended=_now(), rounds_completed=len(self.rows)
+                status="failed",
+                error=_reason(exc),
+                ended=_now(),
+                duration_s=round(time.monotonic() - self.began, 3),
+                rounds_completed=len(self.rows),
             )
-            unwritten = self.salvage()
+            unwritten = self.salvage(plots=not isinstance(exc, KeyboardInterrupt))
             try:
                 self.write_record()
             except ExperimentFailed:
@@ -118,12 +122,40 @@ class Controller:
                     f"{exc}; not written in {self.exp_dir}: {', '.join(unwritten)}"
                 ) from None
             raise
-        self.record.update(status="finished", ended=_now(), rounds_completed=len(self.rows))
+        self.record.update(
+            status="finished",
+            ended=_now(),
+            duration_s=round(time.monotonic() - self.began, 3),
+            rounds_completed=len(self.rows),
+        )
         self.write_record()
         self.out(f"logs: {self.exp_dir}")
         for line in node_table(read_logs(self.exp_dir), self.cfg):
             self.out(line)
+        self.summarize()
         return rows
+
+    def summarize(self, plots: bool = True) -> bool:
+        """summary.json, summary.csv and the plots, from the logs in the folder (what
+        `main.py report` rebuilds); a failure to make them is said, never fatal: the logs stand."""
+        try:
+            from hefl.summary import write_summary
+
+            summary = write_summary(self.exp_dir, plots)
+        except Exception as exc:  # the run's own files are written; this is an extra
+            self.out(f"warning: no summary for {self.exp_dir}: {exc} (main.py report retries)")
+            log.info("summary failed", exc_info=True)
+            return False
+        t = summary["totals"]
+        if t.get("rounds"):
+            split = ", ".join(f"{k} {v:.2f} s" for k, v in t["critical_split"].items())
+            self.out(
+                f"summary: {t['rounds']} rounds, {t['seconds_per_round']:.2f} s per round; "
+                f"on the critical paths: {split}"
+            )
+        made = "summary.json and plots (*.png)" if plots else "summary.json"
+        self.out(f"results: {self.exp_dir}/summary.csv, {made}")
+        return True
 
     def write_record(self) -> None:
         """run.json; a folder it cannot write to is an ExperimentFailed (one line)."""
@@ -132,7 +164,7 @@ class Controller:
         except OSError as exc:
             raise ExperimentFailed(f"cannot write {self.exp_dir / 'run.json'}: {exc}") from None
 
-    def salvage(self) -> list[str]:
+    def salvage(self, plots: bool = True) -> list[str]:
         """After a failure: the completed rounds into rounds.json, every node still in the
         experiment told it ended (it writes its log and stops its round work), and every log a
         node can still give brought here. Best effort, a few seconds at most; never raises;
@@ -145,6 +177,8 @@ class Controller:
         nodes = list(self.cfg.nodes)
         with ThreadPoolExecutor(max_workers=min(32, len(nodes))) as pool:
             list(pool.map(self._end_and_fetch, nodes))
+        if self.rows:  # the rounds that completed (no plots when interrupted: quick)
+            self.summarize(plots)
         return unwritten
 
     def _end_and_fetch(self, node: str) -> None:
@@ -237,6 +271,12 @@ class Controller:
         if node in self.cfg.clients() and self.cfg.encryption.scheme != "none" and not key_id:
             return f"{node} did not say which key pair it loaded (no key_id in its answer)"
         self.key_ids[node] = key_id
+        machine = state.get("machine")
+        self.record["nodes"][node] = {
+            "role": self.cfg.nodes[node].type,
+            "key_id": key_id or None,
+            "machine": machine if isinstance(machine, dict) else None,
+        }
         if node in self.cfg.clients():
             samples = state.get("samples")
             if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
@@ -382,6 +422,38 @@ class Controller:
             else:
                 found.append(f"{node}={st.get('state')}@{(st.get('round') or 0) + 1}")
         return ", ".join(found)
+
+
+def run_record(experiment: str, cfg: ExperimentConfig) -> dict[str, Any]:
+    """What run.json holds when a run starts: the effective config (every default filled in),
+    the code and package versions, this machine, the seeds, the command line; the nodes' machines
+    and key ids are added as they take their configs, the outcome at the end. Key ids only,
+    never key material."""
+    return {
+        "experiment": experiment,
+        "status": "running",
+        "error": None,
+        "started": _now(),
+        "ended": None,
+        "duration_s": None,
+        "rounds_completed": 0,
+        "command": sys.argv,
+        "cwd": os.getcwd(),
+        "controller_pid": os.getpid(),
+        "code": code_version(),
+        "versions": versions(),
+        "controller": machine(),
+        "seeds": {
+            "training.seed": cfg.training.seed,
+            "derived": "every other seed comes from training.seed, one stream per purpose "
+            "(numpy SeedSequence spawn keys: hefl/seeds.py)",
+            "unseeded": "CKKS and BFV encryption noise (SEAL's own randomness)"
+            if cfg.encryption.scheme != "none"
+            else None,
+        },
+        "config": dataclasses.asdict(cfg),
+        "nodes": {},
+    }
 
 
 def _finished(path: Path) -> bool:

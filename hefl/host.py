@@ -16,6 +16,7 @@ from hefl.crypto import KeyRing, Scheme, load_keyless, load_secret, make_scheme
 from hefl.errors import ConfigError, DuplicateMessage, HeflError, NotFound
 from hefl.modelspec import param_count
 from hefl.nodes import Node, Parts, Worker, role_class
+from hefl.provenance import machine
 from hefl.push import Push, is_experiment_id, parse_push
 from hefl.runlog import RunLog
 from hefl.seeds import quantize_seed
@@ -72,7 +73,7 @@ class Host:
         if current is not None:
             current.close()
         log.info("%s configured as %s for experiment %s", push.node, node.role, push.experiment)
-        return self.health()
+        return {**self.health(), "machine": machine()}
 
     def health(self) -> dict[str, Any]:
         """The node's status, and whether this process checks a credential."""

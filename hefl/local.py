@@ -197,3 +197,26 @@ def remove_stale_keys(keys: Path) -> list[Path]:
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)
     return removed
+
+
+def run_local(
+    raw: dict[str, Any],
+    cfg: ExperimentConfig,
+    config_name: str,
+    log_dir: Path,
+    verbose: bool = False,
+    experiment: str = "",
+) -> Path:
+    """The whole experiment on this machine, one process per node; returns its run folder."""
+    from hefl.experiment import Controller, new_experiment_id
+
+    experiment = experiment or new_experiment_id(cfg.name)
+    print(f"starting {len(cfg.nodes)} local node processes for {config_name}")
+    with (
+        local_keys(raw, cfg, experiment) as (raw, cfg),
+        local_nodes(cfg, log_dir, log_dir / experiment / "stdout", verbose) as nodes,
+    ):
+        Controller(
+            raw, cfg, nodes.endpoints, experiment, log_dir, nodes.token, watch=nodes.check
+        ).run()
+    return log_dir / experiment

@@ -72,3 +72,67 @@ def node_table(logs: dict[str, dict[str, Any]], cfg: ExperimentConfig) -> list[s
 
 def _mean(records: list[dict[str, Any]], key: str) -> float:
     return sum(r.get(key) or 0 for r in records) / len(records)
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """What `main.py report` prints: one line per round of summary.json, then its totals."""
+    lines = [
+        f"{summary['experiment']}: scheme {summary['scheme']}, {summary['clients']} clients, "
+        f"{summary['switches']} switches ({summary['dumb_switches']} forwarding)",
+        f"{'round':>5} {'accuracy':>9} {'loss':>8} {'s':>7} {'on wire':>10} {'agg in':>10}  "
+        f"critical path: train / crypto / transfer / wait (s)  HE error max",
+    ]
+    for row in summary["rounds"]:
+        split = (row["critical_path"] or {}).get("split", {})
+        parts = " / ".join(
+            f"{split.get(k) or 0:.3f}" for k in ("training", "crypto", "transfer", "waiting")
+        )
+        he = row.get("he_error")
+        lines.append(
+            f"{row['round'] + 1:>5} {_figure(row['accuracy']):>9} {_figure(row['loss']):>8} "
+            f"{row['round_s'] or 0:>7.3f} {human_bytes(row['bytes_on_wire']):>10} "
+            f"{human_bytes(row['aggregator_ingress']):>10}  {parts:<45}"
+            f"{'' if he is None else format(he['max_abs'], '.3g')}"
+        )
+    t = summary["totals"]
+    if t.get("rounds"):
+        lines.append(
+            f"total: {t['rounds']} of {summary['rounds_planned']} rounds, final accuracy "
+            f"{_figure(t['final_accuracy'])}, {t['seconds']:.2f} s, "
+            f"{human_bytes(t['bytes_on_wire'])} on the wire, "
+            f"{human_bytes(t['aggregator_ingress'])} into the aggregator, "
+            f"crypto {t['crypto_s']:.2f} s on all nodes"
+        )
+    else:
+        lines.append("total: no round completed")
+    if summary["logs_missing"]:
+        lines.append(f"no log of: {', '.join(summary['logs_missing'])}")
+    return lines
+
+
+def list_runs(log_dir: Path) -> list[str]:
+    """`main.py runs`: every run under log_dir, oldest first: status, scheme, rounds, accuracy."""
+    lines = [f"{'experiment':<44}{'status':<10}{'scheme':<8}{'rounds':>8}{'accuracy':>10}  started"]
+    found = sorted(log_dir.glob("*/run.json"), key=lambda p: p.stat().st_mtime)
+    for path in found:
+        try:
+            run = json.loads(path.read_text())
+        except (OSError, ValueError):
+            lines.append(f"{path.parent.name:<44}unreadable run.json")
+            continue
+        scheme = (run.get("config") or {}).get("encryption", {}).get("scheme", "?")
+        planned = (run.get("config") or {}).get("aggregator", {}).get("iteration", "?")
+        accuracy = None
+        try:
+            totals = json.loads((path.parent / "summary.json").read_text())["totals"]
+            accuracy = totals.get("final_accuracy")
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        lines.append(
+            f"{path.parent.name:<44}{run.get('status', '?'):<10}{scheme:<8}"
+            f"{str(run.get('rounds_completed', '?')) + '/' + str(planned):>8}"
+            f"{_figure(accuracy):>10}  {run.get('started', '')}"
+        )
+    if not found:
+        lines.append(f"(no runs under {log_dir})")
+    return lines

@@ -15,6 +15,8 @@ from typing import Any
 from hefl.wire import DIRECTIONS
 
 _BY_DIRECTION = [f"byte_{k}_{d}" for d in DIRECTIONS for k in ("send", "received")]
+# a link's bytes with one peer: in all, and by direction (sent_up, received_up, sent_down, ...)
+_LINK_KEYS = ["sent", "received", *(f"{k}_{d}" for d in DIRECTIONS for k in ("sent", "received"))]
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -42,12 +44,16 @@ class RunLog:
         self._started: dict[int, float] = {}
         self._lock = threading.Lock()
         self.finished = False
+        # this node's clock: every offset in the log counts from here (monotonic; no wall clocks
+        # of different machines are ever compared)
+        self.origin = time.monotonic()
 
     def _record(self, round_: int) -> dict[str, Any]:
         rec = self._records.get(round_)
         if rec is None:
             rec = {
                 "round": round_,
+                "start_s": round(time.monotonic() - self.origin, 6),
                 "start_time": time.time(),
                 "end_time": None,
                 "duration_s": None,
@@ -59,6 +65,8 @@ class RunLog:
                 "links": {},
                 "phases": {},
                 "phases_cpu": {},
+                "spans": [],
+                "messages": [],
             }
             self._records[round_] = rec
             self._started[round_] = time.monotonic()
@@ -77,29 +85,58 @@ class RunLog:
         received: int,
         outbound: bool,
         message: bool = True,
+        kind: str = "",
+        at: float | None = None,
     ) -> None:
         """Count the body bytes of one HTTP exchange with `peer`: a request this node made
         (outbound) or answered; `message` False adds bytes to an exchange already counted (an
-        answer's body)."""
+        answer's body). A message is also listed in `messages` with its time on this node's
+        clock, `at` (monotonic; default now): when the request went (outbound: the attempt's
+        start) or when its body had arrived (inbound), as an offset from the round's start."""
+        at = time.monotonic() if at is None else at
         with self._lock:
             rec = self._record(round_)
-            link = rec["links"].setdefault(peer, {"sent": 0, "received": 0})
+            link = rec["links"].get(peer)
+            if link is None:
+                link = rec["links"][peer] = dict.fromkeys(_LINK_KEYS, 0)
             for key, n in (("send", sent), ("received", received)):
                 rec[f"byte_{key}"] += n
                 rec[f"byte_{key}_{direction}"] += n
-            link["sent"] += sent
-            link["received"] += received
+            for key, n in (("sent", sent), ("received", received)):
+                link[key] += n
+                link[f"{key}_{direction}"] += n
             if message:
                 rec["messages_sent" if outbound else "messages_received"] += 1
+                rec["messages"].append(
+                    {
+                        "t": round(at - self._started[round_], 6),
+                        "dir": "sent" if outbound else "received",
+                        "kind": kind,
+                        "peer": peer,
+                        "bytes": sent if outbound else received,
+                    }
+                )
 
     def add_phase(
-        self, round_: int, name: str, seconds: float, cpu_seconds: float | None = None
+        self,
+        round_: int,
+        name: str,
+        seconds: float,
+        cpu_seconds: float | None = None,
+        end: float | None = None,
     ) -> None:
+        """Add `seconds` to the round's phase `name`, and list the interval in `spans` as
+        [name, start offset from the round's start, seconds]; it ended at `end` (monotonic;
+        default now). A zero-length phase (a wait that never started) makes no span."""
+        end = time.monotonic() if end is None else end
         with self._lock:
             rec = self._record(round_)
             for key, value in (("phases", seconds), ("phases_cpu", cpu_seconds)):
                 if value is not None:
                     rec[key][name] = round(rec[key].get(name, 0.0) + value, 6)
+            if seconds > 0:
+                start = end - seconds - self._started[round_]
+                rec["spans"].append([name, round(start, 6), round(seconds, 6)])
 
     @contextmanager
     def phase(self, round_: int, name: str) -> Iterator[None]:
@@ -110,7 +147,8 @@ class RunLog:
         try:
             yield
         finally:
-            self.add_phase(round_, name, time.monotonic() - t0, time.thread_time() - cpu0)
+            end = time.monotonic()
+            self.add_phase(round_, name, end - t0, time.thread_time() - cpu0, end)
 
     def set(self, round_: int, **values: Any) -> None:
         with self._lock:

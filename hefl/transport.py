@@ -65,10 +65,14 @@ class TrafficMeter:
     def counts(self, env: Envelope) -> bool:
         return env.experiment == self.experiment and 0 <= env.round < self.rounds
 
-    def outbound(self, kind: Kind, peer: str, env: Envelope, sent: int, received: int) -> None:
-        """One attempt of a request this node made to `peer`."""
+    def outbound(
+        self, kind: Kind, peer: str, env: Envelope, sent: int, received: int, at: float
+    ) -> None:
+        """One attempt of a request this node made to `peer`, begun at `at` (monotonic)."""
         if self.counts(env):
-            self.runlog.add_bytes(env.round, _direction(kind), peer, sent, received, outbound=True)
+            self.runlog.add_bytes(
+                env.round, _direction(kind), peer, sent, received, True, kind=kind.value, at=at
+            )
 
     def inbound(
         self, kind: Kind, env: Envelope, received: int, sent: int = 0, message: bool = True
@@ -81,7 +85,7 @@ class TrafficMeter:
             else:
                 peer = env.sender if env.sender in self.peers else STRANGER
             self.runlog.add_bytes(
-                env.round, _direction(kind), peer, sent, received, outbound=False, message=message
+                env.round, _direction(kind), peer, sent, received, False, message, kind.value
             )
 
 
@@ -140,6 +144,7 @@ class Transport:
         for attempt in range(attempts):
             if attempt:
                 time.sleep(self.timeouts.backoff * 2 ** (attempt - 1))
+            began = time.monotonic()
             try:
                 resp = self.session.request(
                     route.method,
@@ -149,7 +154,7 @@ class Transport:
                     timeout=(self.timeouts.connect, self.timeouts.read),
                 )
             except requests.ReadTimeout as exc:  # the body went out; no answer came back
-                self._count(kind, peer, env, len(body), 0)
+                self._count(kind, peer, env, len(body), 0, began)
                 reason = f"no answer within {self.timeouts.read:g}s ({type(exc).__name__})"
                 silent = True
                 continue
@@ -158,7 +163,7 @@ class Transport:
                 reason = _short(exc)
                 silent = False
                 continue
-            self._count(kind, peer, env, len(body), len(resp.content))
+            self._count(kind, peer, env, len(body), len(resp.content), began)
             if resp.status_code < 400 or resp.status_code == 409:
                 return resp
             where = f"{route.method} {route.url_path(arg)}"
@@ -172,9 +177,11 @@ class Transport:
             f"cannot reach {peer} ({url}) after {attempts} attempts: {reason}", silent=silent
         )
 
-    def _count(self, kind: Kind, peer: str, env: Envelope | None, sent: int, received: int) -> None:
+    def _count(
+        self, kind: Kind, peer: str, env: Envelope | None, sent: int, received: int, at: float
+    ) -> None:
         if self.meter is not None and env is not None:
-            self.meter.outbound(kind, peer, env, sent, received)
+            self.meter.outbound(kind, peer, env, sent, received, at)
 
     def close(self) -> None:
         self.session.close()

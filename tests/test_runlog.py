@@ -22,8 +22,38 @@ def test_bytes_add_up_by_direction_and_by_link(tmp_path: Path) -> None:
     assert (rec["byte_send_up"], rec["byte_received_up"]) == (130, 100)
     assert (rec["byte_send_down"], rec["byte_received_down"]) == (0, 50)
     assert (rec["byte_send_control"], rec["byte_received_control"]) == (7, 0)
-    assert rec["links"] == {"b": {"sent": 30, "received": 100}, "p": {"sent": 107, "received": 50}}
+    b, p = rec["links"]["b"], rec["links"]["p"]
+    assert (b["sent"], b["received"], b["sent_up"], b["received_up"]) == (30, 100, 30, 100)
+    assert (p["sent"], p["received"]) == (107, 50)
+    assert (p["sent_up"], p["received_down"], p["sent_control"], p["sent_down"]) == (100, 50, 7, 0)
     assert (rec["messages_sent"], rec["messages_received"]) == (2, 2)
+    # one entry per message (not per answer), in the order counted
+    assert [(m["dir"], m["peer"], m["bytes"]) for m in rec["messages"]] == [
+        ("received", "b", 100),
+        ("sent", "p", 100),
+        ("received", "p", 50),
+        ("sent", "p", 7),
+    ]
+
+
+def test_messages_and_spans_carry_offsets_on_the_nodes_own_clock(tmp_path: Path) -> None:
+    log = RunLog(tmp_path / "n.json", "a", "client", "e")
+    time.sleep(0.02)
+    log.begin(0)
+    started = time.monotonic()
+    with log.phase(0, "train"):
+        time.sleep(0.03)
+    log.add_bytes(0, "up", "p", 10, 0, True, kind="update", at=started + 0.05)
+    log.add_phase(0, "wait", 0.01, end=started + 0.1)
+    log.add_phase(0, "wait", 0.0)  # a wait that never started: no span
+    log.begin(1)
+    rec0, rec1 = log.record(0), log.record(1)
+    assert rec0["start_s"] >= 0.02 and rec1["start_s"] >= rec0["start_s"] + 0.03
+    (train, wait) = rec0["spans"]
+    assert train[0] == "train" and 0 <= train[1] < 0.01 and 0.03 <= train[2] < 0.1
+    assert wait[0] == "wait" and abs(wait[1] - 0.09) < 0.005 and wait[2] == 0.01
+    (msg,) = rec0["messages"]
+    assert msg["kind"] == "update" and msg["dir"] == "sent" and abs(msg["t"] - 0.05) < 0.005
 
 
 def test_a_round_is_written_when_it_ends_and_the_last_one_finishes_the_log(tmp_path: Path) -> None:

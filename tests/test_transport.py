@@ -83,7 +83,21 @@ def test_retries_a_busy_peer_and_counts_every_attempt(peer: Peer, tmp_path: Path
     assert peer.calls == 3 and peer.tokens == ["t0k"] * 3
     assert (rec["byte_send"], rec["byte_send_up"], rec["messages_sent"]) == (3000, 3000, 3)
     assert rec["byte_received"] == rec["byte_received_up"] == 2 * error
-    assert rec["links"] == {PEER: {"sent": 3000, "received": 2 * error}}
+    link = rec["links"][PEER]
+    assert list(rec["links"]) == [PEER]
+    assert (
+        (link["sent"], link["received"])
+        == (link["sent_up"], link["received_up"])
+        == (
+            3000,
+            2 * error,
+        )
+    )
+    # every attempt is a message of its own, in the order they went
+    assert [(m["dir"], m["kind"], m["bytes"]) for m in rec["messages"]] == [
+        ("sent", "update", 1000)
+    ] * 3
+    assert rec["messages"][0]["t"] < rec["messages"][1]["t"] < rec["messages"][2]["t"]
     assert rec["byte_send_down"] == rec["byte_send_control"] == 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -18,6 +19,7 @@ class PlainScheme:
     name = "none"
     can_decrypt = True
     precomputed = 0
+    adding_s = 0.0  # seconds spent adding (not loading), ever
 
     def __init__(self, size: int, clip: float | None = None) -> None:
         self.size = size
@@ -25,9 +27,13 @@ class PlainScheme:
         self.max_payload_bytes = size * WIRE.itemsize  # every payload has exactly this many bytes
 
     def encrypt(self, values: np.ndarray) -> bytes:
+        return self.serialize(self.encrypt_parts(values))
+
+    def encrypt_parts(self, values: np.ndarray) -> np.ndarray:
+        """The values as they go on the wire (float32), still in memory."""
         if values.shape != (self.size,):
             raise ValueError(f"update has shape {values.shape}, expected ({self.size},)")
-        return values.astype(WIRE).tobytes()
+        return values.astype(WIRE)
 
     def precompute(self, stop: Callable[[], bool]) -> int:
         """Nothing to do ahead: converting floats is all `encrypt` does."""
@@ -67,7 +73,9 @@ class PlainScheme:
         updates arrive in, as a float32 running sum of three or more would."""
         if total is None:
             return loaded.astype(np.float64)
+        started = time.monotonic()
         total += loaded
+        self.adding_s += time.monotonic() - started
         return total
 
     def load_into(self, total: np.ndarray | None, payload: Payload) -> np.ndarray:

@@ -24,8 +24,16 @@ class Scheme(Protocol):
     max_payload_bytes: int  # the most bytes one payload can have (exact for `none`)
     can_decrypt: bool  # False on switches and the aggregator: they hold no secret key
     precomputed: int  # parts of the last `encrypt` that used work `precompute` had done
+    adding_s: float  # seconds this scheme spent adding payloads into totals (not loading them)
 
-    def encrypt(self, values: np.ndarray) -> bytes: ...
+    def encrypt(self, values: np.ndarray) -> bytes:
+        """`serialize(encrypt_parts(values))`."""
+        ...
+
+    def encrypt_parts(self, values: np.ndarray) -> Any:
+        """The update encoded and encrypted, in memory (`serialize` makes the bytes): a client
+        times the two apart."""
+        ...
 
     def precompute(self, stop: Callable[[], bool]) -> int:
         """Do ahead what the next `encrypt` can use (HE: encryptions of zero, which do not depend

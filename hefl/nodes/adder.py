@@ -58,12 +58,18 @@ class Adder(Node, ABC):
                     )
             self.scheme.check_sum(payload, env.contributors)  # plaintext: finite, in range
             with self._adding:
-                with self.runlog.phase(env.round, "load"):
-                    if self.adds:  # deserialized, checked and added in one pass
-                        complete = self.buffer.fill(env, payload)
-                    else:
-                        self.scheme.load(payload)  # checked, then forwarded as it came
-                        complete = self.buffer.fill(env, None)
+                started, added = time.monotonic(), self.scheme.adding_s
+                if self.adds:  # deserialized, checked and added in one pass
+                    complete = self.buffer.fill(env, payload)
+                else:
+                    self.scheme.load(payload)  # checked, then forwarded as it came
+                    complete = self.buffer.fill(env, None)
+                # the pass split into loading (and checking) and adding, one after the other
+                ended, adding = time.monotonic(), self.scheme.adding_s - added
+                self.runlog.add_phase(
+                    env.round, "load", ended - started - adding, end=ended - adding
+                )
+                self.runlog.add_phase(env.round, "aggregate", adding, end=ended)
                 # started before the worker may stop it (`accepted` submits a complete round)
                 self.first_update.start(env.round, first=True)
         self.accepted(env, payload, complete)

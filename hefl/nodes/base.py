@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Protocol
 from hefl.config import ExperimentConfig, NodeConfig
 from hefl.crypto import Scheme
 from hefl.errors import HeflError, ProtocolError
+from hefl.provenance import machine
 from hefl.runlog import RunLog
 from hefl.transport import TrafficMeter
 from hefl.wire import Body, Envelope, Kind, check_scope
@@ -94,7 +95,9 @@ class Node:
         self.meter = parts.meter
         self.worker = parts.worker
         self.key_id = parts.key_id
-        self.runlog.header.update(scheme=self.scheme.name, can_decrypt=self.scheme.can_decrypt)
+        self.runlog.header.update(
+            scheme=self.scheme.name, can_decrypt=self.scheme.can_decrypt, machine=machine()
+        )
         self.error = ""
         self.stopped = ""  # why the experiment ended before this node finished
         self.round = 0

@@ -111,7 +111,16 @@ class ClientNode(Node):
         self.base = get_flat(self.model)  # the global model this round started from
         self.samples = len(self.train)
         self.weight = client_weight(self.samples, self.me.client_number, self.all_samples)
+        # what `main.py report` needs to redo this client's FedAvg arithmetic (the HE error)
+        self.runlog.header.update(
+            client_number=self.me.client_number,
+            index=self.me.index,
+            train_samples=self.samples,
+            all_samples=self.all_samples,
+            weight=self.weight,
+        )
         warm_up(self.model, self.train, t, self.device)
+        self.save("init", self.base)  # round 1 starts here (the HE error check needs it)
         self.downward = AcceptPoint()  # begin and global messages, once each
         self.awaiting_global = Stopwatch()  # from sending the update to the global result's arrival
         self.sent_round = -1  # the round whose update this client sent last: its global is due
@@ -174,8 +183,11 @@ class ClientNode(Node):
             )
         clip = self.cfg.encryption.clip
         clipped = int(np.count_nonzero(np.abs(update) > clip))
+        with self.runlog.phase(r, "encrypt"):
+            parts = self.scheme.encrypt_parts(np.clip(update, -clip, clip))
         with self.runlog.phase(r, "serialize"):
-            payload = self.scheme.encrypt(np.clip(update, -clip, clip))
+            payload = self.scheme.serialize(parts)
+        del parts
         if self.precomputer is not None:
             # done in the background before this round's update (not one of its phases)
             wall, cpu = self.precomputer.take_spent()
@@ -222,8 +234,9 @@ class ClientNode(Node):
         """New model = round start + sum n_i x delta_i / sum n_i (FedAvg); evaluate; report."""
         r = env.round
         self.runlog.add_phase(r, "wait", self.awaiting_global.stop(r))
-        with self.runlog.phase(r, "apply"):
+        with self.runlog.phase(r, "decrypt"):
             total = self.scheme.decrypt(loaded, env.contributors)
+        with self.runlog.phase(r, "apply"):
             self.check_sum(r, total, env.contributors)
             new = apply_sum(self.base, total, self.me.client_number, self.all_samples, env.samples)
             set_flat(self.model, new)
@@ -269,4 +282,5 @@ class ClientNode(Node):
 
     def save(self, tag: str, flat: np.ndarray) -> None:
         if self.cfg.training.save_models:
+            self.runlog.path.parent.mkdir(parents=True, exist_ok=True)
             np.save(self.runlog.path.parent / f"{file_stem(self.id)}.{tag}.npy", flat)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,7 @@ class TensealScheme(ABC):
         self._zeros: list[Any] = []  # encryptions of zero for chunks 0, 1, ... of the next update
         self._zeros_lock = threading.Lock()
         self.precomputed = 0  # how many ciphertexts of the last update used one
+        self.adding_s = 0.0  # seconds spent adding ciphertexts (not loading them), ever
         self._pool: EncryptPool | None = None
         if keys.private and enc.processes > 1:
             from hefl.crypto.tenseal.pool import EncryptPool
@@ -62,20 +64,23 @@ class TensealScheme(ABC):
         self.max_payload_bytes = self.chunks * per_ct + 8 + 4 * self.chunks
 
     @abstractmethod
-    def encrypt(self, values: np.ndarray) -> bytes: ...
-
-    @abstractmethod
     def decrypt(self, loaded: list[Any], contributors: int) -> np.ndarray: ...
 
-    def encrypt_chunks(self, chunks: list[np.ndarray]) -> bytes:
-        """Serialized ciphertexts of `chunks`: added to precomputed encryptions of zero where there
-        are some, else encrypted here, or in worker processes when there are several chunks
-        each."""
+    def encrypt(self, values: np.ndarray) -> bytes:
+        return self.serialize(self.encrypt_parts(values))
+
+    @abstractmethod
+    def encrypt_parts(self, values: np.ndarray) -> list[Any]: ...
+
+    def encrypt_chunks(self, chunks: list[np.ndarray]) -> list[Any]:
+        """The ciphertexts of `chunks`: added to precomputed encryptions of zero where there are
+        some, else encrypted here, or in worker processes when there are several chunks each
+        (those come back serialized already: `serialize` takes them as they are)."""
         with self._zeros_lock:
             zeros, self._zeros = self._zeros, []
         self.precomputed = min(len(zeros), len(chunks))
         if not zeros and self._pool is not None and len(chunks) >= 2 * self.enc.processes:
-            return frame(self._pool.encrypt(chunks))
+            return list(self._pool.encrypt(chunks))
         parts = []
         for i, chunk in enumerate(chunks):
             if i < len(zeros):
@@ -86,8 +91,8 @@ class TensealScheme(ABC):
                 vec.data.add_plain_(chunk.tolist())
             else:
                 vec = self.make(self.ctx, chunk.tolist())
-            parts.append(vec.serialize())
-        return frame(parts)
+            parts.append(vec)
+        return parts
 
     def precompute(self, stop: Callable[[], bool]) -> int:
         """Make encryptions of zero for the next update's ciphertexts, one at a time, until there
@@ -149,7 +154,9 @@ class TensealScheme(ABC):
         added = 0
         try:
             for acc, vec in zip(total, self._vectors(payload), strict=True):
+                started = time.monotonic()
                 acc.add_(vec)
+                self.adding_s += time.monotonic() - started
                 added += 1
         except BaseException:
             for acc, vec in zip(total[:added], self._vectors(payload), strict=False):
@@ -207,9 +214,11 @@ class TensealScheme(ABC):
         """Add ciphertext by ciphertext, in place: the first update loaded becomes the total."""
         if total is None:
             return loaded
+        started = time.monotonic()
         for acc, vec in zip(total, loaded, strict=True):
             acc.add_(vec)
+        self.adding_s += time.monotonic() - started
         return total
 
     def serialize(self, total: list[Any]) -> bytes:
-        return frame([vec.serialize() for vec in total])
+        return frame([vec if isinstance(vec, bytes) else vec.serialize() for vec in total])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import tenseal as ts
 
@@ -25,7 +27,7 @@ class BfvScheme(TensealScheme):
     def slot_count(self, values: int) -> int:
         return (values + 1) // 2
 
-    def encrypt(self, values: np.ndarray) -> bytes:
+    def encrypt_parts(self, values: np.ndarray) -> list[Any]:
         q = quantize(values, self.enc.clip, self.enc.quant_bits, self.rng)
         packed = pack(q, self.lane)
         per_ct = self.slots // 2

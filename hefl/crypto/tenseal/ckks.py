@@ -21,7 +21,7 @@ class CkksScheme(TensealScheme):
     def __init__(self, enc: HeParams, size: int, keys: KeyRing) -> None:
         super().__init__(enc, size, keys, ts.ckks_vector_from)
 
-    def encrypt(self, values: np.ndarray) -> bytes:
+    def encrypt_parts(self, values: np.ndarray) -> list[Any]:
         return self.encrypt_chunks(
             [values[i : i + self.slots] for i in range(0, self.size, self.slots)]
         )

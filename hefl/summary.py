@@ -1,0 +1,514 @@
+"""A run's figures per round, rebuilt from its node logs alone: summary.json and summary.csv.
+
+Nothing here compares the clocks of two machines. Each node's log gives durations and message times
+on that node's own monotonic clock (offsets from its round start, plus the round start's offset
+from the node's start). The critical path of a round is found by following messages backwards,
+from the aggregator's sending of the round's global result, through the last update it waited
+for, down to the client whose update that was, and on to the global result that set that client
+going. The time spent on the nodes of that chain is measured on each node's own clock. The rest
+of the round, measured on the aggregator's clock, is the time the chain's messages spent between
+nodes (transfer).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hefl.address import file_stem
+from hefl.config import ExperimentConfig, parse_config
+
+PHASES = (
+    "train",
+    "encrypt",
+    "serialize",
+    "send",
+    "wait",
+    "load",
+    "aggregate",
+    "decrypt",
+    "apply",
+    "evaluate",
+    "wait_metrics",
+)
+# how the round time splits, by phase; a part of the chain no phase covers is waiting (a queue,
+# the GIL, a lock, HTTP handling before a node acts on a message)
+CATEGORY = {
+    "train": "training",
+    "evaluate": "training",
+    "apply": "training",
+    "encrypt": "crypto",
+    "serialize": "crypto",
+    "load": "crypto",
+    "aggregate": "crypto",
+    "decrypt": "crypto",
+    "send": "transfer",
+    "wait": "waiting",
+    "wait_metrics": "waiting",
+}
+SPLIT = ("training", "crypto", "transfer", "waiting")
+_PRIORITY = {name: i for i, name in enumerate(SPLIT)}  # where phases overlap, the first wins
+ROLES = ("client", "switch", "aggregator")
+DIRECTIONS = ("up", "down", "control")
+
+
+def _r(x: float | None, digits: int = 6) -> float | None:
+    return None if x is None else round(float(x), digits)
+
+
+@dataclass
+class Timeline:
+    """One node's messages and phase spans, in seconds since the node started (its clock)."""
+
+    node: str
+    role: str
+    # (time, "sent"/"received", kind, peer, round)
+    messages: list[tuple[float, str, str, str, int]] = field(default_factory=list)
+    spans: list[tuple[float, float, str]] = field(default_factory=list)  # (start, end, phase)
+
+    @classmethod
+    def of(cls, log: Mapping[str, Any]) -> Timeline:
+        line = cls(log["node"], log["role"])
+        for rec in log.get("iteration", []):
+            start = rec.get("start_s")
+            if start is None:  # a log from before message times were recorded
+                continue
+            for m in rec.get("messages", []):
+                line.messages.append((start + m["t"], m["dir"], m["kind"], m["peer"], rec["round"]))
+            for name, offset, seconds in rec.get("spans", []):
+                line.spans.append((start + offset, start + offset + seconds, name))
+        line.messages.sort()
+        return line
+
+    def last(
+        self,
+        direction: str,
+        kinds: Iterable[str],
+        round_: int,
+        before: float = math.inf,
+        peer: str = "",
+    ) -> tuple[float, str, str, str, int] | None:
+        """The latest message of `kinds` and `round_` at or before `before` (retries: the last
+        attempt), from or to `peer` when given."""
+        kinds = set(kinds)
+        found = None
+        for m in self.messages:
+            if m[0] > before:
+                break
+            if (
+                m[1] == direction
+                and m[2] in kinds
+                and m[4] == round_
+                and (not peer or m[3] == peer)
+            ):
+                found = m
+        return found
+
+    def first(self, direction: str, kind: str, round_: int) -> float | None:
+        times = [m[0] for m in self.messages if m[1:3] == (direction, kind) and m[4] == round_]
+        return min(times) if times else None
+
+    def split(self, start: float, end: float) -> dict[str, float]:
+        """Seconds of [start, end] by category: at each instant the category of a phase running
+        then (training before crypto before transfer before waiting), else waiting."""
+        cuts = sorted(
+            {start, end} | {t for s, e, _ in self.spans for t in (s, e) if start < t < end}
+        )
+        out = dict.fromkeys(SPLIT, 0.0)
+        for a, b in zip(cuts, cuts[1:], strict=False):
+            mid = (a + b) / 2
+            running = [CATEGORY.get(n, "waiting") for s, e, n in self.spans if s <= mid < e]
+            out[min(running, key=_PRIORITY.__getitem__) if running else "waiting"] += b - a
+        return out
+
+
+def critical_path(
+    lines: Mapping[str, Timeline], cfg: ExperimentConfig, round_: int
+) -> dict[str, Any] | None:
+    """The chain of nodes that decided round `round_`'s time, and how that time splits; None when
+    the aggregator never sent the round's global result."""
+    root = lines.get(cfg.root)
+    if root is None:
+        return None
+    end = root.first("sent", "global", round_)
+    start = (
+        root.first("sent", "begin", 0) if round_ == 0 else root.first("sent", "global", round_ - 1)
+    )
+    if end is None or start is None:
+        return None
+    segments: list[tuple[str, float, float]] = []
+    complete = False
+    node, t = cfg.root, end
+    # upward: from the global result back through the last update each adder waited for
+    while True:
+        line = lines.get(node)
+        if line is None:
+            break
+        if line.role == "client":
+            got = line.last("received", ("global", "begin"), round_ - 1 if round_ else 0, t)
+            if round_ and got is not None and got[2] != "global":
+                got = None
+            if got is None:
+                break
+            segments.append((node, got[0], t))
+            parent = got[3]
+            break_down = _down(lines, cfg, parent, node, round_, segments, start)
+            complete = break_down
+            break
+        got = line.last("received", ("update",), round_, t)
+        if got is None:
+            break
+        segments.append((node, got[0], t))
+        child = lines.get(got[3])
+        if child is None:
+            break
+        sent = child.last("sent", ("update",), round_, peer=node)
+        if sent is None:
+            break
+        node, t = got[3], sent[0]
+    split = dict.fromkeys(SPLIT, 0.0)
+    for name, a, b in segments:
+        for key, value in lines[name].split(a, b).items():
+            split[key] += value
+    total = end - start
+    on_nodes = sum(split.values())
+    out: dict[str, Any] = {
+        "nodes": [name for name, _, _ in reversed(segments)],
+        "complete": complete,
+    }
+    if complete:
+        split["transfer"] += total - on_nodes  # what the chain's messages spent between nodes
+        out["split"] = {k: _r(v) for k, v in split.items()}
+    else:  # a node's log is missing (a dropout's): what the chain spent is not all known
+        out["split"] = {k: _r(v) for k, v in split.items()} | {"unattributed": _r(total - on_nodes)}
+    clients = [n for n in out["nodes"] if cfg.nodes[n].type == "client"] if out["nodes"] else []
+    out["client"] = clients[0] if clients else None
+    return out
+
+
+def _down(
+    lines: Mapping[str, Timeline],
+    cfg: ExperimentConfig,
+    node: str,
+    child: str,
+    round_: int,
+    segments: list[tuple[str, float, float]],
+    start: float,
+) -> bool:
+    """From a client back up the path its begin or global result came down, to the aggregator's
+    sending; True when every node's log was there."""
+    kind, r = ("begin", 0) if round_ == 0 else ("global", round_ - 1)
+    while True:
+        line = lines.get(node)
+        if line is None:
+            return False
+        sent = line.last("sent", (kind,), r, peer=child)
+        if sent is None:
+            return False
+        if node == cfg.root:
+            segments.append((node, start, sent[0]))
+            return True
+        got = line.last("received", (kind,), r, sent[0])
+        if got is None:
+            return False
+        segments.append((node, got[0], sent[0]))
+        node, child = got[3], node
+
+
+def read_run(exp_dir: Path) -> tuple[ExperimentConfig, dict[str, dict[str, Any]]]:
+    """The run's config (as the run used it) and every node log in its folder, by node id."""
+    cfg = parse_config(json.loads((exp_dir / "config.json").read_text()))
+    logs = {}
+    for node in cfg.nodes:
+        path = exp_dir / f"{file_stem(node)}.json"
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("node") == node:
+            logs[node] = data
+    return cfg, logs
+
+
+def summarize(exp_dir: Path) -> dict[str, Any]:
+    """summary.json's content: one entry per round that completed, and the totals."""
+    cfg, logs = read_run(exp_dir)
+    lines = {n: Timeline.of(d) for n, d in logs.items()}
+    records = {n: {rec["round"]: rec for rec in d.get("iteration", [])} for n, d in logs.items()}
+    role = {n: cfg.nodes[n].type for n in cfg.nodes}
+    rounds = []
+    for r in range(cfg.rounds):
+        row = _round(cfg, logs, records, lines, role, r)
+        if row is None:
+            break
+        rounds.append(row)
+    he_error = he_errors(exp_dir, cfg, logs)
+    for row in rounds:
+        row["he_error"] = he_error.get(row["round"])
+    return {
+        "experiment": exp_dir.name,
+        "scheme": cfg.encryption.scheme,
+        "clients": len(cfg.clients()),
+        "switches": sum(1 for n in cfg.nodes.values() if n.type == "switch"),
+        "dumb_switches": sum(1 for n in cfg.nodes.values() if n.type == "switch" and n.dumb),
+        "rounds_planned": cfg.rounds,
+        "logs_missing": [n for n in cfg.nodes if n not in logs],
+        "rounds": rounds,
+        "totals": _totals(rounds),
+    }
+
+
+def _round(
+    cfg: ExperimentConfig,
+    logs: Mapping[str, Any],
+    records: Mapping[str, Mapping[int, dict[str, Any]]],
+    lines: Mapping[str, Timeline],
+    role: Mapping[str, str],
+    r: int,
+) -> dict[str, Any] | None:
+    """One round's figures; None when the round did not complete (no client evaluated it)."""
+    reports = [
+        rec
+        for n in cfg.clients()
+        if (rec := records.get(n, {}).get(r)) is not None and rec.get("accuracy") is not None
+    ]
+    if not reports:
+        return None
+    tests = sum(rec["test_samples"] for rec in reports)
+    accuracy = sum(rec["accuracy"] * rec["test_samples"] for rec in reports) / tests
+    loss = sum(rec["loss"] * rec["test_samples"] for rec in reports) / tests
+    recs = {n: rs[r] for n, rs in records.items() if r in rs}
+    by_role: dict[str, dict[str, int]] = {}
+    for name in ROLES:
+        keys = [f"byte_{k}_{d}" for d in DIRECTIONS for k in ("send", "received")]
+        by_role[name] = {
+            k.removeprefix("byte_"): sum(
+                rec.get(k, 0) for n, rec in recs.items() if role[n] == name
+            )
+            for k in keys
+        }
+    links: dict[str, int] = {}
+    for n, rec in recs.items():
+        for peer, counts in rec.get("links", {}).items():
+            if peer not in role:
+                continue  # strangers' messages: counted by the node, not a link of the topology
+            for d in ("up", "down"):
+                sent = counts.get(f"sent_{d}", 0)
+                if sent:
+                    key = f"{role[n]}->{role[peer]}"
+                    links[f"{d}:{key}"] = links.get(f"{d}:{key}", 0) + sent
+    links["metrics"] = sum(
+        rec.get("byte_send_control", 0) for n, rec in recs.items() if role[n] == "client"
+    )
+    phases: dict[str, dict[str, float | None]] = {}
+    for name in ROLES:
+        mine = [rec for n, rec in recs.items() if role[n] == name]
+        if mine:
+            phases[name] = {  # the phases this role has, as a mean over its nodes
+                p: _r(sum(rec.get("phases", {}).get(p, 0.0) for rec in mine) / len(mine))
+                for p in PHASES
+                if any(p in rec.get("phases", {}) for rec in mine)
+            }
+    path = critical_path(lines, cfg, r)
+    root = lines.get(cfg.root)
+    round_s = None
+    if root is not None:
+        end = root.first("sent", "global", r)
+        start = root.first("sent", "begin", 0) if r == 0 else root.first("sent", "global", r - 1)
+        if end is not None and start is not None:
+            round_s = end - start
+    agg = recs.get(cfg.root, {})
+    return {
+        "round": r,
+        "accuracy": _r(accuracy),
+        "loss": _r(loss),
+        "clients": len(reports),
+        "test_samples": tests,
+        "contributors": len(agg["contributors"]) if "contributors" in agg else None,
+        "round_s": _r(round_s),
+        "bytes_on_wire": sum(rec.get("byte_send", 0) for rec in recs.values()),
+        "aggregator_ingress": agg.get("byte_received_up", 0),
+        "bytes_by_role": by_role,
+        "bytes_by_node": {
+            n: {
+                "role": role[n],
+                "sent": rec.get("byte_send", 0),
+                "received": rec.get("byte_received", 0),
+            }
+            for n in cfg.nodes
+            if (rec := recs.get(n)) is not None
+        },
+        "bytes_by_link": dict(sorted(links.items())),
+        "phases_by_role": phases,
+        "crypto_s": _r(
+            sum(
+                rec.get("phases", {}).get(p, 0.0)
+                for rec in recs.values()
+                for p, c in CATEGORY.items()
+                if c == "crypto"
+            )
+        ),
+        "critical_path": path,
+    }
+
+
+def _totals(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    if not rounds:
+        return {"rounds": 0}
+    timed = [row["round_s"] for row in rounds if row["round_s"] is not None]
+    paths = [row["critical_path"] for row in rounds if row["critical_path"]]
+    split = {k: _r(sum(p["split"].get(k, 0.0) or 0.0 for p in paths)) for k in SPLIT}
+    return {
+        "rounds": len(rounds),
+        "final_accuracy": rounds[-1]["accuracy"],
+        "final_loss": rounds[-1]["loss"],
+        "seconds": _r(sum(timed)),
+        "seconds_per_round": _r(sum(timed) / len(timed)) if timed else None,
+        "bytes_on_wire": sum(row["bytes_on_wire"] for row in rounds),
+        "aggregator_ingress": sum(row["aggregator_ingress"] for row in rounds),
+        "crypto_s": _r(sum(row["crypto_s"] for row in rounds)),
+        "critical_split": split,
+    }
+
+
+def he_errors(
+    exp_dir: Path, cfg: ExperimentConfig, logs: Mapping[str, Any]
+) -> dict[int, dict[str, float]]:
+    """Per round, when the clients saved their models: the max and mean absolute difference
+    between the global model each client decrypted and the plaintext FedAvg of the saved local
+    models of that round's contributors (same base, weights and clipping, in float64): the exact
+    error of the scheme's encoding, encryption and decryption in that round."""
+    clients = [c for c in cfg.clients() if c in logs and "weight" in logs[c]]
+    agg = {rec["round"]: rec for rec in logs.get(cfg.root, {}).get("iteration", [])}
+    clip = cfg.encryption.clip
+    out: dict[int, dict[str, float]] = {}
+    for r in range(cfg.rounds):
+        members = agg.get(r, {}).get("contributors") or clients
+        if not members or not set(members) <= set(clients):
+            break  # a contributor's log lacks what the arithmetic needs (or is missing)
+        try:
+            bases = {
+                c: _load(exp_dir, c, "init" if r == 0 else f"r{r - 1}.global") for c in clients
+            }
+            locals_ = {c: _load(exp_dir, c, f"r{r}.local") for c in members}
+            globals_ = {c: _load(exp_dir, c, f"r{r}.global") for c in members}
+        except OSError:
+            break  # not saved (training.save_models false), or the round did not complete
+        worst, means = 0.0, []
+        for c, got in globals_.items():
+            base = bases[c]
+            total = sum(
+                np.clip((locals_[m] - bases[m]) * logs[m]["weight"], -clip, clip) for m in members
+            )
+            head = logs[c]
+            summed = sum(logs[m]["train_samples"] for m in members)
+            want = base + total * (head["all_samples"] / (head["client_number"] * summed))
+            diff = np.abs(np.asarray(got, dtype=np.float64) - want)
+            worst = max(worst, float(diff.max()))
+            means.append(float(diff.mean()))
+        out[r] = {"max_abs": float(f"{worst:.6g}"), "mean_abs": float(f"{np.mean(means):.6g}")}
+    return out
+
+
+def _load(exp_dir: Path, client: str, tag: str) -> np.ndarray:
+    flat: np.ndarray = np.load(exp_dir / f"{file_stem(client)}.{tag}.npy")
+    return flat.astype(np.float64)
+
+
+CSV_SPLIT = tuple(f"critical_{k}_s" for k in SPLIT)
+
+
+def to_csv(summary: Mapping[str, Any]) -> str:
+    """summary.csv: one row per round and one of totals; bytes per link kind and phase seconds
+    per role as columns."""
+    rounds = summary["rounds"]
+    link_keys = sorted({k for row in rounds for k in row["bytes_by_link"]})
+    phase_cols = [
+        (role, p)
+        for role in ROLES
+        for p in PHASES
+        if any(p in row["phases_by_role"].get(role, {}) for row in rounds)
+    ]
+    head = [
+        "round",
+        "accuracy",
+        "loss",
+        "clients",
+        "round_s",
+        "bytes_on_wire",
+        "aggregator_ingress",
+        *(f"bytes_{k.replace(':', '_').replace('->', '_to_')}" for k in link_keys),
+        *(f"{role}_{p}_s" for role, p in phase_cols),
+        "crypto_s",
+        *CSV_SPLIT,
+        "critical_client",
+        "he_error_max",
+        "he_error_mean",
+    ]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(head)
+    for row in rounds:
+        path = row["critical_path"] or {}
+        split = path.get("split", {})
+        he = row.get("he_error") or {}
+        w.writerow(
+            [
+                row["round"],
+                row["accuracy"],
+                row["loss"],
+                row["clients"],
+                row["round_s"],
+                row["bytes_on_wire"],
+                row["aggregator_ingress"],
+                *(row["bytes_by_link"].get(k, 0) for k in link_keys),
+                *(row["phases_by_role"].get(role, {}).get(p, "") for role, p in phase_cols),
+                row["crypto_s"],
+                *(split.get(k, "") for k in SPLIT),
+                path.get("client", ""),
+                he.get("max_abs", ""),
+                he.get("mean_abs", ""),
+            ]
+        )
+    t = summary["totals"]
+    if t.get("rounds"):
+        w.writerow(
+            [
+                "total",
+                t["final_accuracy"],
+                t["final_loss"],
+                "",
+                t["seconds"],
+                t["bytes_on_wire"],
+                t["aggregator_ingress"],
+                *(sum(row["bytes_by_link"].get(k, 0) for row in rounds) for k in link_keys),
+                *([""] * len(phase_cols)),
+                t["crypto_s"],
+                *(t["critical_split"][k] for k in SPLIT),
+                "",
+                "",
+                "",
+            ]
+        )
+    return buf.getvalue()
+
+
+def write_summary(exp_dir: Path, plots: bool = True) -> dict[str, Any]:
+    """summary.json, summary.csv and the plots of a run folder, from its logs alone; the same
+    logs always give the same bytes."""
+    summary = summarize(exp_dir)
+    (exp_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (exp_dir / "summary.csv").write_text(to_csv(summary))
+    if plots:
+        from hefl.plots import plot_run
+
+        plot_run(summary, exp_dir)
+    return summary

@@ -1,0 +1,332 @@
+"""Results: the run record, the summary against the node logs, report, runs, compare and sweep."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hefl.config import parse_config
+from hefl.errors import ConfigError, ExperimentFailed
+from hefl.experiment import Controller
+from hefl.summary import SPLIT, Timeline, critical_path, to_csv
+from hefl.sweep import apply, cells, read_sweep
+from tests.conftest import run_main, tree_config
+
+PLOTS = ("accuracy.png", "bytes.png", "phases.png", "critical_path.png")
+
+
+def only_run(log: Path) -> Path:
+    (exp,) = [p for p in log.iterdir() if (p / "run.json").exists()]
+    return exp
+
+
+def local(work: Path, raw: dict[str, Any]) -> Path:
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "config.json").write_text(json.dumps(raw))
+    proc = run_main("local", "--config", "config.json", "--log-dir", "log", cwd=work, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "results: " in proc.stdout
+    return only_run(work / "log")
+
+
+@pytest.fixture(scope="module")
+def ckks_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four clients under two leaf switches (the second forwards) and a spine; models saved."""
+    raw = tree_config(clients=4, leaves=2, dumb=(1,), rounds=3, encryption={"scheme": "ckks"})
+    raw["training"]["save_models"] = True
+    return local(tmp_path_factory.mktemp("ckks"), raw)
+
+
+@pytest.fixture(scope="module")
+def bfv_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    raw = tree_config(clients=2, leaves=1, spine=False, rounds=2, encryption={"scheme": "bfv"})
+    raw["training"]["save_models"] = True
+    return local(tmp_path_factory.mktemp("bfv"), raw)
+
+
+def logs_of(exp: Path) -> dict[str, dict[str, Any]]:
+    out = {}
+    for path in exp.glob("*.json"):
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and "iteration" in data:
+            out[data["node"]] = data
+    return out
+
+
+def test_run_record_says_what_ran_where(ckks_run: Path) -> None:
+    run = json.loads((ckks_run / "run.json").read_text())
+    assert run["status"] == "finished" and run["rounds_completed"] == 3
+    assert run["started"] <= run["ended"] and run["duration_s"] > 0
+    assert run["command"][1] == "local"
+    # the effective config: defaults filled in
+    assert run["config"]["network"]["round_deadline_s"] == 0
+    assert run["config"]["encryption"]["scheme"] == "ckks"
+    assert run["config"]["training"]["save_models"] is True
+    assert len(run["code"]["commit"] or "") == 40 and isinstance(run["code"]["dirty"], bool)
+    for package in ("python", "torch", "tenseal", "numpy", "flask", "gunicorn"):
+        assert run["versions"][package], package
+    assert run["seeds"]["training.seed"] == 0
+    cfg = parse_config(json.loads((ckks_run / "config.json").read_text()))
+    assert set(run["nodes"]) == set(cfg.nodes)
+    key_ids = set()
+    for node, entry in run["nodes"].items():
+        m = entry["machine"]
+        assert m["cores"] >= 1 and m["memory_bytes"] > 0 and m["cpu_model"], node
+        assert m["versions"]["python"] and isinstance(m["gpus"], list)
+        if entry["role"] == "client":
+            key_ids.add(entry["key_id"])
+    assert len(key_ids) == 1 and len(key_ids.pop()) == 16
+    # a key id, never key material: no long opaque string anywhere in the record
+    text = (ckks_run / "run.json").read_text()
+    assert max(len(s) for s in json.loads(text, object_hook=_strings)["_"]) < 300
+
+
+def _strings(obj: dict[str, Any]) -> dict[str, Any]:
+    found = [v for v in obj.values() if isinstance(v, str)]
+    for v in obj.values():
+        if isinstance(v, dict) and "_" in v:
+            found += v["_"]
+        if isinstance(v, list):
+            found += [x for x in v if isinstance(x, str)]
+    return {**obj, "_": found or [""]}
+
+
+def test_summary_agrees_with_the_node_logs(ckks_run: Path) -> None:
+    summary = json.loads((ckks_run / "summary.json").read_text())
+    logs = logs_of(ckks_run)
+    role = {n: d["role"] for n, d in logs.items()}
+    rounds = json.loads((ckks_run / "rounds.json").read_text())
+    assert [row["round"] for row in summary["rounds"]] == [0, 1, 2]
+    for row, agg_row in zip(summary["rounds"], rounds, strict=True):
+        r = row["round"]
+        recs = {n: d["iteration"][r] for n, d in logs.items()}
+        clients = [rec for n, rec in recs.items() if role[n] == "client"]
+        # accuracy: the clients' test-sample weighted mean (and what the aggregator printed)
+        n = sum(c["test_samples"] for c in clients)
+        want = sum(c["accuracy"] * c["test_samples"] for c in clients) / n
+        assert row["accuracy"] == pytest.approx(want, abs=1e-6)
+        assert row["accuracy"] == pytest.approx(agg_row["accuracy"], abs=1e-6)
+        # bytes per link kind, counted by the receivers, equal what the senders' side gives
+        received: dict[str, int] = {}
+        for node, rec in recs.items():
+            for peer, link in rec["links"].items():
+                for d in ("up", "down"):
+                    if link[f"received_{d}"]:
+                        key = f"{d}:{role[peer]}->{role[node]}"
+                        received[key] = received.get(key, 0) + link[f"received_{d}"]
+        links = dict(row["bytes_by_link"])
+        assert links.pop("metrics") == sum(
+            rec["byte_received_control"] for n, rec in recs.items() if role[n] == "aggregator"
+        )
+        assert links == received
+        assert row["aggregator_ingress"] == links["up:switch->aggregator"]
+        assert row["bytes_on_wire"] == sum(rec["byte_received"] for rec in recs.values())
+        # the phases split apart: crypto on its own
+        assert {"train", "encrypt", "serialize", "decrypt", "apply"} <= set(
+            row["phases_by_role"]["client"]
+        )
+        assert {"load", "aggregate", "serialize", "send"} <= set(row["phases_by_role"]["switch"])
+        path = row["critical_path"]
+        assert path["complete"] and path["nodes"][0] == path["nodes"][-1] == "127.0.0.1:1"
+        assert sum(role[x] == "client" for x in path["nodes"]) == 1
+        assert sum(path["split"][k] for k in SPLIT) == pytest.approx(row["round_s"], abs=1e-5)
+        assert path["split"]["training"] > 0 and path["split"]["crypto"] > 0
+        assert 0 < row["he_error"]["max_abs"] < 1e-3  # CKKS: approximate, not exact
+    csv_rows = (ckks_run / "summary.csv").read_text().splitlines()
+    assert len(csv_rows) == 1 + 3 + 1 and csv_rows[-1].startswith("total,")
+    for name in PLOTS:
+        assert (ckks_run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_rebuilds_summary_and_plots_byte_for_byte(ckks_run: Path, tmp_path: Path) -> None:
+    copy = tmp_path / ckks_run.name
+    shutil.copytree(ckks_run, copy)
+    before = {n: (copy / n).read_bytes() for n in ("summary.json", "summary.csv", *PLOTS)}
+    for name in before:
+        (copy / name).unlink()
+    proc = run_main("report", str(copy))
+    assert proc.returncode == 0, proc.stderr
+    assert "total: 3 of 3 rounds" in proc.stdout
+    for name, data in before.items():
+        assert (copy / name).read_bytes() == data, name
+
+
+def test_report_on_a_failed_run_gives_the_rounds_that_completed(
+    ckks_run: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / ckks_run.name
+    shutil.copytree(ckks_run, copy)
+    for path in copy.glob("*.json"):  # as if every node had stopped after round 2
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and "iteration" in data:
+            data["iteration"] = data["iteration"][:2]
+            data["finished"] = False
+            path.write_text(json.dumps(data))
+    (copy / "127.0.0.1_101.json").unlink()  # and one client's log were lost
+    proc = run_main("report", str(copy))
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((copy / "summary.json").read_text())
+    assert [row["round"] for row in summary["rounds"]] == [0, 1]
+    assert summary["logs_missing"] == ["127.0.0.1:101"]
+    assert all(row["clients"] == 3 for row in summary["rounds"])
+
+
+def test_bfv_reports_its_quantization_error(bfv_run: Path) -> None:
+    summary = json.loads((bfv_run / "summary.json").read_text())
+    for row in summary["rounds"]:
+        # 16-bit lanes over [-clip, clip]: a step of 2 / 2^16, stochastic rounding
+        assert 0 < row["he_error"]["max_abs"] < 1e-3
+        assert row["he_error"]["mean_abs"] <= row["he_error"]["max_abs"]
+        assert row["critical_path"]["nodes"][0] == "127.0.0.1:1"
+
+
+def test_runs_and_compare(ckks_run: Path, bfv_run: Path, tmp_path: Path) -> None:
+    proc = run_main("runs", "--log-dir", str(ckks_run.parent))
+    assert proc.returncode == 0, proc.stderr
+    (line,) = [x for x in proc.stdout.splitlines() if x.startswith(ckks_run.name)]
+    assert "finished" in line and "ckks" in line and "3/3" in line
+    proc = run_main("compare", str(ckks_run), str(bfv_run), "--out", str(tmp_path / "cmp"))
+    assert proc.returncode == 0, proc.stderr
+    table = proc.stdout.splitlines()
+    assert table[0].split()[:3] == ["run", "n", "accuracy"]
+    assert table[1].startswith("ckks, mixed") and "x1.00" in table[1]
+    assert table[2].startswith("bfv, adding")
+    rows = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert rows[1]["rounds"]["mean"] == 2
+    assert rows[0]["divergence_from_first"]["mean"] == 0.0
+    assert (tmp_path / "cmp" / "compare.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_existing_run_folder_is_never_rewritten(ckks_run: Path, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    shutil.copytree(ckks_run, log / ckks_run.name)
+    before = (log / ckks_run.name / "run.json").read_bytes()
+    raw = json.loads((ckks_run / "config.json").read_text())
+    raw["encryption"] = {"scheme": "none"}  # its keys went with the run
+    ctl = Controller(raw, parse_config(raw), {}, ckks_run.name, log)
+    with pytest.raises(ExperimentFailed, match="holds a run already"):
+        ctl.run()
+    assert (log / ckks_run.name / "run.json").read_bytes() == before
+
+
+def test_sweep_records_a_failing_cell_and_goes_on(tmp_path: Path) -> None:
+    raw = tree_config(clients=2, leaves=1, spine=False, rounds=2)
+    (tmp_path / "base.json").write_text(json.dumps(raw))
+    sweep = {"config": "base.json", "grid": {"training.lr": [0.05, -1.0]}, "repeat": 1}
+    (tmp_path / "s.json").write_text(json.dumps(sweep))
+    proc = run_main("sweep", "s.json", "--log-dir", "log", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    (folder,) = (tmp_path / "log").glob("sweep-s-*")
+    record = json.loads((folder / "sweep.json").read_text())
+    ok, bad = record["cells"]
+    assert ok["status"] == "finished" and (Path(tmp_path / ok["run"]) / "summary.json").exists()
+    assert bad["status"] == "failed" and "lr" in bad["error"]
+    assert "cell 2 failed" in proc.stdout
+    assert (folder / "compare.txt").read_text().splitlines()[1].startswith("lr=0.05")
+
+
+# ---- pure parts
+
+
+def test_a_chain_segment_splits_by_the_phase_running_then() -> None:
+    line = Timeline("n", "client")
+    line.spans = [(0.0, 1.0, "wait"), (0.2, 0.4, "load"), (0.5, 0.9, "train"), (0.6, 0.7, "send")]
+    split = line.split(0.1, 1.2)
+    # load beats wait, train beats send; 1.0 to 1.2 is covered by nothing: waiting
+    assert split == pytest.approx({"training": 0.4, "crypto": 0.2, "transfer": 0.0, "waiting": 0.5})
+
+
+def _log(node: str, role: str, messages: list[tuple[float, str, str, str, int]]) -> dict[str, Any]:
+    by_round: dict[int, list[dict[str, Any]]] = {}
+    for t, d, kind, peer, r in messages:
+        by_round.setdefault(r, []).append(
+            {"t": t, "dir": d, "kind": kind, "peer": peer, "bytes": 1}
+        )
+    return {
+        "node": node,
+        "role": role,
+        "iteration": [
+            {"round": r, "start_s": 0.0, "messages": m, "spans": []} for r, m in by_round.items()
+        ],
+    }
+
+
+def test_the_critical_path_follows_the_last_update_back_to_its_clients_start() -> None:
+    raw = tree_config(clients=2, leaves=1, spine=False, rounds=2)
+    cfg = parse_config(raw)
+    agg, leaf, c0, c1 = "127.0.0.1:1", "127.0.0.1:10", "127.0.0.1:100", "127.0.0.1:101"
+    # clocks differ by hundreds of seconds between nodes: only durations on one clock count
+    s, r = "sent", "received"
+    logs = {
+        agg: _log(
+            agg,
+            "aggregator",
+            [(5.0, s, "begin", leaf, 0), (9.0, r, "update", leaf, 0), (9.5, s, "global", leaf, 0)],
+        ),
+        leaf: _log(
+            leaf,
+            "switch",
+            [
+                (100.1, r, "begin", agg, 0),
+                (100.2, s, "begin", c0, 0),
+                (100.3, s, "begin", c1, 0),
+                (101.0, r, "update", c0, 0),
+                (103.0, r, "update", c1, 0),
+                (103.4, s, "update", agg, 0),
+            ],
+        ),
+        c0: _log(c0, "client", [(50.0, r, "begin", leaf, 0), (50.5, s, "update", leaf, 0)]),
+        c1: _log(c1, "client", [(700.0, r, "begin", leaf, 0), (702.5, s, "update", leaf, 0)]),
+    }
+    lines = {n: Timeline.of(d) for n, d in logs.items()}
+    path = critical_path(lines, cfg, 0)
+    assert path is not None and path["complete"]
+    assert path["nodes"] == [agg, leaf, c1, leaf, agg]
+    assert path["client"] == c1
+    # on nodes (no spans: all waiting): agg 0 (its first send went to the leaf) and 0.5, leaf
+    # 0.2 (begin in, on to c1) and 0.4 (c1's update in, sum up), c1 2.5; the round 4.5 s
+    assert path["split"]["waiting"] == pytest.approx(0.5 + 0.2 + 0.4 + 2.5)
+    assert path["split"]["transfer"] == pytest.approx(4.5 - 3.6)
+
+
+def test_csv_has_a_row_per_round_and_totals() -> None:
+    summary = {
+        "rounds": [],
+        "totals": {"rounds": 0},
+    }
+    assert to_csv(summary).splitlines()[0].startswith("round,accuracy,loss")
+
+
+def test_sweep_cells_and_dotted_keys(tmp_path: Path) -> None:
+    grid = {"encryption.scheme": ["none", "ckks"], "others.*.dumb": [False, True]}
+    assert cells(grid) == [
+        {"encryption.scheme": "none", "others.*.dumb": False},
+        {"encryption.scheme": "none", "others.*.dumb": True},
+        {"encryption.scheme": "ckks", "others.*.dumb": False},
+        {"encryption.scheme": "ckks", "others.*.dumb": True},
+    ]
+    raw = tree_config(clients=4, leaves=2)
+    out = apply(raw, {"others.*.dumb": True, "training.lr": 0.1, "network.retries": 1})
+    assert all(n["dumb"] for n in out["others"].values() if n["type"] == "switch")
+    assert all("dumb" not in n for n in out["others"].values() if n["type"] == "client")
+    assert out["training"]["lr"] == 0.1 and out["network"] == {"retries": 1}
+    assert raw["training"]["lr"] == 0.05  # the base is not touched
+    with pytest.raises(ConfigError, match="no node of `others` has 'colour'"):
+        apply(raw, {"others.*.colour": 1})
+    with pytest.raises(ConfigError, match="'name' is not a section"):
+        apply(raw, {"name.x": 1})
+    for bad, why in (
+        ("[]", "an object"),
+        ('{"grid": {}}', "grid must be"),
+        ('{"grid": {"a": 1}}', "non-empty list"),
+        ('{"grid": {"a": [1]}, "repeat": 0}', "repeat"),
+        ('{"grid": {"a": [1]}, "extra": 1}', "an object with keys"),
+        ("{", "not JSON"),
+    ):
+        (tmp_path / "s.json").write_text(bad)
+        with pytest.raises(ConfigError, match=why):
+            read_sweep(tmp_path / "s.json")
