@@ -81,6 +81,8 @@ class Controller:
         self.open_nodes: list[str] = []  # nodes that said they check no credential
         self.samples: dict[str, int] = {}  # each client's training samples, from its answer
         self.rows: list[dict[str, Any]] = []  # the rounds the aggregator closed so far
+        self.record: dict[str, Any] = run_record(experiment, cfg)  # run.json
+        self.began = time.monotonic()
 
     def run(self) -> list[dict[str, Any]]:
         """The whole experiment. Whatever ends it, `run.json` says how (status running, then
@@ -96,7 +98,7 @@ class Controller:
         except OSError as exc:
             raise ExperimentFailed(f"cannot write the experiment folder: {exc}") from None
         self.began = time.monotonic()
-        self.record: dict[str, Any] = run_record(self.experiment, self.cfg)
+        self.record.update(started=_now())
         self.write_record()
         try:
             self.wait_for_nodes()

@@ -122,7 +122,7 @@ class Node:
         line = f"{self.id} ({self.role}), round {self.round + 1}: {reason}"
         quiet = isinstance(exc, HeflError | OSError)  # said in the line: no traceback
         log.error("%s", line, exc_info=None if quiet else exc)
-        if self.error:
+        if self.error or self.stopped:  # after the end: work in flight failing, not a failure
             return
         self.error = line
         try:
