@@ -194,6 +194,7 @@ def _agg(args: argparse.Namespace) -> int:
         new_experiment_id(cfg.name),
         args.log_dir,
         read_token(args.token_file),
+        progress=sys.stdout.isatty(),
     )
     ctl.run()
     return 0

@@ -20,7 +20,18 @@ from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntity
 from hefl.errors import HeflError, ProtocolError, Unauthorized
 from hefl.host import Host
 from hefl.nodes import Node
-from hefl.wire import OPEN, PREFIX, TOKEN_HEADER, Body, Envelope, Kind, kind_at
+from hefl.wire import (
+    COOKIE_READS,
+    OPEN,
+    PREFIX,
+    TOKEN_COOKIE,
+    TOKEN_HEADER,
+    TOKEN_PARAM,
+    Body,
+    Envelope,
+    Kind,
+    kind_at,
+)
 
 log = logging.getLogger(__name__)
 CONFIG_BODY = 16 << 20  # the largest body an unconfigured node reads (a config push)
@@ -80,10 +91,18 @@ def current_node() -> Any:
 
 
 def has_credential() -> bool:
-    """Whether this request carries the experiment's credential (always, on a node without one)."""
+    """Whether this request carries the experiment's credential (always, on a node without one):
+    in its header; for the live page and its status reads (GET only), in the cookie the page's
+    address set, or in that address's ?token= itself."""
     token = current_app.extensions["hefl_server"].host.token
-    given = request.headers.get(TOKEN_HEADER, "")
-    return not token or hmac.compare_digest(given.encode(), token.encode())
+    if not token:
+        return True
+    given = [request.headers.get(TOKEN_HEADER, "")]
+    if request.method == "GET" and request.path in {k.route.path for k in COOKIE_READS}:
+        given.append(request.cookies.get(TOKEN_COOKIE, ""))
+        if request.path == Kind.PAGE.route.path:
+            given.append(request.args.get(TOKEN_PARAM, ""))
+    return any(hmac.compare_digest(g.encode(), token.encode()) for g in given if g)
 
 
 def _check_token() -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, Response, jsonify, redirect, request
 
 from blueprints import current_node
 from blueprints.messages import accepted, add_route, message, update
-from hefl.wire import Kind
+from hefl.wire import TOKEN_COOKIE, TOKEN_PARAM, Kind
 
 bp = Blueprint("aggregator", __name__)
 add_route(bp, Kind.UPDATE, update)
@@ -34,10 +35,36 @@ def status() -> Any:
     return jsonify(current_node().status())
 
 
+PAGE = (Path(__file__).parent / "page.html").read_bytes()
+
+
+def page() -> Any:
+    """The live page. Opened as /?token=...: the credential goes into an HttpOnly cookie (which
+    only this page and /status read) and the browser is sent on to / without it in the address."""
+    if request.args.get(TOKEN_PARAM):
+        resp = redirect(Kind.PAGE.route.path, code=303)
+        resp.set_cookie(
+            TOKEN_COOKIE,
+            request.args[TOKEN_PARAM],
+            httponly=True,
+            samesite="Strict",
+            path=Kind.PAGE.route.path,
+        )
+        return resp
+    resp = Response(PAGE, mimetype="text/html")
+    resp.headers["Content-Security-Policy"] = (
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+        "connect-src 'self'"
+    )
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
 for _kind, _view in (
     (Kind.METRICS, metrics),
     (Kind.FAIL, fail),
     (Kind.START, start),
     (Kind.STATUS, status),
+    (Kind.PAGE, page),
 ):
     add_route(bp, _kind, _view)

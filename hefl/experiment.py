@@ -7,25 +7,27 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from hefl.address import log_name
 from hefl.config import ExperimentConfig
 from hefl.errors import ConfigError, ExperimentFailed, HeflError, PeerUnreachable
 from hefl.provenance import code_version, machine, versions
 from hefl.push import make_push
-from hefl.report import format_round, node_table, read_logs
+from hefl.report import format_round, human_bytes, node_table, read_logs
 from hefl.runlog import write_json_atomic
 from hefl.transport import Timeouts, Transport
-from hefl.wire import Kind
+from hefl.wire import TOKEN_PARAM, Kind
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +62,18 @@ class Controller:
         token: str = "",
         out: Callable[[str], None] = print,
         watch: Callable[[], None] = lambda: None,
+        progress: bool = False,
     ) -> None:
-        """`watch` raises when the nodes cannot go on (local mode: a node process exited)."""
+        """`watch` raises when the nodes cannot go on (local mode: a node process exited);
+        `progress`: redraw a progress line under the round lines (on a terminal)."""
         self.raw, self.cfg, self.endpoints = raw, cfg, dict(endpoints)
         self.experiment = experiment
         self.exp_dir = log_dir / experiment
-        self.out = out
+        self._out = out
+        self.progress = Progress(sys.stdout) if progress else None
         self.watch = watch
         self.transport = Transport(endpoints, Timeouts.of(cfg.network), token)
+        self.token = token
         # polls retry anyway
         self.probe = Transport(endpoints, Timeouts.of(cfg.network).once(), token)
         # /health while the rounds run: a hung node must not hold the controller for minutes
@@ -83,6 +89,18 @@ class Controller:
         self.rows: list[dict[str, Any]] = []  # the rounds the aggregator closed so far
         self.record: dict[str, Any] = run_record(experiment, cfg)  # run.json
         self.began = time.monotonic()
+
+    def out(self, line: str) -> None:
+        """Print a line (above the progress line, which is redrawn at the next poll)."""
+        if self.progress is not None:
+            self.progress.clear()
+        self._out(line)
+
+    def page_address(self) -> str:
+        """The live page on the aggregator, with the credential (it sets a cookie and leaves the
+        address bar without it)."""
+        url = self.endpoints[self.cfg.root] + Kind.PAGE.route.url_path()
+        return f"{url}?{TOKEN_PARAM}={self.token}" if self.token else url
 
     def run(self) -> list[dict[str, Any]]:
         """The whole experiment. Whatever ends it, `run.json` says how (status running, then
@@ -104,6 +122,7 @@ class Controller:
             self.wait_for_nodes()
             self.push_configs()
             self.transport.call(self.cfg.root, Kind.START)
+            self.out(f"live: {self.page_address()}  (the aggregator's page; GET /status: JSON)")
             rows = self.follow()
             self.collect_logs()
         except BaseException as exc:
@@ -291,7 +310,8 @@ class Controller:
     def follow(self) -> list[dict[str, Any]]:
         """Print each round as the aggregator closes it; stop on failure or a stalled round."""
         shown = 0
-        last_progress = last_check = time.monotonic()
+        last_progress = began = time.monotonic()
+        last_check = began - HEALTH_EVERY_S  # at once: the progress line shows what nodes do
         while True:
             self.watch()
             status = self.transport.call(self.cfg.root, Kind.STATUS).json()
@@ -301,6 +321,8 @@ class Controller:
                 self.out(format_round(row, self.cfg.rounds))
             if len(rows) > shown:
                 shown, last_progress = len(rows), time.monotonic()
+            if self.progress is not None and status["state"] == "running":
+                self.progress.draw(rows, self.cfg.rounds, time.monotonic() - began)
             if status["state"] == "failed":
                 raise ExperimentFailed(status["error"])
             if status["state"] == "finished":
@@ -323,7 +345,16 @@ class Controller:
         takes the connection and never answers). Every node is asked at once, briefly."""
         now = time.monotonic()
         limit = self.cfg.network.round_timeout_s
-        for node, health in self.healths().items():
+        healths = self.healths()
+        if self.progress is not None:
+            self.progress.phases(
+                [
+                    h.get("phase", "")
+                    for n, h in healths.items()
+                    if isinstance(h, dict) and n in self.cfg.clients()
+                ]
+            )
+        for node, health in healths.items():
             if self.dropout(node, round_, health):
                 continue
             if isinstance(health, PeerUnreachable) and health.silent:
@@ -424,6 +455,42 @@ class Controller:
             else:
                 found.append(f"{node}={st.get('state')}@{(st.get('round') or 0) + 1}")
         return ", ".join(found)
+
+
+class Progress:
+    """One line under the round lines, redrawn in place: round i/N, what the clients are doing,
+    elapsed, ETA, the last accuracy and the clients' bytes so far."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.drawn = False
+        self.doing = ""
+
+    def phases(self, phases: list[str]) -> None:
+        counts = Counter(p for p in phases if p)
+        self.doing = "clients: " + ", ".join(f"{p} {n}" for p, n in sorted(counts.items()))
+
+    def draw(self, rows: list[dict[str, Any]], rounds: int, elapsed: float) -> None:
+        done = len(rows)
+        bar = "#" * (20 * done // rounds) + "." * (20 - 20 * done // rounds)
+        eta = f"ETA {elapsed / done * (rounds - done):.0f} s" if done else "ETA ?"
+        accuracy = rows[-1].get("accuracy") if rows else None
+        sent = sum(r.get("client_byte_send", 0) for r in rows)
+        text = (
+            f"[{bar}] round {min(done + 1, rounds)}/{rounds}  {self.doing}  {elapsed:.0f} s  "
+            f"{eta}  accuracy {'n/a' if accuracy is None else format(accuracy, '.4f')}  "
+            f"clients sent {human_bytes(sent)}"
+        )
+        width = max(20, shutil.get_terminal_size().columns - 1)
+        self.stream.write("\r\x1b[K" + text[:width])
+        self.stream.flush()
+        self.drawn = True
+
+    def clear(self) -> None:
+        if self.drawn:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.drawn = False
 
 
 def run_record(experiment: str, cfg: ExperimentConfig) -> dict[str, Any]:

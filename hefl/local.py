@@ -217,6 +217,13 @@ def run_local(
         local_nodes(cfg, log_dir, log_dir / experiment / "stdout", verbose) as nodes,
     ):
         Controller(
-            raw, cfg, nodes.endpoints, experiment, log_dir, nodes.token, watch=nodes.check
+            raw,
+            cfg,
+            nodes.endpoints,
+            experiment,
+            log_dir,
+            nodes.token,
+            watch=nodes.check,
+            progress=sys.stdout.isatty(),
         ).run()
     return log_dir / experiment

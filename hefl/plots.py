@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display: clusters and CI have none
 
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from hefl.summary import PHASES, ROLES, SPLIT  # noqa: E402
 
@@ -50,6 +51,7 @@ def plot_run(summary: Mapping[str, Any], out: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(x, [row["accuracy"] for row in rounds], "o-", color="tab:blue", label="accuracy")
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("accuracy (test-sample weighted)")
     ax.set_ylim(0, 1)
     ax2 = ax.twinx()
@@ -109,6 +111,7 @@ def plot_run(summary: Mapping[str, Any], out: Path) -> list[Path]:
             ax.bar(x, values, bottom=bottoms, color=SPLIT_COLOR[part], label=part, edgecolor="k")
             bottoms = [b + v for b, v in zip(bottoms, values, strict=True)]
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("seconds (the round's critical path)")
     ax.set_title(_title(summary) + "\nwhat the round time was spent on", fontsize=9)
     ax.legend(fontsize=8)
@@ -121,7 +124,7 @@ def plot_compare(
 ) -> Path:
     """One figure over several runs: accuracy per round, and bytes, seconds and crypto seconds
     per round as bars."""
-    fig, axes = plt.subplots(1, 4, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 5, figsize=(18, 4))
     for name, runs in zip(names, summaries, strict=True):
         first = runs[0]
         axes[0].plot(
@@ -131,14 +134,16 @@ def plot_compare(
             label=name,
         )
     axes[0].set_xlabel("round")
+    axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_ylabel("accuracy")
     axes[0].legend(fontsize=7)
     for ax, key, label in (
         (axes[1], "bytes_per_round", "MiB on the wire per round"),
-        (axes[2], "seconds_per_round", "seconds per round"),
-        (axes[3], "crypto_s_per_round", "crypto seconds per round (all nodes)"),
+        (axes[2], "aggregator_ingress_per_round", "MiB reaching the aggregator per round"),
+        (axes[3], "seconds_per_round", "seconds per round"),
+        (axes[4], "crypto_s_per_round", "crypto seconds per round (all nodes)"),
     ):
-        scale = 1 / 2**20 if key == "bytes_per_round" else 1.0
+        scale = 1 / 2**20 if "bytes" in key or "ingress" in key else 1.0
         means = [(row[key]["mean"] or 0.0) * scale for row in rows]
         spreads = [(row[key]["sd"] or 0.0) * scale for row in rows]
         ax.bar(range(len(names)), means, yerr=spreads, color="tab:blue")

@@ -27,7 +27,12 @@ def format_round(row: dict[str, Any], rounds: int) -> str:
         f"loss {_figure(row['loss'])}  "
         f"clients sent {human_bytes(row['client_byte_send'])}  "
         f"received {human_bytes(row['client_byte_received'])}  "
-        f"{row['duration_s']:.2f} s"
+        + (
+            f"aggregator got {human_bytes(row['aggregator_received'])}  "
+            if "aggregator_received" in row
+            else ""
+        )
+        + f"{row['duration_s']:.2f} s"
     )
     missing = row.get("missing") or []
     notes = []

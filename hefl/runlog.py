@@ -47,6 +47,7 @@ class RunLog:
         # this node's clock: every offset in the log counts from here (monotonic; no wall clocks
         # of different machines are ever compared)
         self.origin = time.monotonic()
+        self.current = ""  # the timed phase running now, if any (what /health says it does)
 
     def _record(self, round_: int) -> dict[str, Any]:
         rec = self._records.get(round_)
@@ -144,10 +145,12 @@ class RunLog:
         CPU seconds the calling thread spent in it to `phases_cpu` (less than the wall time when
         the thread waited for the network, a lock or a core another process held)."""
         t0, cpu0 = time.monotonic(), time.thread_time()
+        self.current = name
         try:
             yield
         finally:
             end = time.monotonic()
+            self.current = ""
             self.add_phase(round_, name, end - t0, time.thread_time() - cpu0, end)
 
     def set(self, round_: int, **values: Any) -> None:

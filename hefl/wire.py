@@ -36,6 +36,7 @@ class Kind(Enum):
     LOG = "log"
     END = "end"  # the controller: the experiment is over (it failed); retire the node
     FLUSH = "flush"  # a parent: a round's deadline passed; send up at once what you have
+    PAGE = "page"  # the aggregator's live page (HTML); it polls STATUS
 
     @property
     def route(self) -> Route:
@@ -70,9 +71,15 @@ ROUTES: dict[Kind, Route] = {
     Kind.LOG: Route("GET", "/log/<experiment>"),
     Kind.END: Route("POST", "/end/<experiment>"),
     Kind.FLUSH: Route("POST", "/flush", BINARY, "down"),  # empty body
+    Kind.PAGE: Route("GET", "/"),
 }
 DIRECTIONS = ("up", "down", "control")
 OPEN = frozenset({Kind.HEALTH})  # answered without the credential
+# read with the credential from a cookie too (a browser's page cannot set a header on a link); the
+# page's address sets it from ?token= once. Never a request that changes anything.
+COOKIE_READS = frozenset({Kind.PAGE, Kind.STATUS})
+TOKEN_COOKIE = "hefl_token"
+TOKEN_PARAM = "token"
 
 
 def kind_at(path: str) -> Kind | None:

@@ -291,3 +291,61 @@ def run_local(work: Path, timeout: float = 240) -> subprocess.CompletedProcess[s
     return run_main(
         "local", "--config", "config.json", "--log-dir", "log", timeout=timeout, cwd=work
     )
+
+
+def two_level(rounds: int = 3) -> dict[str, Any]:
+    """4 clients under 2 leaf switches (the second dumb) under a spine under the aggregator; the
+    models are saved."""
+    raw = tree_config(clients=4, leaves=2, spine=True, dumb=(1,), rounds=rounds)
+    raw["training"].update(save_models=True, epochs=2)
+    return raw
+
+
+@dataclass(frozen=True)
+class Run:
+    """A finished `main.py local` run of a session fixture: its output, config file, run folder,
+    and key folder (encrypted runs: keys made beforehand, so a test can look for their bytes)."""
+
+    proc: subprocess.CompletedProcess[str]
+    config: Path
+    exp: Path
+    keys: Path | None = None
+
+
+def only_run(log_dir: Path) -> Path:
+    (found,) = [p for p in log_dir.iterdir() if (p / "config.json").exists()]
+    return found
+
+
+@pytest.fixture(scope="session")
+def plain_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """The two-level tree in plaintext (`-v`: the nodes log INFO events)."""
+    tmp = tmp_path_factory.mktemp("plain")
+    cfg = tmp / "config.json"
+    cfg.write_text(json.dumps(two_level()))
+    proc = run_main("local", "--config", str(cfg), "--log-dir", str(tmp / "log"), "-v")
+    return Run(proc, cfg, only_run(tmp / "log"))
+
+
+def _encrypted(tmp_path_factory: pytest.TempPathFactory, scheme: str) -> Run:
+    from hefl.crypto import HeParams, generate_keys
+
+    tmp = tmp_path_factory.mktemp(scheme)
+    raw = two_level()
+    raw["encryption"] = {"scheme": scheme, "key_dir": str(tmp / "keys")}
+    generate_keys(HeParams(scheme=scheme), tmp / "keys")
+    cfg = tmp / "config.json"
+    cfg.write_text(json.dumps(raw))
+    proc = run_main("local", "--config", str(cfg), "--log-dir", str(tmp / "log"))
+    return Run(proc, cfg, only_run(tmp / "log"), tmp / "keys")
+
+
+@pytest.fixture(scope="session")
+def ckks_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """The two-level tree with CKKS, the same seed as `plain_run`."""
+    return _encrypted(tmp_path_factory, "ckks")
+
+
+@pytest.fixture(scope="session")
+def bfv_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    return _encrypted(tmp_path_factory, "bfv")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from hefl.local import free_ports
-from tests.conftest import ROOT, addressed, node_processes, run_main, tree_config
+from tests.conftest import ROOT, Run, addressed, node_processes, run_main, tree_config
 
 PY = sys.executable
 
@@ -35,29 +35,13 @@ def node_logs(exp: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def two_level(rounds: int = 3) -> dict[str, Any]:
-    """4 clients under 2 leaf switches (the second dumb) under a spine under the aggregator."""
-    raw = tree_config(clients=4, leaves=2, spine=True, dumb=(1,), rounds=rounds)
-    raw["training"].update(save_models=True, epochs=2)
-    return raw
-
-
-@pytest.fixture(scope="module")
-def local_run(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
-    tmp = tmp_path_factory.mktemp("local")
-    cfg = tmp / "config.json"
-    cfg.write_text(json.dumps(two_level()))
-    proc = run_main("local", "--config", str(cfg), "--log-dir", str(tmp / "log"), "-v")
-    return proc, cfg, experiment_dir(tmp / "log")
-
-
-def test_local_run_completes_through_two_level_tree(local_run: Any) -> None:
-    proc, _, exp = local_run
+def test_local_run_completes_through_two_level_tree(plain_run: Run) -> None:
+    proc, exp = plain_run.proc, plain_run.exp
     assert proc.returncode == 0, proc.stderr[-2000:]
     rounds = [line for line in proc.stdout.splitlines() if line.startswith("round ")]
     assert len(rounds) == 3 and rounds[-1].startswith("round   3/3  accuracy")
+    assert "aggregator got " in rounds[-1]  # what reached it (adding switches: less)
+    assert "\r" not in proc.stdout  # no progress line when the output is not a terminal
     logs = node_logs(exp)
     assert len(logs) == 8 and all(d["finished"] for d in logs.values())
     assert all([r["round"] for r in d["iteration"]] == [0, 1, 2] for d in logs.values())
@@ -67,8 +51,8 @@ def test_local_run_completes_through_two_level_tree(local_run: Any) -> None:
     assert "INFO hefl.nodes.aggregator: 127.0.0.1:1 round 2: accuracy" in aggregator_out
 
 
-def test_global_model_is_the_sample_weighted_mean(local_run: Any) -> None:
-    _, _, exp = local_run
+def test_global_model_is_the_sample_weighted_mean(plain_run: Run) -> None:
+    exp = plain_run.exp
     logs = node_logs(exp)
     clients = sorted(n for n, d in logs.items() if d["role"] == "client")
     for r in range(3):
@@ -80,8 +64,8 @@ def test_global_model_is_the_sample_weighted_mean(local_run: Any) -> None:
             np.testing.assert_allclose(g, expected, atol=1e-6)
 
 
-def test_bytes_are_counted_on_both_ends(local_run: Any) -> None:
-    _, _, exp = local_run
+def test_bytes_are_counted_on_both_ends(plain_run: Run) -> None:
+    exp = plain_run.exp
     logs = node_logs(exp)
     for r in range(3):
         recs = [d["iteration"][r] for d in logs.values()]
@@ -91,16 +75,6 @@ def test_bytes_are_counted_on_both_ends(local_run: Any) -> None:
     params = 64 * 32 + 32 + 32 * 10 + 10
     assert client["byte_send"] >= 4 * params and client["byte_received"] >= 4 * params
     assert set(client["phases"]) >= {"train", "serialize", "send", "wait", "apply", "evaluate"}
-
-
-def test_same_config_gives_identical_accuracies(local_run: Any, tmp_path: Path) -> None:
-    _, cfg, exp = local_run
-    proc = run_main("local", "--config", str(cfg), "--log-dir", str(tmp_path / "log"))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    first = json.loads((exp / "rounds.json").read_text())
-    second = json.loads((experiment_dir(tmp_path / "log") / "rounds.json").read_text())
-    assert [r["accuracy"] for r in first] == [r["accuracy"] for r in second]
-    assert [r["loss"] for r in first] == [r["loss"] for r in second]
 
 
 def _start_nodes(
@@ -320,23 +294,15 @@ def test_original_config_runs_unchanged(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("scheme", ["ckks", "bfv"])
 def test_encrypted_run_matches_the_plaintext_run(
-    local_run: Any, tmp_path: Path, scheme: str
+    plain_run: Run, request: pytest.FixtureRequest, scheme: str
 ) -> None:
     """Same seed, same tree: the encrypted global model follows the plaintext one; only clients
     can decrypt; no byte of the secret key reaches a log."""
-    from hefl.crypto import HeParams, generate_keys
     from hefl.crypto.keydir import SECRET
 
-    _, cfg, plain_exp = local_run
-    raw = json.loads(cfg.read_text())
-    raw["encryption"] = {"scheme": scheme, "key_dir": str(tmp_path / "keys")}
-    generate_keys(HeParams(scheme=scheme), tmp_path / "keys")
-    (tmp_path / "c.json").write_text(json.dumps(raw))
-    proc = run_main(
-        "local", "--config", str(tmp_path / "c.json"), "--log-dir", str(tmp_path / "log")
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    exp = experiment_dir(tmp_path / "log")
+    run: Run = request.getfixturevalue(f"{scheme}_run")
+    assert run.proc.returncode == 0, run.proc.stderr[-2000:]
+    exp, plain_exp = run.exp, plain_run.exp
     plain = json.loads((plain_exp / "rounds.json").read_text())[-1]["accuracy"]
     enc = json.loads((exp / "rounds.json").read_text())[-1]["accuracy"]
     assert abs(plain - enc) <= (0.005 if scheme == "ckks" else 0.01)
@@ -355,11 +321,12 @@ def test_encrypted_run_matches_the_plaintext_run(
         ("switch", False, scheme),
         ("aggregator", False, scheme),
     }
-    secret = (tmp_path / "keys" / SECRET).read_bytes()
+    assert run.keys is not None
+    secret = (run.keys / SECRET).read_bytes()
     windows = [
         secret[i : i + 32] for i in range(len(secret) // 8, len(secret) - 32, len(secret) // 8)
     ]
-    for path in (tmp_path / "log").rglob("*"):
+    for path in exp.parent.rglob("*"):
         if path.is_file():
             data = path.read_bytes()
             assert not any(w in data for w in windows), path
@@ -388,10 +355,10 @@ def test_cnn_on_label_skewed_slices_with_bfv(tmp_path: Path) -> None:
     assert all(len(d["iteration"]) == 2 and d["scheme"] == "bfv" for d in logs.values())
 
 
-def test_every_link_reconciles_from_links_alone(local_run: Any) -> None:
+def test_every_link_reconciles_from_links_alone(plain_run: Run) -> None:
     """What a node logged as sent to a peer is what that peer logged as received from it, per round
     and link (a dumb switch's forwarded updates included); the links add up to the node's totals."""
-    _, _, exp = local_run
+    exp = plain_run.exp
     logs = node_logs(exp)
     for r in range(3):
         recs = {n: d["iteration"][r] for n, d in logs.items()}

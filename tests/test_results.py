@@ -14,38 +14,23 @@ from hefl.errors import ConfigError, ExperimentFailed
 from hefl.experiment import Controller
 from hefl.summary import SPLIT, Timeline, critical_path, to_csv
 from hefl.sweep import apply, cells, read_sweep
-from tests.conftest import run_main, tree_config
+from tests.conftest import Run, run_main, tree_config
 
 PLOTS = ("accuracy.png", "bytes.png", "phases.png", "critical_path.png")
 
 
-def only_run(log: Path) -> Path:
-    (exp,) = [p for p in log.iterdir() if (p / "run.json").exists()]
-    return exp
-
-
-def local(work: Path, raw: dict[str, Any]) -> Path:
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "config.json").write_text(json.dumps(raw))
-    proc = run_main("local", "--config", "config.json", "--log-dir", "log", cwd=work, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "results: " in proc.stdout
-    return only_run(work / "log")
+@pytest.fixture(scope="module")
+def ckks_exp(ckks_run: Run) -> Path:
+    """The shared CKKS run (two-level tree, the second leaf forwarding, models saved)."""
+    assert ckks_run.proc.returncode == 0, ckks_run.proc.stderr[-2000:]
+    assert "results: " in ckks_run.proc.stdout
+    return ckks_run.exp
 
 
 @pytest.fixture(scope="module")
-def ckks_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Four clients under two leaf switches (the second forwards) and a spine; models saved."""
-    raw = tree_config(clients=4, leaves=2, dumb=(1,), rounds=3, encryption={"scheme": "ckks"})
-    raw["training"]["save_models"] = True
-    return local(tmp_path_factory.mktemp("ckks"), raw)
-
-
-@pytest.fixture(scope="module")
-def bfv_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    raw = tree_config(clients=2, leaves=1, spine=False, rounds=2, encryption={"scheme": "bfv"})
-    raw["training"]["save_models"] = True
-    return local(tmp_path_factory.mktemp("bfv"), raw)
+def bfv_exp(bfv_run: Run) -> Path:
+    assert bfv_run.proc.returncode == 0, bfv_run.proc.stderr[-2000:]
+    return bfv_run.exp
 
 
 def logs_of(exp: Path) -> dict[str, dict[str, Any]]:
@@ -57,8 +42,8 @@ def logs_of(exp: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def test_run_record_says_what_ran_where(ckks_run: Path) -> None:
-    run = json.loads((ckks_run / "run.json").read_text())
+def test_run_record_says_what_ran_where(ckks_exp: Path) -> None:
+    run = json.loads((ckks_exp / "run.json").read_text())
     assert run["status"] == "finished" and run["rounds_completed"] == 3
     assert run["started"] <= run["ended"] and run["duration_s"] > 0
     assert run["command"][1] == "local"
@@ -70,7 +55,7 @@ def test_run_record_says_what_ran_where(ckks_run: Path) -> None:
     for package in ("python", "torch", "tenseal", "numpy", "flask", "gunicorn"):
         assert run["versions"][package], package
     assert run["seeds"]["training.seed"] == 0
-    cfg = parse_config(json.loads((ckks_run / "config.json").read_text()))
+    cfg = parse_config(json.loads((ckks_exp / "config.json").read_text()))
     assert set(run["nodes"]) == set(cfg.nodes)
     key_ids = set()
     for node, entry in run["nodes"].items():
@@ -81,7 +66,7 @@ def test_run_record_says_what_ran_where(ckks_run: Path) -> None:
             key_ids.add(entry["key_id"])
     assert len(key_ids) == 1 and len(key_ids.pop()) == 16
     # a key id, never key material: no long opaque string anywhere in the record
-    text = (ckks_run / "run.json").read_text()
+    text = (ckks_exp / "run.json").read_text()
     assert max(len(s) for s in json.loads(text, object_hook=_strings)["_"]) < 300
 
 
@@ -95,11 +80,11 @@ def _strings(obj: dict[str, Any]) -> dict[str, Any]:
     return {**obj, "_": found or [""]}
 
 
-def test_summary_agrees_with_the_node_logs(ckks_run: Path) -> None:
-    summary = json.loads((ckks_run / "summary.json").read_text())
-    logs = logs_of(ckks_run)
+def test_summary_agrees_with_the_node_logs(ckks_exp: Path) -> None:
+    summary = json.loads((ckks_exp / "summary.json").read_text())
+    logs = logs_of(ckks_exp)
     role = {n: d["role"] for n, d in logs.items()}
-    rounds = json.loads((ckks_run / "rounds.json").read_text())
+    rounds = json.loads((ckks_exp / "rounds.json").read_text())
     assert [row["round"] for row in summary["rounds"]] == [0, 1, 2]
     for row, agg_row in zip(summary["rounds"], rounds, strict=True):
         r = row["round"]
@@ -136,15 +121,15 @@ def test_summary_agrees_with_the_node_logs(ckks_run: Path) -> None:
         assert sum(path["split"][k] for k in SPLIT) == pytest.approx(row["round_s"], abs=1e-5)
         assert path["split"]["training"] > 0 and path["split"]["crypto"] > 0
         assert 0 < row["he_error"]["max_abs"] < 1e-3  # CKKS: approximate, not exact
-    csv_rows = (ckks_run / "summary.csv").read_text().splitlines()
+    csv_rows = (ckks_exp / "summary.csv").read_text().splitlines()
     assert len(csv_rows) == 1 + 3 + 1 and csv_rows[-1].startswith("total,")
     for name in PLOTS:
-        assert (ckks_run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (ckks_exp / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_report_rebuilds_summary_and_plots_byte_for_byte(ckks_run: Path, tmp_path: Path) -> None:
-    copy = tmp_path / ckks_run.name
-    shutil.copytree(ckks_run, copy)
+def test_report_rebuilds_summary_and_plots_byte_for_byte(ckks_exp: Path, tmp_path: Path) -> None:
+    copy = tmp_path / ckks_exp.name
+    shutil.copytree(ckks_exp, copy)
     before = {n: (copy / n).read_bytes() for n in ("summary.json", "summary.csv", *PLOTS)}
     for name in before:
         (copy / name).unlink()
@@ -156,10 +141,10 @@ def test_report_rebuilds_summary_and_plots_byte_for_byte(ckks_run: Path, tmp_pat
 
 
 def test_report_on_a_failed_run_gives_the_rounds_that_completed(
-    ckks_run: Path, tmp_path: Path
+    ckks_exp: Path, tmp_path: Path
 ) -> None:
-    copy = tmp_path / ckks_run.name
-    shutil.copytree(ckks_run, copy)
+    copy = tmp_path / ckks_exp.name
+    shutil.copytree(ckks_exp, copy)
     for path in copy.glob("*.json"):  # as if every node had stopped after round 2
         data = json.loads(path.read_text())
         if isinstance(data, dict) and "iteration" in data:
@@ -175,8 +160,8 @@ def test_report_on_a_failed_run_gives_the_rounds_that_completed(
     assert all(row["clients"] == 3 for row in summary["rounds"])
 
 
-def test_bfv_reports_its_quantization_error(bfv_run: Path) -> None:
-    summary = json.loads((bfv_run / "summary.json").read_text())
+def test_bfv_reports_its_quantization_error(bfv_exp: Path) -> None:
+    summary = json.loads((bfv_exp / "summary.json").read_text())
     for row in summary["rounds"]:
         # 16-bit lanes over [-clip, clip]: a step of 2 / 2^16, stochastic rounding
         assert 0 < row["he_error"]["max_abs"] < 1e-3
@@ -184,33 +169,33 @@ def test_bfv_reports_its_quantization_error(bfv_run: Path) -> None:
         assert row["critical_path"]["nodes"][0] == "127.0.0.1:1"
 
 
-def test_runs_and_compare(ckks_run: Path, bfv_run: Path, tmp_path: Path) -> None:
-    proc = run_main("runs", "--log-dir", str(ckks_run.parent))
+def test_runs_and_compare(ckks_exp: Path, bfv_exp: Path, tmp_path: Path) -> None:
+    proc = run_main("runs", "--log-dir", str(ckks_exp.parent))
     assert proc.returncode == 0, proc.stderr
-    (line,) = [x for x in proc.stdout.splitlines() if x.startswith(ckks_run.name)]
+    (line,) = [x for x in proc.stdout.splitlines() if x.startswith(ckks_exp.name)]
     assert "finished" in line and "ckks" in line and "3/3" in line
-    proc = run_main("compare", str(ckks_run), str(bfv_run), "--out", str(tmp_path / "cmp"))
+    proc = run_main("compare", str(ckks_exp), str(bfv_exp), "--out", str(tmp_path / "cmp"))
     assert proc.returncode == 0, proc.stderr
     table = proc.stdout.splitlines()
     assert table[0].split()[:3] == ["run", "n", "accuracy"]
     assert table[1].startswith("ckks, mixed") and "x1.00" in table[1]
-    assert table[2].startswith("bfv, adding")
+    assert table[2].startswith("bfv, mixed")
     rows = json.loads((tmp_path / "cmp" / "compare.json").read_text())
-    assert rows[1]["rounds"]["mean"] == 2
+    assert rows[1]["rounds"]["mean"] == 3 and rows[1]["he_error_max"]["mean"] > 0
     assert rows[0]["divergence_from_first"]["mean"] == 0.0
     assert (tmp_path / "cmp" / "compare.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_an_existing_run_folder_is_never_rewritten(ckks_run: Path, tmp_path: Path) -> None:
+def test_an_existing_run_folder_is_never_rewritten(ckks_exp: Path, tmp_path: Path) -> None:
     log = tmp_path / "log"
-    shutil.copytree(ckks_run, log / ckks_run.name)
-    before = (log / ckks_run.name / "run.json").read_bytes()
-    raw = json.loads((ckks_run / "config.json").read_text())
+    shutil.copytree(ckks_exp, log / ckks_exp.name)
+    before = (log / ckks_exp.name / "run.json").read_bytes()
+    raw = json.loads((ckks_exp / "config.json").read_text())
     raw["encryption"] = {"scheme": "none"}  # its keys went with the run
-    ctl = Controller(raw, parse_config(raw), {}, ckks_run.name, log)
+    ctl = Controller(raw, parse_config(raw), {}, ckks_exp.name, log)
     with pytest.raises(ExperimentFailed, match="holds a run already"):
         ctl.run()
-    assert (log / ckks_run.name / "run.json").read_bytes() == before
+    assert (log / ckks_exp.name / "run.json").read_bytes() == before
 
 
 def test_sweep_records_a_failing_cell_and_goes_on(tmp_path: Path) -> None:

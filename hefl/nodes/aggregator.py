@@ -29,6 +29,12 @@ class AggregatorNode(Adder):
         self.awaiting_metrics = Stopwatch()  # from sending a round's result down to the last report
         self.round_members: dict[int, tuple[str, ...]] = {}  # who contributed to each round
         self._timers: list[threading.Timer] = []
+        # the tree below, for the live page (addresses and roles only)
+        self.topology = [
+            {"node": n, "role": c.type, "parent": c.send, "dumb": c.dumb}
+            for n, c in cfg.nodes.items()
+            if n != node_id
+        ]
 
     def begin_experiment(self) -> None:
         """Begin round 0 (once): every client trains as soon as the begin message reaches it."""
@@ -145,7 +151,9 @@ class AggregatorNode(Adder):
             r, **{k: v for k, v in row.items() if k not in ("round", "contributors", "missing")}
         )
         self.runlog.end(r, final=r == self.cfg.rounds - 1)
-        row["duration_s"] = self.runlog.record(r)["duration_s"]
+        rec = self.runlog.record(r)
+        row["duration_s"] = rec["duration_s"]
+        row["aggregator_received"] = rec["byte_received_up"]  # what reached it: the updates
         self.rows.append(row)
         log.info("%s round %d: accuracy %s loss %s", self.id, r + 1, row["accuracy"], row["loss"])
 
@@ -165,4 +173,25 @@ class AggregatorNode(Adder):
         rows = list(self.rows)
         if state["state"] == "finished" and len(rows) < self.cfg.rounds:
             state["state"] = "running"  # the last round's log is written; its row is on its way
-        return {**state, "rounds": rows}
+        return {
+            **state,
+            "rounds": rows,
+            "rounds_planned": self.cfg.rounds,
+            "topology": self.topology,
+            "nodes": self.views(rows),
+        }
+
+    def views(self, rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Each client as the aggregator sees it, for the live page: whether the last closed round
+        had its update."""
+        if not rows:
+            return {}
+        last = rows[-1]
+        missing = set(last.get("missing") or [])
+        return {
+            c: {
+                "missing": c in missing,
+                "text": f"{'missing from' if c in missing else 'in'} round {last['round'] + 1}",
+            }
+            for c in self.cfg.clients()
+        }

@@ -184,4 +184,5 @@ class Node:
             "can_decrypt": self.scheme.can_decrypt,
             "key_id": self.key_id,
             "error": self.error,
+            "phase": self.runlog.current or "waiting",
         }
