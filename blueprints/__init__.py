@@ -17,6 +17,7 @@ from flask import Flask, Response, current_app, g, jsonify, request
 from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
+from hefl.credential import read_key
 from hefl.errors import HeflError, ProtocolError, Unauthorized
 from hefl.host import Host
 from hefl.nodes import Node
@@ -91,18 +92,22 @@ def current_node() -> Any:
 
 
 def has_credential() -> bool:
-    """Whether this request carries the experiment's credential (always, on a node without one):
-    in its header; for the live page and its status reads (GET only), in the cookie the page's
-    address set, or in that address's ?token= itself."""
+    """Whether this request carries the experiment's credential in its header (always true on a
+    node without one), or is a read of the live page or /status (GET only) with the page's
+    read-only key, from its cookie or, for the page, its address's ?token=."""
     token = current_app.extensions["hefl_server"].host.token
-    if not token:
+    if not token or _same(request.headers.get(TOKEN_HEADER, ""), token):
         return True
-    given = [request.headers.get(TOKEN_HEADER, "")]
-    if request.method == "GET" and request.path in {k.route.path for k in COOKIE_READS}:
-        given.append(request.cookies.get(TOKEN_COOKIE, ""))
-        if request.path == Kind.PAGE.route.path:
-            given.append(request.args.get(TOKEN_PARAM, ""))
-    return any(hmac.compare_digest(g.encode(), token.encode()) for g in given if g)
+    if request.method != "GET" or request.path not in {k.route.path for k in COOKIE_READS}:
+        return False
+    key = read_key(token)
+    if request.path == Kind.PAGE.route.path and TOKEN_PARAM in request.args:
+        return _same(request.args[TOKEN_PARAM], key)  # a wrong one is refused, cookie or not
+    return _same(request.cookies.get(TOKEN_COOKIE, ""), key)
+
+
+def _same(given: str, want: str) -> bool:
+    return bool(given) and hmac.compare_digest(given.encode(), want.encode())
 
 
 def _check_token() -> None:

@@ -39,8 +39,9 @@ PAGE = (Path(__file__).parent / "page.html").read_bytes()
 
 
 def page() -> Any:
-    """The live page. Opened as /?token=...: the credential goes into an HttpOnly cookie (which
-    only this page and /status read) and the browser is sent on to / without it in the address."""
+    """The live page. Opened as /?token=<read-only key> (checked before this runs): the key goes
+    into an HttpOnly cookie (which only this page and /status take) and the browser is sent on to
+    / without it in the address."""
     if request.args.get(TOKEN_PARAM):
         resp = redirect(Kind.PAGE.route.path, code=303)
         resp.set_cookie(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
 import secrets
@@ -32,3 +34,10 @@ def create_token(path: Path) -> bool:
     with os.fdopen(fd, "w") as fh:
         fh.write(secrets.token_hex(24) + "\n")
     return True
+
+
+def read_key(token: str) -> str:
+    """The live page's read-only credential, derived from the experiment's: it opens the
+    aggregator's page and /status (GET) and nothing else, so the address `agg` and `local` print,
+    and the browser cookie it sets, never carry the credential that configures nodes."""
+    return hmac.new(token.encode(), b"hefl live page: read only", hashlib.sha256).hexdigest()[:32]

@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 from hefl.address import log_name
 from hefl.config import ExperimentConfig
+from hefl.credential import read_key
 from hefl.errors import ConfigError, ExperimentFailed, HeflError, PeerUnreachable
 from hefl.provenance import code_version, machine, versions
 from hefl.push import make_push
@@ -97,10 +98,10 @@ class Controller:
         self._out(line)
 
     def page_address(self) -> str:
-        """The live page on the aggregator, with the credential (it sets a cookie and leaves the
-        address bar without it)."""
+        """The live page on the aggregator, with its read-only key (it sets a cookie and leaves
+        the address bar without it); never the credential itself."""
         url = self.endpoints[self.cfg.root] + Kind.PAGE.route.url_path()
-        return f"{url}?{TOKEN_PARAM}={self.token}" if self.token else url
+        return f"{url}?{TOKEN_PARAM}={read_key(self.token)}" if self.token else url
 
     def run(self) -> list[dict[str, Any]]:
         """The whole experiment. Whatever ends it, `run.json` says how (status running, then
@@ -163,17 +164,17 @@ class Controller:
             from hefl.summary import write_summary
 
             summary = write_summary(self.exp_dir, plots)
+            t = summary["totals"]
+            if t.get("rounds") and t.get("seconds_per_round") is not None:
+                split = ", ".join(f"{k} {v:.2f} s" for k, v in t["critical_split"].items())
+                self.out(
+                    f"summary: {t['rounds']} rounds, {t['seconds_per_round']:.2f} s per round; "
+                    f"on the critical paths: {split}"
+                )
         except Exception as exc:  # the run's own files are written; this is an extra
             self.out(f"warning: no summary for {self.exp_dir}: {exc} (main.py report retries)")
             log.info("summary failed", exc_info=True)
             return False
-        t = summary["totals"]
-        if t.get("rounds"):
-            split = ", ".join(f"{k} {v:.2f} s" for k, v in t["critical_split"].items())
-            self.out(
-                f"summary: {t['rounds']} rounds, {t['seconds_per_round']:.2f} s per round; "
-                f"on the critical paths: {split}"
-            )
         made = "summary.json and plots (*.png)" if plots else "summary.json"
         self.out(f"results: {self.exp_dir}/summary.csv, {made}")
         return True

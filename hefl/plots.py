@@ -3,6 +3,7 @@ same summary."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ matplotlib.use("Agg")  # no display: clusters and CI have none
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from hefl.runlog import write_bytes_atomic  # noqa: E402
 from hefl.summary import PHASES, ROLES, SPLIT  # noqa: E402
 
 ROLE_COLOR = {"client": "tab:blue", "switch": "tab:orange", "aggregator": "tab:red"}
@@ -29,9 +31,11 @@ PLOTS = ("accuracy.png", "bytes.png", "phases.png", "critical_path.png")
 
 def _save(fig: Any, path: Path) -> None:
     fig.tight_layout()
+    buf = io.BytesIO()
     # no version or date in the file: the same figures give the same bytes
-    fig.savefig(path, dpi=100, metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def _title(summary: Mapping[str, Any]) -> str:

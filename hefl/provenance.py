@@ -34,17 +34,18 @@ def code_version(root: Path = ROOT) -> dict[str, Any]:
     sha256 of what differs (`git diff HEAD` plus the names and contents of untracked files), so
     that two runs from the same dirty tree can be told apart from two different ones."""
     try:
-        commit = _git(root, "rev-parse", "HEAD").strip()
-        status = _git(root, "status", "--porcelain", "--untracked-files=all")
-    except (OSError, subprocess.SubprocessError) as exc:
+        commit = _git(root, "rev-parse", "HEAD").decode().strip()
+        status = _git(root, "status", "--porcelain", "--untracked-files=all", "-z")
+        diff = _git(root, "diff", "HEAD", "--binary")
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
         return {"commit": None, "dirty": None, "why": f"no git checkout here: {exc}"[:200]}
-    if not status.strip():
+    if not status.strip(b"\0"):
         return {"commit": commit, "dirty": False, "diff_sha256": None}
-    digest = hashlib.sha256(_git(root, "diff", "HEAD", "--binary").encode())
-    for line in sorted(status.splitlines()):
-        if line.startswith("??"):
-            path = root / line[3:]
-            digest.update(line.encode())
+    digest = hashlib.sha256(diff)
+    for line in sorted(status.split(b"\0")):
+        if line.startswith(b"??"):
+            path = root / os.fsdecode(line[3:])
+            digest.update(line)
             try:
                 digest.update(path.read_bytes())
             except OSError:
@@ -52,9 +53,10 @@ def code_version(root: Path = ROOT) -> dict[str, Any]:
     return {"commit": commit, "dirty": True, "diff_sha256": digest.hexdigest()}
 
 
-def _git(root: Path, *args: str) -> str:
+def _git(root: Path, *args: str) -> bytes:
+    """git's output as bytes: a diff or a file name need not be UTF-8."""
     done = subprocess.run(
-        ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True
+        ["git", "-C", str(root), *args], capture_output=True, timeout=10, check=True
     )
     return done.stdout
 

@@ -103,7 +103,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     if t.get("rounds"):
         lines.append(
             f"total: {t['rounds']} of {summary['rounds_planned']} rounds, final accuracy "
-            f"{_figure(t['final_accuracy'])}, {t['seconds']:.2f} s, "
+            f"{_figure(t['final_accuracy'])}, {t['seconds'] or 0:.2f} s, "
             f"{human_bytes(t['bytes_on_wire'])} on the wire, "
             f"{human_bytes(t['aggregator_ingress'])} into the aggregator, "
             f"crypto {t['crypto_s']:.2f} s on all nodes"

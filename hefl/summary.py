@@ -16,7 +16,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ import numpy as np
 
 from hefl.address import file_stem
 from hefl.config import ExperimentConfig, parse_config
+from hefl.runlog import write_bytes_atomic, write_json_atomic
 
 PHASES = (
     "train",
@@ -95,9 +96,10 @@ class Timeline:
         round_: int,
         before: float = math.inf,
         peer: str = "",
+        peers: Collection[str] | None = None,
     ) -> tuple[float, str, str, str, int] | None:
         """The latest message of `kinds` and `round_` at or before `before` (retries: the last
-        attempt), from or to `peer` when given."""
+        attempt before it), from or to `peer` when given, or one of `peers`."""
         kinds = set(kinds)
         found = None
         for m in self.messages:
@@ -108,12 +110,17 @@ class Timeline:
                 and m[2] in kinds
                 and m[4] == round_
                 and (not peer or m[3] == peer)
+                and (peers is None or m[3] in peers)
             ):
                 found = m
         return found
 
-    def first(self, direction: str, kind: str, round_: int) -> float | None:
-        times = [m[0] for m in self.messages if m[1:3] == (direction, kind) and m[4] == round_]
+    def first(self, direction: str, kind: str, round_: int, peer: str = "") -> float | None:
+        times = [
+            m[0]
+            for m in self.messages
+            if m[1:3] == (direction, kind) and m[4] == round_ and (not peer or m[3] == peer)
+        ]
         return min(times) if times else None
 
     def split(self, start: float, end: float) -> dict[str, float]:
@@ -131,10 +138,16 @@ class Timeline:
 
 
 def critical_path(
-    lines: Mapping[str, Timeline], cfg: ExperimentConfig, round_: int
+    lines: Mapping[str, Timeline],
+    cfg: ExperimentConfig,
+    round_: int,
+    counted: Mapping[str, Collection[str]] | None = None,
 ) -> dict[str, Any] | None:
     """The chain of nodes that decided round `round_`'s time, and how that time splits; None when
-    the aggregator never sent the round's global result."""
+    the aggregator never sent the round's global result. `counted`: per adder, the clients whose
+    updates its sum of the round holds (its log's `contributors`): an update that arrived but was
+    refused (late, at a deadline) did not decide anything and is not followed."""
+    counted = counted or {}
     root = lines.get(cfg.root)
     if root is None:
         return None
@@ -163,14 +176,23 @@ def critical_path(
             break_down = _down(lines, cfg, parent, node, round_, segments, start)
             complete = break_down
             break
-        got = line.last("received", ("update",), round_, t)
+        peers = None
+        if node in counted:  # the children whose updates were taken into the sum
+            taken = set(counted[node])
+            peers = [c for c in cfg.children(node) if taken & set(cfg.clients_under(c))]
+        got = line.last("received", ("update",), round_, t, peers=peers)
         if got is None:
             break
         segments.append((node, got[0], t))
         child = lines.get(got[3])
         if child is None:
             break
-        sent = child.last("sent", ("update",), round_, peer=node)
+        # the child's attempt that arrived: the last before the round's result reached it (a
+        # retry after that, refused as a duplicate, went later)
+        bound = child.first("received", "global", round_)
+        sent = child.last(
+            "sent", ("update",), round_, math.inf if bound is None else bound, peer=node
+        )
         if sent is None:
             break
         node, t = got[3], sent[0]
@@ -210,7 +232,9 @@ def _down(
         line = lines.get(node)
         if line is None:
             return False
-        sent = line.last("sent", (kind,), r, peer=child)
+        # the attempt that arrived: the last before the child's next update came back
+        bound = line.first("received", "update", round_, peer=child)
+        sent = line.last("sent", (kind,), r, math.inf if bound is None else bound, peer=child)
         if sent is None:
             return False
         if node == cfg.root:
@@ -317,7 +341,8 @@ def _round(
                 for p in PHASES
                 if any(p in rec.get("phases", {}) for rec in mine)
             }
-    path = critical_path(lines, cfg, r)
+    counted = {n: rec["contributors"] for n, rec in recs.items() if "contributors" in rec}
+    path = critical_path(lines, cfg, r, counted)
     root = lines.get(cfg.root)
     round_s = None
     if root is not None:
@@ -365,12 +390,16 @@ def _totals(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         return {"rounds": 0}
     timed = [row["round_s"] for row in rounds if row["round_s"] is not None]
     paths = [row["critical_path"] for row in rounds if row["critical_path"]]
-    split = {k: _r(sum(p["split"].get(k, 0.0) or 0.0 for p in paths)) for k in SPLIT}
+    split = {
+        k: _r(sum(p["split"].get(k, 0.0) or 0.0 for p in paths))
+        for k in (*SPLIT, "unattributed")
+        if k != "unattributed" or any("unattributed" in p["split"] for p in paths)
+    }
     return {
         "rounds": len(rounds),
         "final_accuracy": rounds[-1]["accuracy"],
         "final_loss": rounds[-1]["loss"],
-        "seconds": _r(sum(timed)),
+        "seconds": _r(sum(timed)) if timed else None,
         "seconds_per_round": _r(sum(timed) / len(timed)) if timed else None,
         "bytes_on_wire": sum(row["bytes_on_wire"] for row in rounds),
         "aggregator_ingress": sum(row["aggregator_ingress"] for row in rounds),
@@ -391,17 +420,18 @@ def he_errors(
     clip = cfg.encryption.clip
     out: dict[int, dict[str, float]] = {}
     for r in range(cfg.rounds):
-        members = agg.get(r, {}).get("contributors") or clients
+        # who the round's sum holds: only the aggregator's log says (no guess without it)
+        members = agg.get(r, {}).get("contributors")
         if not members or not set(members) <= set(clients):
-            break  # a contributor's log lacks what the arithmetic needs (or is missing)
+            break  # not known, or a contributor's log lacks what the arithmetic needs
         try:
             bases = {
-                c: _load(exp_dir, c, "init" if r == 0 else f"r{r - 1}.global") for c in clients
+                c: _load(exp_dir, c, "init" if r == 0 else f"r{r - 1}.global") for c in members
             }
             locals_ = {c: _load(exp_dir, c, f"r{r}.local") for c in members}
             globals_ = {c: _load(exp_dir, c, f"r{r}.global") for c in members}
-        except OSError:
-            break  # not saved (training.save_models false), or the round did not complete
+        except (OSError, ValueError, EOFError):
+            break  # not saved (training.save_models false), cut short, or the round not done
         worst, means = 0.0, []
         for c, got in globals_.items():
             base = bases[c]
@@ -505,8 +535,8 @@ def write_summary(exp_dir: Path, plots: bool = True) -> dict[str, Any]:
     """summary.json, summary.csv and the plots of a run folder, from its logs alone; the same
     logs always give the same bytes."""
     summary = summarize(exp_dir)
-    (exp_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (exp_dir / "summary.csv").write_text(to_csv(summary))
+    write_json_atomic(exp_dir / "summary.json", summary)
+    write_bytes_atomic(exp_dir / "summary.csv", to_csv(summary).encode())
     if plots:
         from hefl.plots import plot_run
 

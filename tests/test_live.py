@@ -117,8 +117,12 @@ def test_status_and_page_need_the_credential(live: Any) -> None:
     # the cookie reads; it never writes: a state-changing request needs the header
     assert requests.post(base + "/start", cookies=jar, timeout=5).status_code == 401
     assert requests.get(f"{base}/health", timeout=5).json().keys() == {"state", "role"}
+    # the printed key only reads: it is not the credential, not even for a GET in the header
     header = requests.get(base + "/status", headers={TOKEN_HEADER: token}, timeout=5)
-    assert header.status_code == 200
+    assert header.status_code == 401
+    assert requests.get(base + "/rounds", cookies=jar, timeout=5).status_code in (401, 404)
+    # a wrong key in the address is refused even with a good cookie (it would replace it)
+    assert requests.get(f"{base}/?token=x{token}", cookies=jar, timeout=5).status_code == 401
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt install chromium)")

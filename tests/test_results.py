@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -315,3 +316,82 @@ def test_sweep_cells_and_dotted_keys(tmp_path: Path) -> None:
         (tmp_path / "s.json").write_text(bad)
         with pytest.raises(ConfigError, match=why):
             read_sweep(tmp_path / "s.json")
+
+
+def test_a_refused_update_and_a_late_retry_are_not_the_critical_path() -> None:
+    """Clients under the aggregator: c1's update came late and was refused at the deadline (not
+    in the sum), and c0 retried its update after the round's result had reached it (a duplicate):
+    the path goes through c0's first attempt."""
+    raw = tree_config(clients=2, leaves=1, spine=False, rounds=2)
+    for c in ("127.0.0.1:100", "127.0.0.1:101"):
+        raw["others"][c]["send"] = "127.0.0.1:1"
+    del raw["others"]["127.0.0.1:10"]
+    cfg = parse_config(raw)
+    agg, c0, c1 = "127.0.0.1:1", "127.0.0.1:100", "127.0.0.1:101"
+    s, r = "sent", "received"
+    logs = {
+        agg: _log(
+            agg,
+            "aggregator",
+            [
+                (1.0, s, "begin", c0, 0),
+                (1.0, s, "begin", c1, 0),
+                (3.0, r, "update", c0, 0),
+                (5.0, r, "update", c1, 0),  # refused: the deadline had passed
+                (5.02, s, "global", c0, 0),
+                (5.02, s, "global", c1, 0),
+                (65.0, r, "update", c0, 0),  # c0's retry: a duplicate
+            ],
+        ),
+        c0: _log(
+            c0,
+            "client",
+            [(10.0, r, "begin", agg, 0), (11.5, s, "update", agg, 0), (14.0, r, "global", agg, 0)]
+            + [(70.0, s, "update", agg, 0)],
+        ),
+        c1: _log(c1, "client", [(20.0, r, "begin", agg, 0), (23.9, s, "update", agg, 0)]),
+    }
+    lines = {n: Timeline.of(d) for n, d in logs.items()}
+    path = critical_path(lines, cfg, 0, {agg: [c0]})
+    assert path is not None and path["complete"] and path["client"] == c0
+    assert path["nodes"] == [agg, c0, agg]
+    split = path["split"]
+    assert split["waiting"] == pytest.approx(1.5 + 2.02) and split["transfer"] >= 0
+
+
+def test_the_code_version_of_a_tree_with_non_utf8_changes(tmp_path: Path) -> None:
+    from hefl.provenance import code_version
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "a.txt").write_text("x\n")
+    git("add", "a.txt")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "one")
+    clean = code_version(tmp_path)
+    assert clean["dirty"] is False and len(clean["commit"]) == 40
+    (tmp_path / "a.txt").write_bytes(b"caf\xe9\n")
+    first = code_version(tmp_path)
+    (tmp_path / "new\xe9.bin".encode().decode("utf-8", "surrogateescape")).write_bytes(b"\xff")
+    second = code_version(tmp_path)
+    assert first["dirty"] and second["dirty"] and first["commit"] == clean["commit"]
+    assert first["diff_sha256"] != second["diff_sha256"]  # an untracked file counts too
+
+
+def test_report_without_the_aggregators_log_or_with_a_cut_model(
+    ckks_exp: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / ckks_exp.name
+    shutil.copytree(ckks_exp, copy)
+    (copy / "127.0.0.1_100.r1.local.npy").write_bytes(b"\x93NUMPY")  # a client killed mid-write
+    proc = run_main("report", str(copy))
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((copy / "summary.json").read_text())
+    assert [row["he_error"] is None for row in summary["rounds"]] == [False, True, True]
+    (copy / "127.0.0.1_1.json").unlink()
+    proc = run_main("report", str(copy))
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((copy / "summary.json").read_text())
+    assert summary["logs_missing"] == ["127.0.0.1:1"] and summary["totals"]["seconds"] is None
+    assert all(row["critical_path"] is None for row in summary["rounds"])

@@ -25,6 +25,7 @@ def test_paths_stay_as_documented() -> None:
         "log": ("GET", "/log/<experiment>"),
         "end": ("POST", "/end/<experiment>"),
         "flush": ("POST", "/flush"),
+        "page": ("GET", "/"),
     }
     assert Kind.LOG.route.url_path("exp-1") == "/log/exp-1"
     assert {
