@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ from hefl.errors import ConfigError, ExperimentFailed
 from hefl.experiment import Controller
 from hefl.summary import SPLIT, Timeline, critical_path, to_csv
 from hefl.sweep import apply, cells, read_sweep
-from tests.conftest import Run, run_main, tree_config
+from tests.conftest import ROOT, Run, node_processes, run_main, tree_config
 
 PLOTS = ("accuracy.png", "bytes.png", "phases.png", "critical_path.png")
 
@@ -213,6 +215,32 @@ def test_sweep_records_a_failing_cell_and_goes_on(tmp_path: Path) -> None:
     assert bad["status"] == "failed" and "lr" in bad["error"]
     assert "cell 2 failed" in proc.stdout
     assert (folder / "compare.txt").read_text().splitlines()[1].startswith("lr=0.05")
+
+
+def test_ctrl_c_stops_a_sweep_and_keeps_its_record(tmp_path: Path) -> None:
+    raw = tree_config(clients=2, leaves=1, spine=False, rounds=50)
+    (tmp_path / "base.json").write_text(json.dumps(raw))
+    sweep = {"config": "base.json", "grid": {"training.lr": [-1.0, 0.05, 0.04]}}
+    (tmp_path / "s.json").write_text(json.dumps(sweep))
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "main.py"), "sweep", "s.json", "--log-dir", "log"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("round   1/50"):  # cell 2 runs
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "sweep interrupted: 0 of 3 runs finished" in out
+    (folder,) = (tmp_path / "log").glob("sweep-s-*")
+    cells = json.loads((folder / "sweep.json").read_text())["cells"]
+    assert [c["status"] for c in cells] == ["failed", "interrupted"]
+    assert node_processes(str(tmp_path)) == []
 
 
 # ---- pure parts
