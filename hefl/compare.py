@@ -19,7 +19,10 @@ COLUMNS: tuple[tuple[str, str, Callable[[float], str]], ...] = (
     ("final_accuracy", "accuracy", lambda v: f"{v:.4f}"),
     ("rounds", "rounds", lambda v: f"{v:g}"),
     ("bytes_total", "bytes", human_bytes),
-    *((f"bytes_per_round_{role}", f"{role} B/rnd", human_bytes) for role in ROLES),
+    # what all nodes of a role sent per round, together (not per node)
+    ("bytes_per_round_client", "clients sent/rnd", human_bytes),
+    ("bytes_per_round_switch", "switches sent/rnd", human_bytes),
+    ("bytes_per_round_aggregator", "agg sent/rnd", human_bytes),
     ("aggregator_ingress_per_round", "agg in/rnd", human_bytes),
     ("seconds_per_round", "s/rnd", lambda v: f"{v:.3f}"),
     ("crypto_s_per_round", "crypto s/rnd", lambda v: f"{v:.3f}"),

@@ -123,7 +123,7 @@ class Controller:
             self.wait_for_nodes()
             self.push_configs()
             self.transport.call(self.cfg.root, Kind.START)
-            self.out(f"live: {self.page_address()}  (the aggregator's page; GET /status: JSON)")
+            self.out(f"live: {self.page_address()}  (the aggregator's live page, read only)")
             rows = self.follow()
             self.collect_logs()
         except BaseException as exc:
@@ -166,10 +166,12 @@ class Controller:
             summary = write_summary(self.exp_dir, plots)
             t = summary["totals"]
             if t.get("rounds") and t.get("seconds_per_round") is not None:
-                split = ", ".join(f"{k} {v:.2f} s" for k, v in t["critical_split"].items())
+                split = ", ".join(
+                    f"{k} {v / t['rounds']:.3f}" for k, v in t["critical_split"].items()
+                )
                 self.out(
-                    f"summary: {t['rounds']} rounds, {t['seconds_per_round']:.2f} s per round; "
-                    f"on the critical paths: {split}"
+                    f"summary: {t['rounds']} rounds, {t['seconds_per_round']:.3f} s per round "
+                    f"(global result to global result), of which on the critical path: {split} s"
                 )
         except Exception as exc:  # the run's own files are written; this is an extra
             self.out(f"warning: no summary for {self.exp_dir}: {exc} (main.py report retries)")

@@ -39,10 +39,14 @@ def _save(fig: Any, path: Path) -> None:
 
 
 def _title(summary: Mapping[str, Any]) -> str:
-    dumb = " (forwarding switches)" if summary["dumb_switches"] else ""
+    switches, dumb = summary["switches"], summary["dumb_switches"]
+    how = (
+        "" if not switches else " forwarding" if dumb == switches else " adding" if not dumb else ""
+    )
+    mixed = f" ({dumb} forwarding)" if 0 < dumb < switches else ""
     return (
         f"{summary['experiment']}: {summary['scheme']}, {summary['clients']} clients, "
-        f"{summary['switches']} switches{dumb}"
+        f"{switches}{how} switches{mixed}"
     )
 
 
@@ -62,7 +66,7 @@ def plot_run(summary: Mapping[str, Any], out: Path) -> list[Path]:
     ax2.plot(x, [row["loss"] for row in rounds], "s--", color="tab:red", label="loss")
     ax2.set_ylabel("loss")
     ax.set_title(_title(summary), fontsize=9)
-    fig.legend(loc="center right")
+    ax.legend([ax.lines[0], ax2.lines[0]], ["accuracy", "loss"], loc="center right", fontsize=8)
     _save(fig, paths[0])
 
     nodes = list(rounds[0]["bytes_by_node"]) if rounds else []
@@ -105,7 +109,7 @@ def plot_run(summary: Mapping[str, Any], out: Path) -> list[Path]:
     ax.legend(fontsize=7, ncol=2)
     _save(fig, paths[2])
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(8, 4))
     bottoms = [0.0] * len(rounds)
     for part in (*SPLIT, "unattributed"):
         values = [
@@ -115,10 +119,10 @@ def plot_run(summary: Mapping[str, Any], out: Path) -> list[Path]:
             ax.bar(x, values, bottom=bottoms, color=SPLIT_COLOR[part], label=part, edgecolor="k")
             bottoms = [b + v for b, v in zip(bottoms, values, strict=True)]
     ax.set_xlabel("round")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xticks(x if len(x) <= 20 else x[:: max(1, len(x) // 10)])
     ax.set_ylabel("seconds (the round's critical path)")
     ax.set_title(_title(summary) + "\nwhat the round time was spent on", fontsize=9)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     _save(fig, paths[3])
     return paths
 
@@ -129,13 +133,16 @@ def plot_compare(
     """One figure over several runs: accuracy per round, and bytes, seconds and crypto seconds
     per round as bars."""
     fig, axes = plt.subplots(1, 5, figsize=(18, 4))
-    for name, runs in zip(names, summaries, strict=True):
+    styles = ["o-", "s--", "^-.", "x:", "d-", "v--"]
+    for i, (name, runs) in enumerate(zip(names, summaries, strict=True)):
         first = runs[0]
-        axes[0].plot(
+        axes[0].plot(  # markers and dashes differ: curves that coincide stay visible
             [row["round"] + 1 for row in first["rounds"]],
             [row["accuracy"] for row in first["rounds"]],
-            "o-",
+            styles[i % len(styles)],
             label=name,
+            markersize=7 - i % 4,
+            alpha=0.8,
         )
     axes[0].set_xlabel("round")
     axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -106,7 +106,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
             f"{_figure(t['final_accuracy'])}, {t['seconds'] or 0:.2f} s, "
             f"{human_bytes(t['bytes_on_wire'])} on the wire, "
             f"{human_bytes(t['aggregator_ingress'])} into the aggregator, "
-            f"crypto {t['crypto_s']:.2f} s on all nodes"
+            f"{t['crypto_s']:.2f} s in crypto phases (all nodes, all rounds)"
         )
     else:
         lines.append("total: no round completed")
@@ -117,7 +117,10 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
 
 def list_runs(log_dir: Path) -> list[str]:
     """`main.py runs`: every run under log_dir, oldest first: status, scheme, rounds, accuracy."""
-    lines = [f"{'experiment':<44}{'status':<10}{'scheme':<8}{'rounds':>8}{'accuracy':>10}  started"]
+    lines = [
+        f"{'experiment':<44}{'status':<10}{'scheme':<8}{'switches':<12}{'rounds':>8}"
+        f"{'accuracy':>10}  started"
+    ]
     found = sorted(log_dir.glob("*/run.json"), key=lambda p: p.stat().st_mtime)
     for path in found:
         try:
@@ -126,6 +129,17 @@ def list_runs(log_dir: Path) -> list[str]:
             lines.append(f"{path.parent.name:<44}unreadable run.json")
             continue
         scheme = (run.get("config") or {}).get("encryption", {}).get("scheme", "?")
+        nodes = ((run.get("config") or {}).get("nodes") or {}).values()
+        dumb = [n.get("dumb") for n in nodes if isinstance(n, dict) and n.get("type") == "switch"]
+        switches = (
+            "none"
+            if not dumb
+            else "forwarding"
+            if all(dumb)
+            else "adding"
+            if not any(dumb)
+            else "mixed"
+        )
         planned = (run.get("config") or {}).get("aggregator", {}).get("iteration", "?")
         accuracy = None
         try:
@@ -134,7 +148,7 @@ def list_runs(log_dir: Path) -> list[str]:
         except (OSError, ValueError, KeyError, TypeError):
             pass
         lines.append(
-            f"{path.parent.name:<44}{run.get('status', '?'):<10}{scheme:<8}"
+            f"{path.parent.name:<44}{run.get('status', '?'):<10}{scheme:<8}{switches:<12}"
             f"{str(run.get('rounds_completed', '?')) + '/' + str(planned):>8}"
             f"{_figure(accuracy):>10}  {run.get('started', '')}"
         )

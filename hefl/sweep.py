@@ -144,9 +144,10 @@ def run_sweep(
     finally:
         compare_finished(folder, results, out)
         done = sum(r["status"] == "finished" for r in results)
+        compared = ", compare.txt, compare.json, compare.png" if done else ""
         out(
             f"sweep {'interrupted' if interrupted else 'done'}: {done} of {total} runs finished; "
-            f"{folder}/sweep.json"
+            f"{folder}/sweep.json{compared}"
         )
     return folder, done == total
 
