@@ -89,7 +89,7 @@ class LocalRun:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    run = LocalRun(tmp_path_factory.mktemp("live"), rounds=12)
+    run = LocalRun(tmp_path_factory.mktemp("live"), rounds=8)
     m = run.wait_for(r"^live: (http://127\.0\.0\.1:\d+)/\?token=(\S+)")
     yield run, m.group(1), m.group(2)
     if run.proc.poll() is None:
@@ -112,7 +112,7 @@ def test_status_and_page_need_the_credential(live: Any) -> None:
     assert page.status_code == 200 and "text/html" in page.headers["Content-Type"]
     assert "<script>" in page.text and "src=" not in page.text  # all in the page: no CDN
     status = requests.get(base + "/status", cookies=jar, timeout=5).json()
-    assert status["rounds_planned"] == 12 and status["experiment"]
+    assert status["rounds_planned"] == 8 and status["experiment"]
     assert {n["role"] for n in status["topology"]} == {"client", "switch"}
     # the cookie reads; it never writes: a state-changing request needs the header
     assert requests.post(base + "/start", cookies=jar, timeout=5).status_code == 401
@@ -153,9 +153,9 @@ def test_the_page_charts_the_rounds_as_they_come(live: Any, tmp_path: Path) -> N
         chart = dom.split('id="accuracy"', 1)[1].split("</svg>", 1)[0]
         return chart.count('class="point"')
 
-    run.wait_for(r"^round\s+2/12")
+    run.wait_for(r"^round\s+2/8")
     first = points(browse("--dump-dom"))
-    run.wait_for(r"^round\s+5/12")
+    run.wait_for(r"^round\s+5/8")
     dom = browse("--dump-dom")
     assert points(dom) > first >= 1
     assert "127.0.0.1" in dom.split('id="topology"', 1)[1]  # the tree, with its nodes
@@ -172,8 +172,8 @@ def test_the_run_finishes_with_round_lines_and_a_progress_line_between(live: Any
     run, _, _ = live
     assert run.finish() == 0, "\n".join(run.lines[-20:])
     rounds = [line for line in run.lines if line.startswith("round ")]
-    assert len(rounds) == 12
-    assert re.match(r"round  12/12  accuracy \d\.\d{4}  .*aggregator got \S+ \S+ ", rounds[-1])
+    assert len(rounds) == 8
+    assert re.match(r"round   8/8  accuracy \d\.\d{4}  .*aggregator got \S+ \S+ ", rounds[-1])
     # on a terminal: a progress line, redrawn in place under the round lines
     text = run.raw.decode(errors="replace")
-    assert re.search(r"\r\x1b\[K\[[#.]{20}\] round \d+/12  clients: \w+ \d.* ETA \d+ s", text)
+    assert re.search(r"\r\x1b\[K\[[#.]{20}\] round \d+/8  clients: \w+ \d.* ETA \d+ s", text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -228,6 +229,7 @@ def test_ctrl_c_stops_a_sweep_and_keeps_its_record(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},  # each line as it is printed
     )
     assert proc.stdout is not None
     for line in proc.stdout:
