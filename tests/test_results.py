@@ -230,6 +230,8 @@ def test_ctrl_c_stops_a_sweep_and_keeps_its_record(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},  # each line as it is printed
+        # a test suite started in the background (`cmd &`) inherits SIGINT ignored; Ctrl-C needs it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stdout is not None
     for line in proc.stdout:
