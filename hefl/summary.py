@@ -137,6 +137,19 @@ class Timeline:
         return out
 
 
+def round_window(root: Timeline | None, round_: int) -> tuple[float, float] | None:
+    """Round `round_` on the aggregator's clock: from its first sending of the previous global
+    result (begin, for round 0) to its first sending of this one's; None if either is not in its
+    log."""
+    if root is None:
+        return None
+    end = root.first("sent", "global", round_)
+    start = (
+        root.first("sent", "begin", 0) if round_ == 0 else root.first("sent", "global", round_ - 1)
+    )
+    return None if start is None or end is None else (start, end)
+
+
 def critical_path(
     lines: Mapping[str, Timeline],
     cfg: ExperimentConfig,
@@ -149,14 +162,10 @@ def critical_path(
     refused (late, at a deadline) did not decide anything and is not followed."""
     counted = counted or {}
     root = lines.get(cfg.root)
-    if root is None:
+    window = round_window(root, round_)
+    if window is None:
         return None
-    end = root.first("sent", "global", round_)
-    start = (
-        root.first("sent", "begin", 0) if round_ == 0 else root.first("sent", "global", round_ - 1)
-    )
-    if end is None or start is None:
-        return None
+    start, end = window
     segments: list[tuple[str, float, float]] = []
     complete = False
     node, t = cfg.root, end
@@ -343,13 +352,8 @@ def _round(
             }
     counted = {n: rec["contributors"] for n, rec in recs.items() if "contributors" in rec}
     path = critical_path(lines, cfg, r, counted)
-    root = lines.get(cfg.root)
-    round_s = None
-    if root is not None:
-        end = root.first("sent", "global", r)
-        start = root.first("sent", "begin", 0) if r == 0 else root.first("sent", "global", r - 1)
-        if end is not None and start is not None:
-            round_s = end - start
+    window = round_window(lines.get(cfg.root), r)
+    round_s = None if window is None else window[1] - window[0]
     agg = recs.get(cfg.root, {})
     return {
         "round": r,
