@@ -266,7 +266,7 @@ class Controller:
             found = ", ".join(f"{n}={self.key_ids.get(n)}" for n in self.cfg.clients())
             raise ConfigError(
                 f"clients hold different key pairs ({found}): copy one ./seal.sh run to all of "
-                "them (deploy/cluster.sh keys)"
+                "them (ansible-playbook deploy/keys.yml)"
             )
         self.out(
             f"configured {len(self.cfg.nodes)} nodes in {time.monotonic() - started:.1f} s; "

@@ -16,7 +16,7 @@ from hefl.crypto import KeyRing, Scheme, load_keyless, load_secret, make_scheme
 from hefl.errors import ConfigError, DuplicateMessage, HeflError, NotFound
 from hefl.modelspec import param_count
 from hefl.nodes import Node, Parts, Worker, role_class
-from hefl.provenance import machine
+from hefl.provenance import code, machine
 from hefl.push import Push, is_experiment_id, parse_push
 from hefl.runlog import RunLog
 from hefl.seeds import quantize_seed
@@ -73,7 +73,7 @@ class Host:
         if current is not None:
             current.close()
         log.info("%s configured as %s for experiment %s", push.node, node.role, push.experiment)
-        return {**self.health(), "machine": machine()}
+        return self.health()
 
     def health(self) -> dict[str, Any]:
         """The node's status, and whether this process checks a credential."""
@@ -82,7 +82,8 @@ class Host:
             state = {"state": "idle", "role": None, "experiment": None, "round": None}
         else:
             state = node.status()
-        return {**state, "credential": bool(self.token)}
+        # machine and code: also what a retried config push (answered 409) reads back
+        return {**state, "credential": bool(self.token), "machine": machine(), "code": code()}
 
     def end(self, experiment: str) -> dict[str, Any]:
         """Retire the node if it is in `experiment` (its log is written; it keeps answering /health

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import platform
 import shutil
@@ -29,6 +30,15 @@ def versions() -> dict[str, str | None]:
     return found
 
 
+VERSION_FILE = "VERSION.json"  # a copy without .git (deploy/setup.yml's): code_version at packing
+
+
+@functools.cache
+def code() -> dict[str, Any]:
+    """code_version() of this checkout, asked once per process (a node's /health tells it)."""
+    return code_version()
+
+
 def code_version(root: Path = ROOT) -> dict[str, Any]:
     """The git commit the code runs from, whether the work tree differs from it, and then the
     sha256 of what differs (`git diff HEAD` plus the names and contents of untracked files), so
@@ -38,6 +48,12 @@ def code_version(root: Path = ROOT) -> dict[str, Any]:
         status = _git(root, "status", "--porcelain", "--untracked-files=all", "-z")
         diff = _git(root, "diff", "HEAD", "--binary")
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        try:  # a copy deployed without .git says what it was copied from
+            packed = json.loads((root / VERSION_FILE).read_text())
+            if isinstance(packed, dict) and "commit" in packed:
+                return {**packed, "copy": True}
+        except (OSError, ValueError):
+            pass
         return {"commit": None, "dirty": None, "why": f"no git checkout here: {exc}"[:200]}
     if not status.strip(b"\0"):
         return {"commit": commit, "dirty": False, "diff_sha256": None}

@@ -1,0 +1,145 @@
+"""deploy/vcluster.sh: every node in a network namespace of its own on one bridge, links shaped with
+tc, `main.py agg` from the aggregator's namespace; everything it made is gone afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, tree_config
+
+SCRIPT = ROOT / "deploy" / "vcluster.sh"
+LINKS = ROOT / "deploy" / "configs" / "links-1m.json"
+
+
+def env() -> dict[str, str]:
+    """PATH with this venv first: the script runs `python` from PATH, as with the venv active."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+
+@pytest.fixture(autouse=True)
+def namespaces_here() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces and tc)")
+    probe = subprocess.run(["ip", "netns", "add", "hefl-probe"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"network namespaces are not permitted here: {probe.stderr.strip()}")
+    subprocess.run(["ip", "netns", "del", "hefl-probe"], check=True)
+
+
+def leftovers() -> dict[str, list[str]]:
+    """What a virtual cluster could leave behind: its namespaces, links (and so their qdiscs),
+    work folders (the run's credential and keys) and node processes."""
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    procs = []
+    for pid in os.listdir("/proc"):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"vcluster-hv" in cmd:
+            procs.append(pid)
+    return {
+        "netns": re.findall(r"^(hv[0-9a-f]{4}-\d+)", netns, re.M),
+        "links": re.findall(r"^\d+: (hv[0-9a-f]{4}\w*)", links, re.M),
+        "work": [str(p) for p in Path("/tmp").glob("vcluster-hv*")],
+        "procs": procs,
+    }
+
+
+def vcluster(config: Path, log_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(SCRIPT), "--config", str(config), "--log-dir", str(log_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env(),
+        check=False,
+    )
+
+
+def one_round(tmp_path: Path) -> Path:
+    raw = json.loads(LINKS.read_text())
+    raw["aggregator"]["iteration"] = 1
+    cfg = tmp_path / "links.json"
+    cfg.write_text(json.dumps(raw))
+    return cfg
+
+
+def test_a_config_it_cannot_place_is_refused_in_one_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(tree_config(clients=2, leaves=1)))  # every node on 127.0.0.1
+    proc = vcluster(cfg, tmp_path / "log")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "vcluster:" in proc.stderr and "127.0.0.1" in proc.stderr
+    bad = vcluster(cfg, tmp_path / "log", "--rate", "fast")
+    assert bad.returncode == 2 and "--rate" in bad.stderr
+    assert leftovers() == {"netns": [], "links": [], "work": [], "procs": []}
+
+
+def test_a_slower_link_shows_in_the_round_time_and_nothing_is_left(tmp_path: Path) -> None:
+    """4 clients, 2 switches, a 1M-parameter model, CKKS: about 24 MB per message, so 100 Mbit/s
+    takes about 2 s a hop where 1 Gbit/s takes 0.2 s."""
+    before = leftovers()
+    cfg = one_round(tmp_path)
+    seconds = {}
+    for rate in ("1gbit", "100mbit"):
+        log = tmp_path / rate
+        proc = vcluster(cfg, log, "--rate", rate)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        folder = re.search(r"^vcluster: logs in (\S+)", proc.stdout, re.M)
+        assert folder, proc.stdout
+        exp = Path(folder.group(1))
+        assert exp.parent == log
+        assert len(list(exp.glob("10.10.1.*.json"))) == 7
+        assert len(list((exp / "vcluster").glob("10.10.1.*.out"))) == 7
+        assert json.loads((exp / "vcluster" / "links.json").read_text())["rate"] == rate
+        run = json.loads((exp / "run.json").read_text())
+        assert run["status"] == "finished" and run["config"]["encryption"]["scheme"] == "ckks"
+        summary = json.loads((exp / "summary.json").read_text())
+        (only,) = summary["rounds"]
+        assert only["aggregator_ingress"] > 40e6  # two 24 MB sums
+        seconds[rate] = only["round_s"]
+        assert leftovers() == before
+    assert seconds["100mbit"] >= 1.5 * seconds["1gbit"], seconds
+
+
+def test_ctrl_c_ends_the_run_keeps_its_logs_and_removes_everything(tmp_path: Path) -> None:
+    before = leftovers()
+    proc = subprocess.Popen(
+        [str(SCRIPT), "--config", str(LINKS), "--log-dir", str(tmp_path), "--rate", "100mbit"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**env(), "PYTHONUNBUFFERED": "1"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert proc.stdout is not None
+    seen = []
+    deadline = time.monotonic() + 180
+    for line in proc.stdout:
+        seen.append(line)
+        if "running 2 rounds" in line:
+            break
+        assert time.monotonic() < deadline, "".join(seen)
+    time.sleep(3)  # mid-round: the updates are on the (slow) links
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    out = "".join(seen) + rest
+    assert proc.returncode == 130, out
+    (exp,) = [p for p in tmp_path.iterdir() if (p / "run.json").is_file()]
+    run = json.loads((exp / "run.json").read_text())
+    # the script hands Ctrl-C to agg as SIGTERM, which agg takes like Ctrl-C
+    assert (run["status"], run["error"]) == ("failed", "interrupted (SIGTERM)"), run
+    assert "vcluster: stopping the experiment" in out
+    assert leftovers() == before
