@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up the HE library (TenSEAL) in .venv, self-test it, and write the experiment's key material.
 #   ./seal.sh [--config config.json] [--scheme ckks|bfv] [--key-dir keys]
-# Writes KEY_DIR/secret.ctx (clients only: deploy/cluster.sh keys copies it to them),
+# Writes KEY_DIR/secret.ctx (clients only: deploy/keys.yml copies it to them),
 # KEY_DIR/keyless.ctx (parameters only, no key) and KEY_DIR/params.json.
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -1,0 +1,135 @@
+"""What the links cost: the default 15-node topology with a 1M-parameter model in a virtual cluster
+(deploy/vcluster.sh: a namespace per node, tc-shaped links), per link rate, scheme and switch kind.
+
+    sudo -E env PATH="$PATH" python bench/links.py [--rates 1gbit,100mbit] [--schemes none,ckks,bfv]
+                                                   [--rounds 3] [--out log/bench-links]
+
+Prints figures only (nothing is asserted): one row per cell, from the run's summary.json, as the
+mean over rounds 2 and later (round 1 pays for connection set-up and the first page faults):
+  s/round      the aggregator's round time (global result to global result);
+  agg MiB/rd   update bytes that reached the aggregator per round (its ingress);
+  crypto       seconds of HE work on the round's critical path (encrypt, serialize, load, aggregate,
+               decrypt, apply: CPU-bound);
+  training     seconds of training on the critical path (CPU-bound);
+  transfer     the round time minus the durations of the nodes on the critical path: time on the
+               wire and in the network stacks (link-bound, and CPU-bound where 15 processes share
+               this machine's cores);
+  waiting      time a node on the path waited for something else than its own work.
+Also writes bench.json beside the runs. Needs root and the venv's python on PATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from hefl.provenance import code_version, machine  # noqa: E402
+
+
+def cell_config(scheme: str, adding: bool, rounds: int) -> dict[str, object]:
+    """config.json's topology with the 1M-parameter synthetic MLP and the switch kind."""
+    raw = json.loads((ROOT / "config.json").read_text())
+    raw["name"] = f"links-{scheme}-{'adding' if adding else 'forwarding'}"
+    raw["dataset"] = {"name": "synthetic", "samples": 800, "features": 64, "classes": 10}
+    raw["model"] = {"name": "mlp", "hidden": [13333]}  # 64*13333 + 13333 + 13333*10 + 10 params
+    raw["training"] = {**raw["training"], "epochs": 1, "batch_size": 32, "lr": 0.01}
+    raw["encryption"] = {"scheme": scheme}
+    raw["aggregator"]["iteration"] = rounds
+    for node in raw["others"].values():
+        if node["type"] == "switch":
+            node["dumb"] = not adding
+    return raw
+
+
+def measure(summary: dict[str, object]) -> dict[str, float]:
+    rounds = summary["rounds"]
+    assert isinstance(rounds, list)
+    later = rounds[1:] or rounds
+
+    def mean(get: object) -> float:
+        return statistics.fmean(get(r) for r in later)  # type: ignore[operator]
+
+    return {
+        "round_s": mean(lambda r: r["round_s"]),
+        "agg_mib": mean(lambda r: r["aggregator_ingress"]) / 2**20,
+        **{
+            k: mean(lambda r, k=k: r["critical_path"]["split"].get(k, 0.0))
+            for k in ("crypto", "training", "transfer", "waiting")
+        },
+        "accuracy": float(rounds[-1]["accuracy"]),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rates", default="1gbit,100mbit")
+    ap.add_argument("--schemes", default="none,ckks,bfv")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=ROOT / "log" / "bench-links")
+    args = ap.parse_args()
+    out = args.out / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True)
+    m = machine()
+    print(
+        f"machine: {m['cpu_model']}, {m['usable_cores']} usable cores, "
+        f"{m['memory_bytes'] / 2**30:.0f} GiB; load {os.getloadavg()[0]:.2f}; "
+        f"commit {code_version()['commit']}"
+    )
+    print(
+        f"{'rate':8} {'scheme':6} {'switches':10} {'s/round':>8} {'agg MiB/rd':>10} "
+        f"{'crypto':>7} {'training':>8} {'transfer':>8} {'waiting':>7} {'accuracy':>8}"
+    )
+    rows = []
+    for rate in args.rates.split(","):
+        for scheme in args.schemes.split(","):
+            for adding in (False, True):
+                cfg = out / f"{rate}-{scheme}-{'adding' if adding else 'forwarding'}.json"
+                cfg.write_text(json.dumps(cell_config(scheme, adding, args.rounds), indent=1))
+                proc = subprocess.run(
+                    [
+                        str(ROOT / "deploy" / "vcluster.sh"),
+                        "--config",
+                        str(cfg),
+                        "--rate",
+                        rate,
+                        "--log-dir",
+                        str(out),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+                found = re.search(r"^vcluster: logs in (\S+)", proc.stdout, re.M)
+                kind = "adding" if adding else "forwarding"
+                if proc.returncode != 0 or not found:
+                    tail = (proc.stdout + proc.stderr).strip().splitlines()[-1:]
+                    print(f"{rate:8} {scheme:6} {kind:10} failed: {tail}")
+                    continue
+                summary = json.loads((Path(found.group(1)) / "summary.json").read_text())
+                f = measure(summary)
+                rows.append(
+                    {"rate": rate, "scheme": scheme, "switches": kind, **f, "run": found.group(1)}
+                )
+                print(
+                    f"{rate:8} {scheme:6} {kind:10} {f['round_s']:8.2f} {f['agg_mib']:10.1f} "
+                    f"{f['crypto']:7.2f} {f['training']:8.2f} {f['transfer']:8.2f} "
+                    f"{f['waiting']:7.2f} {f['accuracy']:8.4f}",
+                    flush=True,
+                )
+    (out / "bench.json").write_text(json.dumps(rows, indent=1))
+    print(f"runs and bench.json in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
