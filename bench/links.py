@@ -2,7 +2,8 @@
 (deploy/vcluster.sh: a namespace per node, tc-shaped links), per link rate, scheme and switch kind.
 
     sudo -E env PATH="$PATH" python bench/links.py [--rates 1gbit,100mbit] [--schemes none,ckks,bfv]
-                                                   [--rounds 3] [--out log/bench-links]
+                                                   [--switches forwarding,adding] [--rounds 3]
+                                                   [--out log/bench-links]
 
 Prints figures only (nothing is asserted): one row per cell, from the run's summary.json, as the
 mean over rounds 2 and later (round 1 pays for connection set-up and the first page faults):
@@ -74,6 +75,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rates", default="1gbit,100mbit")
     ap.add_argument("--schemes", default="none,ckks,bfv")
+    ap.add_argument("--switches", default="forwarding,adding")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "log" / "bench-links")
     args = ap.parse_args()
@@ -92,7 +94,7 @@ def main() -> int:
     rows = []
     for rate in args.rates.split(","):
         for scheme in args.schemes.split(","):
-            for adding in (False, True):
+            for adding in [k == "adding" for k in args.switches.split(",")]:
                 cfg = out / f"{rate}-{scheme}-{'adding' if adding else 'forwarding'}.json"
                 cfg.write_text(json.dumps(cell_config(scheme, adding, args.rounds), indent=1))
                 proc = subprocess.run(

@@ -89,7 +89,8 @@ cleanup() {
     for ((i = 0; i < created; i++)); do
         ns=$TAG-$i
         for p in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$p" 2>/dev/null || true; done
-        ip netns del "$ns" 2>/dev/null || true # takes its end of the veth pair, and so both ends
+        ip link del "${TAG}h$i" 2>/dev/null || true # both ends of the pair, now (a namespace's
+        ip netns del "$ns" 2>/dev/null || true      # own removal takes them a moment later)
     done
     ip link del "$BR" 2>/dev/null || true
     rm -rf "$WORK" # the run's credential and keys
@@ -183,7 +184,8 @@ done
 args=(main.py agg --config "$run_config" --token-file "$WORK/token" --log-dir "$log_dir")
 [[ -z $scheme ]] || args+=(--scheme "$scheme")
 echo "vcluster: ip netns exec $TAG-$AGG python ${args[*]}"
-ip netns exec "$TAG-$AGG" "$PY" "${args[@]}" > >(tee "$WORK/agg.out") 2>&1 &
+# tee ignores Ctrl-C, so that agg can still print while it ends the run
+ip netns exec "$TAG-$AGG" "$PY" "${args[@]}" > >(trap '' INT; exec tee "$WORK/agg.out") 2>&1 &
 AGG_PID=$!
 set +e
 wait "$AGG_PID"

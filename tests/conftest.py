@@ -29,25 +29,25 @@ ROOT = Path(__file__).parent.parent
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """The requirements' wheel checks for other Pythons wait on the package index: start them
-    now, in the background, when the session will run them (tests/test_deploy.py)."""
+    now, in the background, when the session will run them (tests/test_wheels.py)."""
     if any(i.name.startswith("test_the_requirements_have_wheels_for") for i in session.items):
         import tempfile
 
-        from tests import test_deploy
+        from tests import test_wheels
 
         folder = Path(tempfile.mkdtemp(prefix="hefl-wheels-"))
-        test_deploy.WHEEL_DIR.append(folder)
-        test_deploy.WHEEL_CHECKS.update(test_deploy.start_wheel_checks(folder))
+        test_wheels.WHEEL_DIR.append(folder)
+        test_wheels.WHEEL_CHECKS.update(test_wheels.start_wheel_checks(folder))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    from tests import test_deploy
+    from tests import test_wheels
 
-    for proc in test_deploy.WHEEL_CHECKS.values():
+    for proc in test_wheels.WHEEL_CHECKS.values():
         if proc.poll() is None:
             proc.kill()
         proc.communicate()  # closes its pipe
-    for folder in test_deploy.WHEEL_DIR:
+    for folder in test_wheels.WHEEL_DIR:
         import shutil
 
         shutil.rmtree(folder, ignore_errors=True)

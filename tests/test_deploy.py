@@ -389,69 +389,33 @@ def test_shape_puts_a_token_bucket_both_ways_and_takes_it_off(site: Site, netns:
     assert "tbf" not in qdiscs() and "hefl-ifb" not in qdiscs()
 
 
-# ------------------------------------------------------------------ the Python range
-
-
-WHEEL_VERSIONS = ("3.12", "3.13")
-
-
-def start_wheel_checks(folder: Path) -> dict[str, subprocess.Popen[str]]:
-    """pip's dry-run resolution of requirements.txt as binary wheels for each of WHEEL_VERSIONS,
-    in the background: conftest starts them when the session's tests are collected (they wait on
-    the package index, not on this machine), and the test below reads their answers."""
-    procs = {}
-    for version in WHEEL_VERSIONS:
-        out = folder / version
-        out.mkdir(parents=True, exist_ok=True)
-        procs[version] = subprocess.Popen(
-            [
-                str(BIN / "pip"),
-                "install",
-                "--dry-run",
-                "--ignore-installed",
-                "--only-binary=:all:",
-                "--python-version",
-                version,
-                "--target",
-                str(out / "t"),
-                "--report",
-                str(out / "report.json"),
-                "-r",
-                str(ROOT / "requirements.txt"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-    return procs
-
-
-WHEEL_CHECKS: dict[str, subprocess.Popen[str]] = {}
-WHEEL_DIR: list[Path] = []
-
-
-@pytest.mark.parametrize("version", WHEEL_VERSIONS)
-def test_the_requirements_have_wheels_for(version: str, tmp_path: Path) -> None:
-    """pyproject says 3.11 to 3.13; only 3.11 runs here, so pip resolves the pins for the other
-    two as binary wheels (a dry run: it reads the index's metadata and downloads no wheel, where
-    `pip download` would fetch several GB of CUDA wheels for torch)."""
-    if version not in WHEEL_CHECKS:  # not started by conftest (this test chosen alone, say)
-        WHEEL_DIR.append(tmp_path)
-        WHEEL_CHECKS.update(start_wheel_checks(tmp_path))
-    proc = WHEEL_CHECKS[version]
-    _, stderr = proc.communicate(timeout=600)
-    if (
-        proc.returncode != 0
-        and re.search(r"(?i)(connection|network is unreachable|name resolution|timed out)", stderr)
-        and "No matching distribution" not in stderr
-    ):
-        pytest.skip(f"no package index reachable: {stderr.strip().splitlines()[-1]}")
-    assert proc.returncode == 0, stderr[-3000:]
-    report = json.loads((WHEEL_DIR[0] / version / "report.json").read_text())
-    names = {i["metadata"]["name"].lower(): i for i in report["install"]}
-    tag = "cp" + version.replace(".", "")
-    for pin in ("torch", "tenseal", "numpy", "scikit-learn", "matplotlib"):
-        url = names[pin]["download_info"]["url"]
-        assert f"-{tag}-" in url or "-py3-none-" in url or "abi3" in url, url
-    pyproject = (ROOT / "pyproject.toml").read_text()
-    assert 'requires-python = ">=3.11,<3.14"' in pyproject
+def test_data_stages_the_idx_files_on_client_hosts_only(site: Site, tmp_path: Path) -> None:
+    src = tmp_path / "mnist"
+    src.mkdir()
+    (src / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b images")
+    (src / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01 labels")
+    (src / "notes.txt").write_text("not an IDX file")
+    playbook("data.yml", site.settings, "-e", f"hefl_data_src={src}")
+    for host, role in site.roles.items():
+        staged = site.dir(host) / "data" / "mnist"
+        if role == "client":
+            assert sorted(p.name for p in staged.iterdir()) == [
+                "t10k-labels-idx1-ubyte",
+                "train-images-idx3-ubyte.gz",
+            ]
+            assert (staged / "t10k-labels-idx1-ubyte").read_bytes().endswith(b"labels")
+        else:
+            assert not staged.exists(), host
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {**os.environ, "HEFL_CLUSTER": str(site.settings)}
+    proc = subprocess.run(
+        [str(BIN / "ansible-playbook"), "deploy/data.yml", "-e", f"hefl_data_src={empty}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode != 0 and "no IDX files" in proc.stdout

@@ -116,8 +116,15 @@ def test_a_slower_link_shows_in_the_round_time_and_nothing_is_left(tmp_path: Pat
 
 def test_ctrl_c_ends_the_run_keeps_its_logs_and_removes_everything(tmp_path: Path) -> None:
     before = leftovers()
+    raw = json.loads(LINKS.read_text())  # one client of the four: quicker to start
+    for gone in ("10.10.1.2", "10.10.1.3", "10.10.1.4", "10.10.1.6"):
+        del raw["others"][gone]
+    raw["others"]["10.10.1.1"]["client_number"] = 1
+    raw["others"]["10.10.1.5"]["receive"] = ["10.10.1.1"]
+    cfg = tmp_path / "one.json"
+    cfg.write_text(json.dumps(raw))
     proc = subprocess.Popen(
-        [str(SCRIPT), "--config", str(LINKS), "--log-dir", str(tmp_path), "--rate", "100mbit"],
+        [str(SCRIPT), "--config", str(cfg), "--log-dir", str(tmp_path), "--rate", "100mbit"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
