@@ -55,13 +55,13 @@ command -v ip >/dev/null && command -v tc >/dev/null || die "needs 'ip' and 'tc'
 # holds them all. A config that cannot run here (nodes sharing a host, names) says why.
 plan=$("$PY" -m hefl.cluster plan "$config" 2>&1) || die "$config: $(tail -n 1 <<<"$plan" | sed 's/^error: //')"
 
-ADDRS=() HOSTS=() PORTS=() ROLES=() AGG=""
+ADDRS=() HOSTS=() PORTS=() ROLES=() AGG="" PREFIX=""
 while read -r a b c d; do
     if [[ $a == prefix ]]; then PREFIX=$b; continue; fi
     ADDRS+=("$a") HOSTS+=("$b") PORTS+=("$c") ROLES+=("$d")
     [[ $d != aggregator ]] || AGG=${#HOSTS[@]}
 done <<<"$plan"
-[[ -n $AGG ]] || die "$config has no aggregator"
+[[ -n $AGG && -n $PREFIX ]] || die "$config: no aggregator or no subnet in its plan"
 AGG=$((AGG - 1))
 N=${#HOSTS[@]}
 
@@ -69,15 +69,18 @@ N=${#HOSTS[@]}
 TAG=hv$(printf %04x $(($$ % 65536)))
 BR=${TAG}br
 WORK=$(mktemp -d "/tmp/vcluster-$TAG-XXXXXX")
-PIDS=() AGG_PID="" created=0 status=1
+PIDS=() AGG_PID="" TEE_PID="" created=0 status=1 have_netem=0
 
 cleanup() {
     trap '' INT TERM HUP
     if [[ -n $AGG_PID ]] && kill -0 "$AGG_PID" 2>/dev/null; then
         echo "vcluster: stopping the experiment (agg ends it and keeps its logs)" >&2
         kill -TERM "$AGG_PID" 2>/dev/null || true
+        for _ in $(seq 150); do kill -0 "$AGG_PID" 2>/dev/null || break; sleep 0.2; done
+        kill -KILL "$AGG_PID" 2>/dev/null || true # 30 s: agg is stuck; the rest still goes
         wait "$AGG_PID" 2>/dev/null || true
     fi
+    keep_outputs
     for pid in "${PIDS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
     for _ in $(seq 50); do
         alive=0
@@ -94,6 +97,27 @@ cleanup() {
     done
     ip link del "$BR" 2>/dev/null || true
     rm -rf "$WORK" # the run's credential and keys
+}
+# The run folder gets each node's output and the link settings, however the run ended; a run
+# started with sudo leaves its folders to the user who called sudo.
+keep_outputs() {
+    local experiment dest i
+    [[ -f $WORK/agg.out ]] || return 0
+    experiment=$(sed -n 's/.*experiment \([A-Za-z0-9._-]*\).*/\1/p' "$WORK/agg.out" | head -n 1)
+    if [[ -n $experiment && -d $log_dir/$experiment ]]; then
+        dest=$log_dir/$experiment/vcluster
+        mkdir -p "$dest"
+        for ((i = 0; i < N; i++)); do
+            cp "$WORK/nodes/${HOSTS[i]}/node.out" "$dest/${HOSTS[i]}.out" 2>/dev/null || true
+        done
+        printf '{"rate": "%s", "delay": "%s", "netem": %s, "nodes": %s, "prefix": %s}\n' \
+            "$rate" "$delay" "$([[ $have_netem == 1 ]] && echo true || echo false)" "$N" "$PREFIX" >"$dest/links.json"
+        [[ -z ${SUDO_UID:-} ]] || chown -R "$SUDO_UID:${SUDO_GID:-$SUDO_UID}" "$log_dir/$experiment"
+        echo "vcluster: logs in $log_dir/$experiment (each node's output in vcluster/)"
+    else
+        echo "vcluster: agg made no log folder; its output:" >&2
+        tail -n 5 "$WORK/agg.out" >&2
+    fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -185,27 +209,16 @@ args=(main.py agg --config "$run_config" --token-file "$WORK/token" --log-dir "$
 [[ -z $scheme ]] || args+=(--scheme "$scheme")
 echo "vcluster: ip netns exec $TAG-$AGG python ${args[*]}"
 # tee ignores Ctrl-C, so that agg can still print while it ends the run
-ip netns exec "$TAG-$AGG" "$PY" "${args[@]}" > >(trap '' INT; exec tee "$WORK/agg.out") 2>&1 &
+exec {agg_out}> >(trap '' INT; exec tee "$WORK/agg.out")
+TEE_PID=$!
+ip netns exec "$TAG-$AGG" "$PY" "${args[@]}" >&"$agg_out" 2>&1 &
 AGG_PID=$!
+exec {agg_out}>&- # agg holds the pipe now; tee ends when agg does
 set +e
 wait "$AGG_PID"
 status=$?
 set -e
 AGG_PID=""
-sleep 0.2 # tee's last lines
+wait "$TEE_PID" 2>/dev/null || true # tee's last lines
 
-experiment=$(sed -n 's/.*experiment \([A-Za-z0-9._-]*\).*/\1/p' "$WORK/agg.out" | head -n 1)
-if [[ -n $experiment && -d $log_dir/$experiment ]]; then
-    dest=$log_dir/$experiment/vcluster
-    mkdir -p "$dest"
-    for ((i = 0; i < N; i++)); do
-        cp "$WORK/nodes/${HOSTS[i]}/node.out" "$dest/${HOSTS[i]}.out" 2>/dev/null || true
-    done
-    printf '{"rate": "%s", "delay": "%s", "netem": %s, "nodes": %s, "prefix": %s}\n' \
-        "$rate" "$delay" "$([[ $have_netem == 1 ]] && echo true || echo false)" "$N" "$PREFIX" >"$dest/links.json"
-    echo "vcluster: logs in $log_dir/$experiment (each node's output in vcluster/)"
-else
-    echo "vcluster: agg made no log folder; its output:" >&2
-    tail -n 5 "$WORK/agg.out" >&2
-fi
-exit "$status"
+exit "$status" # the EXIT trap copies the nodes' output into the run folder and cleans up

@@ -203,7 +203,11 @@ def pack(out: Path, root: Path = ROOT) -> int:
         ).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         raise HeflError(f"pack: {root} is not a git checkout ({exc}); clone the repo") from None
-    names = sorted({n for n in os.fsdecode(listed).split("\0") if n and (root / n).is_file()})
+    names = sorted(
+        n
+        for n in set(os.fsdecode(listed).split("\0"))
+        if n and (root / n).is_file() and not _never_packed(n)
+    )
     tmp = out.with_name(out.name + ".part")
     with tarfile.open(tmp, "w:gz") as tar:
         for name in names:
@@ -214,6 +218,13 @@ def pack(out: Path, root: Path = ROOT) -> int:
         tar.addfile(info, io.BytesIO(version))
     tmp.replace(out)
     return len(names)
+
+
+def _never_packed(name: str) -> bool:
+    """Key material and credentials, wherever they lie (a key folder outside the ignored keys/),
+    and a VERSION.json that a deployed copy holds: the pack writes its own."""
+    base = name.rsplit("/", 1)[-1]
+    return base.endswith(".ctx") or base == "token" or name == VERSION_FILE
 
 
 def main(argv: list[str]) -> int:

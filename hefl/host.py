@@ -36,6 +36,7 @@ class Host:
         self.node: Node | None = None
         self._served: dict[str, str] = {}  # experiment -> the node this process was in it
         self._lock = threading.Lock()
+        code()  # the code this process runs, asked now: a copy replaced later is not it
 
     def configure(
         self, payload: Any, swap: Callable[[Node], None] = lambda node: None

@@ -42,18 +42,20 @@ def code() -> dict[str, Any]:
 def code_version(root: Path = ROOT) -> dict[str, Any]:
     """The git commit the code runs from, whether the work tree differs from it, and then the
     sha256 of what differs (`git diff HEAD` plus the names and contents of untracked files), so
-    that two runs from the same dirty tree can be told apart from two different ones."""
-    try:
-        commit = _git(root, "rev-parse", "HEAD").decode().strip()
-        status = _git(root, "status", "--porcelain", "--untracked-files=all", "-z")
-        diff = _git(root, "diff", "HEAD", "--binary")
-    except (OSError, subprocess.SubprocessError, ValueError) as exc:
-        try:  # a copy deployed without .git says what it was copied from
+    that two runs from the same dirty tree can be told apart from two different ones. A copy
+    without .git (deploy/setup.yml's) says what its VERSION.json says it was packed from."""
+    if not (root / ".git").exists():
+        try:
             packed = json.loads((root / VERSION_FILE).read_text())
             if isinstance(packed, dict) and "commit" in packed:
                 return {**packed, "copy": True}
         except (OSError, ValueError):
             pass
+    try:
+        commit = _git(root, "rev-parse", "HEAD").decode().strip()
+        status = _git(root, "status", "--porcelain", "--untracked-files=all", "-z")
+        diff = _git(root, "diff", "HEAD", "--binary")
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
         return {"commit": None, "dirty": None, "why": f"no git checkout here: {exc}"[:200]}
     if not status.strip(b"\0"):
         return {"commit": commit, "dirty": False, "diff_sha256": None}

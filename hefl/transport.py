@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import requests
 
@@ -149,7 +149,8 @@ class Transport:
                 resp = self.session.request(
                     route.method,
                     url,
-                    data=_BodyReader(body) if body else None,
+                    # a reader of memoryviews (requests' stubs know only bytes and str)
+                    data=cast(Any, _BodyReader(body)) if body else None,
                     headers=headers,
                     timeout=(self.timeouts.connect, self.timeouts.read),
                 )
@@ -192,7 +193,11 @@ class _BodyReader:
     urllib3 sends a bytes body with one sendall() under the *connect* timeout, which bounds the
     whole upload: 24 MB over a 100 Mbit/s link shared by two senders takes about 4 s and failed
     at the default 3 s. In blocks, each sendall() gets that timeout afresh: a stalled peer still
-    fails, a slow link does not. Content-Length stays (requests takes it from len())."""
+    fails, a slow link does not. Content-Length stays (requests takes it from len()). Blocks are
+    views of the body, 256 KiB at least (urllib3 asks for 16 KiB): no copy, few system calls, and
+    a block still fits the 3 s timeout down to about 1 Mbit/s."""
+
+    BLOCK = 1 << 18
 
     def __init__(self, body: Body) -> None:
         self._view = memoryview(body).cast("B")
@@ -201,13 +206,13 @@ class _BodyReader:
     def __len__(self) -> int:
         return len(self._view) - self._at
 
-    def __iter__(self) -> Iterator[bytes]:
-        while block := self.read(1 << 16):
+    def __iter__(self) -> Iterator[memoryview]:
+        while block := self.read():
             yield block
 
-    def read(self, size: int = -1) -> bytes:
-        end = len(self._view) if size is None or size < 0 else min(self._at + size, len(self._view))
-        block = self._view[self._at : end].tobytes()
+    def read(self, size: int = -1) -> memoryview:
+        end = min(self._at + max(size, self.BLOCK), len(self._view))
+        block = self._view[self._at : end]
         self._at = end
         return block
 

@@ -248,9 +248,15 @@ def test_setup_copies_the_code_with_its_version_and_keys_go_by_role(started: Sit
         assert (d / "keys" / "secret.ctx").exists() == (role == "client"), host
         assert (d / "keys" / "keyless.ctx").exists() == (role == "aggregator"), host
     client = next(h for h, r in site.roles.items() if r == "client")
-    assert (site.dir(client) / "keys" / "secret.ctx").read_bytes() == (
-        site.store / "secret.ctx"
-    ).read_bytes()
+    secret = site.dir(client) / "keys" / "secret.ctx"
+    assert secret.read_bytes() == (site.store / "secret.ctx").read_bytes()
+    # a rerun on one host (--limit, as deploy/README says) gives it the same key pair, not a new one
+    secret.unlink()
+    rerun = playbook(
+        "keys.yml", site.settings, "--limit", client, "-e", f"hefl_key_store={site.store}"
+    )
+    assert "skipping: [" in rerun.stdout.split("a new key pair")[1].split("TASK")[0]
+    assert secret.read_bytes() == (site.store / "secret.ctx").read_bytes()
 
 
 def test_health_agg_and_collect_through_the_playbooks(started: Site) -> None:
@@ -382,7 +388,8 @@ def test_shape_puts_a_token_bucket_both_ways_and_takes_it_off(site: Site, netns:
         ).stdout
 
     shown = qdiscs()
-    assert re.search(r"qdisc tbf 10: dev e0 root .*rate 100Mbit", shown), shown
+    # the same token bucket as vcluster.sh's: 4 ms of the rate in decimal units (50,000 bytes)
+    assert re.search(r"qdisc tbf 10: dev e0 root .*rate 100Mbit burst 50000b", shown), shown
     assert re.search(r"qdisc tbf 10: dev hefl-ifb root .*rate 100Mbit", shown), shown
     assert "qdisc ingress ffff: dev e0" in shown
     playbook("shape.yml", site.settings, *args, "-e", "shape=absent", netns=netns)
