@@ -149,5 +149,5 @@ def test_ctrl_c_ends_the_run_keeps_its_logs_and_removes_everything(tmp_path: Pat
     # the script hands Ctrl-C to agg as SIGTERM, which agg takes like Ctrl-C
     assert (run["status"], run["error"]) == ("failed", "interrupted (SIGTERM)"), run
     assert "vcluster: stopping the experiment" in out
-    assert len(list((exp / "vcluster").glob("10.10.1.*.out"))) == 2  # kept on this path too
+    assert len(list((exp / "vcluster").glob("10.10.1.*.out"))) == 3  # kept on this path too
     assert leftovers() == before
