@@ -104,28 +104,22 @@ def test_the_inventory_is_the_config_by_machine_and_role(tmp_path: Path) -> None
 
 
 def test_the_inventory_script_prints_what_ansible_reads(tmp_path: Path) -> None:
-    env = {**os.environ, "HEFL_CLUSTER": str(tmp_path / "none.json")}
-    out = subprocess.run(
-        [sys.executable, "deploy/inventory.py", "--list"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
+    def listed(settings: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "deploy/inventory.py", "--list"],
+            cwd=ROOT,
+            env={**os.environ, "HEFL_CLUSTER": str(settings)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    out = listed(tmp_path / "none.json")  # no settings: ssh to the experiment addresses
+    assert out.returncode == 0, out.stderr
     assert set(json.loads(out.stdout)["hefl"]["hosts"]) == {f"10.10.1.{i}" for i in range(1, 16)}
     (tmp_path / "broken.json").write_text("[]")
-    env["HEFL_CLUSTER"] = str(tmp_path / "broken.json")
-    bad = subprocess.run(
-        [sys.executable, "deploy/inventory.py", "--list"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    bad = listed(tmp_path / "broken.json")
     assert bad.returncode == 1 and "must be a JSON object" in bad.stderr
 
 
