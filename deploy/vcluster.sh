@@ -73,6 +73,7 @@ PIDS=() AGG_PID="" TEE_PID="" created=0 status=1 have_netem=0
 
 cleanup() {
     trap '' INT TERM HUP
+    set +e # a step that fails (a full disk, say) must not skip the removals after it
     if [[ -n $AGG_PID ]] && kill -0 "$AGG_PID" 2>/dev/null; then
         echo "vcluster: stopping the experiment (agg ends it and keeps its logs)" >&2
         kill -TERM "$AGG_PID" 2>/dev/null || true
