@@ -55,10 +55,10 @@ command -v ip >/dev/null && command -v tc >/dev/null || die "needs 'ip' and 'tc'
 # holds them all. A config that cannot run here (nodes sharing a host, names) says why.
 plan=$("$PY" -m hefl.cluster plan "$config" 2>&1) || die "$config: $(tail -n 1 <<<"$plan" | sed 's/^error: //')"
 
-ADDRS=() HOSTS=() PORTS=() ROLES=() AGG="" PREFIX=""
+HOSTS=() PORTS=() AGG="" PREFIX=""
 while read -r a b c d; do
     if [[ $a == prefix ]]; then PREFIX=$b; continue; fi
-    ADDRS+=("$a") HOSTS+=("$b") PORTS+=("$c") ROLES+=("$d")
+    HOSTS+=("$b") PORTS+=("$c")
     [[ $d != aggregator ]] || AGG=${#HOSTS[@]}
 done <<<"$plan"
 [[ -n $AGG && -n $PREFIX ]] || die "$config: no aggregator or no subnet in its plan"

@@ -111,7 +111,6 @@ def inventory(cfg: ExperimentConfig, settings: dict[str, Any], config_path: str)
             "children": ["hefl"],
             "vars": {
                 "hefl_config": config_path,
-                "hefl_aggregator": cfg.aggregator.ip,
                 "hefl_subnet": str(subnet(hosts) or ""),
             },
         },
