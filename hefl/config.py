@@ -16,6 +16,9 @@ from hefl.schema import NAME_LEN, bounds, check_keys, parse_section, parse_value
 from hefl.topology import check_topology
 
 Role = Literal["client", "switch", "aggregator"]
+MAX_CLIENTS = (
+    16_384  # logical clients of one experiment: the envelope's client mask holds this many
+)
 
 
 @dataclass(frozen=True)
@@ -124,8 +127,29 @@ class NodeConfig:
     dumb: bool = False
     client_number: int = 0
     index: int = 0
+    # clients: logical clients this node hosts, taking slices index .. index + clients - 1
+    clients: int = field(default=1, metadata=bounds(ge=1, le=MAX_CLIENTS))
+    # clients: add the node's own logical clients' updates into one message before sending it up
+    local_sum: bool = False
     ip: str = ""
     key: str = ""  # placeholder in the original configs: ignored
+
+
+@dataclass(frozen=True)
+class LogicalClient:
+    """One client of FedAvg: its own slice, seeds and update. A client node hosts one or more;
+    with one, the client is the node and its id is the node's address, else `<address>#<j>`."""
+
+    id: str
+    node: str
+    index: int  # its slice index (and the key of its seeds)
+
+
+def logical_ids(node: NodeConfig) -> tuple[str, ...]:
+    """The ids of the logical clients a client node hosts, in slice order."""
+    if node.clients == 1:
+        return (node.id,)
+    return tuple(f"{node.id}#{j}" for j in range(node.clients))
 
 
 @dataclass(frozen=True)
@@ -140,6 +164,17 @@ class ExperimentConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    # every logical client by id, in slice order (derived from `nodes`)
+    logical: Mapping[str, LogicalClient] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        found = [
+            LogicalClient(lid, n.id, n.index + j)
+            for n in self.nodes.values()
+            if n.type == "client"
+            for j, lid in enumerate(logical_ids(n))
+        ]
+        object.__setattr__(self, "logical", {c.id: c for c in sorted(found, key=lambda c: c.index)})
 
     @property
     def rounds(self) -> int:
@@ -154,9 +189,22 @@ class ExperimentConfig:
         return tuple(n.id for n in self.nodes.values() if n.send == node_id)
 
     def clients(self) -> tuple[str, ...]:
-        """Every client, ordered by slice index."""
+        """Every (logical) client, ordered by slice index: what FedAvg, masks, min_clients and the
+        headroom count. A node hosting one client is that client."""
+        return tuple(self.logical)
+
+    def client_nodes(self) -> tuple[str, ...]:
+        """Every client node (process), ordered by slice index."""
         found = [n for n in self.nodes.values() if n.type == "client"]
         return tuple(n.id for n in sorted(found, key=lambda n: n.index))
+
+    def hosted(self, node_id: str) -> tuple[str, ...]:
+        """The logical clients a client node hosts, in slice order."""
+        return logical_ids(self.nodes[node_id])
+
+    def node_of(self, client: str) -> str:
+        """The node a logical client runs on."""
+        return self.logical[client].node
 
     @property
     def min_clients(self) -> int:
@@ -170,19 +218,27 @@ class ExperimentConfig:
         """A set of clients as a bit mask: bit i is the client of slice index i."""
         out = 0
         for c in clients:
-            out |= 1 << self.nodes[c].index
+            out |= 1 << self.logical[c].index
         return out
 
     def members(self, mask: int) -> tuple[str, ...]:
         """The clients of a bit mask, by slice index."""
-        return tuple(c for c in self.clients() if mask >> self.nodes[c].index & 1)
+        return tuple(c.id for c in self.logical.values() if mask >> c.index & 1)
 
     def clients_under(self, node_id: str) -> tuple[str, ...]:
-        """The clients whose updates pass through `node_id`."""
-        node = self.nodes[node_id]
+        """The (logical) clients whose updates pass through `node_id`: a node or a sender id."""
+        node = self.nodes.get(node_id)
+        if node is None:
+            return (node_id,) if node_id in self.logical else ()
         if node.type == "client":
-            return (node_id,)
+            return self.hosted(node_id)
         return tuple(c for child in self.children(node_id) for c in self.clients_under(child))
+
+    def senders(self, node_id: str) -> tuple[str, ...]:
+        """The sender ids of the updates a client node sends up: one per logical client, or its
+        own address when it hosts one or adds its own (`local_sum`)."""
+        node = self.nodes[node_id]
+        return (node_id,) if node.local_sum else self.hosted(node_id)
 
     def contributors(self, node_id: str) -> tuple[str, ...]:
         """Senders whose messages `node_id` adds: dumb switches pass their children's through."""
@@ -191,6 +247,8 @@ class ExperimentConfig:
             node = self.nodes[child]
             if node.type == "switch" and node.dumb:
                 found.extend(self.contributors(child))
+            elif node.type == "client":
+                found.extend(self.senders(child))
             else:
                 found.append(child)
         return tuple(found)
@@ -210,7 +268,7 @@ _SECTIONS: dict[str, type] = {
     "network": NetworkConfig,
 }
 _NODE_KEYS: dict[str, tuple[str, ...]] = {
-    "client": ("type", "client_number", "index", "send", "ip", "key"),
+    "client": ("type", "client_number", "index", "clients", "local_sum", "send", "ip", "key"),
     "switch": ("type", "receive", "send", "dumb", "ip", "key"),
     "aggregator": ("type", "ip", "key"),
 }
@@ -282,6 +340,23 @@ def _parse_node(node_id: str, body: Any) -> NodeConfig:
     if node.ip and node.ip not in (node_id, addr.host, addr.url_host):
         raise ConfigError(f"{path}.ip: {node.ip!r} differs from the node's address {node_id!r}")
     return node
+
+
+def host_clients(raw: Mapping[str, Any], per_node: int) -> dict[str, Any]:
+    """A copy of a raw config whose every client node hosts `per_node` logical clients: slices are
+    handed out again in the order of the nodes' indexes, and client_number becomes their total
+    (the sweep key `others.*.clients`, and the benchmarks, use it)."""
+    out = json.loads(json.dumps(raw))
+    others = out.get("others")
+    if isinstance(per_node, bool) or not isinstance(per_node, int) or per_node < 1:
+        raise ConfigError(f"others.*.clients: {per_node!r} is not a positive whole number")
+    if not isinstance(others, dict):
+        raise ConfigError("others: expected an object mapping node addresses to node configs")
+    nodes = [n for n in others.values() if isinstance(n, dict) and n.get("type") == "client"]
+    nodes.sort(key=lambda n: n.get("index", 0) if isinstance(n.get("index"), int) else 0)
+    for i, node in enumerate(nodes):
+        node.update(client_number=per_node * len(nodes), index=per_node * i, clients=per_node)
+    return out  # type: ignore[no-any-return]
 
 
 def load_config(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,11 +168,22 @@ def dirichlet_slices(labels: np.ndarray, parts: int, alpha: float, seed: int) ->
 def client_data(ds: DatasetConfig, seed: int, parts: int, index: int) -> tuple[Split, Split, int]:
     """Client `index`'s train slice (IID or label skew), its contiguous test slice, and the number
     of training samples of all clients together."""
+    slices, all_samples = client_slices(ds, seed, parts, [index])
+    return *slices[0], all_samples
+
+
+def client_slices(
+    ds: DatasetConfig, seed: int, parts: int, indices: Sequence[int]
+) -> tuple[list[tuple[Split, Split]], int]:
+    """The (train, test) slices of clients `indices`, from one load of the data, and the number of
+    training samples of all clients together."""
     train, test = load(ds, seed)
     if ds.partition == "dirichlet":
-        idx = dirichlet_slices(train.y, parts, ds.alpha, seed)[index]
-    else:
-        idx = iid_slice(len(train), parts, index)
-    if len(idx) == 0:
-        raise ConfigError(f"dataset: client {index} of {parts} gets no training samples")
-    return train.take(idx), test.take(iid_slice(len(test), parts, index)), len(train)
+        skewed = dirichlet_slices(train.y, parts, ds.alpha, seed)
+    out = []
+    for index in indices:
+        idx = skewed[index] if ds.partition == "dirichlet" else iid_slice(len(train), parts, index)
+        if len(idx) == 0:
+            raise ConfigError(f"dataset: client {index} of {parts} gets no training samples")
+        out.append((train.take(idx), test.take(iid_slice(len(test), parts, index))))
+    return out, len(train)

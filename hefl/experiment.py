@@ -247,7 +247,7 @@ class Controller:
         """POST every node its config, all at once; each refusal is named before anything starts."""
         self.out("pushing configs (clients load their data and torch: a few seconds)")
         started = time.monotonic()
-        clients = self.cfg.clients()
+        clients = self.cfg.client_nodes()
         adders = [n for n in self.cfg.nodes if n not in clients]
         # clients first: their answers declare their sample counts, which the adders then check
         with ThreadPoolExecutor(max_workers=min(32, len(self.cfg.nodes))) as pool:
@@ -261,9 +261,9 @@ class Controller:
                 f"warning: {len(self.open_nodes)} node(s) run without a credential (anyone who "
                 f"reaches them can configure them and post updates): {', '.join(self.open_nodes)}"
             )
-        ids = {self.key_ids.get(n, "") for n in self.cfg.clients()}
+        ids = {self.key_ids.get(n, "") for n in self.cfg.client_nodes()}
         if len(ids) > 1:
-            found = ", ".join(f"{n}={self.key_ids.get(n)}" for n in self.cfg.clients())
+            found = ", ".join(f"{n}={self.key_ids.get(n)}" for n in self.cfg.client_nodes())
             raise ConfigError(
                 f"clients hold different key pairs ({found}): copy one ./seal.sh run to all of "
                 "them (ansible-playbook deploy/keys.yml)"
@@ -277,7 +277,8 @@ class Controller:
         """Push one node its config; '' when it took it, else what went wrong (one line). A 409
         answers a retried push the node had taken (its /health then tells its key id) or an
         experiment id the node has a log of already (a refusal)."""
-        samples = None if node in self.cfg.clients() else self.samples
+        is_client = self.cfg.nodes[node].type == "client"
+        samples = None if is_client else self.samples
         body = make_push(
             self.raw, node, self.experiment, self.endpoints, self.keyless_context, samples
         )
@@ -292,7 +293,7 @@ class Controller:
         except HeflError as exc:
             return str(exc)
         key_id = str(state.get("key_id") or "")
-        if node in self.cfg.clients() and self.cfg.encryption.scheme != "none" and not key_id:
+        if is_client and self.cfg.encryption.scheme != "none" and not key_id:
             return f"{node} did not say which key pair it loaded (no key_id in its answer)"
         self.key_ids[node] = key_id
         machine = state.get("machine")
@@ -301,11 +302,11 @@ class Controller:
             "key_id": key_id or None,
             "machine": machine if isinstance(machine, dict) else None,
         }
-        if node in self.cfg.clients():
-            samples = state.get("samples")
-            if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
-                return f"{node} did not declare its training samples (got {samples!r})"
-            self.samples[node] = samples
+        if is_client:
+            declared = _declared_samples(state, self.cfg.hosted(node))
+            if isinstance(declared, str):
+                return f"{node} did not declare its training samples ({declared})"
+            self.samples.update(declared)
         if state.get("credential") is False:
             self.open_nodes.append(node)
         return ""
@@ -354,7 +355,7 @@ class Controller:
                 [
                     h.get("phase", "")
                     for n, h in healths.items()
-                    if isinstance(h, dict) and n in self.cfg.clients()
+                    if isinstance(h, dict) and self.cfg.nodes[n].type == "client"
                 ]
             )
         for node, health in healths.items():
@@ -419,7 +420,7 @@ class Controller:
         """With a round deadline, a client that stops answering is a dropout, not a failure: the
         aggregator completes rounds without it while at least min_clients contribute (and stops
         the run when fewer do). Said once."""
-        if not self.cfg.network.round_deadline_s or node not in self.cfg.clients():
+        if not self.cfg.network.round_deadline_s or self.cfg.nodes[node].type != "client":
             return False
         if not isinstance(health, Exception):
             if node in self.dropouts:  # a straggler, paused or slow: it takes part again
@@ -555,3 +556,19 @@ def _reason(exc: BaseException) -> str:
         signum = getattr(exc, "signum", signal.SIGINT)
         return f"interrupted ({signal.Signals(signum).name})"
     return str(exc) or type(exc).__name__
+
+
+def _declared_samples(state: dict[str, Any], hosted: tuple[str, ...]) -> dict[str, int] | str:
+    """Each hosted client's training samples from a client node's answer (`clients`, or a node
+    of one client's `samples`), or what is wrong with them."""
+    counts = state.get("clients")
+    if not isinstance(counts, dict):
+        counts = {hosted[0]: state.get("samples")} if len(hosted) == 1 else None
+    if counts is None or set(counts) != set(hosted):
+        return f"expected the samples of {len(hosted)} client(s), got {state.get('clients')!r}"[
+            :200
+        ]
+    for n in counts.values():
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            return f"got {n!r}"
+    return dict(counts)

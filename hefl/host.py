@@ -134,9 +134,10 @@ def build_node(push: Push, log_dir: Path, token: str = "") -> Node:
     runlog = RunLog(
         log_dir / push.experiment / log_name(push.node), push.node, role, push.experiment
     )
-    meter = TrafficMeter(
-        runlog, push.experiment, cfg.rounds, cfg.nodes, first_hops(cfg.nodes, push.node)
-    )
+    hops = first_hops(cfg.nodes, push.node)
+    # a client's own sender id (a node hosting several) arrives through its node's link
+    hops.update({c: hops[n.node] for c, n in cfg.logical.items() if n.node in hops})
+    meter = TrafficMeter(runlog, push.experiment, cfg.rounds, cfg.nodes, hops)
     transport = Transport(push.endpoints, Timeouts.of(cfg.network), token, meter)
     scheme: Scheme | None = None
     try:

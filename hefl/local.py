@@ -88,7 +88,7 @@ def local_nodes(
         {n: f"http://127.0.0.1:{p}" for n, p in ports.items()},
         token,
         out_dir,
-        may_drop=frozenset(cfg.clients() if cfg.network.round_deadline_s else ()),
+        may_drop=frozenset(cfg.client_nodes() if cfg.network.round_deadline_s else ()),
     )
     try:
         for node, port in ports.items():

@@ -130,22 +130,27 @@ class RunLog:
         seconds: float,
         cpu_seconds: float | None = None,
         end: float | None = None,
+        client: str | None = None,
     ) -> None:
         """Add `seconds` to the round's phase `name`, and list the interval in `spans` as
         [name, start offset from the round's start, seconds]; it ended at `end` (monotonic;
-        default now). A zero-length phase (a wait that never started) makes no span."""
+        default now). A zero-length phase (a wait that never started) makes no span. With
+        `client` (a node hosting several), the seconds also go to that client's own phases."""
         end = time.monotonic() if end is None else end
         with self._lock:
             rec = self._record(round_)
             for key, value in (("phases", seconds), ("phases_cpu", cpu_seconds)):
                 if value is not None:
                     rec[key][name] = round(rec[key].get(name, 0.0) + value, 6)
+            if client is not None:
+                mine = self._client_locked(rec, client).setdefault("phases", {})
+                mine[name] = round(mine.get(name, 0.0) + seconds, 6)
             if seconds > 0:
                 start = end - seconds - self._started[round_]
                 rec["spans"].append([name, round(start, 6), round(seconds, 6)])
 
     @contextmanager
-    def phase(self, round_: int, name: str) -> Iterator[None]:
+    def phase(self, round_: int, name: str, client: str | None = None) -> Iterator[None]:
         """Time a block with the monotonic clock and add it to the round's phase `name`; add the
         CPU seconds the calling thread spent in it to `phases_cpu` (less than the wall time when
         the thread waited for the network, a lock or a core another process held)."""
@@ -156,11 +161,21 @@ class RunLog:
         finally:
             end = time.monotonic()
             self.current = ""
-            self.add_phase(round_, name, end - t0, time.thread_time() - cpu0, end)
+            self.add_phase(round_, name, end - t0, time.thread_time() - cpu0, end, client)
 
     def set(self, round_: int, **values: Any) -> None:
         with self._lock:
             self._record(round_).update(values)
+
+    def set_client(self, round_: int, client: str, **values: Any) -> None:
+        """Figures of one of the clients a node hosts, in the round's `clients` record."""
+        with self._lock:
+            self._client_locked(self._record(round_), client).update(values)
+
+    @staticmethod
+    def _client_locked(rec: dict[str, Any], client: str) -> dict[str, Any]:
+        mine: dict[str, Any] = rec.setdefault("clients", {}).setdefault(client, {})
+        return mine
 
     def end(self, round_: int, final: bool = False) -> None:
         """Close a round (wall-clock end, monotonic duration) and write the whole log."""

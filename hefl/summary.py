@@ -308,11 +308,7 @@ def _round(
     r: int,
 ) -> dict[str, Any] | None:
     """One round's figures; None when the round did not complete (no client evaluated it)."""
-    reports = [
-        rec
-        for n in cfg.clients()
-        if (rec := records.get(n, {}).get(r)) is not None and rec.get("accuracy") is not None
-    ]
+    reports = client_reports(cfg, records, r)
     if not reports:
         return None
     tests = sum(rec["test_samples"] for rec in reports)
@@ -369,11 +365,11 @@ def _round(
         "bytes_by_node": {
             n: {
                 "role": role[n],
-                "sent": rec.get("byte_send", 0),
-                "received": rec.get("byte_received", 0),
+                "sent": got.get("byte_send", 0),
+                "received": got.get("byte_received", 0),
             }
             for n in cfg.nodes
-            if (rec := recs.get(n)) is not None
+            if (got := recs.get(n)) is not None
         },
         "bytes_by_link": dict(sorted(links.items())),
         "phases_by_role": phases,
@@ -412,6 +408,50 @@ def _totals(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def client_reports(
+    cfg: ExperimentConfig, records: Mapping[str, Mapping[int, dict[str, Any]]], r: int
+) -> list[dict[str, Any]]:
+    """Each (logical) client's evaluation of round `r`, from its node's record: the record itself
+    for a node of one client, each entry of its `clients` for a node hosting several."""
+    out = []
+    for node in cfg.client_nodes():
+        rec = records.get(node, {}).get(r)
+        if rec is None or rec.get("accuracy") is None:
+            continue
+        hosted = cfg.hosted(node)
+        if len(hosted) == 1:
+            out.append(rec)
+            continue
+        mine = rec.get("clients", {})
+        out.extend(mine[c] for c in hosted if c in mine and mine[c].get("accuracy") is not None)
+    return out
+
+
+def client_heads(cfg: ExperimentConfig, logs: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """What the HE error check needs of each (logical) client, by client id: its weight and
+    training samples, its node's client_number and all_samples, and the node (`node`)."""
+    out = {}
+    for node in cfg.client_nodes():
+        head = logs.get(node)
+        if head is None:
+            continue
+        shared = {k: head.get(k) for k in ("client_number", "all_samples")}
+        if len(cfg.hosted(node)) == 1:
+            if "weight" in head:
+                out[node] = {**shared, **{k: head[k] for k in ("weight", "train_samples")}}
+                out[node]["node"] = node
+            continue
+        for c in head.get("clients", []):
+            if isinstance(c, dict) and c.get("client") in cfg.logical:
+                out[c["client"]] = {
+                    **shared,
+                    "weight": c.get("weight"),
+                    "train_samples": c.get("train_samples"),
+                    "node": node,
+                }
+    return out
+
+
 def he_errors(
     exp_dir: Path, cfg: ExperimentConfig, logs: Mapping[str, Any]
 ) -> dict[int, dict[str, float]]:
@@ -419,7 +459,8 @@ def he_errors(
     between the global model each client decrypted and the plaintext FedAvg of the saved local
     models of that round's contributors (same base, weights and clipping, in float64): the exact
     error of the scheme's encoding, encryption and decryption in that round."""
-    clients = [c for c in cfg.clients() if c in logs and "weight" in logs[c]]
+    heads = client_heads(cfg, logs)
+    clients = [c for c in cfg.clients() if c in heads]
     agg = {rec["round"]: rec for rec in logs.get(cfg.root, {}).get("iteration", [])}
     clip = cfg.encryption.clip
     out: dict[int, dict[str, float]] = {}
@@ -429,21 +470,24 @@ def he_errors(
         if not members or not set(members) <= set(clients):
             break  # not known, or a contributor's log lacks what the arithmetic needs
         try:
+            # the global models are saved once per node, the local ones per client
+            node = {c: heads[c]["node"] for c in members}
             bases = {
-                c: _load(exp_dir, c, "init" if r == 0 else f"r{r - 1}.global") for c in members
+                c: _load(exp_dir, node[c], "init" if r == 0 else f"r{r - 1}.global")
+                for c in members
             }
             locals_ = {c: _load(exp_dir, c, f"r{r}.local") for c in members}
-            globals_ = {c: _load(exp_dir, c, f"r{r}.global") for c in members}
+            globals_ = {c: _load(exp_dir, node[c], f"r{r}.global") for c in members}
         except (OSError, ValueError, EOFError):
             break  # not saved (training.save_models false), cut short, or the round not done
         worst, means = 0.0, []
         for c, got in globals_.items():
             base = bases[c]
             total = sum(
-                np.clip((locals_[m] - bases[m]) * logs[m]["weight"], -clip, clip) for m in members
+                np.clip((locals_[m] - bases[m]) * heads[m]["weight"], -clip, clip) for m in members
             )
-            head = logs[c]
-            summed = sum(logs[m]["train_samples"] for m in members)
+            head = heads[c]
+            summed = sum(heads[m]["train_samples"] for m in members)
             want = base + total * (head["all_samples"] / (head["client_number"] * summed))
             diff = np.abs(np.asarray(got, dtype=np.float64) - want)
             worst = max(worst, float(diff.max()))

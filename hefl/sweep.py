@@ -7,7 +7,9 @@ A sweep file:
      "repeat": 1}
 
 `config` is relative to the sweep file. Grid keys are dotted paths into the config;
-`others.*.KEY` sets KEY on every node of `others` that has it (`dumb` on every switch). Every
+`others.*.KEY` sets KEY on every node of `others` that has it (`dumb` on every switch);
+`others.*.clients` makes every client node host that many logical clients (client_number and the
+slice indexes follow). Every
 combination of the values is one cell, run `repeat` times.
 """
 
@@ -21,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hefl.config import parse_config, read_raw
+from hefl.config import host_clients, parse_config, read_raw
 from hefl.errors import ConfigError, HeflError
 from hefl.runlog import write_json_atomic
 
@@ -68,6 +70,9 @@ def apply(raw: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(dict(raw))
     for key, value in values.items():
         parts = key.split(".")
+        if key == "others.*.clients":  # clients per client node: the slices are numbered again
+            out = host_clients(out, value)
+            continue
         if len(parts) == 3 and parts[:2] == ["others", "*"]:
             nodes = [n for n in out.get("others", {}).values() if isinstance(n, dict)]
             hit = [n for n in nodes if parts[2] in n]

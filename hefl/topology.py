@@ -93,6 +93,8 @@ def _check_receives(nodes: Mapping[str, NodeConfig]) -> None:
 
 
 def _check_clients(nodes: Mapping[str, NodeConfig]) -> None:
+    """Every client slice 0 .. client_number - 1 is taken by exactly one logical client: a node
+    takes slices index .. index + clients - 1."""
     clients = [n for n in nodes.values() if n.type == "client"]
     if not clients:
         raise ConfigError("others: an experiment needs at least one client")
@@ -105,17 +107,28 @@ def _check_clients(nodes: Mapping[str, NodeConfig]) -> None:
                 f"{path}.client_number: {node.client_number} differs from "
                 f"{first.client_number} of {first.id!r}"
             )
-        if not 0 <= node.index < node.client_number:
-            raise ConfigError(
-                f"{path}.index: {node.index} is not in 0..{node.client_number - 1} (client_number)"
+        last = node.index + node.clients - 1
+        if not 0 <= node.index <= last < node.client_number:
+            what = (
+                f"{node.index}"
+                if node.clients == 1
+                else f"{node.index} with {node.clients} clients (slices {node.index}..{last})"
             )
-        if node.index in seen:
             raise ConfigError(
-                f"{path}.index: {node.index} is also the index of {seen[node.index]!r}"
+                f"{path}.index: {what} is not in 0..{node.client_number - 1} (client_number)"
             )
-        seen[node.index] = node.id
-    if len(clients) != clients[0].client_number:
+        for i in range(node.index, last + 1):
+            if i in seen:
+                found = (
+                    f"{i} is also the index" if node.clients == 1 else f"slice {i} is also a slice"
+                )
+                raise ConfigError(f"{path}.index: {found} of {seen[i]!r}")
+            seen[i] = node.id
+        if node.local_sum and node.clients == 1:
+            raise ConfigError(f"{path}.local_sum: needs clients > 1 (this node hosts one client)")
+    logical = sum(n.clients for n in clients)
+    if logical != clients[0].client_number:
+        hosted = f"{logical} clients" if logical == len(clients) else f"{logical} logical clients"
         raise ConfigError(
-            f"others: client_number is {clients[0].client_number} "
-            f"but the config has {len(clients)} clients"
+            f"others: client_number is {clients[0].client_number} but the config has {hosted}"
         )

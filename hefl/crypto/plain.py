@@ -29,7 +29,9 @@ class PlainScheme:
     def encrypt(self, values: np.ndarray) -> bytes:
         return self.serialize(self.encrypt_parts(values))
 
-    def encrypt_parts(self, values: np.ndarray) -> np.ndarray:
+    def encrypt_parts(
+        self, values: np.ndarray, rng: np.random.Generator | None = None
+    ) -> np.ndarray:
         """The values as they go on the wire (float32), still in memory."""
         if values.shape != (self.size,):
             raise ValueError(f"update has shape {values.shape}, expected ({self.size},)")

@@ -30,9 +30,10 @@ class Scheme(Protocol):
         """`serialize(encrypt_parts(values))`."""
         ...
 
-    def encrypt_parts(self, values: np.ndarray) -> Any:
+    def encrypt_parts(self, values: np.ndarray, rng: np.random.Generator | None = None) -> Any:
         """The update encoded and encrypted, in memory (`serialize` makes the bytes): a client
-        times the two apart."""
+        times the two apart. `rng`: the stochastic rounding's stream (bfv), by default the
+        scheme's own: a node hosting several clients passes each client's."""
         ...
 
     def precompute(self, stop: Callable[[], bool]) -> int:

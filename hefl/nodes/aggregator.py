@@ -23,7 +23,8 @@ class AggregatorNode(Adder):
 
     def __init__(self, cfg: ExperimentConfig, node_id: str, experiment: str, parts: Parts) -> None:
         super().__init__(cfg, node_id, experiment, parts)
-        self.metrics = RoundBuffer(experiment, cfg.clients(), cfg.rounds)
+        # one report per client node, covering every client it hosts
+        self.metrics = RoundBuffer(experiment, cfg.client_nodes(), cfg.rounds)
         self.rows: list[dict[str, Any]] = []
         self.control = AcceptPoint()  # the start of the experiment, once
         self.awaiting_metrics = Stopwatch()  # from sending a round's result down to the last report
@@ -107,7 +108,7 @@ class AggregatorNode(Adder):
         # before anyone hears of it: updates of the next round, metrics of this one (from the
         # clients that contributed)
         self.buffer.open(round_ + 1, only=True)
-        self.metrics.expect(round_, present)
+        self.metrics.expect(round_, list(dict.fromkeys(self.cfg.node_of(c) for c in present)))
         self.metrics.open(round_)
         self.arm(round_ + 1)
         self.send_down(Kind.GLOBAL, env, payload)
@@ -117,9 +118,29 @@ class AggregatorNode(Adder):
     def on_metrics(self, env: Envelope, body: Body) -> None:
         """Accept one client's loss and accuracy for a round (parsed once, on arrival)."""
         with self.metrics.reserve(env):
-            complete = self.metrics.fill(env, parse_metrics(body, env.sender))
+            report = parse_metrics(body, env.sender)
+            self.check_figures(env.sender, report)
+            complete = self.metrics.fill(env, report)
         if complete:
             self.submit(self.close_round, env.round)
+
+    def check_figures(self, sender: str, report: MetricsReport) -> None:
+        """A node hosting several clients reports each one's figures, in slice order, and its
+        test samples are theirs together; a node of one client reports none apart."""
+        hosted = self.cfg.hosted(sender)
+        named = tuple(c.client for c in report.clients)
+        if len(hosted) == 1 and named:
+            raise ProtocolError(f"metrics from {sender!r}: it hosts one client; no 'clients'")
+        if len(hosted) > 1 and named != hosted:
+            raise ProtocolError(
+                f"metrics from {sender!r}: 'clients' must be {hosted[0]} .. {hosted[-1]} in "
+                f"order ({len(hosted)}), got {len(named)} entries"
+            )
+        if named and sum(c.test_samples for c in report.clients) != report.test_samples:
+            raise ProtocolError(
+                f"metrics from {sender!r}: test_samples {report.test_samples} is not the sum of "
+                "its clients'"
+            )
 
     def close_round(self, r: int) -> None:
         """Weighted metrics of the round (by test samples) over the reports that came (every
@@ -128,13 +149,13 @@ class AggregatorNode(Adder):
         if not self.metrics.is_open(r):
             return
         self.runlog.add_phase(r, "wait_metrics", self.awaiting_metrics.stop(r))
-        reports: list[MetricsReport] = list(self.metrics.release(r).payloads.values())
+        payloads: dict[str, MetricsReport] = self.metrics.release(r).payloads
+        reports = list(payloads.values())
         loss: float | None = None  # no contributor reported in time: no figure, not a made-up one
         accuracy: float | None = None
-        if reports:
-            loss, accuracy = weighted_metrics(
-                [(p.test_samples, p.loss, p.accuracy) for p in reports]
-            )
+        figures = [f for sender, p in payloads.items() for f in p.figures(sender)]
+        if figures:
+            loss, accuracy = weighted_metrics([(n, lo, acc) for _, n, lo, acc in figures])
         present = self.round_members.get(r, self.cfg.clients())
         row: dict[str, Any] = {
             "round": r,
@@ -144,7 +165,7 @@ class AggregatorNode(Adder):
             "client_byte_received": sum(p.byte_received for p in reports),
             "contributors": len(present),
             "missing": [c for c in self.cfg.clients() if c not in present],
-            "reports": len(reports),  # the metrics behind accuracy and loss
+            "reports": len(figures),  # the clients' metrics behind accuracy and loss
         }
         # (who contributed is in the log already, as lists: see Adder.record_members)
         self.runlog.set(
@@ -188,10 +209,12 @@ class AggregatorNode(Adder):
             return {}
         last = rows[-1]
         missing = set(last.get("missing") or [])
-        return {
-            c: {
-                "missing": c in missing,
-                "text": f"{'missing from' if c in missing else 'in'} round {last['round'] + 1}",
-            }
-            for c in self.cfg.clients()
-        }
+        out = {}
+        for node in self.cfg.client_nodes():
+            hosted = self.cfg.hosted(node)
+            gone = sum(c in missing for c in hosted)
+            text = f"{'missing from' if gone else 'in'} round {last['round'] + 1}"
+            if gone and len(hosted) > 1:
+                text = f"{gone} of its {len(hosted)} clients {text}"
+            out[node] = {"missing": gone > 0, "text": text}
+        return out

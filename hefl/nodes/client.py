@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,13 +15,13 @@ from hefl.address import file_stem
 from hefl.aggregation import AcceptPoint, apply_sum, client_weight
 from hefl.config import ExperimentConfig
 from hefl.crypto import Scheme
-from hefl.data import client_data
+from hefl.data import Split, client_slices
 from hefl.errors import ExperimentFailed, OutOfWindow, PeerRefused, ProtocolError
-from hefl.metrics import MetricsReport
+from hefl.metrics import ClientMetrics, MetricsReport
 from hefl.model import build_model, get_flat, set_flat
 from hefl.nodes.base import Node, Parts
 from hefl.runlog import Stopwatch
-from hefl.seeds import shuffle_seed
+from hefl.seeds import quantize_seed, shuffle_seed
 from hefl.training import evaluate, pick_device, train_epochs, warm_up
 from hefl.wire import Body, Envelope, Kind
 
@@ -95,7 +96,28 @@ class Precomputer:
                     self._running = False
 
 
+@dataclass
+class Slot:
+    """One logical client this node hosts: its slice, FedAvg weight and stochastic-rounding stream.
+    Between rounds a client's model is the global model, the same for every client of the node
+    (the optimizer starts afresh each round), so the node keeps that one flat array for all."""
+
+    id: str  # the sender id of its updates: the node's address, or `<address>#<j>`
+    index: int  # its slice index: the key of its shuffles and rounding
+    train: Split
+    test: Split
+    weight: float
+    rng: np.random.Generator  # bfv's stochastic rounding, as a single-client node of `index`'s
+
+    @property
+    def samples(self) -> int:
+        return len(self.train)
+
+
 class ClientNode(Node):
+    """A client node: one logical client, or several (`clients: k`) trained in turn in this one
+    torch process, each sending its own update (or, with `local_sum`, their sum as one)."""
+
     role = "client"
 
     def __init__(self, cfg: ExperimentConfig, node_id: str, experiment: str, parts: Parts) -> None:
@@ -104,22 +126,46 @@ class ClientNode(Node):
         # the same on every node, whatever the process was started with
         torch.set_num_threads(t.threads)
         self.device = pick_device(t.device)
-        self.train, self.test, self.all_samples = client_data(
-            cfg.dataset, t.seed, self.me.client_number, self.me.index
+        ids = cfg.hosted(node_id)
+        self.multi = len(ids) > 1  # one client: the node's log and messages are as they always were
+        indices = [cfg.logical[c].index for c in ids]
+        slices, self.all_samples = client_slices(
+            cfg.dataset, t.seed, self.me.client_number, indices
         )
+        self.slots = [
+            Slot(
+                c,
+                i,
+                train,
+                test,
+                client_weight(len(train), self.me.client_number, self.all_samples),
+                np.random.default_rng(quantize_seed(t.seed, i)),
+            )
+            for c, i, (train, test) in zip(ids, indices, slices, strict=True)
+        ]
         self.model = build_model(cfg.model, cfg.dataset, t.seed).to(self.device)
         self.base = get_flat(self.model)  # the global model this round started from
-        self.samples = len(self.train)
-        self.weight = client_weight(self.samples, self.me.client_number, self.all_samples)
-        # what `main.py report` needs to redo this client's FedAvg arithmetic (the HE error)
-        self.runlog.header.update(
-            client_number=self.me.client_number,
-            index=self.me.index,
-            train_samples=self.samples,
-            all_samples=self.all_samples,
-            weight=self.weight,
-        )
-        warm_up(self.model, self.train, t, self.device)
+        self.samples = sum(s.samples for s in self.slots)
+        self.test_samples = sum(len(s.test) for s in self.slots)
+        self.mask = cfg.mask(ids)
+        # what `main.py report` needs to redo each client's FedAvg arithmetic (the HE error)
+        header: dict[str, Any] = {"client_number": self.me.client_number}
+        figures = [
+            {"client": s.id, "index": s.index, "train_samples": s.samples, "weight": s.weight}
+            for s in self.slots
+        ]
+        if self.multi:
+            header.update(all_samples=self.all_samples, local_sum=self.me.local_sum)
+            header["clients"] = figures
+        else:
+            header.update(
+                index=self.slots[0].index,
+                train_samples=self.samples,
+                all_samples=self.all_samples,
+                weight=self.slots[0].weight,
+            )
+        self.runlog.header.update(header)
+        warm_up(self.model, self.slots[0].train, t, self.device)
         self.save("init", self.base)  # round 1 starts here (the HE error check needs it)
         self.downward = AcceptPoint()  # begin and global messages, once each
         self.awaiting_global = Stopwatch()  # from sending the update to the global result's arrival
@@ -166,60 +212,122 @@ class ClientNode(Node):
         self.submit(self.apply_global, env, loaded)
 
     def train_round(self, r: int) -> None:
-        """Train locally, then send the weighted, clipped delta, encoded by the scheme, up."""
+        """Each client in turn: train from the round's global model, then send its weighted,
+        clipped delta, encoded by the scheme, up (with `local_sum`, their sum once, at the end)."""
         self.round = r
         self.runlog.begin(r)
-        t = self.cfg.training
-        with self.runlog.phase(r, "train"):
-            seed = shuffle_seed(t.seed, self.me.index, r)
-            loss = train_epochs(self.model, self.train, t, self.device, seed=seed)
-            local = get_flat(self.model)
-        self.save(f"r{r}.local", local)
-        update = (local - self.base) * self.weight
-        if not np.all(np.isfinite(update)):
-            raise ExperimentFailed(
-                f"training produced {np.count_nonzero(~np.isfinite(update))} non-finite "
-                "weights (diverged? lower training.lr)"
-            )
-        clip = self.cfg.encryption.clip
-        clipped = int(np.count_nonzero(np.abs(update) > clip))
-        with self.runlog.phase(r, "encrypt"):
-            parts = self.scheme.encrypt_parts(np.clip(update, -clip, clip))
-        with self.runlog.phase(r, "serialize"):
-            payload = self.scheme.serialize(parts)
-        del parts
+        total: Any = None
+        precomputed, losses = 0, []
+        for slot in self.slots:
+            parts, loss = self.train_one(r, slot)
+            precomputed += self.scheme.precomputed
+            losses.append(loss * slot.samples)
+            if self.me.local_sum:
+                with self.runlog.phase(r, "aggregate"):
+                    total = self.add_own(total, parts)
+                continue
+            with self.runlog.phase(r, "serialize", self.client_key(slot)):
+                payload = self.scheme.serialize(parts)
+            del parts
+            self.send_update(r, payload, self.envelope_of(r, [slot]), slot)
+        if self.me.local_sum:
+            with self.runlog.phase(r, "serialize"):
+                payload = self.scheme.serialize(total)
+            del total
+            self.send_update(r, payload, self.envelope_of(r, self.slots), None)
+        if self.multi:  # the node's clients together (each one's own are under `clients`)
+            self.runlog.set(r, train_loss=sum(losses) / self.samples, train_samples=self.samples)
         if self.precomputer is not None:
             # done in the background before this round's update (not one of its phases)
             wall, cpu = self.precomputer.take_spent()
             self.runlog.set(
                 r,
-                precomputed=self.scheme.precomputed,
+                precomputed=precomputed,
                 precompute_s=round(wall, 6),
                 precompute_cpu_s=round(cpu, 6),
             )
-        self.runlog.set(r, train_loss=loss, train_samples=self.samples, clipped=clipped)
-        self.sent_round = r  # before it goes: the result can come back before the answer does
-        with self.runlog.phase(r, "send"):
-            try:
-                self.transport.send(
-                    self.me.send,
-                    Kind.UPDATE,
-                    self.envelope(r, self.samples, 1, 1 << self.me.index),
-                    payload,
-                )
-            except PeerRefused as exc:
-                if exc.status != 422 or not self.cfg.network.round_deadline_s:
-                    raise
-                # late: the round closed at its deadline; its result comes down all the same
-                log.warning("%s: update of round %d came late: %s", self.id, r + 1, exc)
-                self.runlog.set(r, late=True)
         self.awaiting_global.start(r)
         if self.precomputer is not None and r + 1 < self.cfg.rounds:
             self.precomputer.resume(r)  # the next update's, while this round's result is on its way
 
+    def train_one(self, r: int, slot: Slot) -> tuple[Any, float]:
+        """One client's training of round `r` from the global model: its update encrypted, and
+        its mean training loss."""
+        t = self.cfg.training
+        key = self.client_key(slot)
+        with self.runlog.phase(r, "train", key):
+            set_flat(self.model, self.base)  # every client of the node starts from the global
+            seed = shuffle_seed(t.seed, slot.index, r)
+            loss = train_epochs(self.model, slot.train, t, self.device, seed=seed)
+            local = get_flat(self.model)
+        self.save(f"r{r}.local", local, slot)
+        update = (local - self.base) * slot.weight
+        if not np.all(np.isfinite(update)):
+            raise ExperimentFailed(
+                f"training produced {np.count_nonzero(~np.isfinite(update))} non-finite "
+                f"weights{f' (client {slot.id})' if self.multi else ''} "
+                "(diverged? lower training.lr)"
+            )
+        clip = self.cfg.encryption.clip
+        clipped = int(np.count_nonzero(np.abs(update) > clip))
+        with self.runlog.phase(r, "encrypt", key):
+            parts = self.scheme.encrypt_parts(np.clip(update, -clip, clip), slot.rng)
+        self.set_figures(r, slot, train_loss=loss, train_samples=slot.samples, clipped=clipped)
+        return parts, loss
+
+    def add_own(self, total: Any, parts: Any) -> Any:
+        """`local_sum`: add one of this node's updates into their running total, as a switch
+        would (parts that worker processes made come serialized: loaded first)."""
+        if isinstance(parts, list) and parts and isinstance(parts[0], bytes | bytearray):
+            return self.scheme.load_into(total, self.scheme.serialize(parts))
+        return self.scheme.add_into(total, parts)
+
+    def envelope_of(self, r: int, slots: list[Slot]) -> Envelope:
+        """The envelope of an update holding `slots`' deltas: one client's under its own id, or
+        the node's sum under the node's."""
+        sender = slots[0].id if len(slots) == 1 else self.id
+        mask = 0
+        for s in slots:
+            mask |= 1 << s.index
+        return Envelope(self.experiment, r, sender, sum(s.samples for s in slots), len(slots), mask)
+
+    def send_update(self, r: int, payload: bytes, env: Envelope, slot: Slot | None) -> None:
+        """Send one update up; one that came late (the round closed at its deadline) is logged:
+        the round's result comes down all the same."""
+        self.sent_round = r  # before it goes: the result can come back before the answer does
+        with self.runlog.phase(r, "send", self.client_key(slot)):
+            try:
+                self.transport.send(self.me.send, Kind.UPDATE, env, payload)
+            except PeerRefused as exc:
+                if exc.status != 422 or not self.cfg.network.round_deadline_s:
+                    raise
+                log.warning("%s: update of round %d came late: %s", env.sender, r + 1, exc)
+                if slot is not None and self.multi:
+                    self.runlog.set_client(r, slot.id, late=True)
+                else:
+                    self.runlog.set(r, late=True)
+        if slot is not None and self.multi:
+            self.runlog.set_client(r, slot.id, update_bytes=len(payload))
+
+    def client_key(self, slot: Slot | None) -> str | None:
+        """Where a client's own figures go in the log: its entry under `clients` when the node
+        hosts several, else the node's record itself (None)."""
+        return slot.id if slot is not None and self.multi else None
+
+    def set_figures(self, r: int, slot: Slot, **values: Any) -> None:
+        if self.multi:
+            self.runlog.set_client(r, slot.id, **values)
+        else:
+            self.runlog.set(r, **values)
+
     def status(self) -> dict[str, Any]:
-        """With its training samples: the controller hands every client's count to the adders."""
-        return {**super().status(), "samples": self.samples}
+        """With its training samples, in all and per client: the controller hands every client's
+        count to the adders."""
+        return {
+            **super().status(),
+            "samples": self.samples,
+            "clients": {s.id: s.samples for s in self.slots},
+        }
 
     def pause_precompute(self, wait: int) -> None:
         if self.precomputer is not None:
@@ -231,7 +339,9 @@ class ClientNode(Node):
         super().close()
 
     def apply_global(self, env: Envelope, loaded: Any) -> None:
-        """New model = round start + sum n_i x delta_i / sum n_i (FedAvg); evaluate; report."""
+        """New model = round start + sum n_i x delta_i / sum n_i (FedAvg), once for the node (every
+        client it hosts started the round from the same model); each client evaluates it on its
+        own test slice; one report goes up."""
         r = env.round
         self.runlog.add_phase(r, "wait", self.awaiting_global.stop(r))
         with self.runlog.phase(r, "decrypt"):
@@ -242,12 +352,22 @@ class ClientNode(Node):
             set_flat(self.model, new)
             self.base = get_flat(self.model)
         self.save(f"r{r}.global", self.base)
-        with self.runlog.phase(r, "evaluate"):
-            loss, acc = evaluate(self.model, self.test, self.device)
-        self.runlog.set(
-            r, loss=loss, accuracy=acc, test_samples=len(self.test), total_samples=env.samples
-        )
-        self.report(r, loss, acc)
+        figures = []
+        for slot in self.slots:
+            with self.runlog.phase(r, "evaluate", self.client_key(slot)):
+                loss, acc = evaluate(self.model, slot.test, self.device)
+            figures.append(ClientMetrics(slot.id, loss, acc, len(slot.test)))
+            if self.multi:
+                self.runlog.set_client(
+                    r, slot.id, loss=loss, accuracy=acc, test_samples=len(slot.test)
+                )
+        tests = self.test_samples
+        loss, acc = figures[0].loss, figures[0].accuracy
+        if self.multi:  # the node's clients together, weighted by test samples
+            loss = sum(f.loss * f.test_samples for f in figures) / tests
+            acc = sum(f.accuracy * f.test_samples for f in figures) / tests
+        self.runlog.set(r, loss=loss, accuracy=acc, test_samples=tests, total_samples=env.samples)
+        self.report(r, loss, acc, figures if self.multi else [])
         self.runlog.end(r, final=r == self.cfg.rounds - 1)
         if r + 1 < self.cfg.rounds:
             self.train_round(r + 1)
@@ -267,12 +387,12 @@ class ClientNode(Node):
                 f"client(s) x clip {self.cfg.encryption.clip:g}"
             )
 
-    def report(self, r: int, loss: float, acc: float) -> None:
+    def report(self, r: int, loss: float, acc: float, figures: list[ClientMetrics]) -> None:
         rec = self.runlog.record(r)
         body = MetricsReport(
-            loss, acc, len(self.test), rec["byte_send"], rec["byte_received"]
+            loss, acc, self.test_samples, rec["byte_send"], rec["byte_received"], tuple(figures)
         ).encode()
-        env = self.envelope(r, len(self.test), 1, 1 << self.me.index)
+        env = self.envelope(r, self.test_samples, len(self.slots), self.mask)
         try:
             self.transport.send(self.cfg.root, Kind.METRICS, env, body)
         except PeerRefused as exc:
@@ -280,7 +400,10 @@ class ClientNode(Node):
                 raise
             log.warning("%s: metrics of round %d came late: %s", self.id, r + 1, exc)
 
-    def save(self, tag: str, flat: np.ndarray) -> None:
+    def save(self, tag: str, flat: np.ndarray, slot: Slot | None = None) -> None:
+        """With training.save_models: a model beside the logs; a client's own (its local model)
+        under its id when the node hosts several, the node's (global) under the node's."""
         if self.cfg.training.save_models:
             self.runlog.path.parent.mkdir(parents=True, exist_ok=True)
-            np.save(self.runlog.path.parent / f"{file_stem(self.id)}.{tag}.npy", flat)
+            owner = slot.id if slot is not None and self.multi else self.id
+            np.save(self.runlog.path.parent / f"{file_stem(owner)}.{tag}.npy", flat)

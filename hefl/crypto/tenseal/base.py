@@ -70,7 +70,9 @@ class TensealScheme(ABC):
         return self.serialize(self.encrypt_parts(values))
 
     @abstractmethod
-    def encrypt_parts(self, values: np.ndarray) -> list[Any]: ...
+    def encrypt_parts(
+        self, values: np.ndarray, rng: np.random.Generator | None = None
+    ) -> list[Any]: ...
 
     def encrypt_chunks(self, chunks: list[np.ndarray]) -> list[Any]:
         """The ciphertexts of `chunks`: added to precomputed encryptions of zero where there are

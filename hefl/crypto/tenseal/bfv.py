@@ -27,8 +27,10 @@ class BfvScheme(TensealScheme):
     def slot_count(self, values: int) -> int:
         return (values + 1) // 2
 
-    def encrypt_parts(self, values: np.ndarray) -> list[Any]:
-        q = quantize(values, self.enc.clip, self.enc.quant_bits, self.rng)
+    def encrypt_parts(
+        self, values: np.ndarray, rng: np.random.Generator | None = None
+    ) -> list[Any]:
+        q = quantize(values, self.enc.clip, self.enc.quant_bits, self.rng if rng is None else rng)
         packed = pack(q, self.lane)
         per_ct = self.slots // 2
         return self.encrypt_chunks([packed[i : i + per_ct] for i in range(0, len(packed), per_ct)])

@@ -21,7 +21,9 @@ class CkksScheme(TensealScheme):
     def __init__(self, enc: HeParams, size: int, keys: KeyRing) -> None:
         super().__init__(enc, size, keys, ts.ckks_vector_from)
 
-    def encrypt_parts(self, values: np.ndarray) -> list[Any]:
+    def encrypt_parts(
+        self, values: np.ndarray, rng: np.random.Generator | None = None
+    ) -> list[Any]:
         return self.encrypt_chunks(
             [values[i : i + self.slots] for i in range(0, self.size, self.slots)]
         )
