@@ -356,6 +356,9 @@ def host_clients(raw: Mapping[str, Any], per_node: int) -> dict[str, Any]:
     nodes.sort(key=lambda n: n.get("index", 0) if isinstance(n.get("index"), int) else 0)
     for i, node in enumerate(nodes):
         node.update(client_number=per_node * len(nodes), index=per_node * i, clients=per_node)
+        if per_node == 1:  # a node of one client: as a config without the key has it
+            del node["clients"]
+            node.pop("local_sum", None)
     return out  # type: ignore[no-any-return]
 
 
