@@ -287,6 +287,11 @@ def parse_config(raw: Any) -> ExperimentConfig:
     nodes = _parse_nodes(raw.get("others"), agg)
     check_topology(nodes, agg.ip)
     cfg = ExperimentConfig(aggregator=agg, nodes=nodes, name=name, **sections)
+    if len(cfg.clients()) > MAX_CLIENTS:
+        raise ConfigError(
+            f"others: {len(cfg.clients())} clients in all; an experiment holds at most "
+            f"{MAX_CLIENTS} (the envelope's client mask)"
+        )
     check_model(cfg.model, cfg.dataset)
     check_encryption(cfg.encryption.he_params(), len(cfg.clients()))
     if agg.min_clients > len(cfg.clients()):

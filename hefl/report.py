@@ -19,6 +19,9 @@ def human_bytes(n: float) -> str:
     return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
 
 
+MISSING_SHOWN = 8  # missing clients a round line names
+
+
 def format_round(row: dict[str, Any], rounds: int) -> str:
     """One line per round: accuracy, loss, bytes the clients sent and received, seconds; and,
     when some client was missing (a round deadline), how many contributed and who was not."""
@@ -37,7 +40,10 @@ def format_round(row: dict[str, Any], rounds: int) -> str:
     missing = row.get("missing") or []
     notes = []
     if missing:
-        notes.append(f"{row['contributors']} clients; missing {', '.join(missing)}")
+        named = ", ".join(missing[:MISSING_SHOWN])
+        if len(missing) > MISSING_SHOWN:  # logical clients can be hundreds: rounds.json has all
+            named += f", ... ({len(missing)} in all)"
+        notes.append(f"{row['contributors']} clients; missing {named}")
     if row.get("reports", row.get("contributors", 0)) < row.get("contributors", 0):
         notes.append(f"metrics from {row['reports']} of them")
     if notes:

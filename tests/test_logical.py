@@ -91,6 +91,16 @@ def test_slices_that_overlap_leave_gaps_or_overflow_are_refused(
         parse_config(raw)
 
 
+def test_an_experiment_holds_at_most_16384_clients() -> None:
+    raw = hosting(8192)
+    assert len(parse_config(raw).clients()) == 16384
+    raw = hosting(8193)
+    with pytest.raises(
+        ConfigError, match="16386 clients in all; an experiment holds at most 16384"
+    ):
+        parse_config(raw)
+
+
 def test_local_sum_is_a_client_key_only() -> None:
     raw = hosting(2)
     raw["others"][LEAF0]["local_sum"] = True
@@ -297,3 +307,22 @@ def test_bfv_clients_on_one_node_round_as_their_own_nodes_would(tmp_path: Path) 
     assert updates_from(multi[LEAF0]["iteration"][1], N0) == 1
     assert updates_from(multi[LEAF1]["iteration"][1], N1) == 2
     assert multi[AGG]["iteration"][1]["contributors"] == list(parse_config(raw).clients())
+
+
+def test_a_round_line_names_at_most_eight_missing_clients() -> None:
+    from hefl.report import format_round
+
+    row = {
+        "round": 0,
+        "accuracy": 0.5,
+        "loss": 1.0,
+        "client_byte_send": 1,
+        "client_byte_received": 1,
+        "duration_s": 1.0,
+        "contributors": 500,
+        "missing": [f"{N0}#{j}" for j in range(11)],
+        "reports": 500,
+    }
+    line = format_round(row, 3)
+    assert f"missing {N0}#0, " in line and f"{N0}#7, ... (11 in all))" in line
+    assert f"{N0}#8" not in line
