@@ -2,7 +2,8 @@
 logical clients (`clients: k`), run with `main.py local` on synthetic data, per scheme.
 
     .venv/bin/python bench/clients.py [--per-node 16] [--schemes none,ckks,bfv] [--rounds 5]
-                                      [--big 511] [--reference] [--out log/bench-clients]
+                                      [--big 511] [--reference] [--local-sum ckks]
+                                      [--out log/bench-clients]
 
 Prints figures only (nothing is asserted). One row per run:
   clients      logical clients (8 nodes x k; --big: ckks with that many, 511 being its headroom
@@ -17,10 +18,12 @@ Prints figures only (nothing is asserted). One row per run:
                one moment (sampled every 0.1 s): the whole run's peak, shared library pages
                counted once per process;
   node MiB     the largest peak RSS (VmHWM) of one client node's processes;
-  accuracy     the final round's, over every logical client's test slice;
+  accuracy     the final round's, over every logical client's test slice (training.lr 0.5: the
+               clients hold 50 samples each);
   wall s       the whole `main.py local`, start-up of 15 processes included.
 --reference adds the same topology with one client per node (8 clients): what k clients add to a
-client node's memory against one. Each client holds 50 training samples (the synthetic dataset
+client node's memory against one. --local-sum (default ckks) adds, per scheme named, the 8 x k run
+with every node adding its own clients' updates before sending one message. Each client holds 50 training samples (the synthetic dataset
 grows with the clients). Writes bench.json and keeps the runs beside it.
 """
 
@@ -43,11 +46,15 @@ from hefl.config import host_clients  # noqa: E402
 from hefl.provenance import code_version, machine  # noqa: E402
 
 PER_CLIENT = 50  # training samples per logical client (the test slices take a fifth more)
+LR = 0.5  # with 50 samples a client and 5 rounds, 0.05 barely leaves chance level
 
 
-def cell_config(scheme: str, clients: int, rounds: int) -> dict[str, Any]:
+def cell_config(
+    scheme: str, clients: int, rounds: int, local_sum: bool = False, lr: float = LR
+) -> dict[str, Any]:
     """config.json's topology, its 8 client nodes hosting `clients` logical clients in all (as
-    evenly as they divide: the last nodes take one fewer)."""
+    evenly as they divide: the last nodes take one fewer), each node adding its own clients'
+    updates with `local_sum`."""
     raw = json.loads((ROOT / "config.json").read_text())
     nodes = sum(1 for n in raw["others"].values() if n["type"] == "client")
     per = -(-clients // nodes)
@@ -64,13 +71,13 @@ def cell_config(scheme: str, clients: int, rounds: int) -> dict[str, Any]:
         if k == 1:
             node.pop("clients", None)
         else:
-            node["clients"] = k
+            node.update(clients=k, local_sum=local_sum)
         index += k
-    raw["name"] = f"clients-{scheme}-{clients}"
+    raw["name"] = f"clients-{scheme}-{clients}{'-local-sum' if local_sum else ''}"
     samples = round(clients * PER_CLIENT / 0.8)
     raw["dataset"] = {"name": "synthetic", "samples": samples, "features": 64, "classes": 10}
     raw["model"] = {"name": "mlp"}
-    raw["training"] = {**raw["training"], "epochs": 1, "batch_size": 16, "lr": 0.05}
+    raw["training"] = {**raw["training"], "epochs": 1, "batch_size": 16, "lr": lr}
     raw["encryption"] = {"scheme": scheme}
     raw["aggregator"]["iteration"] = rounds
     raw["network"] = {"round_timeout_s": 1800}
@@ -143,6 +150,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--big", type=int, default=511, help="ckks clients of the last row (0: none)")
     ap.add_argument("--reference", action="store_true", help="first a run of 1 client per node")
+    ap.add_argument(
+        "--local-sum", default="ckks", help="schemes also run with local_sum (each node adds)"
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "log" / "bench-clients")
     args = ap.parse_args()
     out = args.out / time.strftime("%Y%m%d-%H%M%S")
@@ -153,24 +163,26 @@ def main() -> int:
         f"{m['memory_bytes'] / 2**30:.0f} GiB; load {os.getloadavg()[0]:.2f}; "
         f"commit {code_version()['commit']}"
     )
-    cells = [(s, 8 * args.per_node) for s in args.schemes.split(",")]
+    cells = [(s, 8 * args.per_node, False) for s in args.schemes.split(",")]
+    cells += [(s, 8 * args.per_node, True) for s in args.local_sum.split(",") if s]
     if args.reference:
-        cells.insert(0, ("none", 8))
+        cells.insert(0, ("none", 8, False))
     if args.big:
-        cells.append(("ckks", args.big))
+        cells.append(("ckks", args.big, False))
     print(
-        f"{'scheme':6} {'clients':>7} {'s/round':>8} {'agg KiB/rd':>10} {'wire KiB/rd':>11} "
+        f"{'scheme':6} {'local_sum':9} {'clients':>7} {'s/round':>8} {'agg KiB/rd':>10} {'wire KiB/rd':>11} "
         f"{'client s':>8} {'peak MiB':>8} {'node MiB':>8} {'accuracy':>8} {'wall s':>7}"
     )
     rows = []
-    for scheme, clients in cells:
-        f = run(cell_config(scheme, clients, args.rounds), out)
-        rows.append({"scheme": scheme, **f})
+    for scheme, clients, local_sum in cells:
+        f = run(cell_config(scheme, clients, args.rounds, local_sum), out)
+        rows.append({"scheme": scheme, "local_sum": local_sum, **f})
+        adds = "yes" if local_sum else "no"
         if "error" in f:
-            print(f"{scheme:6} {clients:7} failed: {f['error']}", flush=True)
+            print(f"{scheme:6} {adds:9} {clients:7} failed: {f['error']}", flush=True)
             continue
         print(
-            f"{scheme:6} {f['clients']:7} {f['round_s']:8.2f} {f['agg_kib']:10.1f} "
+            f"{scheme:6} {adds:9} {f['clients']:7} {f['round_s']:8.2f} {f['agg_kib']:10.1f} "
             f"{f['wire_kib']:11.1f} {f['client_s']:8.2f} {f['peak_mib']:8.0f} "
             f"{f['node_mib']:8.0f} {f['accuracy']:8.4f} {f['wall_s']:7.0f}",
             flush=True,
