@@ -23,8 +23,9 @@ Prints figures only (nothing is asserted). One row per run:
   wall s       the whole `main.py local`, start-up of 15 processes included.
 --reference adds the same topology with one client per node (8 clients): what k clients add to a
 client node's memory against one. --local-sum (default ckks) adds, per scheme named, the 8 x k run
-with every node adding its own clients' updates before sending one message. Each client holds 50 training samples (the synthetic dataset
-grows with the clients). Writes bench.json and keeps the runs beside it.
+with every node adding its own clients' updates before sending one message. Each client holds 50
+training samples (the synthetic dataset grows with the clients). Writes bench.json and keeps the
+runs beside it.
 """
 
 from __future__ import annotations
@@ -170,8 +171,9 @@ def main() -> int:
     if args.big:
         cells.append(("ckks", args.big, False))
     print(
-        f"{'scheme':6} {'local_sum':9} {'clients':>7} {'s/round':>8} {'agg KiB/rd':>10} {'wire KiB/rd':>11} "
-        f"{'client s':>8} {'peak MiB':>8} {'node MiB':>8} {'accuracy':>8} {'wall s':>7}"
+        f"{'scheme':6} {'local_sum':9} {'clients':>7} {'s/round':>8} {'agg KiB/rd':>10} "
+        f"{'wire KiB/rd':>11} {'client s':>8} {'peak MiB':>8} {'node MiB':>8} {'accuracy':>8} "
+        f"{'wall s':>7}"
     )
     rows = []
     for scheme, clients, local_sum in cells:
