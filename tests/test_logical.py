@@ -326,3 +326,33 @@ def test_a_round_line_names_at_most_eight_missing_clients() -> None:
     line = format_round(row, 3)
     assert f"missing {N0}#0, " in line and f"{N0}#7, ... (11 in all))" in line
     assert f"{N0}#8" not in line
+
+
+def test_at_a_deadline_a_node_reports_when_some_of_its_clients_made_the_round(
+    tmp_path: Path,
+) -> None:
+    raw = hosting(2, rounds=2, network={"round_deadline_s": 600})
+    raw["aggregator"]["min_clients"] = 3
+    cfg = parse_config(raw)
+    agg, _ = make(AggregatorNode, AGG, cfg, tmp_path)
+    agg.begin_experiment()
+    partial = agg.scheme.encrypt(np.zeros(agg.scheme.size))
+    # the spine's partial sum at the deadline: both of N0's clients and N1's first
+    agg.on_update(Envelope(EXP, 0, SPINE, 90, 3, 0b0111), partial)
+    agg.deadline_passed(0)
+    for node, figures in ((N0, [(f"{N0}#0", 20), (f"{N0}#1", 20)]), (N1, [(f"{N1}#0", 20)])):
+        hosted = list(figures)
+        if node == N1:  # it evaluates the global model on both its clients' slices all the same
+            hosted.append((f"{N1}#1", 20))
+        body = MetricsReport(
+            0.5,
+            0.5,
+            20 * len(hosted),
+            0,
+            0,
+            tuple(ClientMetrics(c, 0.5, 0.5, n) for c, n in hosted),
+        ).encode()
+        agg.on_metrics(Envelope(EXP, 0, node, 20 * len(hosted), len(hosted)), body)
+    (row,) = agg.status()["rounds"]
+    assert row["contributors"] == 3 and row["missing"] == [f"{N1}#1"] and row["reports"] == 4
+    assert agg.status()["nodes"][N1]["text"] == "1 of its 2 clients missing from round 1"
