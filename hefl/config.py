@@ -238,7 +238,7 @@ class ExperimentConfig:
         """The sender ids of the updates a client node sends up: one per logical client, or its
         own address when it hosts one or adds its own (`local_sum`)."""
         node = self.nodes[node_id]
-        return (node_id,) if node.local_sum else self.hosted(node_id)
+        return (node_id,) if node.local_sum or node.clients == 1 else self.hosted(node_id)
 
     def contributors(self, node_id: str) -> tuple[str, ...]:
         """Senders whose messages `node_id` adds: dumb switches pass their children's through."""
@@ -363,7 +363,6 @@ def host_clients(raw: Mapping[str, Any], per_node: int) -> dict[str, Any]:
         node.update(client_number=per_node * len(nodes), index=per_node * i, clients=per_node)
         if per_node == 1:  # a node of one client: as a config without the key has it
             del node["clients"]
-            node.pop("local_sum", None)
     return out  # type: ignore[no-any-return]
 
 

@@ -185,5 +185,11 @@ def client_slices(
         idx = skewed[index] if ds.partition == "dirichlet" else iid_slice(len(train), parts, index)
         if len(idx) == 0:
             raise ConfigError(f"dataset: client {index} of {parts} gets no training samples")
-        out.append((train.take(idx), test.take(iid_slice(len(test), parts, index))))
+        held = iid_slice(len(test), parts, index)
+        if len(held) == 0:
+            raise ConfigError(
+                f"dataset: client {index} of {parts} gets no test samples ({len(test)} test "
+                f"samples for {parts} clients: use more data or fewer clients)"
+            )
+        out.append((train.take(idx), test.take(held)))
     return out, len(train)

@@ -9,7 +9,7 @@ A sweep file:
 `config` is relative to the sweep file. Grid keys are dotted paths into the config;
 `others.*.KEY` sets KEY on every node of `others` that has it (`dumb` on every switch);
 `others.*.clients` makes every client node host that many logical clients (client_number and the
-slice indexes follow). Every
+slice indexes follow), `others.*.local_sum` sets local_sum on every client node. Every
 combination of the values is one cell, run `repeat` times.
 """
 
@@ -72,6 +72,11 @@ def apply(raw: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
         parts = key.split(".")
         if key == "others.*.clients":  # clients per client node: the slices are numbered again
             out = host_clients(out, value)
+            continue
+        if key == "others.*.local_sum":  # every client node (one hosting one client: no change)
+            for node in out.get("others", {}).values():
+                if isinstance(node, dict) and node.get("type") == "client":
+                    node["local_sum"] = copy.deepcopy(value)
             continue
         if len(parts) == 3 and parts[:2] == ["others", "*"]:
             nodes = [n for n in out.get("others", {}).values() if isinstance(n, dict)]

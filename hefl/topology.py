@@ -124,8 +124,6 @@ def _check_clients(nodes: Mapping[str, NodeConfig]) -> None:
                 )
                 raise ConfigError(f"{path}.index: {found} of {seen[i]!r}")
             seen[i] = node.id
-        if node.local_sum and node.clients == 1:
-            raise ConfigError(f"{path}.local_sum: needs clients > 1 (this node hosts one client)")
     logical = sum(n.clients for n in clients)
     if logical != clients[0].client_number:
         hosted = f"{logical} clients" if logical == len(clients) else f"{logical} logical clients"

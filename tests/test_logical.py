@@ -78,7 +78,6 @@ def test_one_client_per_node_keeps_the_config_and_ids_as_they_were() -> None:
             r"others: client_number is 6 but the config has 5 logical clients",
         ),
         ({N0: {"clients": 0}}, rf"others\['{N0}'\].clients: must be in 1..16384, got 0"),
-        ({N0: {"clients": 1, "local_sum": True}, N1: {"index": 1, "clients": 5}}, "needs clients"),
     ],
 )
 def test_slices_that_overlap_leave_gaps_or_overflow_are_refused(
@@ -135,8 +134,13 @@ def test_min_clients_counts_logical_clients() -> None:
 def test_a_sweep_varies_the_clients_per_node() -> None:
     from hefl.sweep import apply
 
-    out = apply(tree_config(clients=2, leaves=2), {"others.*.clients": 4})
-    assert len(parse_config(out).clients()) == 8
+    out = apply(
+        tree_config(clients=2, leaves=2), {"others.*.clients": 4, "others.*.local_sum": True}
+    )
+    cfg = parse_config(out)
+    assert len(cfg.clients()) == 8 and cfg.contributors(LEAF0) == (N0,)
+    one = parse_config(apply(tree_config(clients=2, leaves=2), {"others.*.local_sum": True}))
+    assert one.contributors(LEAF0) == (N0,) and one.clients() == (N0, N1)  # nothing to add
     with pytest.raises(ConfigError, match="not a positive whole number"):
         apply(tree_config(clients=2, leaves=2), {"others.*.clients": 0})
 
@@ -356,3 +360,14 @@ def test_at_a_deadline_a_node_reports_when_some_of_its_clients_made_the_round(
     (row,) = agg.status()["rounds"]
     assert row["contributors"] == 3 and row["missing"] == [f"{N1}#1"] and row["reports"] == 4
     assert agg.status()["nodes"][N1]["text"] == "1 of its 2 clients missing from round 1"
+
+
+def test_more_clients_than_test_samples_is_refused_in_one_line() -> None:
+    from hefl.config import DatasetConfig
+    from hefl.data import client_slices
+
+    ds = DatasetConfig(name="synthetic", samples=100)  # 20 test samples
+    slices, total = client_slices(ds, 0, 20, [0, 19])
+    assert total == 80 and [len(test) for _, test in slices] == [1, 1]
+    with pytest.raises(ConfigError, match="client 20 of 21 gets no test samples"):
+        client_slices(ds, 0, 21, [20])

@@ -128,6 +128,7 @@ class ClientNode(Node):
         self.device = pick_device(t.device)
         ids = cfg.hosted(node_id)
         self.multi = len(ids) > 1  # one client: the node's log and messages are as they always were
+        self.local_sum = self.me.local_sum and self.multi  # add its clients' updates before sending
         indices = [cfg.logical[c].index for c in ids]
         slices, self.all_samples = client_slices(
             cfg.dataset, t.seed, self.me.client_number, indices
@@ -222,7 +223,7 @@ class ClientNode(Node):
             parts, loss = self.train_one(r, slot)
             precomputed += self.scheme.precomputed
             losses.append(loss * slot.samples)
-            if self.me.local_sum:
+            if self.local_sum:
                 with self.runlog.phase(r, "aggregate"):
                     total = self.add_own(total, parts)
                 continue
@@ -230,7 +231,7 @@ class ClientNode(Node):
                 payload = self.scheme.serialize(parts)
             del parts
             self.send_update(r, payload, self.envelope_of(r, [slot]), slot)
-        if self.me.local_sum:
+        if self.local_sum:
             with self.runlog.phase(r, "serialize"):
                 payload = self.scheme.serialize(total)
             del total
