@@ -12,8 +12,8 @@ Prints figures only (nothing is asserted). One row per run:
                later (round 1 pays for connection set-up);
   agg KiB/rd   update bytes that reached the aggregator per round (its ingress);
   wire KiB/rd  body bytes every node sent per round, in all;
-  client s     the mean client node's train + encrypt + serialize + send seconds per round, for all
-               the clients it hosts;
+  client s     the mean client node's train + encrypt + aggregate (local_sum) + serialize + send
+               seconds per round, for all the clients it hosts;
   peak MiB     the largest sum of the resident memory (VmRSS) of every process of the run seen at
                one moment (sampled every 0.1 s): the whole run's peak, shared library pages
                counted once per process;
@@ -58,6 +58,8 @@ def cell_config(
     updates with `local_sum`."""
     raw = json.loads((ROOT / "config.json").read_text())
     nodes = sum(1 for n in raw["others"].values() if n["type"] == "client")
+    if clients < nodes:
+        raise SystemExit(f"--big/--per-node: at least one client on each of the {nodes} nodes")
     per = -(-clients // nodes)
     raw = host_clients(raw, per)
     extra = per * nodes - clients  # taken off the last nodes, one each
@@ -126,7 +128,7 @@ def run(raw: dict[str, Any], out: Path) -> dict[str, Any]:
             sum(
                 rec["phases"].get(p, 0.0)
                 for rec in recs
-                for p in ("train", "encrypt", "serialize", "send")
+                for p in ("train", "encrypt", "aggregate", "serialize", "send")
             )
             / len(recs)
         )
@@ -164,10 +166,12 @@ def main() -> int:
         f"{m['memory_bytes'] / 2**30:.0f} GiB; load {os.getloadavg()[0]:.2f}; "
         f"commit {code_version()['commit']}"
     )
-    cells = [(s, 8 * args.per_node, False) for s in args.schemes.split(",")]
-    cells += [(s, 8 * args.per_node, True) for s in args.local_sum.split(",") if s]
+    raw = json.loads((ROOT / "config.json").read_text())
+    nodes = sum(1 for n in raw["others"].values() if n["type"] == "client")
+    cells = [(s, nodes * args.per_node, False) for s in args.schemes.split(",")]
+    cells += [(s, nodes * args.per_node, True) for s in args.local_sum.split(",") if s]
     if args.reference:
-        cells.insert(0, ("none", 8, False))
+        cells.insert(0, ("none", nodes, False))
     if args.big:
         cells.append(("ckks", args.big, False))
     print(

@@ -497,6 +497,13 @@ class Progress:
             self.drawn = False
 
 
+def effective_config(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The config with every default filled in, as it was given: the tables derived from it (its
+    logical clients) are left out."""
+    derived = {f.name for f in dataclasses.fields(cfg) if not f.init}
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in derived}
+
+
 def run_record(experiment: str, cfg: ExperimentConfig) -> dict[str, Any]:
     """What run.json holds when a run starts: the effective config (every default filled in),
     the code and package versions, this machine, the seeds, the command line; the nodes' machines
@@ -524,7 +531,7 @@ def run_record(experiment: str, cfg: ExperimentConfig) -> dict[str, Any]:
             if cfg.encryption.scheme != "none"
             else None,
         },
-        "config": dataclasses.asdict(cfg),
+        "config": effective_config(cfg),
         "nodes": {},
     }
 

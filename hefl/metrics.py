@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 from hefl.errors import ProtocolError
 from hefl.schema import bounds, parse_section
+from hefl.topology import MAX_CLIENTS
 from hefl.wire import Body
 
 
@@ -58,8 +59,8 @@ def parse_metrics(body: Body, sender: str) -> MetricsReport:
             f"{where}: not a JSON metrics report ({type(exc).__name__}: {exc})"
         ) from None
     clients = raw.pop("clients", []) if isinstance(raw, dict) else []
-    if not isinstance(clients, list):
-        raise ProtocolError(f"{where}: report.clients: expected a list")
+    if not isinstance(clients, list) or len(clients) > MAX_CLIENTS:
+        raise ProtocolError(f"{where}: report.clients: expected a list of at most {MAX_CLIENTS}")
     parsed = tuple(
         parse_section(c, ClientMetrics, f"{where}: report.clients[{i}]", error=ProtocolError)
         for i, c in enumerate(clients)

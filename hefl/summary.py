@@ -422,8 +422,14 @@ def client_reports(
         if len(hosted) == 1:
             out.append(rec)
             continue
-        mine = rec.get("clients", {})
-        out.extend(mine[c] for c in hosted if c in mine and mine[c].get("accuracy") is not None)
+        mine = rec.get("clients")
+        if not isinstance(mine, dict):
+            continue
+        out.extend(
+            mine[c]
+            for c in hosted
+            if isinstance(mine.get(c), dict) and mine[c].get("accuracy") is not None
+        )
     return out
 
 
@@ -437,12 +443,20 @@ def client_heads(cfg: ExperimentConfig, logs: Mapping[str, Any]) -> dict[str, di
             continue
         shared = {k: head.get(k) for k in ("client_number", "all_samples")}
         if len(cfg.hosted(node)) == 1:
-            if "weight" in head:
+            if _numbers(head, "weight", "train_samples", "client_number", "all_samples"):
                 out[node] = {**shared, **{k: head[k] for k in ("weight", "train_samples")}}
                 out[node]["node"] = node
             continue
-        for c in head.get("clients", []):
-            if isinstance(c, dict) and c.get("client") in cfg.logical:
+        if not _numbers(shared, "client_number", "all_samples"):
+            continue
+        listed = head.get("clients")
+        for c in listed if isinstance(listed, list) else []:
+            if (
+                isinstance(c, dict)
+                and isinstance(c.get("client"), str)
+                and c["client"] in cfg.logical
+                and _numbers(c, "weight", "train_samples")
+            ):
                 out[c["client"]] = {
                     **shared,
                     "weight": c.get("weight"),
@@ -452,47 +466,49 @@ def client_heads(cfg: ExperimentConfig, logs: Mapping[str, Any]) -> dict[str, di
     return out
 
 
+def _numbers(values: Mapping[str, Any], *keys: str) -> bool:
+    """Whether a log's `keys` are all numbers (a log edited or cut short may lack them)."""
+    return all(
+        isinstance(values.get(k), int | float) and not isinstance(values.get(k), bool) for k in keys
+    )
+
+
 def he_errors(
     exp_dir: Path, cfg: ExperimentConfig, logs: Mapping[str, Any]
 ) -> dict[int, dict[str, float]]:
     """Per round, when the clients saved their models: the max and mean absolute difference
-    between the global model each client decrypted and the plaintext FedAvg of the saved local
-    models of that round's contributors (same base, weights and clipping, in float64): the exact
-    error of the scheme's encoding, encryption and decryption in that round."""
+    between the global model each client node decrypted and the plaintext FedAvg of the saved
+    local models of that round's contributors (same base, weights and clipping, in float64): the
+    exact error of the scheme's encoding, encryption and decryption in that round. Each file is
+    read once and the sum made once per round (a run can have thousands of clients)."""
     heads = client_heads(cfg, logs)
-    clients = [c for c in cfg.clients() if c in heads]
     agg = {rec["round"]: rec for rec in logs.get(cfg.root, {}).get("iteration", [])}
     clip = cfg.encryption.clip
     out: dict[int, dict[str, float]] = {}
     for r in range(cfg.rounds):
         # who the round's sum holds: only the aggregator's log says (no guess without it)
         members = agg.get(r, {}).get("contributors")
-        if not members or not set(members) <= set(clients):
+        if not members or not set(members) <= heads.keys():
             break  # not known, or a contributor's log lacks what the arithmetic needs
+        # the global models are saved once per node, the local ones per client
+        nodes = list(dict.fromkeys(heads[c]["node"] for c in members))
         try:
-            # the global models are saved once per node, the local ones per client
-            node = {c: heads[c]["node"] for c in members}
-            bases = {
-                c: _load(exp_dir, node[c], "init" if r == 0 else f"r{r - 1}.global")
-                for c in members
-            }
-            locals_ = {c: _load(exp_dir, c, f"r{r}.local") for c in members}
-            globals_ = {c: _load(exp_dir, node[c], f"r{r}.global") for c in members}
+            bases = {n: _load(exp_dir, n, "init" if r == 0 else f"r{r - 1}.global") for n in nodes}
+            total = np.zeros_like(bases[nodes[0]])
+            for m in members:
+                delta = _load(exp_dir, m, f"r{r}.local") - bases[heads[m]["node"]]
+                total += np.clip(delta * heads[m]["weight"], -clip, clip)
+            summed = sum(heads[m]["train_samples"] for m in members)
+            diffs = []
+            for n in nodes:
+                head = heads[next(c for c in members if heads[c]["node"] == n)]
+                want = bases[n] + total * (head["all_samples"] / (head["client_number"] * summed))
+                diffs.append(np.abs(_load(exp_dir, n, f"r{r}.global") - want))
         except (OSError, ValueError, EOFError):
             break  # not saved (training.save_models false), cut short, or the round not done
-        worst, means = 0.0, []
-        for c, got in globals_.items():
-            base = bases[c]
-            total = sum(
-                np.clip((locals_[m] - bases[m]) * heads[m]["weight"], -clip, clip) for m in members
-            )
-            head = heads[c]
-            summed = sum(heads[m]["train_samples"] for m in members)
-            want = base + total * (head["all_samples"] / (head["client_number"] * summed))
-            diff = np.abs(np.asarray(got, dtype=np.float64) - want)
-            worst = max(worst, float(diff.max()))
-            means.append(float(diff.mean()))
-        out[r] = {"max_abs": float(f"{worst:.6g}"), "mean_abs": float(f"{np.mean(means):.6g}")}
+        worst = max(float(d.max()) for d in diffs)
+        mean = float(np.mean([float(d.mean()) for d in diffs]))
+        out[r] = {"max_abs": float(f"{worst:.6g}"), "mean_abs": float(f"{mean:.6g}")}
     return out
 
 

@@ -7,6 +7,10 @@ from typing import TYPE_CHECKING
 
 from hefl.errors import ConfigError
 
+MAX_CLIENTS = (
+    16_384  # logical clients of one experiment: the envelope's client mask holds this many
+)
+
 if TYPE_CHECKING:
     from hefl.config import NodeConfig
 
@@ -98,6 +102,12 @@ def _check_clients(nodes: Mapping[str, NodeConfig]) -> None:
     clients = [n for n in nodes.values() if n.type == "client"]
     if not clients:
         raise ConfigError("others: an experiment needs at least one client")
+    logical = sum(n.clients for n in clients)
+    if logical > MAX_CLIENTS:  # before any slice is looked at
+        raise ConfigError(
+            f"others: {logical} clients in all; an experiment holds at most {MAX_CLIENTS} "
+            "(the envelope's client mask)"
+        )
     seen: dict[int, str] = {}
     for node in clients:
         path = f"others[{node.id!r}]"
@@ -124,7 +134,6 @@ def _check_clients(nodes: Mapping[str, NodeConfig]) -> None:
                 )
                 raise ConfigError(f"{path}.index: {found} of {seen[i]!r}")
             seen[i] = node.id
-    logical = sum(n.clients for n in clients)
     if logical != clients[0].client_number:
         hosted = f"{logical} clients" if logical == len(clients) else f"{logical} logical clients"
         raise ConfigError(

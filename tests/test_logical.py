@@ -210,7 +210,7 @@ def run(tmp_path: Path, name: str, raw: dict[str, Any]) -> dict[str, dict[str, A
     """`main.py local` on `raw`; the run's node logs by node id, plus the folder (`exp`)."""
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps(raw))
-    proc = run_main("local", "--config", str(path), "--log-dir", str(tmp_path / name), timeout=400)
+    proc = run_main("local", "--config", str(path), "--log-dir", str(tmp_path / name), timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return node_logs(experiment_dir(tmp_path / name))
 
@@ -253,12 +253,8 @@ def test_sixteen_clients_on_eight_nodes_equal_sixteen_client_nodes(tmp_path: Pat
     """Done-when: 2 logical clients on each of 8 nodes give, in plaintext with one seed, the
     global model of the same 16 clients as 16 nodes under the same 4 leaf switches (4 each),
     to float32 precision (a node adding its own clients' updates: the bfv test below)."""
-    local_sum = False
     raw = hosting(2, nodes=8, leaves=4, **SECTIONS)
     raw["training"]["save_models"] = True
-    for node in raw["others"].values():
-        if node["type"] == "client":
-            node["local_sum"] = local_sum
     multi = run(tmp_path, "multi", raw)
     single = single16(tmp_path)
     cfg = parse_config(raw)
@@ -279,10 +275,10 @@ def test_sixteen_clients_on_eight_nodes_equal_sixteen_client_nodes(tmp_path: Pat
 
     check_links(multi, 2)
     leaf = multi[LEAF0]["iteration"][0]
-    assert updates_from(leaf, N0) == (1 if local_sum else 2)  # k messages up, or their sum
+    assert updates_from(leaf, N0) == 2  # one message up per client
     head = multi[N0]
     assert [c["client"] for c in head["clients"]] == [f"{N0}#0", f"{N0}#1"]
-    assert head["local_sum"] is local_sum and "index" not in head
+    assert head["local_sum"] is False and "index" not in head
     rec = head["iteration"][1]
     mine = rec["clients"][f"{N0}#1"]
     assert {"train", "encrypt", "evaluate"} <= set(mine["phases"])
@@ -295,8 +291,9 @@ def test_sixteen_clients_on_eight_nodes_equal_sixteen_client_nodes(tmp_path: Pat
 
 def test_bfv_clients_on_one_node_round_as_their_own_nodes_would(tmp_path: Path) -> None:
     """BFV sums are exact integers: with each client's own rounding stream, 2 nodes of 2 clients
-    (one of them adding its own) give bit for bit the global model of 4 single-client nodes."""
-    sections: dict[str, Any] = {"encryption": {"scheme": "bfv"}, "rounds": 2}
+    (one of them adding its own, the other's forwarded by a dumb switch under their own ids) give
+    bit for bit the global model of 4 single-client nodes."""
+    sections: dict[str, Any] = {"encryption": {"scheme": "bfv"}, "rounds": 2, "dumb": (1,)}
     raw = hosting(2, nodes=2, leaves=2, **sections)
     raw["others"][N0]["local_sum"] = True
     raw["training"]["save_models"] = True
@@ -310,6 +307,7 @@ def test_bfv_clients_on_one_node_round_as_their_own_nodes_would(tmp_path: Path) 
     check_links(multi, 2)
     assert updates_from(multi[LEAF0]["iteration"][1], N0) == 1
     assert updates_from(multi[LEAF1]["iteration"][1], N1) == 2
+    assert updates_from(multi[SPINE]["iteration"][1], LEAF1) == 2  # forwarded as they came
     assert multi[AGG]["iteration"][1]["contributors"] == list(parse_config(raw).clients())
 
 
@@ -332,7 +330,7 @@ def test_a_round_line_names_at_most_eight_missing_clients() -> None:
     assert f"{N0}#8" not in line
 
 
-def test_at_a_deadline_a_node_reports_when_some_of_its_clients_made_the_round(
+def test_at_a_deadline_a_round_counts_the_metrics_of_its_contributors_only(
     tmp_path: Path,
 ) -> None:
     raw = hosting(2, rounds=2, network={"round_deadline_s": 600})
@@ -344,21 +342,16 @@ def test_at_a_deadline_a_node_reports_when_some_of_its_clients_made_the_round(
     # the spine's partial sum at the deadline: both of N0's clients and N1's first
     agg.on_update(Envelope(EXP, 0, SPINE, 90, 3, 0b0111), partial)
     agg.deadline_passed(0)
-    for node, figures in ((N0, [(f"{N0}#0", 20), (f"{N0}#1", 20)]), (N1, [(f"{N1}#0", 20)])):
-        hosted = list(figures)
-        if node == N1:  # it evaluates the global model on both its clients' slices all the same
-            hosted.append((f"{N1}#1", 20))
-        body = MetricsReport(
-            0.5,
-            0.5,
-            20 * len(hosted),
-            0,
-            0,
-            tuple(ClientMetrics(c, 0.5, 0.5, n) for c, n in hosted),
-        ).encode()
-        agg.on_metrics(Envelope(EXP, 0, node, 20 * len(hosted), len(hosted)), body)
+    # each node evaluates the round's result on all its clients' slices, N1#1's included
+    for node in (N0, N1):
+        figures = tuple(
+            ClientMetrics(c, 0.5, 0.0 if c == f"{N1}#1" else 0.8, 20) for c in cfg.hosted(node)
+        )
+        body = MetricsReport(0.5, 0.6, 40, 0, 0, figures).encode()
+        agg.on_metrics(Envelope(EXP, 0, node, 40, 2), body)
     (row,) = agg.status()["rounds"]
-    assert row["contributors"] == 3 and row["missing"] == [f"{N1}#1"] and row["reports"] == 4
+    assert row["contributors"] == 3 and row["missing"] == [f"{N1}#1"] and row["reports"] == 3
+    assert row["accuracy"] == pytest.approx(0.8)  # N1#1 did not contribute: not counted
     assert agg.status()["nodes"][N1]["text"] == "1 of its 2 clients missing from round 1"
 
 
@@ -371,3 +364,22 @@ def test_more_clients_than_test_samples_is_refused_in_one_line() -> None:
     assert total == 80 and [len(test) for _, test in slices] == [1, 1]
     with pytest.raises(ConfigError, match="client 20 of 21 gets no test samples"):
         client_slices(ds, 0, 21, [20])
+
+
+def test_run_json_holds_the_config_not_the_tables_derived_from_it() -> None:
+    from hefl.experiment import effective_config
+
+    cfg = parse_config(hosting(3))
+    got = effective_config(cfg)
+    assert set(got) == {
+        "aggregator",
+        "nodes",
+        "name",
+        "dataset",
+        "model",
+        "training",
+        "encryption",
+        "network",
+    }
+    assert got["nodes"][N0]["clients"] == 3
+    json.dumps(got)

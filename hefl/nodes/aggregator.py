@@ -12,6 +12,7 @@ from hefl.errors import DuplicateMessage, ProtocolError
 from hefl.metrics import MetricsReport, parse_metrics
 from hefl.nodes.adder import Adder
 from hefl.nodes.base import Parts
+from hefl.report import MISSING_SHOWN
 from hefl.runlog import Stopwatch
 from hefl.wire import Body, Envelope, Kind
 
@@ -77,12 +78,16 @@ class AggregatorNode(Adder):
         members = self.members_of(self.buffer.arrived(round_))
         present = members.bit_count()
         if present < self.cfg.min_clients:
-            missing = [c for c in self.cfg.clients() if c not in self.cfg.members(members)]
+            came = set(self.cfg.members(members))
+            missing = [c for c in self.cfg.clients() if c not in came]
+            named = ", ".join(missing[:MISSING_SHOWN])
+            if len(missing) > MISSING_SHOWN:
+                named += f", ... ({len(missing)} in all)"
             raise ProtocolError(
                 f"round {round_ + 1}: {present} of {len(self.cfg.clients())} clients "
                 f"contributed within network.round_deadline_s "
                 f"({self.cfg.network.round_deadline_s:g}s), min_clients {self.cfg.min_clients}; "
-                f"missing: {', '.join(missing)}"
+                f"missing: {named}"
             )
         self.complete(round_)
 
@@ -153,10 +158,15 @@ class AggregatorNode(Adder):
         reports = list(payloads.values())
         loss: float | None = None  # no contributor reported in time: no figure, not a made-up one
         accuracy: float | None = None
-        figures = [f for sender, p in payloads.items() for f in p.figures(sender)]
+        present = self.round_members.get(r, self.cfg.clients())
+        counted = set(present)
+        # the round's contributors' figures only: a node's clients that missed the round (a
+        # deadline) evaluated its result too, and so did a straggler that reported in time
+        figures = [
+            f for sender, p in payloads.items() for f in p.figures(sender) if f[0] in counted
+        ]
         if figures:
             loss, accuracy = weighted_metrics([(n, lo, acc) for _, n, lo, acc in figures])
-        present = self.round_members.get(r, self.cfg.clients())
         row: dict[str, Any] = {
             "round": r,
             "accuracy": accuracy,
@@ -164,7 +174,7 @@ class AggregatorNode(Adder):
             "client_byte_send": sum(p.byte_send for p in reports),
             "client_byte_received": sum(p.byte_received for p in reports),
             "contributors": len(present),
-            "missing": [c for c in self.cfg.clients() if c not in present],
+            "missing": [c for c in self.cfg.clients() if c not in counted],
             "reports": len(figures),  # the clients' metrics behind accuracy and loss
         }
         # (who contributed is in the log already, as lists: see Adder.record_members)

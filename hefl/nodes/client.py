@@ -220,9 +220,15 @@ class ClientNode(Node):
         total: Any = None
         precomputed, losses = 0, []
         for slot in self.slots:
+            if self.downward.taken((Kind.GLOBAL, r)):
+                # the round closed at its deadline without this node's last clients: they skip it
+                # (their updates would only be refused) and the node applies its result
+                log.warning("%s: round %d closed before its turn", slot.id, r + 1)
+                self.set_figures(r, slot, late=True, skipped=True)
+                continue
             parts, loss = self.train_one(r, slot)
             precomputed += self.scheme.precomputed
-            losses.append(loss * slot.samples)
+            losses.append((loss * slot.samples, slot.samples))
             if self.local_sum:
                 with self.runlog.phase(r, "aggregate"):
                     total = self.add_own(total, parts)
@@ -231,13 +237,16 @@ class ClientNode(Node):
                 payload = self.scheme.serialize(parts)
             del parts
             self.send_update(r, payload, self.envelope_of(r, [slot]), slot)
-        if self.local_sum:
+        if self.local_sum and total is not None:
             with self.runlog.phase(r, "serialize"):
                 payload = self.scheme.serialize(total)
             del total
             self.send_update(r, payload, self.envelope_of(r, self.slots), None)
-        if self.multi:  # the node's clients together (each one's own are under `clients`)
-            self.runlog.set(r, train_loss=sum(losses) / self.samples, train_samples=self.samples)
+        if self.multi and losses:  # the node's clients together (each one's are under `clients`)
+            trained = sum(n for _, n in losses)
+            self.runlog.set(
+                r, train_loss=sum(w for w, _ in losses) / trained, train_samples=trained
+            )
         if self.precomputer is not None:
             # done in the background before this round's update (not one of its phases)
             wall, cpu = self.precomputer.take_spent()
@@ -322,13 +331,12 @@ class ClientNode(Node):
             self.runlog.set(r, **values)
 
     def status(self) -> dict[str, Any]:
-        """With its training samples, in all and per client: the controller hands every client's
-        count to the adders."""
-        return {
-            **super().status(),
-            "samples": self.samples,
-            "clients": {s.id: s.samples for s in self.slots},
-        }
+        """With its training samples (a node hosting several clients: each one's too): the
+        controller hands every client's count to the adders."""
+        out = {**super().status(), "samples": self.samples}
+        if self.multi:
+            out["clients"] = {s.id: s.samples for s in self.slots}
+        return out
 
     def pause_precompute(self, wait: int) -> None:
         if self.precomputer is not None:
