@@ -14,7 +14,7 @@ from hefl.config import host_clients, parse_config
 from hefl.errors import ConfigError, ProtocolError
 from hefl.metrics import ClientMetrics, MetricsReport, parse_metrics
 from hefl.nodes.aggregator import AggregatorNode
-from hefl.wire import Envelope
+from hefl.wire import Envelope, Kind
 from tests.conftest import run_main, tree_config
 from tests.test_nodes import EXP, make
 from tests.test_processes import experiment_dir, node_logs
@@ -383,3 +383,28 @@ def test_run_json_holds_the_config_not_the_tables_derived_from_it() -> None:
     }
     assert got["nodes"][N0]["clients"] == 3
     json.dumps(got)
+
+
+def test_a_nodes_clients_skip_a_round_that_closed_before_their_turn(tmp_path: Path) -> None:
+    """With a deadline, once the round's result is in, the node's remaining clients do not train
+    (their updates would only be refused); the others' went up under their own ids."""
+    from hefl.nodes.client import ClientNode
+
+    cfg = parse_config(hosting(3, rounds=2, network={"round_deadline_s": 600}))
+    node, transport = make(ClientNode, N0, cfg, tmp_path)
+    sent: list[str] = []
+
+    def send(peer: str, kind: Any, env: Envelope, body: bytes = b"") -> None:
+        sent.append(env.sender)
+        if len(sent) == 1:  # the round closes as the first client's update arrives
+            node.downward.take((Kind.GLOBAL, 0), "global of round 1")
+
+    transport.send = send  # type: ignore[method-assign]
+    node.train_round(0)
+    assert sent == [f"{N0}#0"]
+    rec = node.runlog.record(0)["clients"]
+    assert "skipped" not in rec[f"{N0}#0"] and "train" in rec[f"{N0}#0"]["phases"]
+    for c in (f"{N0}#1", f"{N0}#2"):
+        assert rec[c] == {"late": True, "skipped": True}
+    assert node.runlog.record(0)["train_samples"] == rec[f"{N0}#0"]["train_samples"]
+    node.close()
