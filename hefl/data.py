@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,11 +60,30 @@ def _holdout(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits  # ships its data: works offline
+    """scikit-learn's bundled digits (offline), read from the file it ships: importing
+    scikit-learn costs about 2 s of CPU in every client process, reading the file 0.1 s.
+    `load_digits` where the file is not where scikit-learn keeps it."""
+    found = digits_file()
+    if found is not None:
+        raw = np.loadtxt(found, delimiter=",")
+        data, target = raw[:, :-1], raw[:, -1]
+    else:
+        from sklearn.datasets import load_digits
 
-    bunch = load_digits()
-    x = (bunch.data / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
-    return x, bunch.target.astype(np.int64)
+        bunch = load_digits()
+        data, target = bunch.data, bunch.target
+    x = (data / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
+    return x, target.astype(np.int64)
+
+
+def digits_file() -> Path | None:
+    """Where scikit-learn keeps digits.csv.gz (found without importing scikit-learn)."""
+    spec = importlib.util.find_spec("sklearn")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            return path
+    return None
 
 
 def _synthetic(ds: DatasetConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -98,3 +98,15 @@ def test_synthetic_is_seeded_and_sized() -> None:
     np.testing.assert_array_equal(a.x, b.x)
     assert not np.array_equal(a.x, c.x)
     assert a.x.shape == (400, 20) and set(np.unique(a.y)) <= set(range(4))
+
+
+def test_digits_read_from_scikit_learns_file_equal_load_digits() -> None:
+    from sklearn.datasets import load_digits
+
+    from hefl.data import _digits, digits_file
+
+    assert digits_file() is not None
+    x, y = _digits()
+    bunch = load_digits()
+    assert np.array_equal(x.reshape(len(y), -1), (bunch.data / 16.0).astype(np.float32))
+    assert np.array_equal(y, bunch.target) and y.dtype == np.int64
