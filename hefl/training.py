@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import replace
 
 import torch
@@ -24,13 +25,45 @@ def pick_device(want: str) -> torch.device:
     return torch.device("cpu")
 
 
+class MomentumSGD:
+    """SGD with momentum as `torch.optim.SGD(params, lr, momentum)` computes it (no dampening,
+    weight decay or Nesterov), step for step and bit for bit (a test compares them). Written here
+    because constructing torch's optimizer imports torch._dynamo (sympy and 800 modules): 2.5 s of
+    CPU in every client process, at every configure."""
+
+    def __init__(self, params: Iterable[nn.Parameter], lr: float, momentum: float) -> None:
+        self.params = list(params)
+        self.lr = lr
+        self.momentum = momentum
+        self.buffers: list[torch.Tensor | None] = [None] * len(self.params)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            grad = p.grad
+            if self.momentum != 0:
+                buf = self.buffers[i]
+                if buf is None:
+                    buf = self.buffers[i] = grad.detach().clone()
+                else:
+                    buf.mul_(self.momentum).add_(grad)
+                grad = buf
+            p.add_(grad, alpha=-self.lr)
+
+
 def train_epochs(
     model: nn.Module, data: Split, cfg: TrainingConfig, device: torch.device, seed: int
 ) -> float:
     """Run `cfg.epochs` of SGD over the slice; shuffles depend only on `seed`. Returns mean loss."""
     x = torch.from_numpy(data.x).to(device)
     y = torch.from_numpy(data.y).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    opt = MomentumSGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     gen = torch.Generator().manual_seed(seed)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
@@ -62,8 +95,7 @@ def evaluate(model: nn.Module, data: Split, device: torch.device) -> tuple[float
 
 def warm_up(model: nn.Module, data: Split, cfg: TrainingConfig, device: torch.device) -> None:
     """One training step and one evaluation on a copy, at configure time: torch's lazy set-up
-    (the optimizer's first construction alone takes over a second) would otherwise land in
-    round 1."""
+    (autograd's first backward pass) would otherwise land in round 1."""
     spare = copy.deepcopy(model)
     train_epochs(
         spare,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -59,3 +61,25 @@ def test_training_is_seeded_and_learns() -> None:
     np.testing.assert_array_equal(runs[0][0], runs[1][0])
     loss, acc = runs[0][1]
     assert loss < before and acc > 0.85
+
+
+@pytest.mark.parametrize("momentum", [0.9, 0.0])
+def test_our_sgd_steps_bit_for_bit_as_torchs(momentum: float) -> None:
+    from hefl.training import MomentumSGD
+
+    torch.manual_seed(0)
+    ours = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    theirs = copy.deepcopy(ours)
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    opts = (
+        MomentumSGD(ours.parameters(), lr=0.05, momentum=momentum),
+        torch.optim.SGD(theirs.parameters(), lr=0.05, momentum=momentum),
+    )
+    for step in range(5):
+        for model, opt in zip((ours, theirs), opts, strict=True):
+            opt.zero_grad()
+            batch = slice(step * 12, step * 12 + 12)
+            torch.nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+            opt.step()
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+        assert torch.equal(a, b)
