@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -44,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.he import SAMPLE_S, Sampler, stop  # noqa: E402
 from hefl.config import host_clients  # noqa: E402
-from hefl.provenance import code_version, machine  # noqa: E402
+from hefl.provenance import bench_line  # noqa: E402
 
 PER_CLIENT = 50  # training samples per logical client (the test slices take a fifth more)
 LR = 0.5  # with 50 samples a client and 5 rounds, 0.05 barely leaves chance level
@@ -160,12 +159,7 @@ def main() -> int:
     args = ap.parse_args()
     out = args.out / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True)
-    m = machine()
-    print(
-        f"machine: {m['cpu_model']}, {m['usable_cores']} usable cores, "
-        f"{m['memory_bytes'] / 2**30:.0f} GiB; load {os.getloadavg()[0]:.2f}; "
-        f"commit {code_version()['commit']}"
-    )
+    print(bench_line())
     raw = json.loads((ROOT / "config.json").read_text())
     nodes = sum(1 for n in raw["others"].values() if n["type"] == "client")
     cells = [(s, nodes * args.per_node, False) for s in args.schemes.split(",")]

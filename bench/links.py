@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import statistics
 import subprocess
@@ -34,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hefl.provenance import code_version, machine  # noqa: E402
+from hefl.provenance import bench_line  # noqa: E402
 
 
 def cell_config(scheme: str, adding: bool, rounds: int) -> dict[str, object]:
@@ -81,12 +80,7 @@ def main() -> int:
     args = ap.parse_args()
     out = args.out / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True)
-    m = machine()
-    print(
-        f"machine: {m['cpu_model']}, {m['usable_cores']} usable cores, "
-        f"{m['memory_bytes'] / 2**30:.0f} GiB; load {os.getloadavg()[0]:.2f}; "
-        f"commit {code_version()['commit']}"
-    )
+    print(bench_line())
     print(
         f"{'rate':8} {'scheme':6} {'switches':10} {'s/round':>8} {'agg MiB/rd':>10} "
         f"{'crypto':>7} {'training':>8} {'transfer':>8} {'waiting':>7} {'accuracy':>8}"

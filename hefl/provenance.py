@@ -134,3 +134,15 @@ def _gpus() -> list[str]:
     return [
         line.split(":", 1)[1].split("(UUID")[0].strip() for line in out.splitlines() if ":" in line
     ]
+
+
+def bench_line() -> str:
+    """The first line a benchmark prints: the machine, its load and the commit measured."""
+    import os
+
+    m = machine()
+    return (
+        f"machine: {m['cpu_model']}, {m['usable_cores']} usable cores, "
+        f"{m['memory_bytes'] / 2**30:.0f} GiB; load {os.getloadavg()[0]:.2f}; "
+        f"commit {code_version()['commit']}"
+    )
