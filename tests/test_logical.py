@@ -408,3 +408,26 @@ def test_a_nodes_clients_skip_a_round_that_closed_before_their_turn(tmp_path: Pa
         assert rec[c] == {"late": True, "skipped": True}
     assert node.runlog.record(0)["train_samples"] == rec[f"{N0}#0"]["train_samples"]
     node.close()
+
+
+def test_a_node_that_adds_its_clients_sends_nothing_for_a_round_closed_before_its_sum(
+    tmp_path: Path,
+) -> None:
+    from hefl.nodes.client import ClientNode
+
+    raw = hosting(3, rounds=2, network={"round_deadline_s": 600})
+    raw["others"][N0]["local_sum"] = True
+    node, transport = make(ClientNode, N0, parse_config(raw), tmp_path)
+    trained: list[str] = []
+    train_one = node.train_one
+
+    def closing(r: int, slot: Any) -> Any:
+        trained.append(slot.id)
+        node.downward.take((Kind.GLOBAL, 0), "global of round 1")  # closes during the first
+        return train_one(r, slot)
+
+    node.train_one = closing  # type: ignore[method-assign]
+    node.train_round(0)
+    assert trained == [f"{N0}#0"] and transport.sent == []
+    assert node.runlog.record(0)["late"] is True
+    node.close()

@@ -218,9 +218,10 @@ class ClientNode(Node):
         self.round = r
         self.runlog.begin(r)
         total: Any = None
-        precomputed, losses = 0, []
+        precomputed, losses, skipped = 0, [], False
         for slot in self.slots:
             if self.downward.taken((Kind.GLOBAL, r)):
+                skipped = True
                 # the round closed at its deadline without this node's last clients: they skip it
                 # (their updates would only be refused) and the node applies its result
                 log.warning("%s: round %d closed before its turn", slot.id, r + 1)
@@ -237,7 +238,9 @@ class ClientNode(Node):
                 payload = self.scheme.serialize(parts)
             del parts
             self.send_update(r, payload, self.envelope_of(r, [slot]), slot)
-        if self.local_sum and total is not None:
+        if self.local_sum and skipped:  # closed: the sum of those that trained would be refused
+            self.runlog.set(r, late=True)
+        elif self.local_sum:
             with self.runlog.phase(r, "serialize"):
                 payload = self.scheme.serialize(total)
             del total
