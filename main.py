@@ -8,9 +8,13 @@ import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hefl.credential import DEFAULT_TOKEN, create_token, read_token
 from hefl.errors import HeflError
+
+if TYPE_CHECKING:
+    from hefl.config import ExperimentConfig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,11 +117,7 @@ def _parser() -> argparse.ArgumentParser:
         ("local", "run the whole experiment on this machine, one process per node", _local),
     ):
         cmd = sub.add_parser(name, parents=[common, config], help=helptext)
-        cmd.add_argument(
-            "--scheme",
-            choices=["none", "ckks", "bfv"],
-            help="override encryption.scheme of the config",
-        )
+        _crypto_flags(cmd, ["none", "ckks", "bfv", "paillier"])
         cmd.set_defaults(func=func)
     report = sub.add_parser(
         "report",
@@ -156,11 +156,9 @@ def _parser() -> argparse.ArgumentParser:
     seal = sub.add_parser(
         "seal",
         parents=[common, config],
-        help="self-test TenSEAL and write the key material of the config (seal.sh runs it)",
+        help="self-test the HE library and write the key material of the config (seal.sh runs it)",
     )
-    seal.add_argument(
-        "--scheme", choices=["ckks", "bfv"], help="override encryption.scheme of the config"
-    )
+    _crypto_flags(seal, ["ckks", "bfv", "paillier"])
     seal.add_argument(
         "--key-dir", help="where to write the keys (default: the config's encryption.key_dir)"
     )
@@ -168,8 +166,26 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _crypto_flags(cmd: argparse.ArgumentParser, schemes: list[str]) -> None:
+    cmd.add_argument("--scheme", choices=schemes, help="override encryption.scheme of the config")
+    cmd.add_argument(
+        "--backend",
+        choices=["tenseal", "seal"],
+        help="override encryption.backend of the config: the library of ckks and bfv "
+        "(seal: SEAL-Python, pip install -r requirements-he.txt)",
+    )
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, str]]:
-    return {"encryption": {"scheme": args.scheme}} if args.scheme else {}
+    """--scheme and --backend as config overrides; the library they need must be installed."""
+    enc = {k: v for k, v in (("scheme", args.scheme), ("backend", args.backend)) if v}
+    return {"encryption": enc} if enc else {}
+
+
+def _require(cfg: ExperimentConfig) -> None:
+    from hefl.crypto import require
+
+    require(cfg.encryption.he_params())
 
 
 def _node(args: argparse.Namespace) -> int:
@@ -187,6 +203,7 @@ def _agg(args: argparse.Namespace) -> int:
     from hefl.experiment import Controller, new_experiment_id
 
     raw, cfg = load_raw_config(args.config, _overrides(args))
+    _require(cfg)
     ctl = Controller(
         raw,
         cfg,
@@ -205,6 +222,7 @@ def _local(args: argparse.Namespace) -> int:
     from hefl.local import run_local
 
     raw, cfg = load_raw_config(args.config, _overrides(args))
+    _require(cfg)
     run_local(raw, cfg, args.config, args.log_dir, args.verbose)
     return 0
 
@@ -270,19 +288,16 @@ def _seal(args: argparse.Namespace) -> int:
     from hefl.config import load_config
     from hefl.crypto.selftest import round_trip, versions
 
-    overrides: dict[str, dict[str, str]] = {"encryption": {}}
-    if args.scheme:
-        overrides["encryption"]["scheme"] = args.scheme
+    overrides = _overrides(args)
     if args.key_dir:
-        overrides["encryption"]["key_dir"] = args.key_dir
-    enc = load_config(args.config, overrides).encryption
-    params = enc.he_params()
-    print(versions())
-    # the config's parameters for its scheme, the defaults for the other
-    for scheme in (
-        "ckks",
-        "bfv",
-    ):
+        overrides.setdefault("encryption", {})["key_dir"] = args.key_dir
+    cfg = load_config(args.config, overrides)
+    enc = cfg.encryption
+    params = cfg.he_params()
+    _require(cfg)
+    print(versions(params))
+    # the config's parameters for its scheme, the defaults for the other of its library's
+    for scheme in ("paillier",) if params.scheme == "paillier" else ("ckks", "bfv"):
         round_trip(
             params
             if scheme == params.scheme
@@ -290,7 +305,8 @@ def _seal(args: argparse.Namespace) -> int:
         )
     if enc.scheme == "none":
         print(
-            f"{args.config} uses scheme none: no keys needed (give --scheme ckks|bfv to make some)"
+            f"{args.config} uses scheme none: no keys needed "
+            f"(give --scheme ckks|bfv|paillier to make some)"
         )
         return 0
     from hefl.crypto import generate_keys

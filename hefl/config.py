@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,14 +63,17 @@ class TrainingConfig:
 class EncryptionConfig:
     """How updates are protected on the wire; `none` is the plaintext baseline on the same path."""
 
-    scheme: Literal["none", "ckks", "bfv"] = "none"
+    scheme: Literal["none", "ckks", "bfv", "paillier"] = "none"
+    # ckks, bfv: the HE library, TenSEAL or SEAL-Python (pip install -r requirements-he.txt)
+    backend: Literal["tenseal", "seal"] = "tenseal"
     poly_modulus_degree: int = 4096
     coeff_mod_bit_sizes: tuple[
         int, ...
     ] = ()  # () takes the scheme's default: ckks [40, 20], bfv [60, 20]
     scale_bits: int = 30  # ckks: values are scaled by 2^scale_bits
     plain_modulus_bits: int = 47  # bfv: t is the largest batching prime below 2^bits
-    quant_bits: int = 16  # bfv: bits per quantized value
+    quant_bits: int = 16  # bfv, paillier: bits per quantized value
+    key_bits: int = 2048  # paillier: bits of the public modulus (phe, gmpy2: requirements-he.txt)
     clip: float = 1.0  # every scheme: each value a client sends is clipped to [-clip, clip]
     key_dir: str = "keys"  # clients read secret.ctx here; `agg` reads keyless.ctx here
     processes: int = (
@@ -81,7 +84,9 @@ class EncryptionConfig:
 
     def he_params(self) -> HeParams:
         """What the crypto package needs: these parameters without the key folder."""
-        return HeParams(**{f.name: getattr(self, f.name) for f in fields(HeParams)})
+        return HeParams(
+            **{f.name: getattr(self, f.name) for f in fields(HeParams) if f.name != "clients"}
+        )
 
 
 @dataclass(frozen=True)
@@ -179,6 +184,11 @@ class ExperimentConfig:
     @property
     def rounds(self) -> int:
         return self.aggregator.iteration
+
+    def he_params(self) -> HeParams:
+        """The encryption's parameters for this experiment's schemes: Paillier's packing leaves
+        room for the sum of every logical client."""
+        return replace(self.encryption.he_params(), clients=len(self.logical))
 
     @property
     def root(self) -> str:
@@ -292,7 +302,7 @@ def parse_config(raw: Any) -> ExperimentConfig:
     check_topology(nodes, agg.ip)
     cfg = ExperimentConfig(aggregator=agg, nodes=nodes, name=name, **sections)
     check_model(cfg.model, cfg.dataset)
-    check_encryption(cfg.encryption.he_params(), len(cfg.clients()))
+    check_encryption(cfg.he_params(), len(cfg.clients()))
     if agg.min_clients > len(cfg.clients()):
         raise ConfigError(
             f"aggregator.min_clients: {agg.min_clients} is more than the "

@@ -143,7 +143,7 @@ def build_node(push: Push, log_dir: Path, token: str = "") -> Node:
     try:
         keys = _keys(push)
         size = param_count(cfg.model, cfg.dataset)
-        scheme = make_scheme(cfg.encryption.he_params(), size, keys, seed=_scheme_seed(push))
+        scheme = make_scheme(cfg.he_params(), size, keys, seed=_scheme_seed(push))
         parts = Parts(
             transport,
             scheme,

@@ -15,7 +15,20 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("torch", "tenseal", "numpy", "flask", "gunicorn", "requests", "scikit-learn")
+PACKAGES = (
+    "torch",
+    "tenseal",
+    "numpy",
+    "flask",
+    "gunicorn",
+    "requests",
+    "scikit-learn",
+    # optional HE libraries (requirements-he.txt)
+    "seal-python",
+    "zstandard",
+    "phe",
+    "gmpy2",
+)
 ROOT = Path(__file__).resolve().parent.parent  # the checkout main.py runs from
 
 

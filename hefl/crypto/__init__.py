@@ -1,19 +1,24 @@
 """Updates on the wire, by scheme, and key material by role: what the rest of hefl calls.
 
-`none` is the plaintext baseline on the same path. Each HE library is a subpackage (tenseal/: ckks
-and bfv) behind the same functions, imported only when a scheme or key function of its own is used:
-the config parser, and the switches and aggregator of a `none` experiment, never load one.
+`none` is the plaintext baseline on the same path. Each HE library is a subpackage behind the same
+functions (tenseal/: ckks and bfv, the default; seal/: ckks and bfv with SEAL-Python; paillier/:
+phe), imported only when a scheme or key function of its own is used: the config parser, and the
+switches and aggregator of a `none` experiment, never load one. SEAL-Python, phe and gmpy2 are
+optional (requirements-he.txt): `require` says in one line what to install.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 from hefl.crypto.keydir import keys_match, read_keyless
 from hefl.crypto.params import HeParams, fingerprint
 from hefl.crypto.plain import PlainScheme
 from hefl.crypto.scheme import KeyRing, Scheme, add_all
+from hefl.errors import ConfigError
 
 __all__ = [
     "HeParams",
@@ -23,10 +28,12 @@ __all__ = [
     "fingerprint",
     "generate_keys",
     "keys_match",
+    "library",
     "load_keyless",
     "load_secret",
     "make_scheme",
     "read_keyless",
+    "require",
 ]
 
 
@@ -42,13 +49,45 @@ class Backend(Protocol):
     def load_keyless(self, enc: HeParams, data: bytes) -> KeyRing: ...
 
 
-def _backend(enc: HeParams) -> Backend:
-    """The library behind `enc.scheme`, imported on first use."""
-    if enc.scheme in ("ckks", "bfv"):
-        from hefl.crypto import tenseal
+# subpackage -> (modules it imports, what provides them)
+LIBRARIES = {
+    "tenseal": (("tenseal",), "tenseal (requirements.txt)"),
+    "seal": (("seal", "zstandard"), "seal-python and zstandard (requirements-he.txt)"),
+    "paillier": (("phe", "gmpy2"), "phe and gmpy2 (requirements-he.txt)"),
+}
 
-        return tenseal
-    raise ValueError(f"the {enc.scheme} scheme has no HE library (and no keys)")
+
+def library(enc: HeParams) -> str:
+    """The subpackage that serves `enc`: "" for none, paillier for paillier, else the backend."""
+    if enc.scheme == "none":
+        return ""
+    if enc.scheme == "paillier":
+        return "paillier"
+    return enc.backend
+
+
+def require(enc: HeParams) -> None:
+    """Refuse at once, in one line, a config whose HE library is not installed here."""
+    name = library(enc)
+    if not name:
+        return
+    modules, provides = LIBRARIES[name]
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        what = f"encryption.backend {name}" if enc.scheme != "paillier" else "scheme paillier"
+        raise ConfigError(
+            f"encryption: {enc.scheme} with {what} needs {provides}, and {', '.join(missing)} "
+            f"is not installed here: .venv/bin/pip install -r requirements-he.txt"
+        )
+
+
+def _backend(enc: HeParams) -> Backend:
+    """The library behind `enc`, imported on first use."""
+    name = library(enc)
+    if not name:
+        raise ValueError(f"the {enc.scheme} scheme has no HE library (and no keys)")
+    require(enc)
+    return cast(Backend, importlib.import_module(f"hefl.crypto.{name}"))
 
 
 def make_scheme(enc: HeParams, size: int, keys: KeyRing | None = None, seed: int = 0) -> Scheme:

@@ -7,22 +7,28 @@ import math
 from dataclasses import dataclass
 
 from hefl.errors import ConfigError
+from hefl.topology import MAX_CLIENTS
 
 
 @dataclass(frozen=True)
 class HeParams:
     """What crypto code needs of an experiment's encryption; key folders are passed separately."""
 
-    scheme: str = "none"  # none | ckks | bfv
+    scheme: str = "none"  # none | ckks | bfv | paillier
+    backend: str = "tenseal"  # ckks and bfv: the library, tenseal | seal (SEAL-Python)
     poly_modulus_degree: int = 4096
     coeff_mod_bit_sizes: tuple[
         int, ...
     ] = ()  # () takes the scheme's default: ckks (40, 20), bfv (60, 20)
     scale_bits: int = 30  # ckks: values are scaled by 2^scale_bits
     plain_modulus_bits: int = 47  # bfv: t is the largest batching prime below 2^bits
-    quant_bits: int = 16  # bfv: bits per quantized value
+    quant_bits: int = 16  # bfv, paillier: bits per quantized value
+    key_bits: int = 2048  # paillier: bits of the public modulus n
     clip: float = 1.0  # every scheme: each value a client sends is clipped to [-clip, clip]
     processes: int = 1  # clients: worker processes that encrypt an update's ciphertexts
+    # paillier: the sums must have room for this many clients' values (0: the most an experiment
+    # can have); keys do not depend on it
+    clients: int = 0
 
     @property
     def scale(self) -> float:
@@ -46,8 +52,21 @@ def coeffs(enc: HeParams) -> tuple[int, ...]:
 
 
 def slots(enc: HeParams) -> int:
-    """Values in one ciphertext: n/2 for CKKS; n slots of two packed values for BFV."""
+    """Values in one ciphertext: n/2 for CKKS; n slots of two packed values for BFV; as many lanes
+    as fit below the modulus for Paillier."""
+    if enc.scheme == "paillier":
+        return (enc.key_bits - 1) // paillier_lane_bits(enc)
     return enc.poly_modulus_degree // 2 if enc.scheme == "ckks" else 2 * enc.poly_modulus_degree
+
+
+PAILLIER_KEY_BITS = (512, 8192)  # below 2048 for tests only: a 512-bit n is factored in hours
+
+
+def paillier_lane_bits(enc: HeParams) -> int:
+    """Paillier packs quantized values into lanes of quant_bits plus room for the sum of every
+    client: ceil(log2(clients)) bits more (BatchCrypt)."""
+    clients = enc.clients or MAX_CLIENTS
+    return enc.quant_bits + max(clients - 1, 0).bit_length()
 
 
 def lane_bits(enc: HeParams) -> int:
@@ -59,6 +78,8 @@ def max_clients(enc: HeParams) -> int:
     """How many clients' updates one sum can hold without overflow."""
     if enc.scheme == "bfv":
         return int(2 ** (lane_bits(enc) - enc.quant_bits))
+    if enc.scheme == "paillier":
+        return int(2 ** (paillier_lane_bits(enc) - enc.quant_bits))
     if enc.scheme == "ckks":
         headroom = 2.0 ** (coeffs(enc)[0] - 1) / enc.scale  # |sum| must stay below this
         return math.floor(headroom / enc.clip - 1e-9)
@@ -72,6 +93,11 @@ def check_encryption(enc: HeParams, clients: int) -> None:
     if not 1 <= enc.processes <= 256:
         raise ConfigError(f"encryption.processes: must be 1..256, got {enc.processes}")
     if enc.scheme == "none":
+        return
+    if enc.backend not in BACKENDS:
+        raise ConfigError(f"encryption.backend: {enc.backend!r} is not one of {list(BACKENDS)}")
+    if enc.scheme == "paillier":
+        _check_paillier(enc, clients)
         return
     n = enc.poly_modulus_degree
     if n not in MAX_COEFF_BITS:
@@ -105,6 +131,22 @@ def check_encryption(enc: HeParams, clients: int) -> None:
             f"encryption: {enc.scheme} with these parameters holds the sum of at most "
             f"{max_clients(enc)} clients, the config has {clients}: {hint}"
         )
+
+
+BACKENDS = ("tenseal", "seal")
+
+
+def _check_paillier(enc: HeParams, clients: int) -> None:
+    low, high = PAILLIER_KEY_BITS
+    if not (low <= enc.key_bits <= high and enc.key_bits % 256 == 0):
+        raise ConfigError(
+            f"encryption.key_bits: {enc.key_bits} must be a multiple of 256 from {low} to {high} "
+            f"(2048 or more outside tests)"
+        )
+    if not 8 <= enc.quant_bits <= 32:
+        raise ConfigError(f"encryption.quant_bits: {enc.quant_bits} must be 8..32 for paillier")
+    if clients > MAX_CLIENTS:
+        raise ConfigError(f"encryption: paillier holds at most {MAX_CLIENTS} clients")
 
 
 def bfv_noise_margin(enc: HeParams, clients: int) -> float:
@@ -175,6 +217,8 @@ def _is_prime(n: int) -> bool:
 
 def fingerprint(enc: HeParams) -> dict[str, object]:
     """What a context must have been made with to serve these parameters."""
+    if enc.scheme == "paillier":
+        return {"scheme": "paillier", "key_bits": enc.key_bits}
     fp: dict[str, object] = {
         "scheme": enc.scheme,
         "poly_modulus_degree": enc.poly_modulus_degree,
@@ -182,4 +226,6 @@ def fingerprint(enc: HeParams) -> dict[str, object]:
     }
     if enc.scheme == "bfv":
         fp["plain_modulus"] = batching_prime(enc.plain_modulus_bits, enc.poly_modulus_degree)
+    if enc.backend != "tenseal":  # TenSEAL key folders keep the fingerprint they always had
+        fp["backend"] = enc.backend
     return fp

@@ -5,6 +5,7 @@ A round trip encrypts, adds and decrypts.
 
 from __future__ import annotations
 
+import importlib
 import platform
 import tempfile
 import time
@@ -17,6 +18,7 @@ from hefl.crypto import (
     HeParams,
     add_all,
     generate_keys,
+    library,
     load_keyless,
     load_secret,
     make_scheme,
@@ -47,9 +49,9 @@ def round_trip(enc: HeParams, size: int = 20_000, out: Callable[[str], None] = p
             switch.decrypt(switch.load(total), 2)
             keyless = False
         except ValueError as exc:
-            keyless = "secret" in str(exc)  # TenSEAL's own refusal, not any other ValueError
+            keyless = "secret" in str(exc)  # the scheme's own refusal, not any other ValueError
         out(
-            f"{enc.scheme}: {len(pa) / size:.1f} B/param, "
+            f"{enc.scheme} ({library(enc)}): {len(pa) / size:.1f} B/param, "
             f"encrypt {2 * size / (t1 - t0) / 1e6:.2f} Mparam/s, "
             f"load+add {2 * size / (t2 - t1) / 1e6:.2f} Mparam/s, "
             f"decrypt {size / (t3 - t2) / 1e6:.2f} Mparam/s, "
@@ -62,7 +64,8 @@ def round_trip(enc: HeParams, size: int = 20_000, out: Callable[[str], None] = p
             )
 
 
-def versions() -> str:
-    from hefl.crypto import tenseal
-
-    return f"python {platform.python_version()}, {tenseal.version()}, numpy {np.__version__}"
+def versions(enc: HeParams) -> str:
+    """Python's, the HE library's (of `enc`: TenSEAL for scheme none) and numpy's versions."""
+    name = library(enc) or "tenseal"
+    lib = importlib.import_module(f"hefl.crypto.{name}")
+    return f"python {platform.python_version()}, {lib.version()}, numpy {np.__version__}"

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import tenseal as ts
 
-from hefl.crypto.keydir import KEYLESS, PARAMS, SECRET, check_params, write_params
+from hefl.crypto.keydir import PARAMS, SECRET, check_params, key_id, write_keys
 from hefl.crypto.params import HeParams, batching_prime, coeffs, fingerprint
 from hefl.crypto.scheme import KeyRing
 from hefl.errors import ConfigError
@@ -65,13 +64,6 @@ def keyless_part(ctx: Any) -> bytes:
     )
 
 
-def key_id(secret: bytes) -> str:
-    """Names a secret key: a hash of the secret context file as `generate` wrote it (clients of one
-    experiment must agree on it). Two independent keys get different ids, and no one without the
-    secret file can compute it; the hash reveals nothing of the key."""
-    return hashlib.sha256(b"hefl key id\0" + secret).hexdigest()[:16]
-
-
 def public_key_id(ctx: Any) -> str | None:
     """The id older versions gave a key pair (a hash of its public key); None for a symmetric
     context, which has no public key."""
@@ -91,8 +83,6 @@ def public_key_id(ctx: Any) -> str | None:
 def generate(enc: HeParams, key_dir: Path) -> None:
     """Write an experiment's key material; the folder and the secret file are its owner's only."""
     ctx = new_context(enc)
-    key_dir.mkdir(parents=True, exist_ok=True)
-    key_dir.chmod(0o700)
     secret = bytes(
         ctx.serialize(
             save_public_key=False,
@@ -101,13 +91,7 @@ def generate(enc: HeParams, key_dir: Path) -> None:
             save_relin_keys=False,
         )
     )
-    path = key_dir / SECRET
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(secret)
-    (key_dir / KEYLESS).write_bytes(keyless_part(ctx))
-    write_params(enc, key_dir, key_id(secret))
+    write_keys(enc, key_dir, secret, keyless_part(ctx))
 
 
 def load_secret(enc: HeParams, key_dir: Path) -> KeyRing:

@@ -1,0 +1,228 @@
+"""What every HE scheme here shares: an update as ceil(size / slots) ciphertexts in one framed body,
+loaded, checked and added one ciphertext at a time, and encrypted in two halves.
+
+A backend (tenseal/, seal/, paillier/) implements the ciphertext primitives (encrypt a chunk,
+encrypt zero, add a plaintext, load and check one part, dump it, add, subtract, decrypt); an
+encoding (hefl.crypto.encoding: ckks, bfv) turns an update into chunks and a decrypted sum back
+into values. Encryption in two halves: an encryption of zero does not depend on the values, so
+`precompute` makes one per ciphertext ahead of time (a client runs it while it waits for the global
+result), and `encrypt` then only encodes the values and adds them to it (plaintext addition: the
+result is an encryption of the values with the zero's fresh randomness, as if encrypted at once).
+Each encryption of zero is used once; what is not ready is encrypted at once as usual.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import numpy as np
+
+from hefl.crypto.frame import Payload, frame, frame_lengths, unframe
+from hefl.crypto.params import HeParams, slots
+from hefl.errors import ProtocolError
+
+
+class Pool(Protocol):
+    """Worker processes that turn chunks into serialized ciphertexts (a backend may have one)."""
+
+    def encrypt(self, chunks: list[Any]) -> list[bytes]: ...
+
+    def close(self) -> None: ...
+
+
+class ChunkedScheme(ABC):
+    """A subclass (an encoding and a backend) sets `name` and implements the abstract methods."""
+
+    name: str
+    zero: float  # the zero value of a slot (0.0 for ckks, 0 for integer encodings)
+
+    def __init__(self, enc: HeParams, size: int, private: bool, part_bytes: int) -> None:
+        """`part_bytes`: the most bytes one serialized ciphertext can have."""
+        self.enc = enc
+        self.size = size
+        self.can_decrypt = private
+        self.slots = slots(enc)
+        self.chunks = math.ceil(size / self.slots)
+        self._zeros: list[Any] = []  # encryptions of zero for chunks 0, 1, ... of the next update
+        self._zeros_lock = threading.Lock()
+        self.precomputed = 0  # how many ciphertexts of the last update used one
+        self.adding_s = 0.0  # seconds spent adding ciphertexts (not loading them), ever
+        self._pool: Pool | None = None
+        self.max_payload_bytes = self.chunks * part_bytes + 8 + 4 * self.chunks
+
+    # the encoding's part (hefl.crypto.encoding)
+
+    @abstractmethod
+    def encode(self, values: np.ndarray, rng: np.random.Generator | None) -> list[Any]:
+        """An update as one chunk per ciphertext (what `encrypt_chunk` takes)."""
+
+    @abstractmethod
+    def decode(self, parts: list[np.ndarray], contributors: int) -> np.ndarray:
+        """The sum of `contributors` updates from each ciphertext's decrypted slots."""
+
+    def slot_count(self, values: int) -> int:
+        """Slots a ciphertext of `values` values fills."""
+        return values
+
+    # the backend's part
+
+    @abstractmethod
+    def encrypt_chunk(self, chunk: Any) -> Any: ...
+
+    @abstractmethod
+    def encrypt_zero(self, slot_count: int) -> Any: ...
+
+    @abstractmethod
+    def add_plain(self, ct: Any, chunk: Any) -> Any:
+        """`ct` (an encryption of zero) with `chunk` added: may change `ct` in place."""
+
+    @abstractmethod
+    def load_part(self, index: int, part: bytes, slot_count: int) -> Any:
+        """One ciphertext from its bytes, checked to belong to this experiment (ProtocolError)."""
+
+    @abstractmethod
+    def dump_part(self, ct: Any) -> bytes: ...
+
+    @abstractmethod
+    def add_ct(self, acc: Any, ct: Any) -> Any:
+        """acc + ct: may change `acc` in place."""
+
+    @abstractmethod
+    def sub_ct(self, acc: Any, ct: Any) -> Any:
+        """acc - ct: may change `acc` in place."""
+
+    @abstractmethod
+    def decrypt_part(self, ct: Any) -> np.ndarray:
+        """A ciphertext's slots (at least as many as it was made with)."""
+
+    # the scheme interface (hefl.crypto.scheme.Scheme)
+
+    def encrypt(self, values: np.ndarray) -> bytes:
+        return self.serialize(self.encrypt_parts(values))
+
+    def encrypt_parts(
+        self, values: np.ndarray, rng: np.random.Generator | None = None
+    ) -> list[Any]:
+        if values.shape != (self.size,):
+            raise ValueError(f"update has shape {values.shape}, expected ({self.size},)")
+        return self.encrypt_chunks(self.encode(values, rng))
+
+    def encrypt_chunks(self, chunks: list[Any]) -> list[Any]:
+        """The ciphertexts of `chunks`: added to precomputed encryptions of zero where there are
+        some, else encrypted here, or in worker processes when there are several chunks each
+        (those come back serialized already: `serialize` takes them as they are)."""
+        with self._zeros_lock:
+            zeros, self._zeros = self._zeros, []
+        self.precomputed = min(len(zeros), len(chunks))
+        if not zeros and self._pool is not None and len(chunks) >= 2 * self.enc.processes:
+            return list(self._pool.encrypt(chunks))
+        parts = []
+        for i, chunk in enumerate(chunks):
+            if i < len(zeros):
+                ct = self.add_plain(zeros[i], chunk)
+                zeros[i] = None  # used once
+            else:
+                ct = self.encrypt_chunk(chunk)
+            parts.append(ct)
+        return parts
+
+    def precompute(self, stop: Callable[[], bool]) -> int:
+        """Make encryptions of zero for the next update's ciphertexts, one at a time, until there
+        is one for each or `stop()` says to stop; return how many were made. Only a client can
+        (it holds the key); with worker processes nothing is made (they encrypt at once)."""
+        if not self.can_decrypt or self._pool is not None:
+            return 0
+        lengths = [self.slot_count(n) for n in self.chunk_lengths()]
+        made = 0
+        while not stop():
+            with self._zeros_lock:
+                batch = self._zeros
+                index = len(batch)
+            if index >= self.chunks:
+                break
+            zero = self.encrypt_zero(lengths[index])
+            with self._zeros_lock:
+                # `encrypt` may have taken the batch meanwhile: this zero was for another one
+                if self._zeros is batch and len(batch) == index:
+                    batch.append(zero)
+                    made += 1
+        return made
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+
+    def chunk_lengths(self) -> list[int]:
+        """Values in each ciphertext."""
+        return [min(self.slots, self.size - i * self.slots) for i in range(self.chunks)]
+
+    def check(self, payload: Payload) -> None:
+        """The payload's shape only: a frame of the right number of ciphertexts, none empty or
+        oversized."""
+        if len(payload) > self.max_payload_bytes or 0 in frame_lengths(payload, self.chunks):
+            raise ProtocolError(
+                f"payload of {len(payload)} bytes is not {self.chunks} ciphertexts "
+                f"of this experiment"
+            )
+
+    def check_sum(self, payload: Payload, contributors: int) -> None:
+        """Ciphertexts cannot be looked into: their values are checked by the clients that
+        decrypt the sum (see hefl.nodes.client)."""
+        return None
+
+    def load(self, payload: Payload) -> list[Any]:
+        """Deserialize and check every ciphertext of a payload."""
+        return list(self._parts(payload))
+
+    def load_into(self, total: list[Any] | None, payload: Payload) -> list[Any]:
+        """Load a payload and add it into `total` one ciphertext at a time (a node never holds a
+        second loaded update); a ciphertext that fails its checks takes back what this payload had
+        added (ciphertext addition is exact modular arithmetic: subtracting restores every bit)."""
+        if total is None:
+            return self.load(payload)
+        added = 0
+        try:
+            for ct in self._parts(payload):
+                started = time.monotonic()
+                total[added] = self.add_ct(total[added], ct)
+                self.adding_s += time.monotonic() - started
+                added += 1
+        except BaseException:
+            for i, ct in zip(range(added), self._parts(payload), strict=False):
+                total[i] = self.sub_ct(total[i], ct)
+            raise
+        return total
+
+    def _parts(self, payload: Payload) -> Iterator[Any]:
+        """The payload's ciphertexts, each deserialized and checked as it is asked for."""
+        for i, (part, want) in enumerate(
+            zip(unframe(payload, self.chunks), self.chunk_lengths(), strict=True)
+        ):
+            yield self.load_part(i, part, self.slot_count(want))
+
+    def add_into(self, total: list[Any] | None, loaded: list[Any]) -> list[Any]:
+        """Add ciphertext by ciphertext: the first update loaded becomes the total."""
+        if total is None:
+            return loaded
+        started = time.monotonic()
+        for i, ct in enumerate(loaded):
+            total[i] = self.add_ct(total[i], ct)
+        self.adding_s += time.monotonic() - started
+        return total
+
+    def serialize(self, total: list[Any]) -> bytes:
+        return frame([ct if isinstance(ct, bytes) else self.dump_part(ct) for ct in total])
+
+    def decrypt(self, loaded: list[Any], contributors: int) -> np.ndarray:
+        if not self.can_decrypt:
+            raise ValueError(f"this {self.name} context holds no secret key: it cannot decrypt")
+        parts = [
+            self.decrypt_part(ct)[: self.slot_count(n)]
+            for ct, n in zip(loaded, self.chunk_lengths(), strict=True)
+        ]
+        return self.decode(parts, contributors)
