@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
 import subprocess
@@ -353,13 +354,14 @@ def plain_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     return Run(proc, cfg, only_run(tmp / "log"))
 
 
-def _encrypted(tmp_path_factory: pytest.TempPathFactory, scheme: str) -> Run:
+def _encrypted(tmp_path_factory: pytest.TempPathFactory, scheme: str, **more: Any) -> Run:
+    """`more`: other encryption settings (backend, key_bits)."""
     from hefl.crypto import HeParams, generate_keys
 
     tmp = tmp_path_factory.mktemp(scheme)
     raw = two_level()
-    raw["encryption"] = {"scheme": scheme, "key_dir": str(tmp / "keys")}
-    generate_keys(HeParams(scheme=scheme), tmp / "keys")
+    raw["encryption"] = {"scheme": scheme, "key_dir": str(tmp / "keys"), **more}
+    generate_keys(HeParams(scheme=scheme, **more), tmp / "keys")
     cfg = tmp / "config.json"
     cfg.write_text(json.dumps(raw))
     proc = run_main("local", "--config", str(cfg), "--log-dir", str(tmp / "log"))
@@ -375,3 +377,29 @@ def ckks_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
 @pytest.fixture(scope="session")
 def bfv_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     return _encrypted(tmp_path_factory, "bfv")
+
+
+def _optional(*modules: str) -> None:
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed: pip install -r requirements-he.txt")
+
+
+@pytest.fixture(scope="session")
+def seal_ckks_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """The two-level tree with SEAL-Python's CKKS."""
+    _optional("seal", "zstandard")
+    return _encrypted(tmp_path_factory, "ckks", backend="seal")
+
+
+@pytest.fixture(scope="session")
+def seal_bfv_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    _optional("seal", "zstandard")
+    return _encrypted(tmp_path_factory, "bfv", backend="seal")
+
+
+@pytest.fixture(scope="session")
+def paillier_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """Paillier with a 1024-bit key (2048 by default: a test's key may be smaller)."""
+    _optional("phe", "gmpy2")
+    return _encrypted(tmp_path_factory, "paillier", key_bits=1024)

@@ -292,15 +292,17 @@ def test_original_config_runs_unchanged(tmp_path: Path) -> None:
     assert len(node_logs(experiment_dir(tmp_path))) == 7
 
 
-@pytest.mark.parametrize("scheme", ["ckks", "bfv"])
+@pytest.mark.parametrize("run_name", ["ckks", "bfv", "seal_ckks", "seal_bfv", "paillier"])
 def test_encrypted_run_matches_the_plaintext_run(
-    plain_run: Run, request: pytest.FixtureRequest, scheme: str
+    plain_run: Run, request: pytest.FixtureRequest, run_name: str
 ) -> None:
-    """Same seed, same tree: the encrypted global model follows the plaintext one; only clients
-    can decrypt; no byte of the secret key reaches a log."""
+    """Same seed, same tree: the encrypted global model follows the plaintext one, with every HE
+    library (SEAL-Python's and Paillier's where installed); only clients can decrypt; no byte of
+    the secret key reaches a log."""
     from hefl.crypto.keydir import SECRET
 
-    run: Run = request.getfixturevalue(f"{scheme}_run")
+    run: Run = request.getfixturevalue(f"{run_name}_run")
+    scheme = run_name.split("_")[-1]
     assert run.proc.returncode == 0, run.proc.stderr[-2000:]
     exp, plain_exp = run.exp, plain_run.exp
     plain = json.loads((plain_exp / "rounds.json").read_text())[-1]["accuracy"]
@@ -312,6 +314,7 @@ def test_encrypted_run_matches_the_plaintext_run(
 
     # round 0 starts from the same local models in both runs: the gap is the scheme's error alone
     assert gap("127.0.0.1_100.r0.local.npy") == 0.0
+    # bfv and paillier: one quantization step (2 / (2^16 - 1)) per client at most
     assert gap("127.0.0.1_100.r0.global.npy") <= (2e-5 if scheme == "ckks" else 5e-3)
     # later rounds train on the result: SGD can amplify the unseeded CKKS noise (7e-4 by round 2)
     assert gap("127.0.0.1_100.r2.global.npy") <= 1e-2
@@ -330,6 +333,19 @@ def test_encrypted_run_matches_the_plaintext_run(
         if path.is_file():
             data = path.read_bytes()
             assert not any(w in data for w in windows), path
+
+
+@pytest.mark.parametrize("run_name", ["seal_bfv", "paillier"])
+def test_integer_schemes_of_every_library_give_tenseal_bfv_models_bit_for_bit(
+    bfv_run: Run, request: pytest.FixtureRequest, run_name: str
+) -> None:
+    """The same seed quantizes the same way, and integer sums are exact: SEAL-Python's bfv and
+    Paillier end each round at TenSEAL's bfv global model, to the last bit."""
+    run: Run = request.getfixturevalue(f"{run_name}_run")
+    assert run.proc.returncode == 0, run.proc.stderr[-2000:]
+    for r in range(3):
+        name = f"127.0.0.1_100.r{r}.global.npy"
+        np.testing.assert_array_equal(np.load(run.exp / name), np.load(bfv_run.exp / name))
 
 
 def test_cnn_on_label_skewed_slices_with_bfv(tmp_path: Path) -> None:
