@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from hefl.crypto.params import scheme_label
 from hefl.errors import HeflError
 from hefl.report import human_bytes
 from hefl.summary import ROLES, summarize
@@ -100,7 +101,8 @@ def label_of(summary: Mapping[str, Any]) -> str:
         if not summary["dumb_switches"]
         else "mixed"
     )
-    return f"{summary['scheme']}, {how}"
+    scheme = scheme_label(str(summary["scheme"]), str(summary.get("backend") or "tenseal"))
+    return f"{scheme}, {how}"
 
 
 def compare(

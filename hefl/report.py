@@ -8,6 +8,7 @@ from typing import Any
 
 from hefl.address import log_name
 from hefl.config import ExperimentConfig
+from hefl.crypto.params import scheme_label
 
 
 def human_bytes(n: float) -> str:
@@ -85,10 +86,14 @@ def _mean(records: list[dict[str, Any]], key: str) -> float:
     return sum(r.get(key) or 0 for r in records) / len(records)
 
 
+def _label(summary: dict[str, Any]) -> str:
+    return scheme_label(str(summary["scheme"]), str(summary.get("backend") or "tenseal"))
+
+
 def summary_lines(summary: dict[str, Any]) -> list[str]:
     """What `main.py report` prints: one line per round of summary.json, then its totals."""
     lines = [
-        f"{summary['experiment']}: scheme {summary['scheme']}, {summary['clients']} clients, "
+        f"{summary['experiment']}: scheme {_label(summary)}, {summary['clients']} clients, "
         f"{summary['switches']} switches ({summary['dumb_switches']} forwarding)",
         f"{'round':>5} {'accuracy':>9} {'loss':>8} {'s':>7} {'on wire':>10} {'agg in':>10}  "
         f"critical path: train / crypto / transfer / wait (s)  HE error max",
@@ -124,7 +129,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
 def list_runs(log_dir: Path) -> list[str]:
     """`main.py runs`: every run under log_dir, oldest first: status, scheme, rounds, accuracy."""
     lines = [
-        f"{'experiment':<44}{'status':<10}{'scheme':<8}{'switches':<12}{'rounds':>8}"
+        f"{'experiment':<44}{'status':<10}{'scheme':<11}{'switches':<12}{'rounds':>8}"
         f"{'accuracy':>10}  started"
     ]
     found = sorted(log_dir.glob("*/run.json"), key=lambda p: p.stat().st_mtime)
@@ -134,7 +139,10 @@ def list_runs(log_dir: Path) -> list[str]:
         except (OSError, ValueError):
             lines.append(f"{path.parent.name:<44}unreadable run.json")
             continue
-        scheme = (run.get("config") or {}).get("encryption", {}).get("scheme", "?")
+        encryption = (run.get("config") or {}).get("encryption", {})
+        scheme = scheme_label(
+            str(encryption.get("scheme", "?")), str(encryption.get("backend") or "tenseal")
+        )
         nodes = ((run.get("config") or {}).get("nodes") or {}).values()
         dumb = [n.get("dumb") for n in nodes if isinstance(n, dict) and n.get("type") == "switch"]
         switches = (
@@ -154,7 +162,7 @@ def list_runs(log_dir: Path) -> list[str]:
         except (OSError, ValueError, KeyError, TypeError):
             pass
         lines.append(
-            f"{path.parent.name:<44}{run.get('status', '?'):<10}{scheme:<8}{switches:<12}"
+            f"{path.parent.name:<44}{run.get('status', '?'):<10}{scheme:<11}{switches:<12}"
             f"{str(run.get('rounds_completed', '?')) + '/' + str(planned):>8}"
             f"{_figure(accuracy):>10}  {run.get('started', '')}"
         )

@@ -289,6 +289,7 @@ def summarize(exp_dir: Path) -> dict[str, Any]:
     return {
         "experiment": exp_dir.name,
         "scheme": cfg.encryption.scheme,
+        "backend": cfg.encryption.backend,  # the library of ckks and bfv
         "clients": len(cfg.clients()),
         "switches": sum(1 for n in cfg.nodes.values() if n.type == "switch"),
         "dumb_switches": sum(1 for n in cfg.nodes.values() if n.type == "switch" and n.dumb),

@@ -136,6 +136,12 @@ def check_encryption(enc: HeParams, clients: int) -> None:
 BACKENDS = ("tenseal", "seal")
 
 
+def scheme_label(scheme: str, backend: str = "tenseal") -> str:
+    """How reports name a run's encryption: none, ckks, bfv (TenSEAL), ckks/seal, bfv/seal
+    (SEAL-Python), paillier."""
+    return f"{scheme}/{backend}" if scheme in ("ckks", "bfv") and backend != "tenseal" else scheme
+
+
 def _check_paillier(enc: HeParams, clients: int) -> None:
     low, high = PAILLIER_KEY_BITS
     if not (low <= enc.key_bits <= high and enc.key_bits % 256 == 0):

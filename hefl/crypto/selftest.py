@@ -51,7 +51,7 @@ def round_trip(enc: HeParams, size: int = 20_000, out: Callable[[str], None] = p
         except ValueError as exc:
             keyless = "secret" in str(exc)  # the scheme's own refusal, not any other ValueError
         out(
-            f"{enc.scheme} ({library(enc)}): {len(pa) / size:.1f} B/param, "
+            f"{enc.scheme}: {len(pa) / size:.1f} B/param, "
             f"encrypt {2 * size / (t1 - t0) / 1e6:.2f} Mparam/s, "
             f"load+add {2 * size / (t2 - t1) / 1e6:.2f} Mparam/s, "
             f"decrypt {size / (t3 - t2) / 1e6:.2f} Mparam/s, "

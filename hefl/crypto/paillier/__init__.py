@@ -144,5 +144,7 @@ class PaillierScheme(PaillierEncoding, ChunkedScheme):
         return (acc * gmpy2.invert(ct, self.n2)) % self.n2
 
     def decrypt_part(self, ct: Any) -> np.ndarray:
+        if self.private is None:  # a switch or the aggregator: the public key alone
+            raise ValueError("this paillier context holds no secret_key (p, q): it cannot decrypt")
         m = self.private.raw_decrypt(int(ct))
         return unpack_lanes(m, self.lane, self.slots)

@@ -51,9 +51,15 @@ class SealScheme(ChunkedScheme):
     def plain(self, chunk: np.ndarray) -> Any:
         """A chunk encoded as a SEAL plaintext."""
 
+    def decrypting(self) -> Any:
+        """SEAL's decryptor: a node without the secret key (a switch, the aggregator) has none."""
+        if self.decryptor is None:
+            raise ValueError(f"this {self.name} context holds no secret_key: it cannot decrypt")
+        return self.decryptor
+
     def encrypt_chunk(self, chunk: np.ndarray) -> Any:
         if self.encryptor is None:
-            raise ValueError("this context holds no secret key: it cannot encrypt")
+            raise ValueError(f"this {self.name} context holds no secret_key: it cannot encrypt")
         return self.encryptor.encrypt_symmetric(self.plain(chunk))
 
     def encrypt_zero(self, slot_count: int) -> Any:
@@ -128,8 +134,7 @@ class SealCkks(CkksEncoding, SealScheme):
         return self.encoder.encode(np.ascontiguousarray(chunk, dtype=np.float64), self.enc.scale)
 
     def decrypt_part(self, ct: Any) -> np.ndarray:
-        assert self.decryptor is not None  # decrypt() checked can_decrypt
-        return np.asarray(self.encoder.decode(self.decryptor.decrypt(ct)))
+        return np.asarray(self.encoder.decode(self.decrypting().decrypt(ct)))
 
 
 class SealBfv(BfvEncoding, SealScheme):
@@ -144,5 +149,4 @@ class SealBfv(BfvEncoding, SealScheme):
         return self.encoder.encode(np.ascontiguousarray(chunk, dtype=np.int64))
 
     def decrypt_part(self, ct: Any) -> np.ndarray:
-        assert self.decryptor is not None
-        return np.asarray(self.encoder.decode(self.decryptor.decrypt(ct)), dtype=np.int64)
+        return np.asarray(self.encoder.decode(self.decrypting().decrypt(ct)), dtype=np.int64)
