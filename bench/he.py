@@ -50,7 +50,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -676,6 +676,150 @@ def memory(features: int, hidden: int) -> None:
 # ---------------------------------------------------------------------------------------- header
 
 
+def backend_rows() -> list[tuple[str, HeParams]]:
+    """The libraries side by side: (row name, parameters); Paillier's lanes leave room for 8
+    clients (the default experiment's). Made on use: older commits have no backends."""
+    from hefl.crypto.params import HeParams
+
+    return [
+        ("tenseal ckks 4096 [40,20] 2^30", HeParams(scheme="ckks")),
+        ("seal    ckks 4096 [40,20] 2^30", HeParams(scheme="ckks", backend="seal")),
+        ("tenseal bfv 4096 [60,20] t~2^47", HeParams(scheme="bfv")),
+        ("seal    bfv 4096 [60,20] t~2^47", HeParams(scheme="bfv", backend="seal")),
+        ("phe     paillier 2048-bit, 8 clients", HeParams(scheme="paillier", clients=8)),
+    ]
+
+
+STEPS = ("encrypt", "serialize", "deserialize", "add", "decrypt")
+
+
+def available(enc: HeParams) -> str:
+    """'' when the library of `enc` is installed here, else what is missing."""
+    from hefl.crypto import require
+    from hefl.errors import ConfigError
+
+    try:
+        require(enc)
+    except ConfigError as exc:
+        return str(exc)
+    return ""
+
+
+@dataclass
+class BackendRow:
+    name: str
+    size: int
+    wire: float  # B/param as sent
+    raw: float  # B/param as the library serializes (SEAL-Python: before zstd)
+    times: dict[str, float]  # wall seconds per step
+    err10: float
+    err100: float
+    secret_bytes: int  # the client's secret file
+    pushed_bytes: int  # what switches and the aggregator get (keyless.ctx)
+
+
+def bench_backend(name: str, enc: HeParams, size: int) -> BackendRow:
+    """The five steps on `size` values, in this process (one core): a client encrypts (values ->
+    ciphertexts in memory) and serializes; a switch deserializes and checks one payload, and adds
+    one loaded payload into another; a client decrypts the loaded sum (unpacking included)."""
+    from hefl.crypto import generate_keys, load_keyless, load_secret, make_scheme, read_keyless
+    from hefl.crypto.frame import unframe
+    from hefl.crypto.keydir import KEYLESS, SECRET
+    from hefl.crypto.params import slots
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        generate_keys(enc, folder)
+        secret, keyless = load_secret(enc, folder), load_keyless(enc, read_keyless(enc, folder))
+        sizes = (folder / SECRET).stat().st_size, (folder / KEYLESS).stat().st_size
+    client = make_scheme(enc, size, secret, seed=1)
+    switch = make_scheme(enc, size, keyless)
+    rng = np.random.default_rng(0)
+    mine, theirs = (rng.uniform(-enc.clip, enc.clip, size) for _ in range(2))
+    t: dict[str, float] = {}
+    parts, t["encrypt"] = _wall(lambda: client.encrypt_parts(mine))
+    payload, t["serialize"] = _wall(lambda: client.serialize(parts))
+    raw = len(payload)
+    if enc.backend == "seal" and enc.scheme != "paillier":
+        import seal
+
+        raw = sum(len(p.to_string(seal.compr_mode_type.none)) for p in parts) + 4 * len(parts) + 8
+    other = switch.load(client.encrypt(theirs))
+    loaded, t["deserialize"] = _wall(lambda: switch.load(payload))
+    total, t["add"] = _wall(lambda: switch.add_into(other, loaded))
+    summed = client.load(switch.serialize(total))
+    _, t["decrypt"] = _wall(lambda: client.decrypt(summed, 2))
+    assert len(list(unframe(payload, client.chunks))) == client.chunks  # type: ignore[attr-defined]
+    small = min(size, 4 * slots(enc))
+    # Paillier's lanes must have room for the 100 contributors of the second sum
+    wide = replace(enc, clients=100) if enc.scheme == "paillier" else enc
+    errs = [sum_error(wide, secret, keyless, small, count) for count in (10, 100)]
+    return BackendRow(name, size, len(payload) / size, raw / size, t, *errs, *sizes)
+
+
+def _wall(fn: Callable[[], T]) -> tuple[T, float]:
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def backend_round(enc: HeParams, hidden: int) -> str:
+    """One full local round (the second of 2) through real processes: 4 clients, 2 adding
+    switches, the synthetic MLP with `hidden` units."""
+    config = topology(enc.scheme, FEATURES, hidden, switches=2)
+    config["encryption"] = {"scheme": enc.scheme, "backend": enc.backend}
+    run = run_local(config)
+    if run.error:
+        return f"failed: {run.error}"
+    agg = records(run.logs, "aggregator", 1)[0]
+    clients = records(run.logs, "client", 1)
+    sent = statistics.mean(c["byte_send"] for c in clients)
+    crypto = statistics.mean(
+        sum(c["phases"].get(k) or 0 for k in ("encrypt", "serialize", "load", "decrypt"))
+        for c in clients
+    )
+    return (
+        f"{agg['duration_s']:.2f} s round, client sends {sent / 1024:,.0f} KiB, "
+        f"client crypto {crypto:.2f} s"
+    )
+
+
+def backends(size: int, paillier_size: int, hidden: int, paillier_hidden: int) -> None:
+    """The HE libraries side by side on the same updates: one row per backend and scheme."""
+    print(f"HE libraries side by side: {size:,} values ({paillier_size:,} for Paillier), one core")
+    rows = []
+    for name, enc in backend_rows():
+        missing = available(enc)
+        if missing:
+            print(f"{name}: skipped: {missing}")
+            continue
+        rows.append(bench_backend(name, enc, paillier_size if enc.scheme == "paillier" else size))
+    print(
+        f"{'backend scheme / parameters':<38}{'B/param sent (raw)':>19}"
+        + "".join(f"{k:>12}" for k in STEPS)
+        + f"{'err@10':>9}{'err@100':>9}{'secret B':>10}{'pushed B':>10}"
+    )
+    for r in rows:
+        steps = "".join(rate(r.size / r.times[k] / 1e6).rjust(12) for k in STEPS)
+        wire = f"{r.wire:.2f} ({r.raw:.2f})" if abs(r.raw - r.wire) > 0.005 else f"{r.wire:.2f}"
+        print(
+            f"{r.name:<38}{wire:>19}{steps}{r.err10:>9.1e}{r.err100:>9.1e}"
+            f"{r.secret_bytes:>10,}{r.pushed_bytes:>10,}"
+        )
+    print(
+        "(steps in Mparam/s; raw: SEAL-Python's own serialization, before zstd: each ciphertext "
+        "is sent as the smaller of the two; secret B: the client's secret.ctx; pushed B: "
+        "keyless.ctx, what switches and the aggregator get)"
+    )
+    # every backend at Paillier's size, then the others at the large one
+    for hid in dict.fromkeys((paillier_hidden, hidden)):
+        params = parameters(FEATURES, hid)
+        for name, enc in backend_rows():
+            if available(enc) or (enc.scheme == "paillier" and hid != paillier_hidden):
+                continue
+            print(f"round, {params:,} parameters, {name}: {backend_round(enc, hid)}")
+
+
 def git(*args: str) -> str:
     proc = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
     return proc.stdout.strip() if proc.returncode == 0 else "?"
@@ -714,7 +858,27 @@ def main() -> int:
         default=990,
         help="hidden layer of the rounds' and memory runs' MLP (990: 1,000,900 parameters)",
     )
-    p.add_argument("--only", choices=["primitives", "rounds", "memory"], help="one section")
+    p.add_argument(
+        "--only", choices=["primitives", "rounds", "memory", "backends"], help="one section"
+    )
+    p.add_argument(
+        "--paillier-size",
+        type=int,
+        default=50_000,
+        help="values per update for Paillier's primitives (1M would take minutes)",
+    )
+    p.add_argument(
+        "--round-hidden",
+        type=int,
+        default=990,
+        help="hidden units of the backends section's rounds, but Paillier's",
+    )
+    p.add_argument(
+        "--paillier-hidden",
+        type=int,
+        default=16,
+        help="hidden units of Paillier's round in the backends section (16: 16,186 parameters)",
+    )
     p.add_argument(
         "--repeat", type=int, default=1, help="runs of each round (their median is printed)"
     )
@@ -729,6 +893,8 @@ def main() -> int:
         rounds(figures, FEATURES, args.hidden, max(1, args.repeat))
     if only in (None, "memory"):
         memory(FEATURES, args.hidden)
+    if only in (None, "backends"):
+        backends(args.size, args.paillier_size, args.round_hidden, args.paillier_hidden)
     return 0
 
 
