@@ -817,7 +817,8 @@ def backends(size: int, paillier_size: int, hidden: int, paillier_hidden: int) -
         for name, enc in backend_rows():
             if available(enc) or (enc.scheme == "paillier" and hid != paillier_hidden):
                 continue
-            print(f"round, {params:,} parameters, {name}: {backend_round(enc, hid)}")
+            short = " ".join(name.split()[:2])  # the round has 4 clients: lanes for 4
+            print(f"round, {params:,} parameters, {short}: {backend_round(enc, hid)}")
 
 
 def git(*args: str) -> str:

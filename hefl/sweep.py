@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hefl.crypto import require
 from hefl.config import host_clients, parse_config, read_raw
 from hefl.errors import ConfigError, HeflError
 from hefl.runlog import write_json_atomic
@@ -135,7 +136,8 @@ def run_sweep(
                 results.append(result)
                 try:
                     raw = apply(base, values)
-                    parse_config(raw)  # refused here, with its reason, before any process starts
+                    # refused here, with its reason, before any process starts (a library too)
+                    require(parse_config(raw).he_params())
                     result["run"] = str(run(raw, f"{config} [{label(values)}]"))
                     result["status"] = "finished"
                 except HeflError as exc:
