@@ -23,8 +23,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hefl.crypto import require
 from hefl.config import host_clients, parse_config, read_raw
+from hefl.crypto import require
 from hefl.errors import ConfigError, HeflError
 from hefl.runlog import write_json_atomic
 
