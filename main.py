@@ -203,7 +203,6 @@ def _agg(args: argparse.Namespace) -> int:
     from hefl.experiment import Controller, new_experiment_id
 
     raw, cfg = load_raw_config(args.config, _overrides(args))
-    _require(cfg)
     ctl = Controller(
         raw,
         cfg,

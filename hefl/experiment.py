@@ -527,7 +527,11 @@ def run_record(experiment: str, cfg: ExperimentConfig) -> dict[str, Any]:
             "training.seed": cfg.training.seed,
             "derived": "every other seed comes from training.seed, one stream per purpose "
             "(numpy SeedSequence spawn keys: hefl/seeds.py)",
-            "unseeded": "CKKS and BFV encryption noise (SEAL's own randomness)"
+            "unseeded": (
+                "Paillier's r (the secrets module)"
+                if cfg.encryption.scheme == "paillier"
+                else "CKKS and BFV encryption noise (SEAL's own randomness)"
+            )
             if cfg.encryption.scheme != "none"
             else None,
         },

@@ -226,6 +226,16 @@ def test_load_refuses_foreign_or_broken_ciphertexts(enc: HeParams, keys: dict[st
     ]
     if enc.scheme != "paillier":  # any unit below n^2 is some Paillier ciphertext
         cases += [(junk, "ciphertext 0"), (bomb, "ciphertext 0")]
+    if enc.backend == "seal":  # zstd frames that would unpack to more than a ciphertext
+        import zstandard
+
+        huge = bytes(3 * len(parts[0]))
+        unsized = zstandard.ZstdCompressor(write_content_size=False).compress(huge)
+        oversized = zstandard.ZstdCompressor().compress(huge)
+        cases += [
+            (frame([unsized] * client.chunks), "ciphertext 0 unpacks to -1 bytes"),
+            (frame([oversized] * client.chunks), "ciphertext 0 unpacks to"),
+        ]
         other_scale = replace(enc, scale_bits=25)
         if enc.scheme == "ckks":  # the same ring, another scale: would add to nonsense
             ring = load_secret(enc, key_dir(keys, enc))
@@ -343,3 +353,78 @@ def test_a_switch_over_http_refuses_bad_ciphertexts_and_keeps_adding(
     ((_, _, summed),) = recorder.wait_for(1)
     got = client.decrypt(client.load(summed), 2)
     assert np.abs(got - 0.5).max() <= bound(enc, 2)
+
+
+@pytest.mark.parametrize(
+    ("flags", "made_for"),
+    [
+        pytest.param(
+            ["--backend", "seal", "--scheme", "bfv"],
+            {"scheme": "bfv", "backend": "seal"},
+            id="seal-bfv",
+            marks=SEAL,
+        ),
+        pytest.param(
+            ["--scheme", "paillier"],
+            {"scheme": "paillier", "key_bits": 2048},
+            id="paillier",
+            marks=PHE,
+        ),
+    ],
+)
+def test_seal_command_takes_backend_and_scheme_flags(
+    flags: list[str], made_for: dict[str, Any], tmp_path: Path
+) -> None:
+    """`./seal.sh`'s command self-tests the library the flags name and writes its keys."""
+    from tests.conftest import run_main
+
+    proc = run_main("seal", *flags, "--key-dir", str(tmp_path / "k"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    library = "seal-python" if "seal" in flags else "phe"
+    assert library in proc.stdout.splitlines()[0]  # the versions line names the library
+    params = json.loads((tmp_path / "k" / "params.json").read_text())
+    assert {k: params[k] for k in made_for} == made_for
+    assert (tmp_path / "k" / SECRET).stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(
+    "enc",
+    [
+        pytest.param(HeParams(scheme="ckks"), id="tenseal-ckks"),
+        *BACKENDS,
+    ],
+)
+def test_an_update_that_cancels_the_total_is_refused_and_undone(
+    enc: HeParams, keys: dict[str, Path]
+) -> None:
+    """A child that sends the negation of what its sibling sent (no key needed) would make the
+    total an encryption of zero with no randomness left, which SEAL refuses as transparent while
+    adding: the update is refused (a ProtocolError: a 4xx), and the total keeps the sibling's."""
+    size = 9000
+    client, switch = pair(enc, size, keys)
+    first = client.encrypt(np.full(size, 0.5))
+    total = switch.load(first)
+    negated = switch.load(first)
+    for i, ct in enumerate(negated):
+        if enc.backend == "seal" and enc.scheme != "paillier":
+            negated[i] = switch.evaluator.negate(ct)  # type: ignore[attr-defined]
+        elif enc.scheme != "paillier":
+            negated[i] = ct.neg()  # TenSEAL
+        else:
+            negated[i] = gmpy2_invert(ct, switch)
+    cancel = switch.serialize(negated)
+    if enc.scheme == "paillier":  # c x c^-1 = 1: a valid encryption of 0, Paillier adds it
+        switch.load_into(total, cancel)
+        got = client.decrypt(client.load(switch.serialize(total)), 1)
+        assert np.abs(got + 1.0).max() <= bound(enc, 1)  # the offsets of one client remain
+        return
+    with pytest.raises(ProtocolError, match="cannot be added"):
+        switch.load_into(total, cancel)
+    got = client.decrypt(client.load(switch.serialize(total)), 1)
+    assert np.abs(got - 0.5).max() <= bound(enc, 1)
+
+
+def gmpy2_invert(ct: Any, scheme: Any) -> Any:
+    import gmpy2
+
+    return gmpy2.invert(ct, scheme.n2)

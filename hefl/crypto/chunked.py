@@ -90,7 +90,8 @@ class ChunkedScheme(ABC):
 
     @abstractmethod
     def add_ct(self, acc: Any, ct: Any) -> Any:
-        """acc + ct: may change `acc` in place."""
+        """acc + ct, as a new ciphertext: `acc` is as it was if adding fails (a sum that is no
+        ciphertext: SEAL refuses a transparent one, what adding an update's negation makes)."""
 
     @abstractmethod
     def sub_ct(self, acc: Any, ct: Any) -> Any:
@@ -192,9 +193,13 @@ class ChunkedScheme(ABC):
                 total[added] = self.add_ct(total[added], ct)
                 self.adding_s += time.monotonic() - started
                 added += 1
-        except BaseException:
+        except BaseException as exc:
             for i, ct in zip(range(added), self._parts(payload), strict=False):
                 total[i] = self.sub_ct(total[i], ct)
+            if isinstance(exc, (ValueError, RuntimeError, TypeError)) and not isinstance(
+                exc, ProtocolError
+            ):
+                raise ProtocolError(f"ciphertext {added} cannot be added: {exc}") from None
             raise
         return total
 

@@ -96,6 +96,11 @@ def check_encryption(enc: HeParams, clients: int) -> None:
         return
     if enc.backend not in BACKENDS:
         raise ConfigError(f"encryption.backend: {enc.backend!r} is not one of {list(BACKENDS)}")
+    if enc.processes > 1 and (enc.scheme == "paillier" or enc.backend != "tenseal"):
+        raise ConfigError(
+            f"encryption.processes: {enc.processes}: only TenSEAL's ckks and bfv encrypt in worker "
+            f"processes; set 1"
+        )
     if enc.scheme == "paillier":
         _check_paillier(enc, clients)
         return
@@ -151,8 +156,11 @@ def _check_paillier(enc: HeParams, clients: int) -> None:
         )
     if not 8 <= enc.quant_bits <= 32:
         raise ConfigError(f"encryption.quant_bits: {enc.quant_bits} must be 8..32 for paillier")
-    if clients > MAX_CLIENTS:
-        raise ConfigError(f"encryption: paillier holds at most {MAX_CLIENTS} clients")
+    if clients > (enc.clients or MAX_CLIENTS):
+        raise ConfigError(
+            f"encryption: paillier lanes with room for {enc.clients or MAX_CLIENTS} clients cannot "
+            f"hold the sum of {clients}"
+        )
 
 
 def bfv_noise_margin(enc: HeParams, clients: int) -> float:

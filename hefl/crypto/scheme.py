@@ -80,6 +80,6 @@ class KeyRing:
     """The HE library's context one node works with; `private` (it holds the secret key) only on
     clients."""
 
-    context: Any  # the library's own context object (a tenseal.Context today)
+    context: Any  # the library's own: a tenseal.Context, SealKeys, PaillierKeys
     private: bool
     key_id: str = ""  # clients: which key pair (all clients of an experiment must agree)

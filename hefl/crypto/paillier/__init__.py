@@ -48,10 +48,14 @@ def _public(n: int) -> bytes:
     return json.dumps({"n": str(n)}).encode()
 
 
+def _decimal(found: object) -> bool:
+    return isinstance(found, str) and found.isascii() and found.isdecimal()
+
+
 def _modulus(found: object, enc: HeParams, where: str) -> int:
-    if not isinstance(found, str) or not found.isdigit():
+    if not _decimal(found):
         raise ConfigError(f"{where}: n is not a decimal integer")
-    n = int(found)
+    n = int(str(found))
     if n.bit_length() != enc.key_bits:
         raise ConfigError(
             f"{where}: a {n.bit_length()}-bit key, the config's encryption.key_bits is "
@@ -65,9 +69,12 @@ def load_secret(enc: HeParams, key_dir: Path) -> KeyRing:
     where = f"encryption.key_dir: {key_dir / SECRET}"
     try:
         held = json.loads(data)
-        p, q = int(held["p"]), int(held["q"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{where}: not a Paillier private key ({exc})") from None
+    except ValueError:
+        held = None
+    # no part of the file in the message: it would be key material
+    if not isinstance(held, dict) or not (_decimal(held.get("p")) and _decimal(held.get("q"))):
+        raise ConfigError(f"{where}: not a Paillier private key (n, p and q in decimal)")
+    p, q = int(held["p"]), int(held["q"])
     n = _modulus(held.get("n"), enc, where)
     if p * q != n:
         raise ConfigError(f"{where}: p x q is not n")

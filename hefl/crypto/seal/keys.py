@@ -88,6 +88,8 @@ def load_keyless(enc: HeParams, data: bytes) -> KeyRing:
         ctx = context(parms)
     except (ValueError, RuntimeError, TypeError) as exc:
         raise ConfigError(f"push.context: not SEAL encryption parameters: {exc}") from None
+    if bytes(parms.to_bytes(seal.compr_mode_type.none)) != bytes(data):
+        raise ConfigError("push.context: holds more than SEAL encryption parameters")
     if not _same(parms, enc):
         raise ConfigError(
             f"push.context: made for other parameters than the config's {fingerprint(enc)}"

@@ -44,8 +44,6 @@ class SealScheme(ChunkedScheme):
         if held.secret is not None:
             self.encryptor = seal.Encryptor(self.ctx, held.secret)
             self.decryptor = seal.Decryptor(self.ctx, held.secret)
-        self._zip = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
-        self._unzip = zstandard.ZstdDecompressor()
 
     @abstractmethod
     def plain(self, chunk: np.ndarray) -> Any:
@@ -71,12 +69,13 @@ class SealScheme(ChunkedScheme):
 
     def dump_part(self, ct: Any) -> bytes:
         raw = bytes(ct.to_string(seal.compr_mode_type.none))
-        packed = self._zip.compress(raw)
+        # a (de)compressor per call: zstandard's are not thread-safe, and a client may load two
+        # rounds' global results at once
+        packed = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(raw)
         return packed if len(packed) < len(raw) else raw
 
     def add_ct(self, acc: Any, ct: Any) -> Any:
-        self.evaluator.add_inplace(acc, ct)
-        return acc
+        return self.evaluator.add(acc, ct)
 
     def sub_ct(self, acc: Any, ct: Any) -> Any:
         self.evaluator.sub_inplace(acc, ct)
@@ -94,7 +93,8 @@ class SealScheme(ChunkedScheme):
                     f"ciphertext {index} unpacks to {size} bytes, a ciphertext of this "
                     f"experiment has at most {self.raw_bytes}"
                 )
-            return bytes(self._unzip.decompress(part, max_output_size=self.raw_bytes))
+            unzip = zstandard.ZstdDecompressor()
+            return bytes(unzip.decompress(part, max_output_size=self.raw_bytes))
         except zstandard.ZstdError as exc:
             raise ProtocolError(f"ciphertext {index} is not a zstd frame: {exc}") from None
 

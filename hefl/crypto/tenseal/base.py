@@ -52,8 +52,7 @@ class TensealScheme(ChunkedScheme):
         return bytes(ct.serialize())
 
     def add_ct(self, acc: Any, ct: Any) -> Any:
-        acc.add_(ct)
-        return acc
+        return acc.add(ct)
 
     def sub_ct(self, acc: Any, ct: Any) -> Any:
         acc.sub_(ct)
