@@ -74,10 +74,14 @@ def require(enc: HeParams) -> None:
     modules, provides = LIBRARIES[name]
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        what = f"encryption.backend {name}" if enc.scheme != "paillier" else "scheme paillier"
+        what = (
+            f"{enc.scheme} with encryption.backend {name}"
+            if enc.scheme != "paillier"
+            else "scheme paillier"
+        )
         raise ConfigError(
-            f"encryption: {enc.scheme} with {what} needs {provides}, and {', '.join(missing)} "
-            f"is not installed here: .venv/bin/pip install -r requirements-he.txt"
+            f"encryption: {what} needs {provides}, and {', '.join(missing)} is not installed "
+            f"here: .venv/bin/pip install -r requirements-he.txt"
         )
 
 
