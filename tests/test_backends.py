@@ -82,6 +82,16 @@ def key_dir(keys: dict[str, Path], enc: HeParams) -> Path:
     return keys[name]
 
 
+def settings(enc: HeParams, folder: Path) -> dict[str, Any]:
+    """A config's `encryption` for these parameters and key folder."""
+    return {
+        "scheme": enc.scheme,
+        "backend": enc.backend,
+        "key_bits": enc.key_bits,
+        "key_dir": str(folder),
+    }
+
+
 def pair(enc: HeParams, size: int, keys: dict[str, Path], seed: int = 0) -> tuple[Scheme, Scheme]:
     """(a client's scheme, a switch's scheme) of one experiment."""
     folder = key_dir(keys, enc)
@@ -167,14 +177,7 @@ def test_no_secret_crosses_the_wire(enc: HeParams, keys: dict[str, Path]) -> Non
     """What `agg` pushes to switches and the aggregator holds no byte of the secret: SEAL's
     parameters alone (no key), Paillier's n alone (not p or q)."""
     folder = key_dir(keys, enc)
-    raw = tree_config(
-        encryption={
-            "scheme": enc.scheme,
-            "backend": enc.backend,
-            "key_bits": enc.key_bits,
-            "key_dir": str(folder),
-        }
-    )
+    raw = tree_config(encryption=settings(enc, folder))
     cfg = parse_config(raw)
     secret = (folder / SECRET).read_bytes()
     if enc.scheme == "paillier":
@@ -314,12 +317,7 @@ def test_a_switch_over_http_refuses_bad_ciphertexts_and_keeps_adding(
         clients=2,
         leaves=1,
         spine=False,
-        encryption={
-            "scheme": enc.scheme,
-            "backend": enc.backend,
-            "key_bits": enc.key_bits,
-            "key_dir": str(folder),
-        },
+        encryption=settings(enc, folder),
     )
     cfg = parse_config(raw)
     url, server = serve_node()

@@ -102,6 +102,23 @@ def unpack_lanes(m: int, lane: int, count: int) -> np.ndarray:
     return out
 
 
+def check_seal_ciphertext(index: int, ct: Any, parms_id: list[int], enc: HeParams) -> None:
+    """One fresh-shaped SEAL ciphertext of this context (TenSEAL's hold SEAL's own): anything else
+    (two polynomials more, transparent, another parameter level, NTT form flipped, another CKKS
+    scale) would make the library fail, or crash, or add to nonsense."""
+    if (
+        ct.size() != 2
+        or ct.is_transparent()
+        or ct.is_ntt_form() != (enc.scheme == "ckks")  # SEAL keeps CKKS in NTT form, BFV not
+        or list(ct.parms_id()) != parms_id
+    ):
+        raise ProtocolError(
+            f"ciphertext {index} is not a ciphertext of this experiment's parameters"
+        )
+    if enc.scheme == "ckks":
+        check_scale(index, ct, enc)
+
+
 def check_scale(index: int, ct: Any, enc: HeParams) -> None:
     """A CKKS ciphertext of this context's parameters but another scale would add to nonsense."""
     scale = ct.scale() if callable(ct.scale) else ct.scale

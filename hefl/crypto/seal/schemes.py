@@ -16,7 +16,7 @@ import seal
 import zstandard
 
 from hefl.crypto.chunked import ChunkedScheme
-from hefl.crypto.encoding import BfvEncoding, CkksEncoding, check_scale
+from hefl.crypto.encoding import BfvEncoding, CkksEncoding, check_seal_ciphertext
 from hefl.crypto.params import HeParams, coeffs
 from hefl.crypto.scheme import KeyRing
 from hefl.crypto.seal.keys import SealKeys
@@ -28,8 +28,6 @@ ZSTD_LEVEL = 3
 
 
 class SealScheme(ChunkedScheme):
-    ntt: bool  # SEAL keeps CKKS ciphertexts in NTT form, BFV ones not
-
     def __init__(self, enc: HeParams, size: int, keys: KeyRing) -> None:
         data_primes = len(coeffs(enc)) - 1
         self.raw_bytes = (
@@ -109,23 +107,11 @@ class SealScheme(ChunkedScheme):
             raise ProtocolError(
                 f"ciphertext {index} does not load in this experiment's context: {exc}"
             ) from None
-        if (
-            ct.size() != 2
-            or ct.is_transparent()
-            or ct.is_ntt_form() != self.ntt
-            or list(ct.parms_id()) != self.parms_id
-        ):
-            raise ProtocolError(
-                f"ciphertext {index} is not a ciphertext of this experiment's parameters"
-            )
-        if self.ntt:
-            check_scale(index, ct, self.enc)
+        check_seal_ciphertext(index, ct, self.parms_id, self.enc)
         return ct
 
 
 class SealCkks(CkksEncoding, SealScheme):
-    ntt = True
-
     def __init__(self, enc: HeParams, size: int, keys: KeyRing) -> None:
         super().__init__(enc, size, keys)
         self.encoder = seal.CKKSEncoder(self.ctx)
@@ -138,8 +124,6 @@ class SealCkks(CkksEncoding, SealScheme):
 
 
 class SealBfv(BfvEncoding, SealScheme):
-    ntt = False
-
     def __init__(self, enc: HeParams, size: int, keys: KeyRing, seed: int) -> None:
         super().__init__(enc, size, keys)
         self.setup_encoding(enc, seed)

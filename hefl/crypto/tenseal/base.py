@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from hefl.crypto.chunked import ChunkedScheme
+from hefl.crypto.encoding import check_seal_ciphertext
 from hefl.crypto.params import HeParams, coeffs
 from hefl.crypto.scheme import KeyRing
 from hefl.errors import ProtocolError
@@ -29,7 +30,6 @@ class TensealScheme(ChunkedScheme):
         super().__init__(enc, size, keys.private, part_bytes)
         self.ctx = keys.context
         self._loader = loader
-        self.ntt = enc.scheme == "ckks"  # SEAL keeps CKKS ciphertexts in NTT form, BFV ones not
         self.parms_id = list(self.ctx.seal_context().data.first_parms_id())
         if keys.private and enc.processes > 1:
             from hefl.crypto.tenseal.pool import EncryptPool
@@ -87,18 +87,4 @@ class TensealScheme(ChunkedScheme):
         cts = vec.ciphertext()
         if len(cts) != 1:
             raise ProtocolError(f"ciphertext {index} holds {len(cts)} SEAL ciphertexts, expected 1")
-        ct = cts[0]
-        if (
-            ct.size() != 2
-            or ct.is_transparent()
-            or ct.is_ntt_form() != self.ntt
-            or list(ct.parms_id()) != self.parms_id
-        ):
-            raise ProtocolError(
-                f"ciphertext {index} is not a ciphertext of this experiment's parameters"
-            )
-        self.check_scale(index, ct)
-
-    def check_scale(self, index: int, ct: Any) -> None:
-        """CKKS checks that the scale is the configured one; a BFV ciphertext has none."""
-        return None
+        check_seal_ciphertext(index, cts[0], self.parms_id, self.enc)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import tenseal as ts
 
-from hefl.crypto.encoding import CkksEncoding, check_scale
+from hefl.crypto.encoding import CkksEncoding
 from hefl.crypto.params import HeParams
 from hefl.crypto.scheme import KeyRing
 from hefl.crypto.tenseal.base import TensealScheme
@@ -17,6 +15,3 @@ class CkksScheme(CkksEncoding, TensealScheme):
 
     def __init__(self, enc: HeParams, size: int, keys: KeyRing) -> None:
         super().__init__(enc, size, keys, ts.ckks_vector_from)
-
-    def check_scale(self, index: int, ct: Any) -> None:
-        check_scale(index, ct, self.enc)
