@@ -835,13 +835,27 @@ def cpu_model() -> str:
     return next(names, "unknown CPU")
 
 
+def optional_versions() -> str:
+    """The optional HE libraries' versions, where installed ('' where none is)."""
+    from importlib import metadata
+
+    found = []
+    for name in ("seal-python", "phe", "gmpy2"):
+        try:
+            found.append(f"{name} {metadata.version(name)}, ")
+        except metadata.PackageNotFoundError:
+            pass
+    return "".join(found)
+
+
 def header(args: argparse.Namespace) -> None:
     commit = git("rev-parse", "--short", "HEAD")
     dirty = " (dirty)" if git("status", "--porcelain") not in ("", "?") else ""
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
         f"{os.cpu_count()} cores, {cpu_model()}, load average {load}\n"
-        f"tenseal {ts.__version__}, numpy {np.__version__}, python {sys.version.split()[0]}\n"
+        f"tenseal {ts.__version__}, {optional_versions()}numpy {np.__version__}, "
+        f"python {sys.version.split()[0]}\n"
         f"commit {commit}{dirty} of {ROOT}; --size {args.size:,}, --hidden {args.hidden}\n"
     )
 

@@ -289,7 +289,8 @@ def summarize(exp_dir: Path) -> dict[str, Any]:
     return {
         "experiment": exp_dir.name,
         "scheme": cfg.encryption.scheme,
-        "backend": cfg.encryption.backend,  # the library of ckks and bfv
+        # the library of ckks and bfv (none for the other schemes)
+        "backend": cfg.encryption.backend if cfg.encryption.scheme in ("ckks", "bfv") else None,
         "clients": len(cfg.clients()),
         "switches": sum(1 for n in cfg.nodes.values() if n.type == "switch"),
         "dumb_switches": sum(1 for n in cfg.nodes.values() if n.type == "switch" and n.dumb),

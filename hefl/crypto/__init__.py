@@ -80,8 +80,8 @@ def require(enc: HeParams) -> None:
             else "scheme paillier"
         )
         raise ConfigError(
-            f"encryption: {what} needs {provides}, and {', '.join(missing)} is not installed "
-            f"here: .venv/bin/pip install -r requirements-he.txt"
+            f"encryption: {what} needs {provides}, missing here (no module "
+            f"{', '.join(missing)}): .venv/bin/pip install -r requirements-he.txt"
         )
 
 
