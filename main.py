@@ -311,9 +311,14 @@ def _seal(args: argparse.Namespace) -> int:
     from hefl.crypto import generate_keys
 
     generate_keys(params, Path(enc.key_dir))
+    held = (
+        "the public key n alone: it adds, it cannot decrypt"
+        if enc.scheme == "paillier"
+        else "parameters only, no key"
+    )
     print(
         f"wrote {enc.key_dir}/secret.ctx (mode 600: clients only), "
-        f"{enc.key_dir}/keyless.ctx (parameters only, no key: "
+        f"{enc.key_dir}/keyless.ctx ({held}: "
         f"`agg` pushes it to switches and the aggregator), {enc.key_dir}/params.json, "
         f"for {enc.scheme}"
     )
