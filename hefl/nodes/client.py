@@ -194,6 +194,10 @@ class ClientNode(Node):
         if self.cfg.network.round_deadline_s and self.downward.taken((Kind.BEGIN, 0)):
             # a straggler: the round it is still training closed at its deadline without it
             window.add(self.round)
+            if self.downward.taken((Kind.GLOBAL, self.round)):
+                # or the next round did, while it was still applying this round's result late:
+                # refused, that result would never come again and the client would wait forever
+                window.add(self.round + 1)
         if env.round not in window and not self.downward.taken((Kind.GLOBAL, env.round)):
             last = f"the last update it sent is round {sent + 1}" if sent >= 0 else "no update sent"
             raise OutOfWindow(f"global result of round {env.round + 1} is not open here ({last})")
