@@ -711,7 +711,7 @@ class BackendRow:
     size: int
     wire: float  # B/param as sent
     raw: float  # B/param as the library serializes (SEAL-Python: before zstd)
-    times: dict[str, float]  # wall seconds per step
+    times: dict[str, Timing]  # per step (the table shows wall seconds)
     err10: float
     err100: float
     secret_bytes: int  # the client's secret file
@@ -736,31 +736,25 @@ def bench_backend(name: str, enc: HeParams, size: int) -> BackendRow:
     switch = make_scheme(enc, size, keyless)
     rng = np.random.default_rng(0)
     mine, theirs = (rng.uniform(-enc.clip, enc.clip, size) for _ in range(2))
-    t: dict[str, float] = {}
-    parts, t["encrypt"] = _wall(lambda: client.encrypt_parts(mine))
-    payload, t["serialize"] = _wall(lambda: client.serialize(parts))
+    t: dict[str, Timing] = {}
+    parts, t["encrypt"] = timed(lambda: client.encrypt_parts(mine))
+    payload, t["serialize"] = timed(lambda: client.serialize(parts))
     raw = len(payload)
     if enc.backend == "seal" and enc.scheme != "paillier":
         import seal
 
         raw = sum(len(p.to_string(seal.compr_mode_type.none)) for p in parts) + 4 * len(parts) + 8
     other = switch.load(client.encrypt(theirs))
-    loaded, t["deserialize"] = _wall(lambda: switch.load(payload))
-    total, t["add"] = _wall(lambda: switch.add_into(other, loaded))
+    loaded, t["deserialize"] = timed(lambda: switch.load(payload))
+    total, t["add"] = timed(lambda: switch.add_into(other, loaded))
     summed = client.load(switch.serialize(total))
-    _, t["decrypt"] = _wall(lambda: client.decrypt(summed, 2))
+    _, t["decrypt"] = timed(lambda: client.decrypt(summed, 2))
     assert len(list(unframe(payload, client.chunks))) == client.chunks  # type: ignore[attr-defined]
     small = min(size, 4 * slots(enc))
     # Paillier's lanes must have room for the 100 contributors of the second sum
     wide = replace(enc, clients=100) if enc.scheme == "paillier" else enc
     errs = [sum_error(wide, secret, keyless, small, count) for count in (10, 100)]
     return BackendRow(name, size, len(payload) / size, raw / size, t, *errs, *sizes)
-
-
-def _wall(fn: Callable[[], T]) -> tuple[T, float]:
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
 
 
 def backend_round(enc: HeParams, hidden: int) -> str:
@@ -800,7 +794,7 @@ def backends(size: int, paillier_size: int, hidden: int, paillier_hidden: int) -
         + f"{'err@10':>9}{'err@100':>9}{'secret B':>10}{'pushed B':>10}"
     )
     for r in rows:
-        steps = "".join(rate(r.size / r.times[k] / 1e6).rjust(12) for k in STEPS)
+        steps = "".join(rate(r.size / r.times[k].wall / 1e6).rjust(12) for k in STEPS)
         wire = f"{r.wire:.2f} ({r.raw:.2f})" if abs(r.raw - r.wire) > 0.005 else f"{r.wire:.2f}"
         print(
             f"{r.name:<38}{wire:>19}{steps}{r.err10:>9.1e}{r.err100:>9.1e}"
