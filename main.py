@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hefl.argtypes import int_in
 from hefl.credential import DEFAULT_TOKEN, create_token, read_token
 from hefl.errors import HeflError
 
@@ -19,6 +20,11 @@ if TYPE_CHECKING:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(_with_command(sys.argv[1:] if argv is None else argv))
+    if args.command == "node":  # an address this machine cannot listen on is a bad argument too
+        problem = _cannot_listen(args.host, args.port)
+        if problem:
+            print(f"main.py node: error: {problem}", file=sys.stderr)
+            return 2
     label = f"[{args.label}] " if getattr(args, "label", "") else ""
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -100,11 +106,14 @@ def _parser() -> argparse.ArgumentParser:
         "--host", default="0.0.0.0", help="address to listen on (default: %(default)s)"
     )
     node.add_argument(
-        "--port", type=int, default=5000, help="port to listen on (default: %(default)s)"
+        "--port",
+        type=int_in(1, 65535),
+        default=5000,
+        help="port to listen on, 1..65535 (default: %(default)s)",
     )
     node.add_argument(
         "--threads",
-        type=int,
+        type=int_in(1, 256),
         default=8,
         help="request threads of the one worker (default: %(default)s)",
     )
@@ -164,6 +173,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     seal.set_defaults(func=_seal)
     return p
+
+
+def _cannot_listen(host: str, port: int) -> str:
+    """Why this machine cannot listen on host:port ('' when it can), found by binding a socket
+    as the server will (an address of another machine, a name that does not resolve, a port in
+    use), so that it is said in one line before the server starts."""
+    import socket
+
+    bare = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(bare, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        return f"argument --host: {host!r} is not an address of this machine ({exc})"
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn does
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return ""
 
 
 def _crypto_flags(cmd: argparse.ArgumentParser, schemes: list[str]) -> None:

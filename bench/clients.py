@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.he import SAMPLE_S, Sampler, stop  # noqa: E402
+from hefl.argtypes import int_in  # noqa: E402
 from hefl.config import host_clients  # noqa: E402
 from hefl.provenance import bench_line  # noqa: E402
 
@@ -147,10 +148,14 @@ def run(raw: dict[str, Any], out: Path) -> dict[str, Any]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--per-node", type=int, default=16, help="logical clients per client node")
+    ap.add_argument(
+        "--per-node", type=int_in(1), default=16, help="logical clients per client node"
+    )
     ap.add_argument("--schemes", default="none,ckks,bfv")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--big", type=int, default=511, help="ckks clients of the last row (0: none)")
+    ap.add_argument("--rounds", type=int_in(1), default=5)
+    ap.add_argument(
+        "--big", type=int_in(0), default=511, help="ckks clients of the last row (0: none)"
+    )
     ap.add_argument("--reference", action="store_true", help="first a run of 1 client per node")
     ap.add_argument(
         "--local-sum", default="ckks", help="schemes also run with local_sum (each node adds)"

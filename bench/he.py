@@ -60,6 +60,8 @@ import tenseal as ts
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from hefl.argtypes import int_in  # noqa: E402
+
 if TYPE_CHECKING:
     from hefl.crypto.params import HeParams
 
@@ -859,11 +861,11 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument(
-        "--size", type=int, default=1_000_000, help="values per update for the primitives"
+        "--size", type=int_in(1), default=1_000_000, help="values per update for the primitives"
     )
     p.add_argument(
         "--hidden",
-        type=int,
+        type=int_in(1),
         default=990,
         help="hidden layer of the rounds' and memory runs' MLP (990: 1,000,900 parameters)",
     )
@@ -872,24 +874,24 @@ def main() -> int:
     )
     p.add_argument(
         "--paillier-size",
-        type=int,
+        type=int_in(1),
         default=50_000,
         help="values per update for Paillier's primitives (1M would take minutes)",
     )
     p.add_argument(
         "--round-hidden",
-        type=int,
+        type=int_in(1),
         default=990,
         help="hidden units of the backends section's rounds, but Paillier's",
     )
     p.add_argument(
         "--paillier-hidden",
-        type=int,
+        type=int_in(1),
         default=16,
         help="hidden units of Paillier's round in the backends section (16: 16,186 parameters)",
     )
     p.add_argument(
-        "--repeat", type=int, default=1, help="runs of each round (their median is printed)"
+        "--repeat", type=int_in(1), default=1, help="runs of each round (their median is printed)"
     )
     p.add_argument("--skip-round", action="store_true", help="the same as --only primitives")
     args = p.parse_args()

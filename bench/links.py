@@ -33,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from hefl.argtypes import int_in  # noqa: E402
 from hefl.provenance import bench_line  # noqa: E402
 
 
@@ -75,7 +76,7 @@ def main() -> int:
     ap.add_argument("--rates", default="1gbit,100mbit")
     ap.add_argument("--schemes", default="none,ckks,bfv")
     ap.add_argument("--switches", default="forwarding,adding")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int_in(1), default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "log" / "bench-links")
     args = ap.parse_args()
     out = args.out / time.strftime("%Y%m%d-%H%M%S")

@@ -42,6 +42,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from hefl.argtypes import int_in  # noqa: E402
 from hefl.crypto import HeParams, generate_keys, load_secret, make_scheme, read_keyless  # noqa: E402
 from hefl.local import free_ports  # noqa: E402
 from hefl.push import make_push  # noqa: E402
@@ -120,9 +121,9 @@ def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--senders", type=int, default=8)
-    p.add_argument("--rounds", type=int, default=20)
-    p.add_argument("--hidden", type=int, default=990)
+    p.add_argument("--senders", type=int_in(1, 256), default=8)
+    p.add_argument("--rounds", type=int_in(1), default=20)
+    p.add_argument("--hidden", type=int_in(1), default=990)
     p.add_argument("--scheme", choices=["ckks", "bfv", "none"], default="ckks")
     args = p.parse_args()
     clients = [f"127.0.0.1:{100 + i}" for i in range(args.senders)]
