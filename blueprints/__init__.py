@@ -94,14 +94,14 @@ def current_node() -> Any:
 def has_credential() -> bool:
     """Whether this request carries the experiment's credential in its header (always true on a
     node without one), or is a read of the live page or /status (GET only) with the page's
-    read-only key, from its cookie or, for the page, its address's ?token=."""
+    read-only key, from its cookie or its address's ?token=."""
     token = current_app.extensions["hefl_server"].host.token
     if not token or _same(request.headers.get(TOKEN_HEADER, ""), token):
         return True
     if request.method != "GET" or request.path not in {k.route.path for k in COOKIE_READS}:
         return False
     key = read_key(token)
-    if request.path == Kind.PAGE.route.path and TOKEN_PARAM in request.args:
+    if TOKEN_PARAM in request.args:
         return _same(request.args[TOKEN_PARAM], key)  # a wrong one is refused, cookie or not
     return _same(request.cookies.get(TOKEN_COOKIE, ""), key)
 

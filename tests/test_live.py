@@ -123,6 +123,18 @@ def test_status_and_page_need_the_credential(live: Any) -> None:
     assert requests.get(base + "/rounds", cookies=jar, timeout=5).status_code in (401, 404)
     # a wrong key in the address is refused even with a good cookie (it would replace it)
     assert requests.get(f"{base}/?token=x{token}", cookies=jar, timeout=5).status_code == 401
+    # /status takes the key in its address too, as the README says (a script, curl)
+    by_address = requests.get(f"{base}/status?token={token}", timeout=5)
+    assert by_address.status_code == 200 and by_address.json()["experiment"] == status["experiment"]
+    assert requests.get(f"{base}/status?token=x{token}", cookies=jar, timeout=5).status_code == 401
+    # and it still opens nothing else, in the address or not
+    assert requests.post(f"{base}/start?token={token}", timeout=5).status_code == 401
+    experiment = status["experiment"]
+    assert requests.get(f"{base}/log/{experiment}?token={token}", timeout=5).status_code == 401
+    assert requests.get(f"{base}/health?token={token}", timeout=5).json().keys() == {
+        "state",
+        "role",
+    }
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt install chromium)")
