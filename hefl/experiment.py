@@ -22,6 +22,7 @@ from typing import Any, TextIO
 from hefl.address import log_name
 from hefl.config import ExperimentConfig
 from hefl.credential import read_key
+from hefl.crypto.params import coeffs, in_effect
 from hefl.errors import ConfigError, ExperimentFailed, HeflError, PeerUnreachable
 from hefl.provenance import code_version, machine, versions
 from hefl.push import make_push
@@ -499,9 +500,11 @@ class Progress:
 
 def effective_config(cfg: ExperimentConfig) -> dict[str, Any]:
     """The config with every default filled in, as it was given: the tables derived from it (its
-    logical clients) are left out."""
+    logical clients) are left out; the primes' bit sizes are the scheme's when left to it."""
     derived = {f.name for f in dataclasses.fields(cfg) if not f.init}
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in derived}
+    out = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in derived}
+    out["encryption"]["coeff_mod_bit_sizes"] = list(coeffs(cfg.he_params()))
+    return out
 
 
 def run_record(experiment: str, cfg: ExperimentConfig) -> dict[str, Any]:
@@ -536,6 +539,9 @@ def run_record(experiment: str, cfg: ExperimentConfig) -> dict[str, Any]:
             else None,
         },
         "config": effective_config(cfg),
+        # what the run encrypts with, every default resolved (primes, scale, plain modulus,
+        # values per ciphertext): hefl/crypto/params.py in_effect
+        "encryption": in_effect(cfg.he_params()),
         "nodes": {},
     }
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from hefl.address import log_name
 from hefl.config import ExperimentConfig
-from hefl.crypto.params import scheme_label
+from hefl.crypto.params import describe, scheme_label
 
 
 def human_bytes(n: float) -> str:
@@ -94,7 +94,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     """What `main.py report` prints: one line per round of summary.json, then its totals."""
     lines = [
         f"{summary['experiment']}: scheme {_label(summary)}, {summary['clients']} clients, "
-        f"{summary['switches']} switches ({summary['dumb_switches']} forwarding)",
+        f"{summary['switches']} switches ({summary['dumb_switches']} forwarding)"
+        + (f"; {describe(summary['encryption'])}" if summary.get("encryption") else ""),
         f"{'round':>5} {'accuracy':>9} {'loss':>8} {'s':>7} {'on wire':>10} {'agg in':>10}  "
         f"critical path: train / crypto / transfer / wait (s)  HE error max",
     ]

@@ -25,6 +25,7 @@ import numpy as np
 
 from hefl.address import file_stem
 from hefl.config import ExperimentConfig, parse_config
+from hefl.crypto.params import in_effect
 from hefl.runlog import write_bytes_atomic, write_json_atomic
 
 PHASES = (
@@ -291,6 +292,8 @@ def summarize(exp_dir: Path) -> dict[str, Any]:
         "scheme": cfg.encryption.scheme,
         # the library of ckks and bfv (none for the other schemes)
         "backend": cfg.encryption.backend if cfg.encryption.scheme in ("ckks", "bfv") else None,
+        # the parameters in effect, every default resolved (as in run.json)
+        "encryption": in_effect(cfg.he_params()),
         "clients": len(cfg.clients()),
         "switches": sum(1 for n in cfg.nodes.values() if n.type == "switch"),
         "dumb_switches": sum(1 for n in cfg.nodes.values() if n.type == "switch" and n.dumb),

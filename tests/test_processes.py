@@ -335,6 +335,64 @@ def test_encrypted_run_matches_the_plaintext_run(
             assert not any(w in data for w in windows), path
 
 
+@pytest.mark.parametrize(
+    ("run_name", "want"),
+    [
+        ("plain", {"scheme": "none", "clip": 1.0}),
+        (
+            "ckks",
+            {
+                "library": "TenSEAL",
+                "coeff_mod_bit_sizes": [40, 20],
+                "coeff_modulus": [1099511480321, 1032193],  # SEAL's CoeffModulus.Create
+                "scale_bits": 30,
+                "scale": 2**30,
+                "slots_per_ciphertext": 2048,
+                "values_per_ciphertext": 2048,
+            },
+        ),
+        (
+            "seal_bfv",
+            {
+                "library": "SEAL-Python",
+                "coeff_mod_bit_sizes": [60, 20],
+                "coeff_modulus": [1152921504606830593, 1032193],
+                "plain_modulus": 140737488273409,
+                "slots_per_ciphertext": 4096,
+                "values_per_ciphertext": 8192,
+            },
+        ),
+        ("paillier", {"key_bits": 1024, "lane_bits": 16 + 2, "values_per_ciphertext": 56}),
+    ],
+)
+def test_the_run_records_the_encryption_parameters_in_effect(
+    request: pytest.FixtureRequest, run_name: str, want: dict[str, Any]
+) -> None:
+    """run.json and summary.json hold the parameters the run encrypted with, defaults resolved
+    (not the config's empty `coeff_mod_bit_sizes`); bfv's plain modulus is the one its keys were
+    made with."""
+    run: Run = request.getfixturevalue(f"{run_name}_run")
+    assert run.proc.returncode == 0, run.proc.stderr[-2000:]
+    record = json.loads((run.exp / "run.json").read_text())
+    summary = json.loads((run.exp / "summary.json").read_text())
+    found = record["encryption"]
+    assert summary["encryption"] == found
+    assert {k: found[k] for k in want} == want
+    if run_name != "plain":
+        assert record["config"]["encryption"]["coeff_mod_bit_sizes"] == found.get(
+            "coeff_mod_bit_sizes", []
+        )
+    if run_name == "seal_bfv":
+        assert run.keys is not None
+        made = json.loads((run.keys / "params.json").read_text())
+        assert made["plain_modulus"] == found["plain_modulus"]
+    # the report's first line says it too
+    report = run_main("report", str(run.exp))
+    assert report.returncode == 0, report.stderr[-2000:]
+    first = report.stdout.splitlines()[0]
+    assert str(found.get("values_per_ciphertext", "")) in first
+
+
 @pytest.mark.parametrize("run_name", ["seal_bfv", "paillier"])
 def test_integer_schemes_of_every_library_give_tenseal_bfv_models_bit_for_bit(
     bfv_run: Run, request: pytest.FixtureRequest, run_name: str

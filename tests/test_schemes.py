@@ -26,7 +26,7 @@ from hefl.crypto import (
     read_keyless,
 )
 from hefl.crypto.keydir import KEYLESS, SECRET
-from hefl.crypto.params import batching_prime
+from hefl.crypto.params import batching_prime, coeff_primes
 from hefl.errors import ConfigError, ProtocolError
 from hefl.push import make_push
 from tests.conftest import tree_config
@@ -458,3 +458,22 @@ def test_an_update_refused_part_way_leaves_the_total_as_it_was(
     np.testing.assert_allclose(
         client.decrypt(client.load(switch.serialize(total)), 2), a + b, atol=TOLERANCE[name]
     )
+
+
+@pytest.mark.parametrize(
+    ("degree", "bits"),
+    [(4096, (40, 20)), (4096, (60, 20)), (8192, (60, 40, 40, 60)), (16384, (50, 30, 30, 30, 50))],
+)
+def test_the_recorded_primes_are_those_the_libraries_make(
+    degree: int, bits: tuple[int, ...]
+) -> None:
+    """run.json's `coeff_modulus` is computed without an HE library: it must be the list SEAL's
+    CoeffModulus.Create gives (SEAL-Python exactly; TenSEAL shows only the product's low word)."""
+    primes = coeff_primes(degree, bits)
+    assert [q.bit_length() for q in primes] == list(bits)
+    assert all(q % (2 * degree) == 1 for q in primes) and len(set(primes)) == len(primes)
+    ctx = ts.context(ts.SCHEME_TYPE.CKKS, degree, coeff_mod_bit_sizes=list(bits))
+    low_word = ctx.seal_context().data.key_context_data().total_coeff_modulus()
+    assert math.prod(primes) % 2**64 == low_word
+    seal = pytest.importorskip("seal")
+    assert [m.value() for m in seal.CoeffModulus.Create(degree, list(bits))] == list(primes)

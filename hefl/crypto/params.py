@@ -4,7 +4,9 @@ cannot hold the sum (errors name the config path, `encryption.*`, that the param
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from hefl.errors import ConfigError
 from hefl.topology import MAX_CLIENTS
@@ -227,6 +229,101 @@ def _is_prime(n: int) -> bool:
         else:
             return False
     return True
+
+
+def coeff_primes(poly_degree: int, bit_sizes: tuple[int, ...]) -> tuple[int, ...]:
+    """The primes of SEAL's CoeffModulus.Create(poly_degree, bit_sizes), which TenSEAL and
+    SEAL-Python both call: for each size, the largest primes of exactly that many bits that are
+    1 mod 2n, found downwards; where a size repeats, its first use takes the smallest of them."""
+    factor = 2 * poly_degree
+    found: dict[int, list[int]] = {}
+    for size, count in Counter(bit_sizes).items():
+        primes: list[int] = []
+        value = ((1 << size) - 1) // factor * factor + 1
+        while len(primes) < count and value > 1 << (size - 1):
+            if _is_prime(value):
+                primes.append(value)
+            value -= factor
+        if len(primes) < count:
+            raise ConfigError(
+                f"encryption.coeff_mod_bit_sizes: too few {size}-bit primes for "
+                f"poly_modulus_degree {poly_degree}"
+            )
+        found[size] = primes
+    return tuple(found[size].pop() for size in bit_sizes)
+
+
+LIBRARY_NAMES = {"tenseal": "TenSEAL", "seal": "SEAL-Python", "paillier": "phe + gmpy2"}
+
+
+def in_effect(enc: HeParams) -> dict[str, Any]:
+    """The parameters a run encrypts with, every default resolved (run.json and summary.json):
+    the library, the primes, scale, plain modulus, packing, values per ciphertext and how many
+    clients' sums they hold. No key material: all of it follows from the config."""
+    out: dict[str, Any] = {"scheme": enc.scheme, "clip": enc.clip}
+    if enc.scheme == "none":
+        return out
+    if enc.scheme == "paillier":
+        lane = paillier_lane_bits(enc)
+        return out | {
+            "library": LIBRARY_NAMES["paillier"],
+            "key_bits": enc.key_bits,
+            "quant_bits": enc.quant_bits,
+            "lane_bits": lane,
+            "values_per_ciphertext": slots(enc),
+            "ciphertext_bytes": 2 * enc.key_bits // 8,
+            "max_clients": max_clients(enc),
+        }
+    bits = coeffs(enc)
+    out |= {
+        "library": LIBRARY_NAMES[enc.backend],
+        "backend": enc.backend,
+        "poly_modulus_degree": enc.poly_modulus_degree,
+        "coeff_mod_bit_sizes": list(bits),
+        "coeff_modulus": list(coeff_primes(enc.poly_modulus_degree, bits)),
+        # the special (last) prime never reaches the wire: a ciphertext holds the others
+        "wire_primes": len(bits) - 1,
+        "security_bits": 128,
+    }
+    if enc.scheme == "ckks":
+        return out | {
+            "scale_bits": enc.scale_bits,
+            "scale": 2**enc.scale_bits,
+            "slots_per_ciphertext": enc.poly_modulus_degree // 2,
+            "values_per_ciphertext": slots(enc),
+            "max_clients": max_clients(enc),
+        }
+    return out | {
+        "plain_modulus": batching_prime(enc.plain_modulus_bits, enc.poly_modulus_degree),
+        "plain_modulus_bits": enc.plain_modulus_bits,
+        "quant_bits": enc.quant_bits,
+        "lane_bits": lane_bits(enc),
+        "slots_per_ciphertext": enc.poly_modulus_degree,
+        "values_per_ciphertext": slots(enc),
+        "max_clients": max_clients(enc),
+    }
+
+
+def describe(found: dict[str, Any]) -> str:
+    """One line of `in_effect`'s record, for reports."""
+    scheme = found.get("scheme")
+    if scheme == "paillier":
+        return (
+            f"paillier {found['key_bits']}-bit n, {found['values_per_ciphertext']} lanes of "
+            f"{found['lane_bits']} bits per ciphertext ({found['library']})"
+        )
+    if scheme not in ("ckks", "bfv"):
+        return str(scheme)
+    ring = f"{scheme} n={found['poly_modulus_degree']} q={found['coeff_mod_bit_sizes']} bits"
+    detail = (
+        f"scale 2^{found['scale_bits']}"
+        if scheme == "ckks"
+        else f"t={found['plain_modulus']} ({found['quant_bits']}-bit values, 2 per slot)"
+    )
+    return (
+        f"{ring}, {detail}, {found['values_per_ciphertext']} values per ciphertext "
+        f"({found['library']})"
+    )
 
 
 def fingerprint(enc: HeParams) -> dict[str, object]:
