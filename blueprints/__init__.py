@@ -229,4 +229,7 @@ def _on_http_error(exc: HTTPException) -> tuple[Response, int]:
         if code in (404, 405)
         else (exc.description or exc.name)
     )
-    return jsonify(error=f"{request.method} {request.path}: {reason}"), code
+    answer: dict[str, Any] = {"error": f"{request.method} {request.path}: {reason}"}
+    if node is None:  # a peer that expects an experiment here can tell the node restarted
+        answer["unconfigured"] = True
+    return jsonify(answer), code

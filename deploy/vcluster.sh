@@ -6,20 +6,20 @@
 # or Ctrl-C. Needs root (ip netns, tc). See deploy/README.md.
 set -euo pipefail
 
-USAGE="usage: deploy/vcluster.sh --config FILE [--rate 1gbit] [--delay 0.1ms] [--scheme none|ckks|bfv] [--log-dir log]"
+USAGE="usage: deploy/vcluster.sh --config FILE [--rate 1gbit] [--delay 0.1ms] [--scheme none|ckks|bfv|paillier] [--backend tenseal|seal] [--log-dir log]"
 die() { echo "vcluster: $*" >&2; exit 1; }
 bad_usage() { echo "vcluster: $*; $USAGE" >&2; exit 2; }
 
-config="" rate=1gbit delay="" scheme="" log_dir=log
+config="" rate=1gbit delay="" scheme="" backend="" log_dir=log
 while (($#)); do
     case $1 in
         -h | --help) echo "$USAGE"; exit 0 ;;
-        --config | --rate | --delay | --scheme | --log-dir)
+        --config | --rate | --delay | --scheme | --backend | --log-dir)
             (($# >= 2)) || bad_usage "$1 needs a value"
             opt=$1 value=$2
             shift 2
             ;;
-        --config=* | --rate=* | --delay=* | --scheme=* | --log-dir=*)
+        --config=* | --rate=* | --delay=* | --scheme=* | --backend=* | --log-dir=*)
             opt=${1%%=*} value=${1#*=}
             shift
             ;;
@@ -30,13 +30,16 @@ while (($#)); do
         --rate) rate=$value ;;
         --delay) delay=$value ;;
         --scheme) scheme=$value ;;
+        --backend) backend=$value ;;
         --log-dir) log_dir=$value ;;
     esac
 done
 [[ -n $config ]] || bad_usage "--config is required"
 [[ -f $config ]] || die "config '$config' not found"
 config=$(readlink -f "$config")
-case $scheme in "" | none | ckks | bfv) ;; *) bad_usage "--scheme must be none, ckks or bfv (got '$scheme')" ;; esac
+# the same choices as main.py agg and local (tests/test_vcluster.py checks they stay so)
+case $scheme in "" | none | ckks | bfv | paillier) ;; *) bad_usage "--scheme must be none, ckks, bfv or paillier (got '$scheme')" ;; esac
+case $backend in "" | tenseal | seal) ;; *) bad_usage "--backend must be tenseal or seal (got '$backend')" ;; esac
 [[ $rate =~ ^[0-9]+(\.[0-9]+)?([kmg]?bit)$ ]] || bad_usage "--rate takes a tc rate such as 1gbit or 100mbit (got '$rate')"
 [[ -z $delay || $delay =~ ^[0-9]+(\.[0-9]+)?(us|ms|s)$ ]] || bad_usage "--delay takes a tc time such as 0.1ms (got '$delay')"
 
@@ -192,7 +195,8 @@ effective=$scheme
 import json, sys; print(json.load(open(sys.argv[1])).get('encryption', {}).get('scheme', 'none'))" "$config")
 if [[ $effective != none ]]; then
     echo "vcluster: writing $effective keys for this run"
-    "$PY" main.py seal --config "$run_config" --scheme "$effective" --key-dir "$WORK/keys" >"$WORK/seal.out" 2>&1 ||
+    "$PY" main.py seal --config "$run_config" --scheme "$effective" ${backend:+--backend "$backend"} \
+        --key-dir "$WORK/keys" >"$WORK/seal.out" 2>&1 ||
         die "seal failed: $(tail -n 1 "$WORK/seal.out")"
 fi
 
@@ -208,6 +212,7 @@ done
 
 args=(main.py agg --config "$run_config" --token-file "$WORK/token" --log-dir "$log_dir")
 [[ -z $scheme ]] || args+=(--scheme "$scheme")
+[[ -z $backend ]] || args+=(--backend "$backend")
 echo "vcluster: ip netns exec $TAG-$AGG python ${args[*]}"
 # tee ignores Ctrl-C, so that agg can still print while it ends the run
 exec {agg_out}> >(trap '' INT; exec tee "$WORK/agg.out")

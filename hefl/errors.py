@@ -42,6 +42,18 @@ class PeerRefused(ProtocolError):
         self.status = status
 
 
+class PeerRestarted(PeerRefused):
+    """A peer of a running experiment answers as a node with no experiment (it has no endpoint
+    for the message): its process restarted and lost its state. `headline` names it first."""
+
+    def __init__(self, peer: str, where: str, status: int) -> None:
+        super().__init__(f"{peer} refused {where} with {status}: it has no experiment", status)
+        self.peer = peer
+        self.headline = (
+            f"{peer} answers as an unconfigured node: it restarted and lost its experiment"
+        )
+
+
 class NotFound(HeflError, LookupError):
     """What a request asks for does not exist here (no log of that experiment on this node)."""
 
@@ -58,9 +70,11 @@ class PeerUnreachable(HeflError, ConnectionError):
 
     status_code = 502
 
-    def __init__(self, message: str, silent: bool = False) -> None:
+    def __init__(self, message: str, silent: bool = False, peer: str = "") -> None:
         super().__init__(message)
         self.silent = silent
+        self.peer = peer  # the node that could not be reached ("": not one of the experiment's)
+        self.headline = f"{peer} {'does not answer' if silent else 'is unreachable'}"
 
 
 class Unauthorized(HeflError, PermissionError):

@@ -78,9 +78,19 @@ class Controller:
         self.token = token
         # polls retry anyway
         self.probe = Transport(endpoints, Timeouts.of(cfg.network).once(), token)
-        # /health while the rounds run: a hung node must not hold the controller for minutes
+        # /health while the rounds run: a hung node must not hold the controller for minutes;
+        # one retry, at once: a kept-alive connection to a node's old worker (restarted) is reset,
+        # and a saturated link can drop one connection, without the node being gone
         self.pulse = Transport(
-            endpoints, replace(Timeouts.of(cfg.network).once(), read=HEALTH_ANSWER_S), token
+            endpoints,
+            replace(
+                Timeouts.of(cfg.network),
+                read=HEALTH_ANSWER_S,
+                retries=1,
+                backoff=0.0,
+                retry_silent=False,
+            ),
+            token,
         )
         self.silent_since: dict[str, float] = {}  # nodes that answer nothing, since when
         self.dropouts: set[str] = set()  # clients gone while a round deadline lets rounds go on
@@ -133,9 +143,9 @@ class Controller:
                 error=_reason(exc),
                 ended=_now(),
                 duration_s=round(time.monotonic() - self.began, 3),
-                rounds_completed=len(self.rows),
             )
             unwritten = self.salvage(plots=not isinstance(exc, KeyboardInterrupt))
+            self.record.update(rounds_completed=len(self.rows))
             try:
                 self.write_record()
             except ExperimentFailed:
@@ -195,16 +205,36 @@ class Controller:
         node can still give brought here. Best effort, a few seconds at most; never raises;
         returns what could not be written, with why."""
         unwritten = []
+        nodes = list(self.cfg.nodes)
+        with ThreadPoolExecutor(max_workers=min(32, len(nodes))) as pool:
+            list(pool.map(self._end_and_fetch, nodes))
+        self.rows = self.closed_rows()
         try:
             write_json_atomic(self.exp_dir / "rounds.json", self.rows)
         except OSError as exc:
             unwritten.append(f"rounds.json ({exc.strerror or exc})")
-        nodes = list(self.cfg.nodes)
-        with ThreadPoolExecutor(max_workers=min(32, len(nodes))) as pool:
-            list(pool.map(self._end_and_fetch, nodes))
         if self.rows:  # the rounds that completed (no plots when interrupted: quick)
             self.summarize(plots)
         return unwritten
+
+    def closed_rows(self) -> list[dict[str, Any]]:
+        """After the nodes were told the run ended: the rounds the aggregator closed, as it says
+        now (rounds may have closed since the last poll: a signal comes at any time), never more
+        than its log in the folder holds. rounds.json, run.json and the summary all count
+        these."""
+        rows = self.rows
+        try:
+            status = _json_object(self.pulse.call(self.cfg.root, Kind.STATUS))
+            if isinstance(status.get("rounds"), list) and len(status["rounds"]) >= len(rows):
+                rows = status["rounds"]
+        except HeflError as exc:
+            log.info("the aggregator's last rounds not asked: %s", exc)
+        try:
+            agg = json.loads((self.exp_dir / log_name(self.cfg.root)).read_text())
+            closed = {r.get("round") for r in agg["iteration"] if r.get("end_time")}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return list(rows)  # no log of it here: what it said is all there is
+        return list(rows[: next(r for r in range(len(rows) + 1) if r not in closed)])
 
     def _end_and_fetch(self, node: str) -> None:
         try:  # briefly: a hung node must not hold the record back
@@ -377,6 +407,11 @@ class Controller:
             self.silent_since.pop(node, None)
             if health.get("state") == "failed":
                 raise ExperimentFailed(health.get("error") or f"{node} failed")
+            if health.get("state") == "idle":  # it answers, with no experiment: a new process
+                raise ExperimentFailed(
+                    f"{node} answers as an unconfigured node: it restarted and lost its "
+                    f"experiment (seen by the controller in round {round_ + 1})"
+                )
             if health.get("experiment") != self.experiment:
                 raise ExperimentFailed(
                     f"{node} now runs experiment {health.get('experiment')!r}, "

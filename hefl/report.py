@@ -122,6 +122,22 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         )
     else:
         lines.append("total: no round completed")
+    for later in summary.get("rounds_not_completed", []):
+        what = (
+            "closed by the aggregator, not in rounds.json"
+            if later["closed_by_aggregator"]
+            else "not closed by the aggregator"
+        )
+        figures = (
+            f"; {later['clients_evaluated']} client(s) evaluated its result, accuracy "
+            f"{_figure(later['accuracy'])}"
+            if later["clients_evaluated"]
+            else ""
+        )
+        lines.append(
+            f"round {later['round'] + 1} did not complete ({what}; in {later['nodes_logged']} "
+            f"node logs{figures}): not in the totals"
+        )
     if summary["logs_missing"]:
         lines.append(f"no log of: {', '.join(summary['logs_missing'])}")
     return lines

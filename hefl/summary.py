@@ -278,8 +278,9 @@ def summarize(exp_dir: Path) -> dict[str, Any]:
     lines = {n: Timeline.of(d) for n, d in logs.items()}
     records = {n: {rec["round"]: rec for rec in d.get("iteration", [])} for n, d in logs.items()}
     role = {n: cfg.nodes[n].type for n in cfg.nodes}
+    completed = rounds_completed(exp_dir, cfg, logs)
     rounds = []
-    for r in range(cfg.rounds):
+    for r in range(completed):
         row = _round(cfg, logs, records, lines, role, r)
         if row is None:
             break
@@ -298,10 +299,61 @@ def summarize(exp_dir: Path) -> dict[str, Any]:
         "switches": sum(1 for n in cfg.nodes.values() if n.type == "switch"),
         "dumb_switches": sum(1 for n in cfg.nodes.values() if n.type == "switch" and n.dumb),
         "rounds_planned": cfg.rounds,
+        "rounds_completed": len(rounds),
         "logs_missing": [n for n in cfg.nodes if n not in logs],
         "rounds": rounds,
         "totals": _totals(rounds),
+        "rounds_not_completed": not_completed(cfg, records, len(rounds)),
     }
+
+
+def rounds_completed(exp_dir: Path, cfg: ExperimentConfig, logs: Mapping[str, Any]) -> int:
+    """How many rounds the run completed: those the aggregator closed (its log's records with an
+    end), and no more than `rounds.json` lists (what the controller recorded: run.json's
+    `rounds_completed`). Without either, the rounds some client evaluated (a folder from before
+    rounds.json, or a copy without the aggregator's log)."""
+    found: list[int] = []
+    agg = logs.get(cfg.root)
+    if agg is not None:
+        closed = {rec.get("round") for rec in agg.get("iteration", []) if rec.get("end_time")}
+        found.append(next(r for r in range(cfg.rounds + 1) if r not in closed))
+    try:
+        rows = json.loads((exp_dir / "rounds.json").read_text())
+        if isinstance(rows, list):
+            found.append(len(rows))
+    except (OSError, ValueError):
+        pass
+    return min(found, default=cfg.rounds)
+
+
+def not_completed(
+    cfg: ExperimentConfig, records: Mapping[str, Mapping[int, dict[str, Any]]], first: int
+) -> list[dict[str, Any]]:
+    """What the logs hold of the rounds after the last completed one (a failed run's): per round,
+    whether the aggregator closed it, which nodes logged it, and the clients' figures of its
+    result where some evaluated it. Never part of the totals."""
+    out = []
+    for r in range(first, cfg.rounds):
+        nodes = [n for n in cfg.nodes if r in records.get(n, {})]
+        if not nodes:
+            break
+        reports = client_reports(cfg, records, r)
+        tests = sum(rec["test_samples"] for rec in reports)
+        out.append(
+            {
+                "round": r,
+                "closed_by_aggregator": bool(records.get(cfg.root, {}).get(r, {}).get("end_time")),
+                "nodes_logged": len(nodes),
+                "clients_evaluated": len(reports),
+                "accuracy": _r(sum(x["accuracy"] * x["test_samples"] for x in reports) / tests)
+                if tests
+                else None,
+                "loss": _r(sum(x["loss"] * x["test_samples"] for x in reports) / tests)
+                if tests
+                else None,
+            }
+        )
+    return out
 
 
 def _round(
@@ -312,13 +364,12 @@ def _round(
     role: Mapping[str, str],
     r: int,
 ) -> dict[str, Any] | None:
-    """One round's figures; None when the round did not complete (no client evaluated it)."""
-    reports = client_reports(cfg, records, r)
-    if not reports:
+    """One round's figures; None when no figure of its global model is known (no report in the
+    aggregator's log, no client log that evaluated it)."""
+    figures = round_figures(cfg, records, r)
+    if figures is None:
         return None
-    tests = sum(rec["test_samples"] for rec in reports)
-    accuracy = sum(rec["accuracy"] * rec["test_samples"] for rec in reports) / tests
-    loss = sum(rec["loss"] * rec["test_samples"] for rec in reports) / tests
+    accuracy, loss, clients, tests = figures
     recs = {n: rs[r] for n, rs in records.items() if r in rs}
     by_role: dict[str, dict[str, int]] = {}
     for name in ROLES:
@@ -360,7 +411,7 @@ def _round(
         "round": r,
         "accuracy": _r(accuracy),
         "loss": _r(loss),
-        "clients": len(reports),
+        "clients": clients,
         "test_samples": tests,
         "contributors": len(agg["contributors"]) if "contributors" in agg else None,
         "round_s": _r(round_s),
@@ -388,6 +439,24 @@ def _round(
         ),
         "critical_path": path,
     }
+
+
+def round_figures(
+    cfg: ExperimentConfig, records: Mapping[str, Mapping[int, dict[str, Any]]], r: int
+) -> tuple[float, float, int, int | None] | None:
+    """Accuracy, loss, the clients behind them and their test samples, of round `r`'s global
+    model: as the aggregator computed them from the reports it took (its log; the figures of
+    rounds.json and the round lines), else, without its log, from the clients' own logs."""
+    agg = records.get(cfg.root, {}).get(r, {})
+    if agg.get("end_time") and agg.get("accuracy") is not None and agg.get("reports"):
+        return agg["accuracy"], agg["loss"], agg["reports"], agg.get("test_samples")
+    reports = client_reports(cfg, records, r)
+    if not reports:
+        return None
+    tests = sum(rec["test_samples"] for rec in reports)
+    accuracy = sum(rec["accuracy"] * rec["test_samples"] for rec in reports) / tests
+    loss = sum(rec["loss"] * rec["test_samples"] for rec in reports) / tests
+    return accuracy, loss, len(reports), tests
 
 
 def _totals(rounds: list[dict[str, Any]]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import requests
 
-from hefl.errors import PeerRefused, PeerUnreachable
+from hefl.errors import PeerRefused, PeerRestarted, PeerUnreachable
 from hefl.wire import TOKEN_HEADER, Body, Envelope, Kind
 
 if TYPE_CHECKING:
@@ -28,6 +28,9 @@ class Timeouts:
     read: float = 60.0
     retries: int = 3
     backoff: float = 0.2
+    # False: a peer that took the request and did not answer in time is not asked again (a probe
+    # of a hung node must not wait twice)
+    retry_silent: bool = True
 
     @classmethod
     def of(cls, net: NetworkConfig) -> Timeouts:
@@ -141,7 +144,9 @@ class Transport:
         attempts = self.timeouts.retries + 1
         reason = ""
         silent = False  # the last attempt was taken in but got no answer (a hung peer)
+        made = 0
         for attempt in range(attempts):
+            made = attempt + 1
             if attempt:
                 time.sleep(self.timeouts.backoff * 2 ** (attempt - 1))
             began = time.monotonic()
@@ -158,6 +163,8 @@ class Transport:
                 self._count(kind, peer, env, len(body), 0, began)
                 reason = f"no answer within {self.timeouts.read:g}s ({type(exc).__name__})"
                 silent = True
+                if not self.timeouts.retry_silent:
+                    break
                 continue
             # refused, reset, bad URL, broken chunking, ...
             except requests.RequestException as exc:
@@ -168,6 +175,8 @@ class Transport:
             if resp.status_code < 400 or resp.status_code == 409:
                 return resp
             where = f"{route.method} {route.url_path(arg)}"
+            if resp.status_code in (404, 405) and _unconfigured(resp):
+                raise PeerRestarted(peer, where, resp.status_code)
             if resp.status_code < 500:
                 raise PeerRefused(
                     f"{peer} refused {where}: {resp.status_code} {_error_text(resp)}",
@@ -175,7 +184,9 @@ class Transport:
                 )
             reason = f"{resp.status_code} {_error_text(resp)}"
         raise PeerUnreachable(
-            f"cannot reach {peer} ({url}) after {attempts} attempts: {reason}", silent=silent
+            f"cannot reach {peer} ({url}) after {made} attempt{'s' * (made > 1)}: {reason}",
+            silent,
+            peer,
         )
 
     def _count(
@@ -215,6 +226,14 @@ class _BodyReader:
         block = self._view[self._at : end]
         self._at = end
         return block
+
+
+def _unconfigured(resp: requests.Response) -> bool:
+    """Whether an answer comes from a node with no experiment (blueprints says so in its JSON)."""
+    try:
+        return resp.json().get("unconfigured") is True
+    except (ValueError, AttributeError):
+        return False
 
 
 def _error_text(resp: requests.Response) -> str:

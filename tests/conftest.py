@@ -204,6 +204,41 @@ class Cluster:
         resp = requests.get(f"{self.url(name)}/health", headers={TOKEN_HEADER: token}, timeout=10)
         return resp.json()  # type: ignore[no-any-return]
 
+    def start(self, name: str, wait: bool = True) -> subprocess.Popen[bytes]:
+        """Node `name`'s process (`main.py --host 127.0.0.1 --port ...`), its stderr appended to
+        <name>.err; with `wait`, returned once it answers."""
+        env = {**os.environ, "HEFL_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}
+        with (self.tmp / f"{name}.err").open("ab") as err:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(ROOT / "main.py"),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    self.ids[name].split(":")[1],
+                    "--log-dir",
+                    str(self.tmp / name),
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                cwd=ROOT,
+            )
+        if wait:
+            self.wait_for(name)
+        return proc
+
+    def wait_for(self, name: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.health(name)
+                return
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, f"{name} does not answer"
+                time.sleep(0.2)
+
     def run(self, timeout: float = 240, **kw: Any) -> subprocess.Popen[str]:
         cfg = self.tmp / "config.json"
         cfg.write_text(json.dumps(self.raw))
@@ -247,39 +282,13 @@ def addressed(ports: list[int], rounds: int = 2) -> tuple[dict[str, Any], dict[s
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     raw, ids = addressed(free_ports(4), rounds=8)
-    env = {**os.environ, "HEFL_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}
-    procs = []
-    for name, node in ids.items():
-        with (tmp_path / f"{name}.err").open("wb") as err:
-            procs.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        str(ROOT / "main.py"),
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        node.split(":")[1],
-                        "--log-dir",
-                        str(tmp_path / name),
-                    ],
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=err,
-                    cwd=ROOT,
-                )
-            )
-    made = Cluster(tmp_path, raw, ids, procs)
+    made = Cluster(tmp_path, raw, ids, [])
+    procs = made.procs
     try:
         for name in ids:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    made.health(name)
-                    break
-                except requests.ConnectionError:
-                    assert time.monotonic() < deadline, f"{name} does not answer"
-                    time.sleep(0.2)
+            procs.append(made.start(name, wait=False))
+        for name in ids:
+            made.wait_for(name)
         yield made
     finally:
         for p in procs:

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from hefl.address import log_name
-from tests.conftest import ROOT, Cluster, node_processes, run_local, tree_config
+from hefl.config import parse_config
+from tests.conftest import ROOT, Cluster, node_processes, run_local, run_main, tree_config
 
 PY = sys.executable
 
@@ -47,6 +48,33 @@ def local_until_round(work: Path, raw: dict[str, Any], round_: int) -> subproces
     raise AssertionError(f"the run ended before round {round_}: {proc.communicate()[1][-2000:]}")
 
 
+def results_agree(exp: Path) -> int:
+    """A run's files and `main.py runs` agree on the rounds completed (the aggregator's closed
+    rounds) and the final accuracy; what the logs hold of a later round is apart. Returns the
+    rounds completed."""
+    record = json.loads((exp / "run.json").read_text())
+    rows = json.loads((exp / "rounds.json").read_text())
+    summary = json.loads((exp / "summary.json").read_text())
+    n = record["rounds_completed"]
+    assert n >= 1 and len(rows) == n == summary["rounds_completed"] == summary["totals"]["rounds"]
+    assert [row["round"] for row in summary["rounds"]] == list(range(n))
+    cfg = parse_config(json.loads((exp / "config.json").read_text()))
+    agg = json.loads((exp / log_name(cfg.root)).read_text())
+    closed = [rec["round"] for rec in agg["iteration"] if rec["end_time"]]
+    assert closed == list(range(n))  # what the aggregator closed, no more, no less
+    final = summary["totals"]["final_accuracy"]
+    assert final == pytest.approx(rows[-1]["accuracy"], abs=1e-6)
+    csv_rows = (exp / "summary.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in csv_rows[1:]] == [*map(str, range(n)), "total"]
+    assert float(csv_rows[-1].split(",")[1]) == final
+    later = summary["rounds_not_completed"]
+    assert later and later[0]["round"] == n and not later[0]["closed_by_aggregator"]
+    runs = run_main("runs", "--log-dir", str(exp.parent))
+    (line,) = [x for x in runs.stdout.splitlines() if x.startswith(exp.name)]
+    assert f"{n}/{cfg.rounds}" in line.split() and f"{final:.4f}" in line.split(), line
+    return int(n)
+
+
 def ckks(rounds: int) -> dict[str, Any]:
     """Two clients, one switch; ckks with no keys in the config's key folder: local mode makes
     them in keys/local-<experiment>/ for the run."""
@@ -76,6 +104,7 @@ def test_sigterm_and_sighup_stop_local_mode_like_ctrl_c(tmp_path: Path, signum: 
     assert record["ended"] and record["rounds_completed"] >= 2
     rows = json.loads((exp / "rounds.json").read_text())
     assert [row["round"] for row in rows] == list(range(len(rows))) and len(rows) >= 2
+    results_agree(exp)
 
 
 def test_sigkill_of_local_mode_leaves_no_node_and_the_next_run_no_key_folder(
@@ -114,11 +143,42 @@ def test_a_failed_run_leaves_its_record_and_ends_the_surviving_nodes(cluster: Cl
     assert record["status"] == "failed" and victim in record["error"]
     rows = json.loads((exp / "rounds.json").read_text())
     assert len(rows) >= 3 and rows == sorted(rows, key=lambda r: r["round"])
+    assert results_agree(exp) == len(rows)
+    assert (exp / "accuracy.png").is_file()
     for name in ("c0", "sw", "agg"):
         health = cluster.health(name)
         assert health["state"] == "stopped", (name, health)
         node_log = json.loads((exp / log_name(cluster.ids[name])).read_text())
         assert len(node_log["iteration"]) >= 3
+
+
+def test_a_restarted_node_is_named_with_what_happened_to_it(cluster: Cluster) -> None:
+    """A client's gunicorn worker is killed (as the OOM killer would): its master starts a new
+    one, with no experiment. The run stops with a line that starts with that node and says it
+    restarted and lost its experiment, whoever notices first (its switch relaying to it, or the
+    controller's probe, whose kept-alive connection to the old worker is reset)."""
+    cluster.raw["aggregator"]["iteration"] = 500
+    agg = cluster.run()
+    victim = cluster.ids["c1"]
+    try:
+        assert agg.stdout is not None
+        for line in agg.stdout:
+            if line.startswith("round   2/"):
+                break
+        master, *workers = process_tree(cluster.procs[1].pid)
+        assert len(workers) == 1, workers
+        os.kill(workers[0], signal.SIGKILL)
+        out, err = agg.communicate(timeout=120)
+    finally:
+        agg.kill()
+    assert agg.returncode == 1, err[-2000:]
+    (line,) = err.strip().splitlines()
+    assert line.startswith(
+        f"error: {victim} answers as an unconfigured node: it restarted and lost its experiment"
+    ), line
+    assert cluster.health("c1")["state"] == "idle"  # a new worker, with no experiment
+    (exp,) = (cluster.tmp / "agg").iterdir()
+    results_agree(exp)
 
 
 @pytest.fixture

@@ -49,7 +49,7 @@ class InlineWorker(Worker):
         try:
             fn(*args)
         except Exception as exc:
-            self.on_error(str(exc), exc)
+            self.on_error(fn.__name__, exc)
 
 
 def make(
@@ -306,3 +306,54 @@ def test_the_precomputer_works_only_while_the_client_waits(key_dirs: dict[str, P
     finally:
         pre.close()
     assert not pre._thread.is_alive()
+
+
+def test_a_child_that_restarted_is_named_first_in_the_failure(
+    cfg: ExperimentConfig, tmp_path: Path, serve_node: Any
+) -> None:
+    """A child process that restarted answers with no experiment (a 404 from a node with no
+    role): over real HTTP, the switch relaying to it fails with a line that names the child and
+    what happened to it, then where it was seen, not `relay: ... refused ...`."""
+    from hefl.transport import Timeouts, Transport
+
+    url, _ = serve_node()  # a node process that was never configured: as one just restarted
+    switch, fake = make(SwitchNode, S0, cfg, tmp_path)
+    real = Transport({C0: url, C1: url}, Timeouts(retries=0))
+    switch.transport = real
+    switch.on_begin(Envelope(EXP, 0, AGG), b"")
+    real.close()
+    assert switch.error.startswith(
+        f"{C0} answers as an unconfigured node: it restarted and lost its experiment ({S0} "
+        f"(switch), round 1: sending the begin message of round 1 down: {C0} refused POST /begin "
+        "with 404"
+    ), switch.error
+    assert "\n" not in switch.error and "relay" not in switch.error
+
+
+def test_a_client_that_cannot_send_its_update_names_the_peer_it_cannot_reach(
+    cfg: ExperimentConfig, tmp_path: Path
+) -> None:
+    """A client whose switch is gone (nothing listens at its address) says so first, and that it
+    was sending its update: not `apply_global: cannot reach ...`, the job the sending ran in."""
+    from hefl.local import free_ports
+    from hefl.nodes.client import ClientNode
+    from hefl.transport import Timeouts, Transport
+
+    (port,) = free_ports(1)  # nothing listens there
+    client = object.__new__(ClientNode)  # the sending and failure paths only: no model, no data
+    client.id, client.round, client.error, client.stopped, client.closed = C0, 3, "", "", True
+    client.cfg, client.me, client.multi = cfg, cfg.nodes[C0], False
+    client.runlog = RunLog(tmp_path / "c0.json", C0, "client", EXP)
+    client.transport = Transport({S0: f"http://127.0.0.1:{port}"}, Timeouts(retries=0))
+
+    def apply_global() -> None:  # the worker job that sends the next round's update
+        client.send_update(3, b"update", Envelope(EXP, 3, C0, 10, 1), None)
+
+    worker = InlineWorker("test")
+    worker.start(client.job_failed)
+    worker.submit(apply_global)
+    assert client.error.startswith(
+        f"{S0} is unreachable ({C0} (client), round 4: sending its update to {S0}: cannot reach "
+        f"{S0} (http://127.0.0.1:{port}/update) after 1 attempt: connection refused"
+    ), client.error
+    assert "apply_global" not in client.error

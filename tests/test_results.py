@@ -161,7 +161,54 @@ def test_report_on_a_failed_run_gives_the_rounds_that_completed(
     summary = json.loads((copy / "summary.json").read_text())
     assert [row["round"] for row in summary["rounds"]] == [0, 1]
     assert summary["logs_missing"] == ["127.0.0.1:101"]
-    assert all(row["clients"] == 3 for row in summary["rounds"])
+    # a round's figures are the aggregator's, from every report it took (rounds.json's): a lost
+    # client log changes neither; only without the aggregator's log do the client logs count
+    rows = json.loads((copy / "rounds.json").read_text())
+    for row, agg_row in zip(summary["rounds"], rows, strict=False):
+        assert row["clients"] == agg_row["reports"] == 4
+        assert row["accuracy"] == pytest.approx(agg_row["accuracy"], abs=1e-6)
+    (copy / "127.0.0.1_1.json").unlink()
+    assert run_main("report", str(copy)).returncode == 0
+    summary = json.loads((copy / "summary.json").read_text())
+    assert [row["clients"] for row in summary["rounds"]] == [3, 3]
+
+
+def test_a_round_the_aggregator_did_not_close_stays_out_of_the_totals(
+    ckks_exp: Path, tmp_path: Path
+) -> None:
+    """The failure of the issue: every client evaluated round 3's result but the aggregator
+    never closed the round (a client died before reporting): the summary has 2 rounds, its
+    final accuracy is round 2's, and round 3 is listed apart, never in the totals."""
+    copy = tmp_path / ckks_exp.name
+    shutil.copytree(ckks_exp, copy)
+    agg_log = copy / "127.0.0.1_1.json"
+    data = json.loads(agg_log.read_text())
+    data["iteration"][2]["end_time"] = None
+    data["finished"] = False
+    agg_log.write_text(json.dumps(data))
+    rows = json.loads((copy / "rounds.json").read_text())
+    proc = run_main("report", str(copy))
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((copy / "summary.json").read_text())
+    assert summary["rounds_completed"] == summary["totals"]["rounds"] == 2
+    assert [row["round"] for row in summary["rounds"]] == [0, 1]
+    assert summary["totals"]["final_accuracy"] == pytest.approx(rows[1]["accuracy"], abs=1e-6)
+    (later,) = summary["rounds_not_completed"]
+    assert later["round"] == 2 and later["closed_by_aggregator"] is False
+    assert later["clients_evaluated"] == 4 and later["nodes_logged"] == 8
+    assert later["accuracy"] == pytest.approx(rows[2]["accuracy"], abs=1e-6)
+    csv_rows = (copy / "summary.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in csv_rows[1:]] == ["0", "1", "total"]
+    assert "round 3 did not complete (not closed by the aggregator" in proc.stdout
+    assert "total: 2 of 3 rounds" in proc.stdout
+    # rounds.json, as the controller writes it after a failure, can hold fewer rounds still: the
+    # summary never counts more than it does
+    (copy / "rounds.json").write_text(json.dumps(rows[:1]))
+    assert run_main("report", str(copy)).returncode == 0
+    summary = json.loads((copy / "summary.json").read_text())
+    assert summary["rounds_completed"] == 1
+    assert [r["round"] for r in summary["rounds_not_completed"]] == [1, 2]
+    assert summary["rounds_not_completed"][0]["closed_by_aggregator"] is True
 
 
 def test_bfv_reports_its_quantization_error(bfv_exp: Path) -> None:

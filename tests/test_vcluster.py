@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, tree_config
+from tests.conftest import ROOT, run_main, tree_config
 
 SCRIPT = ROOT / "deploy" / "vcluster.sh"
 LINKS = ROOT / "deploy" / "configs" / "links-1m.json"
@@ -85,6 +85,40 @@ def test_a_config_it_cannot_place_is_refused_in_one_line(tmp_path: Path) -> None
     bad = vcluster(cfg, tmp_path / "log", "--rate", "fast")
     assert bad.returncode == 2 and "--rate" in bad.stderr
     assert leftovers() == {"netns": [], "links": [], "work": [], "procs": []}
+
+
+@pytest.mark.parametrize(
+    ("flags", "label"),
+    [
+        (["--scheme", "paillier"], "paillier"),
+        (["--backend", "seal", "--scheme", "bfv"], "bfv/seal"),
+    ],
+)
+def test_it_takes_the_schemes_and_backends_agg_takes(
+    flags: list[str], label: str, tmp_path: Path
+) -> None:
+    """The default experiment (two rounds of it) with each library `agg` offers besides TenSEAL:
+    the keys are made for that library and every node runs it."""
+    pytest.importorskip("seal" if "seal" in flags else "phe")
+    raw = json.loads((ROOT / "config.json").read_text())
+    raw["aggregator"]["iteration"] = 2
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(raw))
+    proc = vcluster(cfg, tmp_path / "log", *flags)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    folder = re.search(r"^vcluster: logs in (\S+)", proc.stdout, re.M)
+    assert folder, proc.stdout
+    exp = Path(folder.group(1))
+    run = json.loads((exp / "run.json").read_text())
+    assert run["status"] == "finished" and run["rounds_completed"] == 2
+    scheme = flags[flags.index("--scheme") + 1]
+    assert run["encryption"]["scheme"] == scheme
+    assert run["encryption"].get("backend") == ("seal" if "seal" in flags else None)
+    logs = [json.loads(p.read_text()) for p in exp.glob("10.10.1.*.json")]
+    assert len(logs) == 15 and {log["scheme"] for log in logs} == {scheme}
+    assert f"scheme {label}," in run_main("report", str(exp)).stdout.splitlines()[0]
+    bad = vcluster(cfg, tmp_path / "log", "--backend", "openfhe")
+    assert bad.returncode == 2 and "--backend must be tenseal or seal" in bad.stderr
 
 
 def test_a_slower_link_shows_in_the_round_time_and_nothing_is_left(tmp_path: Path) -> None:

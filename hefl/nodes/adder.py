@@ -191,7 +191,8 @@ class Adder(Node, ABC):
                 exc,
             )
         if failed:
-            raise failed[0][1]
+            with self.step(f"sending the {kind.value} message of round {env.round + 1} down"):
+                raise failed[0][1]
 
     def close(self) -> None:
         super().close()

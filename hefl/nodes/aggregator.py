@@ -176,6 +176,7 @@ class AggregatorNode(Adder):
             "contributors": len(present),
             "missing": [c for c in self.cfg.clients() if c not in counted],
             "reports": len(figures),  # the clients' metrics behind accuracy and loss
+            "test_samples": sum(n for _, n, _, _ in figures),  # and their test samples
         }
         # (who contributed is in the log already, as lists: see Adder.record_members)
         self.runlog.set(

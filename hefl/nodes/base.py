@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from hefl.config import ExperimentConfig, NodeConfig
 from hefl.crypto import Scheme
-from hefl.errors import HeflError, ProtocolError
+from hefl.errors import HeflError, PeerRestarted, PeerUnreachable, ProtocolError
 from hefl.provenance import machine
 from hefl.runlog import RunLog
 from hefl.transport import TrafficMeter
@@ -34,7 +35,7 @@ class Worker:
     def __init__(self, name: str) -> None:
         self._jobs: queue.Queue[tuple[Callable[..., None], tuple[Any, ...]] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
-        self._on_error: Callable[[str, Exception], None] = lambda reason, exc: None
+        self._on_error: Callable[[str, Exception], None] = lambda job, exc: None
         self.closed = False
 
     def start(self, on_error: Callable[[str, Exception], None]) -> None:
@@ -59,7 +60,7 @@ class Worker:
                 fn(*args)
             except Exception as exc:  # the worker must survive to report; the node keeps serving
                 try:
-                    self._on_error(f"{fn.__name__}: {exc}", exc)
+                    self._on_error(fn.__name__, exc)
                 except Exception:  # reporting failed too: said in the log, the thread lives on
                     log.exception("reporting a failure failed")
 
@@ -111,15 +112,33 @@ class Node:
     def start(self) -> None:
         """Go live once fully built: write the (empty) log and start the worker thread."""
         self.runlog.flush()
-        self.worker.start(self.fail)
+        self.worker.start(self.job_failed)
 
     def submit(self, fn: Callable[..., None], *args: Any) -> None:
         self.worker.submit(fn, *args)
 
+    @contextmanager
+    def step(self, doing: str) -> Iterator[None]:
+        """Name what the node does in this block ("sending its update to ..."): a failure in it
+        is reported as that, not as the worker job it happened in (the innermost step wins)."""
+        try:
+            yield
+        except Exception as exc:
+            if not hasattr(exc, "hefl_step"):
+                exc.hefl_step = doing  # type: ignore[attr-defined]
+            raise
+
+    def job_failed(self, job: str, exc: Exception) -> None:
+        """A worker job raised: the node fails with what it was doing and why."""
+        self.fail(f"{getattr(exc, 'hefl_step', job)}: {exc}", exc)
+
     def fail(self, reason: str, exc: BaseException | None = None) -> None:
         """Record a failure, keep every log line written so far, and tell the aggregator. The
-        first failure is the node's error (what follows from it is logged, not reported)."""
+        first failure is the node's error (what follows from it is logged, not reported). A
+        failure caused by a peer (unreachable, restarted) names that peer first."""
         line = f"{self.id} ({self.role}), round {self.round + 1}: {reason}"
+        if isinstance(exc, PeerUnreachable | PeerRestarted) and exc.peer not in ("", self.id):
+            line = f"{exc.headline} ({line})"
         quiet = isinstance(exc, HeflError | OSError)  # said in the line: no traceback
         log.error("%s", line, exc_info=None if quiet else exc)
         if self.error or self.stopped:  # after the end: work in flight failing, not a failure

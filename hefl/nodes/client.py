@@ -272,7 +272,7 @@ class ClientNode(Node):
         its mean training loss."""
         t = self.cfg.training
         key = self.client_key(slot)
-        with self.runlog.phase(r, "train", key):
+        with self.step("training"), self.runlog.phase(r, "train", key):
             set_flat(self.model, self.base)  # every client of the node starts from the global
             seed = shuffle_seed(t.seed, slot.index, r)
             loss = train_epochs(self.model, slot.train, t, self.device, seed=seed)
@@ -287,7 +287,7 @@ class ClientNode(Node):
             )
         clip = self.cfg.encryption.clip
         clipped = int(np.count_nonzero(np.abs(update) > clip))
-        with self.runlog.phase(r, "encrypt", key):
+        with self.step("encrypting its update"), self.runlog.phase(r, "encrypt", key):
             parts = self.scheme.encrypt_parts(np.clip(update, -clip, clip), slot.rng)
         self.set_figures(r, slot, train_loss=loss, train_samples=slot.samples, clipped=clipped)
         return parts, loss
@@ -312,7 +312,10 @@ class ClientNode(Node):
         """Send one update up; one that came late (the round closed at its deadline) is logged:
         the round's result comes down all the same."""
         self.sent_round = r  # before it goes: the result can come back before the answer does
-        with self.runlog.phase(r, "send", self.client_key(slot)):
+        with (
+            self.step(f"sending its update to {self.me.send}"),
+            self.runlog.phase(r, "send", self.client_key(slot)),
+        ):
             try:
                 self.transport.send(self.me.send, Kind.UPDATE, env, payload)
             except PeerRefused as exc:
@@ -360,9 +363,9 @@ class ClientNode(Node):
         own test slice; one report goes up."""
         r = env.round
         self.runlog.add_phase(r, "wait", self.awaiting_global.stop(r))
-        with self.runlog.phase(r, "decrypt"):
+        with self.step("decrypting the global result"), self.runlog.phase(r, "decrypt"):
             total = self.scheme.decrypt(loaded, env.contributors)
-        with self.runlog.phase(r, "apply"):
+        with self.step("applying the global result"), self.runlog.phase(r, "apply"):
             self.check_sum(r, total, env.contributors)
             new = apply_sum(self.base, total, self.me.client_number, self.all_samples, env.samples)
             set_flat(self.model, new)
@@ -410,7 +413,8 @@ class ClientNode(Node):
         ).encode()
         env = self.envelope(r, self.test_samples, len(self.slots), self.mask)
         try:
-            self.transport.send(self.cfg.root, Kind.METRICS, env, body)
+            with self.step(f"reporting its metrics to the aggregator {self.cfg.root}"):
+                self.transport.send(self.cfg.root, Kind.METRICS, env, body)
         except PeerRefused as exc:
             if exc.status != 422 or not self.cfg.network.round_deadline_s:
                 raise

@@ -37,8 +37,9 @@ class SwitchNode(Adder):
         self.round = env.round
         if last:  # before it goes: the result can come back before the answer does
             self.sent_round = env.round
-        with self.runlog.phase(env.round, "send"):
-            self.transport.send(self.me.send, Kind.UPDATE, env, payload)
+        with self.step(f"forwarding an update to {self.me.send}"):
+            with self.runlog.phase(env.round, "send"):
+                self.transport.send(self.me.send, Kind.UPDATE, env, payload)
         if last:
             self.buffer.release(env.round)
             self.awaiting_global.start(env.round)
@@ -48,8 +49,9 @@ class SwitchNode(Adder):
             return
         env, payload = self.add_round(round_)
         self.sent_round = round_  # before it goes: the result can come back before the answer
-        with self.runlog.phase(round_, "send"):
-            self.transport.send(self.me.send, Kind.UPDATE, env, payload)
+        with self.step(f"sending its sum up to {self.me.send}"):
+            with self.runlog.phase(round_, "send"):
+                self.transport.send(self.me.send, Kind.UPDATE, env, payload)
         self.awaiting_global.start(round_)
 
     def on_flush(self, env: Envelope, payload: Body) -> None:
