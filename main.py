@@ -177,22 +177,26 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cannot_listen(host: str, port: int) -> str:
     """Why this machine cannot listen on host:port ('' when it can), found by binding a socket
-    as the server will (an address of another machine, a name that does not resolve, a port in
-    use), so that it is said in one line before the server starts."""
+    as gunicorn will (IPv6 for an IPv6 address, else IPv4, a name resolved as it resolves it):
+    an address of another machine, a name that does not resolve, a port in use. Said in one line
+    before the server starts."""
+    import ipaddress
     import socket
 
     bare = host.strip("[]")
     try:
-        infos = socket.getaddrinfo(bare, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except (socket.gaierror, UnicodeError) as exc:
-        return f"argument --host: {host!r} is not an address of this machine ({exc})"
-    family, kind, proto, _, addr = infos[0]
-    with socket.socket(family, kind, proto) as sock:
+        family = socket.AF_INET6 if ipaddress.ip_address(bare).version == 6 else socket.AF_INET
+    except ValueError:  # a name
+        family = socket.AF_INET
+    shown = f"[{bare}]:{port}" if family == socket.AF_INET6 else f"{bare}:{port}"
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn does
         try:
-            sock.bind(addr)
+            sock.bind((bare, port))
+        except (socket.gaierror, UnicodeError) as exc:
+            return f"argument --host: {host!r} is not an address of this machine ({exc})"
         except OSError as exc:
-            return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+            return f"cannot listen on {shown}: {exc.strerror or exc}"
     return ""
 
 

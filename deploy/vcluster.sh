@@ -37,7 +37,7 @@ done
 [[ -n $config ]] || bad_usage "--config is required"
 [[ -f $config ]] || die "config '$config' not found"
 config=$(readlink -f "$config")
-# the same choices as main.py agg and local (tests/test_vcluster.py checks they stay so)
+# the same choices as main.py agg and local (tests/test_cli.py checks they stay so)
 case $scheme in "" | none | ckks | bfv | paillier) ;; *) bad_usage "--scheme must be none, ckks, bfv or paillier (got '$scheme')" ;; esac
 case $backend in "" | tenseal | seal) ;; *) bad_usage "--backend must be tenseal or seal (got '$backend')" ;; esac
 [[ $rate =~ ^[0-9]+(\.[0-9]+)?([kmg]?bit)$ ]] || bad_usage "--rate takes a tc rate such as 1gbit or 100mbit (got '$rate')"

@@ -70,11 +70,18 @@ class PeerUnreachable(HeflError, ConnectionError):
 
     status_code = 502
 
-    def __init__(self, message: str, silent: bool = False, peer: str = "") -> None:
+    def __init__(
+        self, message: str, silent: bool = False, peer: str = "", answered: int = 0
+    ) -> None:
         super().__init__(message)
         self.silent = silent
         self.peer = peer  # the node that could not be reached ("": not one of the experiment's)
-        self.headline = f"{peer} {'does not answer' if silent else 'is unreachable'}"
+        # answered: the 5xx status of its last answer (0: it gave none)
+        self.headline = (
+            f"{peer} answers with errors ({answered})"
+            if answered
+            else f"{peer} {'does not answer' if silent else 'is unreachable'}"
+        )
 
 
 class Unauthorized(HeflError, PermissionError):

@@ -23,7 +23,13 @@ from hefl.address import log_name
 from hefl.config import ExperimentConfig
 from hefl.credential import read_key
 from hefl.crypto.params import coeffs, in_effect
-from hefl.errors import ConfigError, ExperimentFailed, HeflError, PeerUnreachable
+from hefl.errors import (
+    ConfigError,
+    ExperimentFailed,
+    HeflError,
+    PeerRestarted,
+    PeerUnreachable,
+)
 from hefl.provenance import code_version, machine, versions
 from hefl.push import make_push
 from hefl.report import format_round, human_bytes, node_table, read_logs
@@ -208,7 +214,10 @@ class Controller:
         nodes = list(self.cfg.nodes)
         with ThreadPoolExecutor(max_workers=min(32, len(nodes))) as pool:
             list(pool.map(self._end_and_fetch, nodes))
+        seen = len(self.rows)
         self.rows = self.closed_rows()
+        for row in self.rows[seen:]:  # closed after the last poll: their lines were not printed
+            self.out(format_round(row, self.cfg.rounds))
         try:
             write_json_atomic(self.exp_dir / "rounds.json", self.rows)
         except OSError as exc:
@@ -225,7 +234,11 @@ class Controller:
         rows = self.rows
         try:
             status = _json_object(self.pulse.call(self.cfg.root, Kind.STATUS))
-            if isinstance(status.get("rounds"), list) and len(status["rounds"]) >= len(rows):
+            if (
+                status.get("experiment") == self.experiment
+                and isinstance(status.get("rounds"), list)
+                and len(status["rounds"]) >= len(rows)
+            ):
                 rows = status["rounds"]
         except HeflError as exc:
             log.info("the aggregator's last rounds not asked: %s", exc)
@@ -234,7 +247,10 @@ class Controller:
             closed = {r.get("round") for r in agg["iteration"] if r.get("end_time")}
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return list(rows)  # no log of it here: what it said is all there is
-        return list(rows[: next(r for r in range(len(rows) + 1) if r not in closed)])
+        kept = 0
+        while kept < len(rows) and kept in closed:
+            kept += 1
+        return list(rows[:kept])
 
     def _end_and_fetch(self, node: str) -> None:
         try:  # briefly: a hung node must not hold the record back
@@ -349,7 +365,12 @@ class Controller:
         last_check = began - HEALTH_EVERY_S  # at once: the progress line shows what nodes do
         while True:
             self.watch()
-            status = self.transport.call(self.cfg.root, Kind.STATUS).json()
+            try:
+                status = self.transport.call(self.cfg.root, Kind.STATUS).json()
+            except PeerRestarted as exc:
+                raise ExperimentFailed(
+                    f"{exc.headline} (seen by the controller asking for /status: {exc})"
+                ) from None
             rows = status.get("rounds", [])
             self.rows = list(rows)
             for row in rows[shown:]:

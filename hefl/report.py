@@ -123,11 +123,11 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     else:
         lines.append("total: no round completed")
     for later in summary.get("rounds_not_completed", []):
-        what = (
-            "closed by the aggregator, not in rounds.json"
-            if later["closed_by_aggregator"]
-            else "not closed by the aggregator"
-        )
+        what = {
+            True: "closed by the aggregator, not in rounds.json",
+            False: "not closed by the aggregator",
+            None: "no log of the aggregator says whether it closed it",
+        }[later["closed_by_aggregator"]]
         figures = (
             f"; {later['clients_evaluated']} client(s) evaluated its result, accuracy "
             f"{_figure(later['accuracy'])}"

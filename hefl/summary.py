@@ -278,10 +278,11 @@ def summarize(exp_dir: Path) -> dict[str, Any]:
     lines = {n: Timeline.of(d) for n, d in logs.items()}
     records = {n: {rec["round"]: rec for rec in d.get("iteration", [])} for n, d in logs.items()}
     role = {n: cfg.nodes[n].type for n in cfg.nodes}
-    completed = rounds_completed(exp_dir, cfg, logs)
+    closed = read_rows(exp_dir)
+    completed = rounds_completed(cfg, logs, closed)
     rounds = []
-    for r in range(completed):
-        row = _round(cfg, logs, records, lines, role, r)
+    for r in range(cfg.rounds if completed is None else completed):
+        row = _round(cfg, logs, records, lines, role, r, closed)
         if row is None:
             break
         rounds.append(row)
@@ -307,23 +308,33 @@ def summarize(exp_dir: Path) -> dict[str, Any]:
     }
 
 
-def rounds_completed(exp_dir: Path, cfg: ExperimentConfig, logs: Mapping[str, Any]) -> int:
+def read_rows(exp_dir: Path) -> list[dict[str, Any]] | None:
+    """rounds.json: the rounds the controller recorded as the aggregator closed them (None when
+    the folder has none, or it is not a list of rows)."""
+    try:
+        rows = json.loads((exp_dir / "rounds.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        return None
+    return rows
+
+
+def rounds_completed(
+    cfg: ExperimentConfig, logs: Mapping[str, Any], rows: list[dict[str, Any]] | None
+) -> int | None:
     """How many rounds the run completed: those the aggregator closed (its log's records with an
     end), and no more than `rounds.json` lists (what the controller recorded: run.json's
-    `rounds_completed`). Without either, the rounds some client evaluated (a folder from before
-    rounds.json, or a copy without the aggregator's log)."""
+    `rounds_completed`). None when neither is there (a folder from before rounds.json, or a copy
+    without both): then the rounds some client evaluated count."""
     found: list[int] = []
     agg = logs.get(cfg.root)
     if agg is not None:
         closed = {rec.get("round") for rec in agg.get("iteration", []) if rec.get("end_time")}
-        found.append(next(r for r in range(cfg.rounds + 1) if r not in closed))
-    try:
-        rows = json.loads((exp_dir / "rounds.json").read_text())
-        if isinstance(rows, list):
-            found.append(len(rows))
-    except (OSError, ValueError):
-        pass
-    return min(found, default=cfg.rounds)
+        found.append(next((r for r in range(cfg.rounds) if r not in closed), cfg.rounds))
+    if rows is not None:
+        found.append(len(rows))
+    return min(found) if found else None
 
 
 def not_completed(
@@ -339,10 +350,14 @@ def not_completed(
             break
         reports = client_reports(cfg, records, r)
         tests = sum(rec["test_samples"] for rec in reports)
+        agg = records.get(cfg.root)
         out.append(
             {
                 "round": r,
-                "closed_by_aggregator": bool(records.get(cfg.root, {}).get(r, {}).get("end_time")),
+                # null: not known (no log of the aggregator here)
+                "closed_by_aggregator": None
+                if agg is None
+                else bool(agg.get(r, {}).get("end_time")),
                 "nodes_logged": len(nodes),
                 "clients_evaluated": len(reports),
                 "accuracy": _r(sum(x["accuracy"] * x["test_samples"] for x in reports) / tests)
@@ -363,10 +378,11 @@ def _round(
     lines: Mapping[str, Timeline],
     role: Mapping[str, str],
     r: int,
+    rows: list[dict[str, Any]] | None,
 ) -> dict[str, Any] | None:
-    """One round's figures; None when no figure of its global model is known (no report in the
-    aggregator's log, no client log that evaluated it)."""
-    figures = round_figures(cfg, records, r)
+    """One round's figures; None when nothing says the round completed (no record of it in the
+    aggregator's log or rounds.json, no client log that evaluated it)."""
+    figures = round_figures(cfg, records, r, rows)
     if figures is None:
         return None
     accuracy, loss, clients, tests = figures
@@ -442,14 +458,20 @@ def _round(
 
 
 def round_figures(
-    cfg: ExperimentConfig, records: Mapping[str, Mapping[int, dict[str, Any]]], r: int
-) -> tuple[float, float, int, int | None] | None:
+    cfg: ExperimentConfig,
+    records: Mapping[str, Mapping[int, dict[str, Any]]],
+    r: int,
+    rows: list[dict[str, Any]] | None,
+) -> tuple[float | None, float | None, int, int | None] | None:
     """Accuracy, loss, the clients behind them and their test samples, of round `r`'s global
-    model: as the aggregator computed them from the reports it took (its log; the figures of
-    rounds.json and the round lines), else, without its log, from the clients' own logs."""
+    model, as the aggregator computed them from the reports it took (null figures when it took
+    none): from its log, else from rounds.json (its rows, as the controller recorded them); only
+    where neither has the round, from the clients' own logs."""
     agg = records.get(cfg.root, {}).get(r, {})
-    if agg.get("end_time") and agg.get("accuracy") is not None and agg.get("reports"):
-        return agg["accuracy"], agg["loss"], agg["reports"], agg.get("test_samples")
+    if agg.get("end_time") and "reports" in agg:
+        return _figures_of(agg)
+    if rows is not None and r < len(rows):
+        return _figures_of(rows[r])
     reports = client_reports(cfg, records, r)
     if not reports:
         return None
@@ -457,6 +479,17 @@ def round_figures(
     accuracy = sum(rec["accuracy"] * rec["test_samples"] for rec in reports) / tests
     loss = sum(rec["loss"] * rec["test_samples"] for rec in reports) / tests
     return accuracy, loss, len(reports), tests
+
+
+def _figures_of(row: Mapping[str, Any]) -> tuple[float | None, float | None, int, int | None]:
+    """The aggregator's figures of a round, from its log record or its rounds.json row (a value
+    that is not a number, in a file edited by hand, counts as unknown)."""
+
+    def number(key: str) -> Any:
+        value = row.get(key)
+        return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    return number("accuracy"), number("loss"), number("reports") or 0, number("test_samples")
 
 
 def _totals(rounds: list[dict[str, Any]]) -> dict[str, Any]:

@@ -144,9 +144,9 @@ class Transport:
         attempts = self.timeouts.retries + 1
         reason = ""
         silent = False  # the last attempt was taken in but got no answer (a hung peer)
-        made = 0
+        made = answered = 0  # attempts made; the 5xx status of the last, if it got one
         for attempt in range(attempts):
-            made = attempt + 1
+            made, answered = attempt + 1, 0
             if attempt:
                 time.sleep(self.timeouts.backoff * 2 ** (attempt - 1))
             began = time.monotonic()
@@ -183,10 +183,12 @@ class Transport:
                     resp.status_code,
                 )
             reason = f"{resp.status_code} {_error_text(resp)}"
+            answered = resp.status_code
         raise PeerUnreachable(
             f"cannot reach {peer} ({url}) after {made} attempt{'s' * (made > 1)}: {reason}",
             silent,
             peer,
+            answered,
         )
 
     def _count(

@@ -72,3 +72,30 @@ def test_the_benchmarks_refuse_a_bad_number_in_one_line(
         cwd=ROOT,
     )
     one_line_exit_2(proc, *words)
+
+
+def test_vcluster_takes_the_schemes_and_backends_agg_takes() -> None:
+    """deploy/vcluster.sh checks --scheme and --backend itself (bash): its choices are agg's."""
+    import argparse
+    import re
+
+    import main
+
+    sub = next(
+        a for a in main._parser()._actions if isinstance(a, argparse._SubParsersAction)
+    ).choices["agg"]
+    flags = {a.dest: a.choices for a in sub._actions if a.dest in ("scheme", "backend")}
+    usage = re.search(r'^USAGE="(.*)"$', (ROOT / "deploy" / "vcluster.sh").read_text(), re.M)
+    assert usage
+    for dest, choices in flags.items():
+        shown = re.search(rf"--{dest} ([a-z|]+)\]", usage.group(1))
+        assert shown and shown.group(1).split("|") == list(choices), (dest, usage.group(1))
+    for bad in ("--scheme", "--backend"):
+        proc = subprocess.run(
+            [str(ROOT / "deploy" / "vcluster.sh"), "--config", "config.json", bad, "rot13"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=ROOT,
+        )
+        assert proc.returncode == 2 and f"{bad} must be" in proc.stderr, proc.stderr

@@ -167,10 +167,18 @@ def test_report_on_a_failed_run_gives_the_rounds_that_completed(
     for row, agg_row in zip(summary["rounds"], rows, strict=False):
         assert row["clients"] == agg_row["reports"] == 4
         assert row["accuracy"] == pytest.approx(agg_row["accuracy"], abs=1e-6)
+    # without the aggregator's log, rounds.json holds its figures; only without both, the
+    # clients' own logs count (and so the rounds they evaluated)
     (copy / "127.0.0.1_1.json").unlink()
     assert run_main("report", str(copy)).returncode == 0
     summary = json.loads((copy / "summary.json").read_text())
+    assert [row["clients"] for row in summary["rounds"]] == [4, 4, 4]
+    assert summary["totals"]["final_accuracy"] == pytest.approx(rows[-1]["accuracy"], abs=1e-6)
+    (copy / "rounds.json").unlink()
+    assert run_main("report", str(copy)).returncode == 0
+    summary = json.loads((copy / "summary.json").read_text())
     assert [row["clients"] for row in summary["rounds"]] == [3, 3]
+    assert summary["rounds_not_completed"] == []
 
 
 def test_a_round_the_aggregator_did_not_close_stays_out_of_the_totals(
@@ -474,3 +482,52 @@ def test_report_without_the_aggregators_log_or_with_a_cut_model(
     summary = json.loads((copy / "summary.json").read_text())
     assert summary["logs_missing"] == ["127.0.0.1:1"] and summary["totals"]["seconds"] is None
     assert all(row["critical_path"] is None for row in summary["rounds"])
+
+
+class FakeStatus:
+    """The aggregator's /status as the controller's probe sees it (or a failure)."""
+
+    def __init__(self, answer: dict[str, Any] | Exception) -> None:
+        self.answer = answer
+
+    def call(self, peer: str, kind: Any, body: bytes = b"", arg: str = "") -> Any:
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        answer = self.answer
+
+        class Resp:
+            def json(self) -> dict[str, Any]:
+                return answer
+
+        return Resp()
+
+
+def test_after_a_failure_the_controller_keeps_the_rounds_the_aggregator_closed(
+    ckks_exp: Path, tmp_path: Path
+) -> None:
+    """salvage's view of the rounds: what the aggregator says after the end (it may have closed
+    rounds since the last poll), trimmed to what its log in the folder holds; another
+    experiment's answer, or none, leaves what the controller saw."""
+    from hefl.errors import PeerUnreachable
+
+    raw = json.loads((ckks_exp / "config.json").read_text())
+    raw["encryption"] = {"scheme": "none"}
+    ctl = Controller(raw, parse_config(raw), {}, ckks_exp.name, ckks_exp.parent)
+    rows = json.loads((ckks_exp / "rounds.json").read_text())
+    ctl.rows = rows[:1]
+    ctl.pulse = FakeStatus({"experiment": ckks_exp.name, "rounds": rows})  # type: ignore[assignment]
+    assert ctl.closed_rows() == rows  # the log holds all three
+    ctl.pulse = FakeStatus({"experiment": "another-run", "rounds": rows})  # type: ignore[assignment]
+    assert ctl.closed_rows() == rows[:1]
+    ctl.pulse = FakeStatus(PeerUnreachable("gone", peer="127.0.0.1:1"))  # type: ignore[assignment]
+    assert ctl.closed_rows() == rows[:1]
+    # the aggregator's log in the folder closed two rounds: no row past them is kept
+    copy = tmp_path / ckks_exp.name
+    shutil.copytree(ckks_exp, copy)
+    agg_log = copy / "127.0.0.1_1.json"
+    data = json.loads(agg_log.read_text())
+    data["iteration"][2]["end_time"] = None
+    agg_log.write_text(json.dumps(data))
+    ctl = Controller(raw, parse_config(raw), {}, copy.name, tmp_path)
+    ctl.pulse = FakeStatus({"experiment": copy.name, "rounds": rows})  # type: ignore[assignment]
+    assert ctl.closed_rows() == rows[:2]

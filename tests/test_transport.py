@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -106,9 +107,13 @@ def test_gives_up_after_the_retries_naming_the_peer(peer: Peer, tmp_path: Path) 
     t, runlog = transport(peer, tmp_path, retries=2)
     with pytest.raises(
         PeerUnreachable, match=rf"cannot reach {PEER} .* after 3 attempts: 503 busy"
-    ):
+    ) as failed:
         t.send(PEER, Kind.UPDATE, ENV, b"abc")
     assert peer.calls == 3 and runlog.record(1)["messages_sent"] == 3
+    # it answered, with errors: a failure line says so, not that it could not be reached
+    assert (
+        failed.value.peer == PEER and failed.value.headline == f"{PEER} answers with errors (503)"
+    )
 
 
 def test_a_refusal_is_not_retried_and_a_duplicate_counts_as_delivered(
@@ -135,6 +140,20 @@ def test_no_answer_within_the_read_timeout(peer: Peer, tmp_path: Path) -> None:
     assert time.monotonic() - started < 2.0 and peer.calls == 2
     rec = runlog.record(1)  # the body went out each time; nothing came back
     assert (rec["byte_send_control"], rec["byte_received"]) == (4, 0)
+
+
+def test_a_probe_does_not_ask_a_silent_peer_twice(peer: Peer, tmp_path: Path) -> None:
+    """retry_silent False (the controller's /health probe): a peer that took the request and
+    said nothing is not asked again, however many retries a failed connection gets."""
+    t, _ = transport(peer, tmp_path, retries=3, read=0.3)
+    t.timeouts = replace(t.timeouts, retry_silent=False)
+    with pytest.raises(PeerUnreachable, match=r"after 1 attempt: no answer within 0.3s") as got:
+        t.send(PEER, Kind.METRICS, ENV, b"{}")
+    assert peer.calls == 1 and got.value.silent
+    assert got.value.headline == f"{PEER} does not answer"
+    with pytest.raises(PeerUnreachable, match=r"after 4 attempts: connection refused") as gone:
+        t.send(DEAD, Kind.METRICS, ENV, b"{}")  # a refused connection is still tried again
+    assert gone.value.headline == f"{DEAD} is unreachable"
 
 
 def test_unreachable_peer_costs_no_bytes(peer: Peer, tmp_path: Path) -> None:

@@ -125,7 +125,10 @@ class Node:
             yield
         except Exception as exc:
             if not hasattr(exc, "hefl_step"):
-                exc.hefl_step = doing  # type: ignore[attr-defined]
+                try:
+                    exc.hefl_step = doing  # type: ignore[attr-defined]
+                except Exception:  # an exception that takes no attributes keeps its own text
+                    pass
             raise
 
     def job_failed(self, job: str, exc: Exception) -> None:
