@@ -28,6 +28,54 @@ DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).parent.parent
 
 
+# tests that take one of these fixtures start processes (node servers, local runs)
+PROCESS_FIXTURES = {
+    "cluster",
+    "plain_run",
+    "ckks_run",
+    "bfv_run",
+    "seal_ckks_run",
+    "seal_bfv_run",
+    "paillier_run",
+    "ckks_exp",
+    "bfv_exp",
+    "live",
+}
+SLOW_TIERS = ("process", "deploy", "root", "network", "lint")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test on a fixture that starts processes is in the process tier, marked or not."""
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.process)
+
+
+@pytest.fixture(autouse=True)
+def _tiers_hold(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The inner-loop tier stays in this process: a test there that starts a Python, main.py,
+    a shell script or a playbook fails, naming the marker it lacks."""
+    if any(request.node.get_closest_marker(m) for m in SLOW_TIERS):
+        return
+    real = subprocess.Popen.__init__
+
+    def guarded(self: Any, args: Any, *a: Any, **kw: Any) -> None:
+        argv = [str(x) for x in (args if isinstance(args, list | tuple) else [args])]
+        first = Path(argv[0]).name if argv else ""
+        if (
+            first.startswith("python")
+            or argv[:1] == [sys.executable]
+            or any(x.endswith((".py", ".sh")) or "ansible" in x for x in argv[:3])
+        ):
+            raise AssertionError(
+                f"{request.node.nodeid} starts {' '.join(argv[:3])}: mark it "
+                "@pytest.mark.process (or deploy, root, network, lint)"
+            )
+        real(self, args, *a, **kw)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """The requirements' wheel checks for other Pythons wait on the package index: start them
     now, in the background, when the session will run them (tests/test_wheels.py)."""
@@ -103,7 +151,9 @@ class Served:
     def __init__(self, app: Any) -> None:
         self.server = make_server("127.0.0.1", 0, app, threaded=True)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self.thread.start()
 
     def close(self) -> None:

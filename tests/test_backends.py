@@ -353,6 +353,7 @@ def test_a_switch_over_http_refuses_bad_ciphertexts_and_keeps_adding(
     assert np.abs(got - 0.5).max() <= bound(enc, 2)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     ("flags", "made_for"),
     [

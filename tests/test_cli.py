@@ -10,6 +10,8 @@ import pytest
 
 from tests.conftest import ROOT, run_main
 
+pytestmark = pytest.mark.process
+
 
 def one_line_exit_2(proc: subprocess.CompletedProcess[str], *words: str) -> str:
     lines = proc.stderr.strip().splitlines()

@@ -24,6 +24,8 @@ from hefl.errors import ConfigError
 from hefl.local import free_ports
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.deploy
+
 BIN = Path(sys.executable).parent
 PLAYBOOKS = sorted((ROOT / "deploy").glob("*.yml"))
 
@@ -340,6 +342,7 @@ def netns() -> Iterator[str]:
     yield from netns_or_skip()
 
 
+@pytest.mark.root
 def test_firewall_opens_the_port_to_the_subnet_only_and_comes_off(site: Site, netns: str) -> None:
     if shutil.which("iptables") is None:
         pytest.skip("iptables is not installed here (.ci/run installs it)")

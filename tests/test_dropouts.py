@@ -10,9 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from hefl.address import log_name
 from tests.conftest import Cluster, tree_config
 from tests.test_faults import local_until_round, process_tree, wait_gone
+
+pytestmark = pytest.mark.process
 
 
 def kill_node(parent: int, node: str) -> None:

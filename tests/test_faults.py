@@ -18,6 +18,8 @@ from hefl.address import log_name
 from hefl.config import parse_config
 from tests.conftest import ROOT, Cluster, node_processes, run_local, run_main, tree_config
 
+pytestmark = pytest.mark.process
+
 PY = sys.executable
 
 
@@ -204,6 +206,7 @@ def fill(disk: Path) -> None:
             pass
 
 
+@pytest.mark.root
 def test_a_full_disk_mid_run_stops_it_with_one_line(tmp_path: Path, small_disk: Path) -> None:
     """The log folder's disk fills up during a run: the nodes that cannot write their logs still
     report it, the run stops with one line naming the node and the error (no traceback), and

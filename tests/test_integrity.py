@@ -200,6 +200,7 @@ def test_a_slow_body_is_cut_at_the_read_timeout(cluster: Cluster) -> None:
     assert "Traceback" not in cluster.stderr("sw")
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("where", ["aggregator.ip", "others"])
 def test_addresses_that_name_paths_are_refused_before_anything_is_written(
     tmp_path: Path, where: str

@@ -249,6 +249,7 @@ def single16(tmp: Path) -> dict[str, Any]:
     return {"logs": run(tmp, "single", raw), "exp": experiment_dir(tmp / "single")}
 
 
+@pytest.mark.process
 def test_sixteen_clients_on_eight_nodes_equal_sixteen_client_nodes(tmp_path: Path) -> None:
     """Done-when: 2 logical clients on each of 8 nodes give, in plaintext with one seed, the
     global model of the same 16 clients as 16 nodes under the same 4 leaf switches (4 each),
@@ -289,6 +290,7 @@ def test_sixteen_clients_on_eight_nodes_equal_sixteen_client_nodes(tmp_path: Pat
     assert summary["rounds"][1]["he_error"]["max_abs"] < 1e-6
 
 
+@pytest.mark.process
 def test_bfv_clients_on_one_node_round_as_their_own_nodes_would(tmp_path: Path) -> None:
     """BFV sums are exact integers: with each client's own rounding stream, 2 nodes of 2 clients
     (one of them adding its own, the other's forwarded by a dumb switch under their own ids) give

@@ -9,9 +9,12 @@ import pytest
 
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.process
+
 PROBE = """
 import sys
 from hefl.host import return_large_buffers
+
 def rss():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):

@@ -18,6 +18,8 @@ import pytest
 from hefl.local import free_ports
 from tests.conftest import ROOT, Run, addressed, node_processes, run_main, tree_config
 
+pytestmark = pytest.mark.process
+
 PY = sys.executable
 
 

@@ -203,6 +203,7 @@ def test_concurrent_updates_are_added_once(serve_node: Any, recorder: Recorder) 
     assert wait_health(url, "running")["state"] == "running" and len(recorder.messages) == 1
 
 
+@pytest.mark.process
 def test_switch_and_aggregator_processes_never_load_torch(tmp_path: Any) -> None:
     code = f"""
 import sys
@@ -276,6 +277,7 @@ def test_encrypted_switch_refuses_foreign_and_short_ciphertexts(
     )
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     "name", ["ckks", "bfv", "ckks/seal", "bfv/seal", "paillier"], ids=lambda n: n.replace("/", "-")
 )

@@ -257,6 +257,7 @@ def test_an_existing_run_folder_is_never_rewritten(ckks_exp: Path, tmp_path: Pat
     assert (log / ckks_exp.name / "run.json").read_bytes() == before
 
 
+@pytest.mark.process
 def test_sweep_records_a_failing_cell_and_goes_on(tmp_path: Path) -> None:
     raw = tree_config(clients=2, leaves=1, spine=False, rounds=2)
     (tmp_path / "base.json").write_text(json.dumps(raw))
@@ -273,6 +274,7 @@ def test_sweep_records_a_failing_cell_and_goes_on(tmp_path: Path) -> None:
     assert (folder / "compare.txt").read_text().splitlines()[1].startswith("lr=0.05")
 
 
+@pytest.mark.process
 def test_ctrl_c_stops_a_sweep_and_keeps_its_record(tmp_path: Path) -> None:
     raw = tree_config(clients=2, leaves=1, spine=False, rounds=50)
     (tmp_path / "base.json").write_text(json.dumps(raw))

@@ -301,6 +301,7 @@ def test_bfv_128_clients_at_the_clip_edges(edge: float, key_dirs: dict[str, Path
     )
 
 
+@pytest.mark.process
 def test_seal_with_an_explicit_parameter_list(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -16,6 +16,8 @@ import pytest
 
 from tests.conftest import ROOT, run_main, tree_config
 
+pytestmark = [pytest.mark.root, pytest.mark.process]
+
 SCRIPT = ROOT / "deploy" / "vcluster.sh"
 LINKS = ROOT / "deploy" / "configs" / "links-1m.json"
 

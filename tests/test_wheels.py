@@ -14,6 +14,8 @@ import pytest
 
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.network
+
 BIN = Path(sys.executable).parent
 
 
