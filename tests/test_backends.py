@@ -37,8 +37,7 @@ from hefl.crypto.params import fingerprint
 from hefl.errors import ConfigError, ProtocolError
 from hefl.push import make_push
 from hefl.wire import Envelope
-from tests.conftest import Recorder, tree_config
-from tests.test_http import AGG, C0, C1, EXP, S0, begin, post
+from tests.helpers import AGG, C0, C1, EXP, S0, Recorder, begin, post, run_main, tree_config
 
 
 def _needs(*modules: str) -> pytest.MarkDecorator:
@@ -375,7 +374,6 @@ def test_seal_command_takes_backend_and_scheme_flags(
     flags: list[str], made_for: dict[str, Any], tmp_path: Path
 ) -> None:
     """`./seal.sh`'s command self-tests the library the flags name and writes its keys."""
-    from tests.conftest import run_main
 
     proc = run_main("seal", *flags, "--key-dir", str(tmp_path / "k"))
     assert proc.returncode == 0, proc.stderr[-2000:]

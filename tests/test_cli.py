@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, run_main
+from tests.helpers import ROOT, run_main
 
 pytestmark = pytest.mark.process
 

@@ -12,7 +12,7 @@ import pytest
 
 from hefl.config import load_config, parse_config
 from hefl.errors import ConfigError
-from tests.conftest import DATA, ROOT, tree_config
+from tests.helpers import DATA, ROOT, tree_config
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ from hefl.cluster import inventory, load_settings, subnet
 from hefl.config import parse_config
 from hefl.errors import ConfigError
 from hefl.local import free_ports
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.deploy
 

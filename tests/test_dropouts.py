@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 
 from hefl.address import log_name
-from tests.conftest import Cluster, tree_config
-from tests.test_faults import local_until_round, process_tree, wait_gone
+from tests.helpers import Cluster, local_until_round, process_tree, tree_config, wait_gone
 
 pytestmark = pytest.mark.process
 

@@ -15,66 +15,20 @@ from typing import Any
 import pytest
 
 from hefl.address import log_name
-from hefl.config import parse_config
-from tests.conftest import ROOT, Cluster, node_processes, run_local, run_main, tree_config
+from tests.helpers import (
+    ROOT,
+    Cluster,
+    local_until_round,
+    process_tree,
+    results_agree,
+    run_local,
+    tree_config,
+    wait_gone,
+)
 
 pytestmark = pytest.mark.process
 
 PY = sys.executable
-
-
-def wait_gone(marker: str, timeout: float = 30) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while (alive := node_processes(marker)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return alive
-
-
-def local_until_round(work: Path, raw: dict[str, Any], round_: int) -> subprocess.Popen[str]:
-    """`main.py local` started in `work` (its keys/ and log/ go there), returned once it printed
-    round `round_`."""
-    (work / "config.json").write_text(json.dumps(raw))
-    proc = subprocess.Popen(
-        [PY, str(ROOT / "main.py"), "local", "--config", "config.json", "--log-dir", "log"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=work,
-        # a suite started in the background inherits SIGINT ignored; the run must see signals
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith(f"round {round_:>3}/"):
-            return proc
-    raise AssertionError(f"the run ended before round {round_}: {proc.communicate()[1][-2000:]}")
-
-
-def results_agree(exp: Path) -> int:
-    """A run's files and `main.py runs` agree on the rounds completed (the aggregator's closed
-    rounds) and the final accuracy; what the logs hold of a later round is apart. Returns the
-    rounds completed."""
-    record = json.loads((exp / "run.json").read_text())
-    rows = json.loads((exp / "rounds.json").read_text())
-    summary = json.loads((exp / "summary.json").read_text())
-    n = record["rounds_completed"]
-    assert n >= 1 and len(rows) == n == summary["rounds_completed"] == summary["totals"]["rounds"]
-    assert [row["round"] for row in summary["rounds"]] == list(range(n))
-    cfg = parse_config(json.loads((exp / "config.json").read_text()))
-    agg = json.loads((exp / log_name(cfg.root)).read_text())
-    closed = [rec["round"] for rec in agg["iteration"] if rec["end_time"]]
-    assert closed == list(range(n))  # what the aggregator closed, no more, no less
-    final = summary["totals"]["final_accuracy"]
-    assert final == pytest.approx(rows[-1]["accuracy"], abs=1e-6)
-    csv_rows = (exp / "summary.csv").read_text().splitlines()
-    assert [r.split(",")[0] for r in csv_rows[1:]] == [*map(str, range(n)), "total"]
-    assert float(csv_rows[-1].split(",")[1]) == final
-    later = summary["rounds_not_completed"]
-    assert later and later[0]["round"] == n and not later[0]["closed_by_aggregator"]
-    runs = run_main("runs", "--log-dir", str(exp.parent))
-    (line,) = [x for x in runs.stdout.splitlines() if x.startswith(exp.name)]
-    assert f"{n}/{cfg.rounds}" in line.split() and f"{final:.4f}" in line.split(), line
-    return int(n)
 
 
 def ckks(rounds: int) -> dict[str, Any]:
@@ -240,20 +194,6 @@ def test_a_full_disk_mid_run_stops_it_with_one_line(tmp_path: Path, small_disk: 
     assert line.startswith("error: ") and "No space left on device" in line, line
     assert "127.0.0.1:" in line  # the node that could not write
     assert wait_gone(str(tmp_path), timeout=15) == []
-
-
-def process_tree(pid: int) -> list[int]:
-    """`pid` and every process below it."""
-    found, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        found.append(p)
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            try:
-                todo += [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                pass
-    return found
 
 
 def test_a_paused_node_is_named_within_the_round_timeout(cluster: Cluster) -> None:

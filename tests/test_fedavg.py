@@ -7,7 +7,7 @@ import pytest
 
 from hefl.aggregation import apply_sum, client_weight, expected_contributors, weighted_metrics
 from hefl.config import parse_config
-from tests.conftest import tree_config
+from tests.helpers import tree_config
 
 aggregate = pytest.importorskip("flwr.server.strategy.aggregate")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -11,59 +10,23 @@ import numpy as np
 import pytest
 import requests
 
-from hefl.config import parse_config
 from hefl.crypto.plain import PlainScheme
-from hefl.modelspec import param_count
 from hefl.push import make_push
 from hefl.wire import BINARY, Envelope
-from tests.conftest import Recorder, tree_config
-
-EXP = "exp-1"
-C0, C1, S0, AGG = "127.0.0.1:100", "127.0.0.1:101", "127.0.0.1:10", "127.0.0.1:1"
-
-
-def push(
-    url: str, raw: dict[str, Any], node: str, endpoints: dict[str, str], token: str = ""
-) -> requests.Response:
-    body = make_push(raw, node, EXP, endpoints)
-    return requests.post(f"{url}/config", json=body, headers={"X-Hefl-Token": token}, timeout=30)
-
-
-def post(
-    url: str, path: str, env: Envelope, body: bytes, content_type: str = BINARY
-) -> requests.Response:
-    return requests.post(
-        url + path, data=body, headers={**env.headers(), "Content-Type": content_type}, timeout=10
-    )
-
-
-def begin(url: str, recorder: Recorder | None = None, children: int = 2) -> None:
-    """The aggregator's begin message to a switch: it opens round 1 for the children's updates.
-    With the recorder playing the children, wait for the switch's relays and forget them."""
-    assert post(url, "/begin", Envelope(EXP, 0, AGG), b"").status_code == 202
-    if recorder is not None:
-        recorder.wait_for(children)
-        with recorder.event:
-            recorder.messages.clear()
-
-
-def small(**kw: Any) -> dict[str, Any]:
-    """Two clients under one switch under the aggregator."""
-    return tree_config(clients=2, leaves=1, spine=False, **kw)
-
-
-def size_of(raw: dict[str, Any]) -> int:
-    cfg = parse_config(raw)
-    return param_count(cfg.model, cfg.dataset)
-
-
-def wait_health(url: str, state: str, timeout: float = 30) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        health = requests.get(f"{url}/health", timeout=5).json()
-        if health["state"] == state or time.monotonic() > deadline:
-            return health  # type: ignore[no-any-return]
-        time.sleep(0.05)
+from tests.helpers import (
+    AGG,
+    C0,
+    C1,
+    EXP,
+    S0,
+    Recorder,
+    begin,
+    post,
+    push,
+    size_of,
+    small,
+    wait_health,
+)
 
 
 def test_unconfigured_node_answers_health_and_refuses_bad_config(serve_node: Any) -> None:

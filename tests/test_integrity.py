@@ -22,7 +22,23 @@ from hefl.crypto.plain import PlainScheme
 from hefl.errors import ConfigError
 from hefl.modelspec import param_count
 from hefl.wire import BINARY, JSON, TOKEN_HEADER, Envelope
-from tests.conftest import ROOT, TOKEN, Cluster, addressed, run_local
+from tests.helpers import (
+    AGG,
+    C0,
+    C1,
+    EXP,
+    ROOT,
+    S0,
+    TOKEN,
+    Cluster,
+    addressed,
+    post,
+    push,
+    run_local,
+    small,
+    tree_config,
+    wait_health,
+)
 
 PY = sys.executable
 
@@ -297,7 +313,6 @@ def test_a_push_answered_409_reads_the_nodes_state(
     node's /health (with the credential), so the key check still compares real ids; a 409 for an
     experiment the node has a log of is a refusal, named."""
     from hefl.experiment import Controller
-    from tests.conftest import tree_config
 
     raw = tree_config(
         clients=2,
@@ -331,7 +346,6 @@ def test_the_controller_warns_of_nodes_without_a_credential(
     serve_node: Any, tmp_path: Path
 ) -> None:
     from hefl.experiment import Controller
-    from tests.conftest import tree_config
 
     raw = tree_config(clients=2, leaves=1, spine=False, rounds=1)
     cfg = parse_config(raw)
@@ -394,7 +408,6 @@ def test_a_client_refuses_a_global_result_beyond_the_clip_range(
     serve_node: Any, recorder: Any
 ) -> None:
     """A decrypted sum beyond contributors x clip stops the client with one line naming it."""
-    from tests.test_http import AGG, C0, C1, EXP, S0, post, push, small, wait_health
 
     raw = small(rounds=1)
     url, server = serve_node()

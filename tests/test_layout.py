@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hefl.wire import ROUTES
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 # every route's path but the page's "/" (too common a string to search for)
 PATHS = {route.path.split("<")[0].rstrip("/") for route in ROUTES.values()} - {""}
@@ -60,3 +60,13 @@ def test_no_http_path_literal_outside_the_wire_table() -> None:
                 if any(node.value == p or node.value.startswith(p + "/") for p in PATHS):
                     found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
     assert found == []
+
+
+def test_no_test_module_imports_another() -> None:
+    """What tests share lives in tests/helpers.py (and fixtures in conftest.py): a test module
+    imported by another would run its own module-level marks and fixtures twice."""
+    found = {
+        p.name: sorted(m for m in imports(p) if m.startswith("tests") and m != "tests.helpers")
+        for p in sources("tests")
+    }
+    assert {name: mods for name, mods in found.items() if mods} == {}

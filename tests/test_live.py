@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import ROOT, tree_config
+from tests.helpers import ROOT, tree_config
 
 TOKEN_HEADER = "X-Hefl-Token"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

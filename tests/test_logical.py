@@ -15,9 +15,7 @@ from hefl.errors import ConfigError, ProtocolError
 from hefl.metrics import ClientMetrics, MetricsReport, parse_metrics
 from hefl.nodes.aggregator import AggregatorNode
 from hefl.wire import Envelope, Kind
-from tests.conftest import run_main, tree_config
-from tests.test_nodes import EXP, make
-from tests.test_processes import experiment_dir, node_logs
+from tests.helpers import EXP, experiment_dir, make, node_logs, run_main, tree_config
 
 LEAF0, LEAF1, SPINE, AGG = "127.0.0.1:10", "127.0.0.1:11", "127.0.0.1:2", "127.0.0.1:1"
 N0, N1 = "127.0.0.1:100", "127.0.0.1:101"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,61 +11,11 @@ import pytest
 from hefl.config import ExperimentConfig, parse_config
 from hefl.crypto.plain import PlainScheme
 from hefl.errors import DuplicateMessage, OutOfWindow, ProtocolError
-from hefl.modelspec import param_count
-from hefl.nodes import Parts, Worker
 from hefl.nodes.aggregator import AggregatorNode
 from hefl.nodes.switch import SwitchNode
 from hefl.runlog import RunLog
-from hefl.transport import TrafficMeter
 from hefl.wire import Envelope, Kind
-from tests.conftest import tree_config
-
-EXP = "exp-1"
-C0, C1, S0, AGG = "127.0.0.1:100", "127.0.0.1:101", "127.0.0.1:10", "127.0.0.1:1"
-
-
-class FakeTransport:
-    """Records what a node sends, by peer and kind; nothing crosses a wire."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, Kind, Envelope, bytes]] = []
-        self.closed = False
-
-    def send(self, peer: str, kind: Kind, env: Envelope, body: bytes = b"") -> None:
-        self.sent.append((peer, kind, env, body))
-
-    def close(self) -> None:
-        self.closed = True
-
-
-class InlineWorker(Worker):
-    """Runs each job at once, in the caller's thread; a failure goes where the node says."""
-
-    def start(self, on_error: Callable[[str, Exception], None]) -> None:
-        self.on_error = on_error
-
-    def submit(self, fn: Callable[..., None], *args: Any) -> None:
-        try:
-            fn(*args)
-        except Exception as exc:
-            self.on_error(fn.__name__, exc)
-
-
-def make(
-    cls: Any, node_id: str, cfg: ExperimentConfig, tmp_path: Path
-) -> tuple[Any, FakeTransport]:
-    runlog = RunLog(tmp_path / f"{node_id.replace(':', '_')}.json", node_id, cls.role, EXP)
-    transport = FakeTransport()
-    parts = Parts(
-        transport,
-        PlainScheme(param_count(cfg.model, cfg.dataset)),
-        runlog,
-        TrafficMeter(runlog, EXP, cfg.rounds, cfg.nodes),
-        InlineWorker("test"),
-    )
-    node = cls(cfg, node_id, EXP, parts)
-    node.start()
-    return node, transport
+from tests.helpers import AGG, C0, C1, EXP, S0, FakeTransport, InlineWorker, make, tree_config
 
 
 @pytest.fixture

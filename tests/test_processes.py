@@ -16,25 +16,20 @@ import numpy as np
 import pytest
 
 from hefl.local import free_ports
-from tests.conftest import ROOT, Run, addressed, node_processes, run_main, tree_config
+from tests.helpers import (
+    ROOT,
+    Run,
+    addressed,
+    experiment_dir,
+    node_logs,
+    node_processes,
+    run_main,
+    tree_config,
+)
 
 pytestmark = pytest.mark.process
 
 PY = sys.executable
-
-
-def experiment_dir(log_dir: Path) -> Path:
-    (found,) = [p for p in log_dir.iterdir() if p.is_dir()]
-    return found
-
-
-def node_logs(exp: Path) -> dict[str, dict[str, Any]]:
-    out = {}
-    for p in exp.glob("*.json"):
-        data = json.loads(p.read_text())
-        if "node" in data:
-            out[data["node"]] = data
-    return out
 
 
 def test_local_run_completes_through_two_level_tree(plain_run: Run) -> None:

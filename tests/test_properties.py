@@ -18,7 +18,7 @@ from hefl.crypto.frame import frame, frame_lengths, unframe
 from hefl.errors import ConfigError, ProtocolError
 from hefl.push import parse_push
 from hefl.wire import PREFIX, Envelope
-from tests.conftest import tree_config
+from tests.helpers import tree_config
 
 RAW = tree_config(clients=2, leaves=1, spine=False)
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -20,8 +20,22 @@ from hefl.crypto import generate_keys
 from hefl.crypto.plain import PlainScheme
 from hefl.push import make_push
 from hefl.wire import JSON, Envelope
-from tests.conftest import ROOT, Recorder, tree_config
-from tests.test_http import AGG, C0, C1, EXP, S0, begin, post, push, size_of, small, wait_health
+from tests.helpers import (
+    AGG,
+    C0,
+    C1,
+    EXP,
+    ROOT,
+    S0,
+    Recorder,
+    begin,
+    post,
+    push,
+    size_of,
+    small,
+    tree_config,
+    wait_health,
+)
 
 
 def test_failed_reconfiguration_keeps_the_node_as_it_was(

@@ -18,7 +18,7 @@ from hefl.errors import ConfigError, ExperimentFailed
 from hefl.experiment import Controller
 from hefl.summary import SPLIT, Timeline, critical_path, to_csv
 from hefl.sweep import apply, cells, read_sweep
-from tests.conftest import ROOT, Run, node_processes, run_main, tree_config
+from tests.helpers import ROOT, Run, node_processes, run_main, tree_config
 
 PLOTS = ("accuracy.png", "bytes.png", "phases.png", "critical_path.png")
 

@@ -29,7 +29,7 @@ from hefl.crypto.keydir import KEYLESS, SECRET
 from hefl.crypto.params import batching_prime, coeff_primes
 from hefl.errors import ConfigError, ProtocolError
 from hefl.push import make_push
-from tests.conftest import tree_config
+from tests.helpers import ROOT, tree_config
 
 SCHEMES = ["none", "ckks", "bfv"]
 
@@ -305,8 +305,6 @@ def test_bfv_128_clients_at_the_clip_edges(edge: float, key_dirs: dict[str, Path
 def test_seal_with_an_explicit_parameter_list(tmp_path: Path) -> None:
     import subprocess
     import sys
-
-    from tests.conftest import ROOT
 
     cfg = tmp_path / "c.json"
     cfg.write_text(

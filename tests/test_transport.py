@@ -17,7 +17,7 @@ from hefl.local import free_ports
 from hefl.runlog import RunLog
 from hefl.transport import Timeouts, TrafficMeter, Transport
 from hefl.wire import TOKEN_HEADER, Envelope, Kind
-from tests.conftest import Served
+from tests.helpers import Served
 
 PEER, DEAD = "10.10.1.9", "10.10.1.10"
 ENV = Envelope("exp-1", 1, "10.10.1.1", 10, 1)

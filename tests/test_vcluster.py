@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_main, tree_config
+from tests.helpers import ROOT, run_main, tree_config
 
 pytestmark = [pytest.mark.root, pytest.mark.process]
 

@@ -6,55 +6,13 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT, WHEEL_CHECKS, WHEEL_DIR, WHEEL_VERSIONS, start_wheel_checks
 
 pytestmark = pytest.mark.network
-
-BIN = Path(sys.executable).parent
-
-
-WHEEL_VERSIONS = ("3.12", "3.13")
-
-
-def start_wheel_checks(folder: Path) -> dict[str, subprocess.Popen[str]]:
-    """pip's dry-run resolution of requirements.txt as binary wheels for each of WHEEL_VERSIONS,
-    in the background: conftest starts them when the session's tests are collected (they wait on
-    the package index, not on this machine), and the test below reads their answers."""
-    procs = {}
-    for version in WHEEL_VERSIONS:
-        out = folder / version
-        out.mkdir(parents=True, exist_ok=True)
-        procs[version] = subprocess.Popen(
-            [
-                str(BIN / "pip"),
-                "install",
-                "--dry-run",
-                "--ignore-installed",
-                "--only-binary=:all:",
-                "--python-version",
-                version,
-                "--target",
-                str(out / "t"),
-                "--report",
-                str(out / "report.json"),
-                "-r",
-                str(ROOT / "requirements.txt"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-    return procs
-
-
-WHEEL_CHECKS: dict[str, subprocess.Popen[str]] = {}
-WHEEL_DIR: list[Path] = []
 
 
 @pytest.mark.parametrize("version", WHEEL_VERSIONS)
