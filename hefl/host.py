@@ -144,6 +144,11 @@ def build_node(push: Push, log_dir: Path, token: str = "") -> Node:
         keys = _keys(push)
         size = param_count(cfg.model, cfg.dataset)
         scheme = make_scheme(cfg.he_params(), size, keys, seed=_scheme_seed(push))
+        training = None
+        if role == "client":  # data, the model and torch: only here
+            from hefl.nodes.local_training import LocalTraining
+
+            training = LocalTraining(cfg, push.node)
         parts = Parts(
             transport,
             scheme,
@@ -152,6 +157,7 @@ def build_node(push: Push, log_dir: Path, token: str = "") -> Node:
             Worker(f"{role}-worker"),
             keys.key_id if keys else "",
             push.samples,
+            training,
         )
         node = role_class(role)(cfg, push.node, push.experiment, parts)
         if role != "client":

@@ -445,16 +445,23 @@ class InlineWorker(Worker):
 
 
 def make(
-    cls: Any, node_id: str, cfg: ExperimentConfig, tmp_path: Path
+    cls: Any, node_id: str, cfg: ExperimentConfig, tmp_path: Path, training: Any = None
 ) -> tuple[Any, FakeTransport]:
+    """A node of `cls` on the plain scheme, a fake transport and an inline worker; a client
+    trains with `training`, or with its real torch part when none is given."""
     runlog = RunLog(tmp_path / f"{node_id.replace(':', '_')}.json", node_id, cls.role, EXP)
     transport = FakeTransport()
+    if cls.role == "client" and training is None:
+        from hefl.nodes.local_training import LocalTraining
+
+        training = LocalTraining(cfg, node_id)
     parts = Parts(
         transport,
         PlainScheme(param_count(cfg.model, cfg.dataset)),
         runlog,
         TrafficMeter(runlog, EXP, cfg.rounds, cfg.nodes),
         InlineWorker("test"),
+        training=training,
     )
     node = cls(cfg, node_id, EXP, parts)
     node.start()

@@ -70,3 +70,15 @@ def test_no_test_module_imports_another() -> None:
         for p in sources("tests")
     }
     assert {name: mods for name, mods in found.items() if mods} == {}
+
+
+def test_only_the_training_part_of_a_node_holds_torch() -> None:
+    """ClientNode is protocol only: torch (and the data and model modules that need it) come in
+    through the training part hefl.host gives it."""
+    heavy = r"torch|hefl\.(model|training|data)"
+    found = {
+        str(p.relative_to(ROOT)): sorted(m for m in imports(p) if re.match(rf"({heavy})(\.|$)", m))
+        for p in sources("hefl/nodes")
+        if p.name != "local_training.py"
+    }
+    assert {p: m for p, m in found.items() if m} == {}

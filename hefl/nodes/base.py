@@ -77,6 +77,8 @@ class Parts:
     key_id: str = ""  # clients: which key pair they loaded
     # adders: each client's training samples as it declared them ({}: not given, not checked)
     samples: Mapping[str, int] = field(default_factory=dict)
+    # clients: what trains (hefl.nodes.local_training.LocalTraining; a test's own part)
+    training: Any = None
 
 
 class Node:

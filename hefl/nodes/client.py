@@ -6,23 +6,18 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
-import torch
 
 from hefl.address import file_stem
-from hefl.aggregation import AcceptPoint, apply_sum, client_weight
+from hefl.aggregation import AcceptPoint, apply_sum
 from hefl.config import ExperimentConfig
 from hefl.crypto import Scheme
-from hefl.data import Split, client_slices
 from hefl.errors import ExperimentFailed, OutOfWindow, PeerRefused, ProtocolError
 from hefl.metrics import ClientMetrics, MetricsReport
-from hefl.model import build_model, get_flat, set_flat
 from hefl.nodes.base import Node, Parts
 from hefl.runlog import Stopwatch
-from hefl.seeds import quantize_seed, shuffle_seed
-from hefl.training import evaluate, pick_device, train_epochs, warm_up
 from hefl.wire import Body, Envelope, Kind
 
 log = logging.getLogger(__name__)
@@ -98,20 +93,32 @@ class Precomputer:
 
 @dataclass
 class Slot:
-    """One logical client this node hosts: its slice, FedAvg weight and stochastic-rounding stream.
-    Between rounds a client's model is the global model, the same for every client of the node
-    (the optimizer starts afresh each round), so the node keeps that one flat array for all."""
+    """One logical client this node hosts: its slice's sizes, FedAvg weight and stochastic-rounding
+    stream (its data stays in the training part). Between rounds a client's model is the global
+    model, the same for every client of the node (the optimizer starts afresh each round), so the
+    node keeps that one flat array for all."""
 
     id: str  # the sender id of its updates: the node's address, or `<address>#<j>`
     index: int  # its slice index: the key of its shuffles and rounding
-    train: Split
-    test: Split
+    samples: int  # training samples
+    tests: int  # test samples
     weight: float
     rng: np.random.Generator  # bfv's stochastic rounding, as a single-client node of `index`'s
 
-    @property
-    def samples(self) -> int:
-        return len(self.train)
+
+class Training(Protocol):
+    """What a client node trains with (hefl/nodes/local_training.py: torch); given in its Parts."""
+
+    slots: list[Slot]
+    all_samples: int  # the training samples of every client of the experiment's slicing
+
+    def initial(self) -> np.ndarray: ...
+
+    def train(self, slot: Slot, base: np.ndarray, round_: int) -> tuple[np.ndarray, float]: ...
+
+    def load(self, flat: np.ndarray) -> np.ndarray: ...
+
+    def evaluate(self, slot: Slot) -> tuple[float, float]: ...
 
 
 class ClientNode(Node):
@@ -122,32 +129,17 @@ class ClientNode(Node):
 
     def __init__(self, cfg: ExperimentConfig, node_id: str, experiment: str, parts: Parts) -> None:
         super().__init__(cfg, node_id, experiment, parts)
-        t = cfg.training
-        # the same on every node, whatever the process was started with
-        torch.set_num_threads(t.threads)
-        self.device = pick_device(t.device)
+        if parts.training is None:
+            raise ValueError(f"{node_id}: a client node needs its training part")
+        self.training: Training = parts.training
         ids = cfg.hosted(node_id)
         self.multi = len(ids) > 1  # one client: the node's log and messages are as they always were
         self.local_sum = self.me.local_sum and self.multi  # add its clients' updates before sending
-        indices = [cfg.logical[c].index for c in ids]
-        slices, self.all_samples = client_slices(
-            cfg.dataset, t.seed, self.me.client_number, indices
-        )
-        self.slots = [
-            Slot(
-                c,
-                i,
-                train,
-                test,
-                client_weight(len(train), self.me.client_number, self.all_samples),
-                np.random.default_rng(quantize_seed(t.seed, i)),
-            )
-            for c, i, (train, test) in zip(ids, indices, slices, strict=True)
-        ]
-        self.model = build_model(cfg.model, cfg.dataset, t.seed).to(self.device)
-        self.base = get_flat(self.model)  # the global model this round started from
+        self.slots = self.training.slots
+        self.all_samples = self.training.all_samples
+        self.base = self.training.initial()  # the global model this round started from
         self.samples = sum(s.samples for s in self.slots)
-        self.test_samples = sum(len(s.test) for s in self.slots)
+        self.test_samples = sum(s.tests for s in self.slots)
         self.mask = cfg.mask(ids)
         # what `main.py report` needs to redo each client's FedAvg arithmetic (the HE error)
         header: dict[str, Any] = {"client_number": self.me.client_number}
@@ -166,7 +158,6 @@ class ClientNode(Node):
                 weight=self.slots[0].weight,
             )
         self.runlog.header.update(header)
-        warm_up(self.model, self.slots[0].train, t, self.device)
         self.save("init", self.base)  # round 1 starts here (the HE error check needs it)
         self.downward = AcceptPoint()  # begin and global messages, once each
         self.awaiting_global = Stopwatch()  # from sending the update to the global result's arrival
@@ -270,13 +261,10 @@ class ClientNode(Node):
     def train_one(self, r: int, slot: Slot) -> tuple[Any, float]:
         """One client's training of round `r` from the global model: its update encrypted, and
         its mean training loss."""
-        t = self.cfg.training
         key = self.client_key(slot)
         with self.step("training"), self.runlog.phase(r, "train", key):
-            set_flat(self.model, self.base)  # every client of the node starts from the global
-            seed = shuffle_seed(t.seed, slot.index, r)
-            loss = train_epochs(self.model, slot.train, t, self.device, seed=seed)
-            local = get_flat(self.model)
+            # every client of the node starts from the global model
+            local, loss = self.training.train(slot, self.base, r)
         self.save(f"r{r}.local", local, slot)
         update = (local - self.base) * slot.weight
         if not np.all(np.isfinite(update)):
@@ -368,18 +356,15 @@ class ClientNode(Node):
         with self.step("applying the global result"), self.runlog.phase(r, "apply"):
             self.check_sum(r, total, env.contributors)
             new = apply_sum(self.base, total, self.me.client_number, self.all_samples, env.samples)
-            set_flat(self.model, new)
-            self.base = get_flat(self.model)
+            self.base = self.training.load(new)
         self.save(f"r{r}.global", self.base)
         figures = []
         for slot in self.slots:
             with self.runlog.phase(r, "evaluate", self.client_key(slot)):
-                loss, acc = evaluate(self.model, slot.test, self.device)
-            figures.append(ClientMetrics(slot.id, loss, acc, len(slot.test)))
+                loss, acc = self.training.evaluate(slot)
+            figures.append(ClientMetrics(slot.id, loss, acc, slot.tests))
             if self.multi:
-                self.runlog.set_client(
-                    r, slot.id, loss=loss, accuracy=acc, test_samples=len(slot.test)
-                )
+                self.runlog.set_client(r, slot.id, loss=loss, accuracy=acc, test_samples=slot.tests)
         tests = self.test_samples
         loss, acc = figures[0].loss, figures[0].accuracy
         if self.multi:  # the node's clients together, weighted by test samples
