@@ -98,9 +98,14 @@ def has_credential() -> bool:
     token = current_app.extensions["hefl_server"].host.token
     if not token or _same(request.headers.get(TOKEN_HEADER, ""), token):
         return True
-    if request.method != "GET" or request.path not in {k.route.path for k in COOKIE_READS}:
+    node = current_app.extensions["hefl_node"]
+    if (
+        node is None
+        or request.method != "GET"
+        or request.path not in {k.route.path for k in COOKIE_READS}
+    ):
         return False
-    key = read_key(token)
+    key = read_key(token, node.experiment)  # this run's: an earlier run's key opens nothing
     if TOKEN_PARAM in request.args:
         return _same(request.args[TOKEN_PARAM], key)  # a wrong one is refused, cookie or not
     return _same(request.cookies.get(TOKEN_COOKIE, ""), key)

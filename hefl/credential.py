@@ -36,8 +36,10 @@ def create_token(path: Path) -> bool:
     return True
 
 
-def read_key(token: str) -> str:
-    """The live page's read-only credential, derived from the experiment's: it opens the
-    aggregator's page and /status (GET) and nothing else, so the address `agg` and `local` print,
-    and the browser cookie it sets, never carry the credential that configures nodes."""
-    return hmac.new(token.encode(), b"hefl live page: read only", hashlib.sha256).hexdigest()[:32]
+def read_key(token: str, experiment: str) -> str:
+    """The live page's read-only credential of one run, derived from the experiment's credential
+    and the run's id: it opens that run's page and /status (GET) on the aggregator and nothing
+    else, so the address `agg` and `local` print, and the browser cookie it sets, never carry the
+    credential that configures nodes, and a run's line opens no later run's page."""
+    message = f"hefl live page: read only: {experiment}".encode()
+    return hmac.new(token.encode(), message, hashlib.sha256).hexdigest()[:32]

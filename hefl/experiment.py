@@ -118,7 +118,7 @@ class Controller:
         """The live page on the aggregator, with its read-only key (it sets a cookie and leaves
         the address bar without it); never the credential itself."""
         url = self.endpoints[self.cfg.root] + Kind.PAGE.route.url_path()
-        return f"{url}?{TOKEN_PARAM}={read_key(self.token)}" if self.token else url
+        return f"{url}?{TOKEN_PARAM}={read_key(self.token, self.experiment)}" if self.token else url
 
     def run(self) -> list[dict[str, Any]]:
         """The whole experiment. Whatever ends it, `run.json` says how (status running, then

@@ -278,3 +278,21 @@ def test_bodies_too_large_cut_short_or_chunked(serve_node: Any, recorder: Record
     assert post(url, "/update", Envelope(EXP, 0, C1, 90, 1), body).status_code == 202
     ((_, _, total),) = recorder.wait_for(1)
     np.testing.assert_allclose(scheme.decrypt(scheme.load(total), 2), 2 * values, atol=1e-5)
+
+
+def test_the_read_key_opens_only_its_own_runs_status(serve_node: Any, recorder: Recorder) -> None:
+    """The live page's key is derived from the credential and the run's id: it reads this run's
+    /status, and a key printed for another run (same credential) opens nothing."""
+    from hefl.credential import read_key
+
+    token = "t0ken-of-the-cluster"
+    url, _ = serve_node(token)
+    endpoints = {C0: recorder.url, C1: recorder.url, S0: recorder.url, AGG: url}
+    assert push(url, small(rounds=1), AGG, endpoints, token).status_code == 200
+    mine, earlier = read_key(token, EXP), read_key(token, "exp-0")
+    assert mine != earlier and token not in (mine, earlier)
+    assert requests.get(f"{url}/status?token={mine}", timeout=5).json()["experiment"] == EXP
+    assert requests.get(f"{url}/status?token={earlier}", timeout=5).status_code == 401
+    assert (
+        requests.get(f"{url}/status", cookies={"hefl_token": earlier}, timeout=5).status_code == 401
+    )
