@@ -95,7 +95,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     lines = [
         f"{summary['experiment']}: scheme {_label(summary)}, {summary['clients']} clients, "
         f"{summary['switches']} switches ({summary['dumb_switches']} forwarding)"
-        + (f"; {describe(summary['encryption'])}" if summary.get("encryption") else ""),
+        + (f"; {described}" if (described := describe(summary.get("encryption") or {})) else ""),
         f"{'round':>5} {'accuracy':>9} {'loss':>8} {'s':>7} {'on wire':>10} {'agg in':>10}  "
         f"critical path: train / crypto / transfer / wait (s)  HE error max",
     ]

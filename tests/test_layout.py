@@ -63,10 +63,10 @@ def test_no_http_path_literal_outside_the_wire_table() -> None:
 
 
 def test_no_test_module_imports_another() -> None:
-    """What tests share lives in tests/helpers.py (and fixtures in conftest.py): a test module
-    imported by another would run its own module-level marks and fixtures twice."""
+    """What tests share lives in tests/helpers.py and tests/memnet.py (fixtures in conftest.py):
+    a test module imported by another would run its own module-level marks and fixtures twice."""
     found = {
-        p.name: sorted(m for m in imports(p) if m.startswith("tests") and m != "tests.helpers")
+        p.name: sorted(m for m in imports(p) if re.match(r"tests\.(test_|conftest)", m))
         for p in sources("tests")
     }
     assert {name: mods for name, mods in found.items() if mods} == {}

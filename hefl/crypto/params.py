@@ -309,11 +309,11 @@ def describe(found: dict[str, Any]) -> str:
     scheme = found.get("scheme")
     if scheme == "paillier":
         return (
-            f"paillier {found['key_bits']}-bit n, {found['values_per_ciphertext']} lanes of "
-            f"{found['lane_bits']} bits per ciphertext ({found['library']})"
+            f"paillier {found['key_bits']}-bit n, lanes of {found['lane_bits']} bits, "
+            f"{found['values_per_ciphertext']} values per ciphertext ({found['library']})"
         )
     if scheme not in ("ckks", "bfv"):
-        return str(scheme)
+        return ""  # no encryption: nothing to describe
     ring = f"{scheme} n={found['poly_modulus_degree']} q={found['coeff_mod_bit_sizes']} bits"
     detail = (
         f"scale 2^{found['scale_bits']}"
