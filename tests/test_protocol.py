@@ -88,6 +88,8 @@ def test_a_client_gone_makes_each_round_complete_at_its_deadline_with_a_partial_
 
 
 def test_below_min_clients_the_run_stops_naming_the_missing(network: Any) -> None:
+    """(Over real processes, an aggregator's failure reaches the controller's one line as every
+    node failure does: tests/test_faults.py.)"""
     net = network(rounds=3, network={"round_deadline_s": 0.2}, min_clients=4)
     net.down.add(C[3])
     status = net.run()
