@@ -14,8 +14,10 @@ from hefl.config import host_clients, parse_config
 from hefl.errors import ConfigError, ProtocolError
 from hefl.metrics import ClientMetrics, MetricsReport, parse_metrics
 from hefl.nodes.aggregator import AggregatorNode
+from hefl.summary import summarize
 from hefl.wire import Envelope, Kind
 from tests.helpers import EXP, experiment_dir, make, node_logs, run_main, tree_config
+from tests.memnet import MemoryNetwork
 
 LEAF0, LEAF1, SPINE, AGG = "127.0.0.1:10", "127.0.0.1:11", "127.0.0.1:2", "127.0.0.1:1"
 N0, N1 = "127.0.0.1:100", "127.0.0.1:101"
@@ -240,26 +242,35 @@ def updates_from(rec: dict[str, Any], peer: str) -> int:
 SECTIONS: dict[str, Any] = {"dataset": {"name": "digits"}, "rounds": 2}
 
 
-def single16(tmp: Path) -> dict[str, Any]:
-    """16 single-client nodes under 4 leaf switches (4 each) and a spine, models saved."""
-    raw = tree_config(clients=16, leaves=4, **SECTIONS)
+def in_memory(tmp: Path, name: str, raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """`raw` run on the in-memory network with real torch training, models saved, in tmp/name
+    beside its config (as a run folder): every node's log by node id."""
+    from hefl.nodes.local_training import LocalTraining
+
     raw["training"]["save_models"] = True
-    return {"logs": run(tmp, "single", raw), "exp": experiment_dir(tmp / "single")}
+    folder = tmp / name
+    net = MemoryNetwork(parse_config(raw), folder, training=LocalTraining)
+    try:
+        status = net.run(timeout=120)
+    finally:
+        net.close()
+    assert status["state"] == "finished", status["error"]
+    (folder / "config.json").write_text(json.dumps(raw))
+    return node_logs(folder)
 
 
-@pytest.mark.process
 def test_sixteen_clients_on_eight_nodes_equal_sixteen_client_nodes(tmp_path: Path) -> None:
     """Done-when: 2 logical clients on each of 8 nodes give, in plaintext with one seed, the
     global model of the same 16 clients as 16 nodes under the same 4 leaf switches (4 each),
-    to float32 precision (a node adding its own clients' updates: the bfv test below)."""
+    to float32 precision (a node adding its own clients' updates, over real processes: the bfv
+    test below). In memory: the real nodes and their torch training, no processes."""
     raw = hosting(2, nodes=8, leaves=4, **SECTIONS)
-    raw["training"]["save_models"] = True
-    multi = run(tmp_path, "multi", raw)
-    single = single16(tmp_path)
+    multi = in_memory(tmp_path, "multi", raw)
+    single = in_memory(tmp_path, "single", tree_config(clients=16, leaves=4, **SECTIONS))
     cfg = parse_config(raw)
-    exp = experiment_dir(tmp_path / "multi")
+    exp, one = tmp_path / "multi", tmp_path / "single"
     for r in range(2):
-        want = np.load(single["exp"] / f"127.0.0.1_100.r{r}.global.npy")
+        want = np.load(one / f"127.0.0.1_100.r{r}.global.npy")
         for node in cfg.client_nodes():
             got = np.load(exp / f"{node.replace(':', '_')}.r{r}.global.npy")
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
@@ -267,9 +278,9 @@ def test_sixteen_clients_on_eight_nodes_equal_sixteen_client_nodes(tmp_path: Pat
             index = cfg.logical[c].index
             got = np.load(exp / f"{c.replace(':', '_')}.r{r}.local.npy")
             np.testing.assert_allclose(
-                got, np.load(single["exp"] / f"127.0.0.1_{100 + index}.r{r}.local.npy"), atol=1e-6
+                got, np.load(one / f"127.0.0.1_{100 + index}.r{r}.local.npy"), atol=1e-6
             )
-        accuracy = [logs["iteration"][r]["accuracy"] for logs in (multi[AGG], single["logs"][AGG])]
+        accuracy = [logs["iteration"][r]["accuracy"] for logs in (multi[AGG], single[AGG])]
         assert accuracy[0] == pytest.approx(accuracy[1], abs=1e-6)
 
     check_links(multi, 2)
@@ -282,7 +293,7 @@ def test_sixteen_clients_on_eight_nodes_equal_sixteen_client_nodes(tmp_path: Pat
     mine = rec["clients"][f"{N0}#1"]
     assert {"train", "encrypt", "evaluate"} <= set(mine["phases"])
     assert mine["test_samples"] + rec["clients"][f"{N0}#0"]["test_samples"] == rec["test_samples"]
-    summary = json.loads((exp / "summary.json").read_text())
+    summary = summarize(exp)
     assert summary["clients"] == 16 and summary["rounds"][1]["clients"] == 16
     # the HE error check redoes FedAvg from each client's saved local model: plaintext, so ~0
     assert summary["rounds"][1]["he_error"]["max_abs"] < 1e-6
