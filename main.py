@@ -336,7 +336,7 @@ def _seal(args: argparse.Namespace) -> int:
             if scheme == params.scheme
             else replace(params, scheme=scheme, coeff_mod_bit_sizes=())
         )
-    if enc.scheme == "none":
+    if not enc.encrypted:
         print(
             f"{args.config} uses scheme none: no keys needed "
             f"(give --scheme ckks|bfv|paillier to make some)"

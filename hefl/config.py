@@ -82,6 +82,11 @@ class EncryptionConfig:
     # clients: make the next update's encryptions of zero while waiting for the global result
     precompute: bool = True
 
+    @property
+    def encrypted(self) -> bool:
+        """Whether updates travel as ciphertexts (every scheme but the plaintext baseline)."""
+        return self.scheme != "none"
+
     def he_params(self) -> HeParams:
         """What the crypto package needs: these parameters without the key folder."""
         return HeParams(
@@ -155,6 +160,27 @@ def logical_ids(node: NodeConfig) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
+class RoundPolicy:
+    """How a round may end, decided once from the config (network.round_deadline_s and
+    aggregator.min_clients); nodes, the controller and local mode ask it, never the raw numbers.
+    Without a deadline every round waits for every client and any client gone is a failure; with
+    one, a round completes at its deadline with the clients that contributed (switches send up
+    partial sums), and a client gone or late is a dropout, not a failure."""
+
+    deadline_s: float  # 0: no deadline
+    min_clients: int  # the fewest clients a round completes with (every client without deadline)
+    partial_rounds: bool  # a round (and a switch's sum) may hold only some of the clients
+    tolerate_dropouts: bool  # a client unreachable, or late (422), does not fail the run
+
+    @classmethod
+    def of(cls, network: NetworkConfig, aggregator: AggregatorConfig, clients: int) -> RoundPolicy:
+        deadline = network.round_deadline_s
+        if not deadline:
+            return cls(0.0, clients, False, False)
+        return cls(deadline, aggregator.min_clients or clients, True, True)
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """A whole validated experiment: experiment-wide sections and all nodes, aggregator included."""
 
@@ -169,6 +195,7 @@ class ExperimentConfig:
     # every logical client by id, in slice order (derived from `nodes`)
     logical: Mapping[str, LogicalClient] = field(init=False, repr=False, compare=False)
     by_index: Mapping[int, str] = field(init=False, repr=False, compare=False)  # slice -> client
+    policy: RoundPolicy = field(init=False, repr=False, compare=False)  # how a round may end
 
     def __post_init__(self) -> None:
         found = [
@@ -180,6 +207,9 @@ class ExperimentConfig:
         ordered = sorted(found, key=lambda c: c.index)
         object.__setattr__(self, "logical", {c.id: c for c in ordered})
         object.__setattr__(self, "by_index", {c.index: c.id for c in ordered})
+        object.__setattr__(
+            self, "policy", RoundPolicy.of(self.network, self.aggregator, len(ordered))
+        )
 
     @property
     def rounds(self) -> int:
@@ -219,10 +249,7 @@ class ExperimentConfig:
     @property
     def min_clients(self) -> int:
         """The fewest clients a round completes with: every client unless a deadline is set."""
-        everyone = len(self.clients())
-        if not self.network.round_deadline_s:
-            return everyone
-        return self.aggregator.min_clients or everyone
+        return self.policy.min_clients
 
     def mask(self, clients: Iterable[str]) -> int:
         """A set of clients as a bit mask: bit i is the client of slice index i."""

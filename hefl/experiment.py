@@ -50,7 +50,7 @@ def new_experiment_id(name: str) -> str:
 
 def keyless_context(cfg: ExperimentConfig) -> bytes:
     """The keyless context from the key folder, for switches and the aggregator (b"" for `none`)."""
-    if cfg.encryption.scheme == "none":
+    if not cfg.encryption.encrypted:
         return b""
     from hefl.crypto import read_keyless
 
@@ -340,7 +340,7 @@ class Controller:
         except HeflError as exc:
             return str(exc)
         key_id = str(state.get("key_id") or "")
-        if is_client and self.cfg.encryption.scheme != "none" and not key_id:
+        if is_client and self.cfg.encryption.encrypted and not key_id:
             return f"{node} did not say which key pair it loaded (no key_id in its answer)"
         self.key_ids[node] = key_id
         machine = state.get("machine")
@@ -451,7 +451,7 @@ class Controller:
         ]
         while missing:
             missing = [n for n in missing if not self._fetch_log(n)]
-            if missing and self.cfg.network.round_deadline_s:  # a client gone at the very end
+            if missing and self.cfg.policy.tolerate_dropouts:  # a client gone at the very end
                 healths = self.healths()
                 missing = [
                     n for n in missing if not self.dropout(n, self.cfg.rounds - 1, healths[n])
@@ -477,7 +477,7 @@ class Controller:
         """With a round deadline, a client that stops answering is a dropout, not a failure: the
         aggregator completes rounds without it while at least min_clients contribute (and stops
         the run when fewer do). Said once."""
-        if not self.cfg.network.round_deadline_s or self.cfg.nodes[node].type != "client":
+        if not self.cfg.policy.tolerate_dropouts or self.cfg.nodes[node].type != "client":
             return False
         if not isinstance(health, Exception):
             if node in self.dropouts:  # a straggler, paused or slow: it takes part again
@@ -591,7 +591,7 @@ def run_record(experiment: str, cfg: ExperimentConfig) -> dict[str, Any]:
                 if cfg.encryption.scheme == "paillier"
                 else "CKKS and BFV encryption noise (SEAL's own randomness)"
             )
-            if cfg.encryption.scheme != "none"
+            if cfg.encryption.encrypted
             else None,
         },
         "config": effective_config(cfg),

@@ -177,7 +177,7 @@ def build_node(push: Push, log_dir: Path, token: str = "") -> Node:
 def _keys(push: Push) -> KeyRing | None:
     """Clients load the secret context from disk; every other role the pushed keyless one."""
     enc, role = push.cfg.encryption, push.cfg.nodes[push.node].type
-    if enc.scheme == "none":
+    if not enc.encrypted:
         return None
     if role == "client":
         return load_secret(enc.he_params(), Path(enc.key_dir))

@@ -88,7 +88,7 @@ def local_nodes(
         {n: f"http://127.0.0.1:{p}" for n, p in ports.items()},
         token,
         out_dir,
-        may_drop=frozenset(cfg.client_nodes() if cfg.network.round_deadline_s else ()),
+        may_drop=frozenset(cfg.client_nodes() if cfg.policy.tolerate_dropouts else ()),
     )
     try:
         for node, port in ports.items():
@@ -148,7 +148,7 @@ def local_keys(
     """Key material for one local run: the config's key folder when seal.sh made keys for these
     parameters there, else fresh keys in keys/local-<experiment>/, removed when the run ends."""
     enc = cfg.encryption
-    if enc.scheme == "none" or keys_match(enc.he_params(), Path(enc.key_dir)):
+    if not enc.encrypted or keys_match(enc.he_params(), Path(enc.key_dir)):
         yield raw, cfg
         return
     key_dir = (Path("keys") / f"local-{experiment}").resolve()

@@ -285,3 +285,21 @@ def test_addresses_sharing_a_log_file_name_are_refused() -> None:
         r"with '127.0.0.1:10'",
     ):
         parse_config(raw)
+
+
+def test_the_round_policy_is_decided_once_from_the_config() -> None:
+    from hefl.config import RoundPolicy
+
+    raw = tree_config(clients=4)
+    assert parse_config(raw).policy == RoundPolicy(0.0, 4, False, False)
+    raw["network"] = {"round_deadline_s": 2.5}
+    assert parse_config(raw).policy == RoundPolicy(2.5, 4, True, True)
+    raw["aggregator"]["min_clients"] = 3
+    cfg = parse_config(raw)
+    assert cfg.policy == RoundPolicy(2.5, 3, True, True) and cfg.min_clients == 3
+    # min_clients means nothing without a deadline: every round waits for every client
+    del raw["network"]
+    assert parse_config(raw).policy.min_clients == 4
+    assert not parse_config(raw).encryption.encrypted
+    raw["encryption"] = {"scheme": "bfv"}
+    assert parse_config(raw).encryption.encrypted

@@ -90,7 +90,7 @@ class Adder(Node, ABC):
                 f"{env.sender!r} claims {env.contributors} contributors, clients "
                 f"{members:x}: not a set of its {len(clients)} clients"
             )
-        if members != full and not self.cfg.network.round_deadline_s:
+        if members != full and not self.cfg.policy.partial_rounds:
             raise ProtocolError(
                 f"{env.sender!r} sent a sum of {env.contributors} of its {len(clients)} clients; "
                 "this experiment has no round deadline"
@@ -170,7 +170,7 @@ class Adder(Node, ABC):
         errors = {child: f.exception() for child, f in sends.items()}
         self.runlog.add_phase(env.round, "send", time.monotonic() - started)
         failed = [(child, exc) for child, exc in errors.items() if exc is not None]
-        if failed and self.cfg.network.round_deadline_s:  # a child gone is a dropout: skipped
+        if failed and self.cfg.policy.tolerate_dropouts:  # a child gone is a dropout: skipped
             for child, exc in failed:
                 log.warning(
                     "%s: %s of round %d not delivered to %s (skipped): %s",

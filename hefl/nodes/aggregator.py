@@ -56,7 +56,7 @@ class AggregatorNode(Adder):
     def arm(self, round_: int) -> None:
         """With network.round_deadline_s: round `round_` opens now; at its deadline, flush it
         (and close the metrics of the round before, if some contributor never reported)."""
-        deadline = self.cfg.network.round_deadline_s
+        deadline = self.cfg.policy.deadline_s
         if not deadline:
             return
         timer = threading.Timer(deadline, self.submit, args=(self.deadline_passed, round_))
@@ -86,7 +86,7 @@ class AggregatorNode(Adder):
             raise ProtocolError(
                 f"round {round_ + 1}: {present} of {len(self.cfg.clients())} clients "
                 f"contributed within network.round_deadline_s "
-                f"({self.cfg.network.round_deadline_s:g}s), min_clients {self.cfg.min_clients}; "
+                f"({self.cfg.policy.deadline_s:g}s), min_clients {self.cfg.min_clients}; "
                 f"missing: {named}"
             )
         self.complete(round_)

@@ -164,7 +164,7 @@ class ClientNode(Node):
         self.sent_round = -1  # the round whose update this client sent last: its global is due
         self.precomputer: Precomputer | None = None
         enc = cfg.encryption
-        if enc.precompute and enc.scheme != "none" and enc.processes == 1:
+        if enc.precompute and enc.encrypted and enc.processes == 1:
             self.precomputer = Precomputer(self.scheme)
             self.precomputer.resume(-1)  # until the begin message comes
 
@@ -182,7 +182,7 @@ class ClientNode(Node):
         self.check_downward(env, payload)
         sent = self.sent_round
         window = {sent}
-        if self.cfg.network.round_deadline_s and self.downward.taken((Kind.BEGIN, 0)):
+        if self.cfg.policy.partial_rounds and self.downward.taken((Kind.BEGIN, 0)):
             # a straggler: the round it is still training closed at its deadline without it
             window.add(self.round)
             if self.downward.taken((Kind.GLOBAL, self.round)):
@@ -307,7 +307,7 @@ class ClientNode(Node):
             try:
                 self.transport.send(self.me.send, Kind.UPDATE, env, payload)
             except PeerRefused as exc:
-                if exc.status != 422 or not self.cfg.network.round_deadline_s:
+                if not self.came_late(exc):
                     raise
                 log.warning("%s: update of round %d came late: %s", env.sender, r + 1, exc)
                 if slot is not None and self.multi:
@@ -316,6 +316,11 @@ class ClientNode(Node):
                     self.runlog.set(r, late=True)
         if slot is not None and self.multi:
             self.runlog.set_client(r, slot.id, update_bytes=len(payload))
+
+    def came_late(self, exc: PeerRefused) -> bool:
+        """Whether a refusal only says the round closed without this message: a 422 where rounds
+        may complete without some clients (logged, not a failure)."""
+        return exc.status == 422 and self.cfg.policy.tolerate_dropouts
 
     def client_key(self, slot: Slot | None) -> str | None:
         """Where a client's own figures go in the log: its entry under `clients` when the node
@@ -401,7 +406,7 @@ class ClientNode(Node):
             with self.step(f"reporting its metrics to the aggregator {self.cfg.root}"):
                 self.transport.send(self.cfg.root, Kind.METRICS, env, body)
         except PeerRefused as exc:
-            if exc.status != 422 or not self.cfg.network.round_deadline_s:
+            if not self.came_late(exc):
                 raise
             log.warning("%s: metrics of round %d came late: %s", self.id, r + 1, exc)
 
