@@ -62,7 +62,7 @@ ROLES = ("client", "switch", "aggregator")
 DIRECTIONS = ("up", "down", "control")
 
 
-def _r(x: float | None, digits: int = 6) -> float | None:
+def _rounded(x: float | None, digits: int = 6) -> float | None:
     return None if x is None else round(float(x), digits)
 
 
@@ -183,7 +183,7 @@ def critical_path(
                 break
             segments.append((node, got[0], t))
             parent = got[3]
-            break_down = _down(lines, cfg, parent, node, round_, segments, start)
+            break_down = _down_path(lines, cfg, parent, node, round_, segments, start)
             complete = break_down
             break
         peers = None
@@ -218,15 +218,17 @@ def critical_path(
     }
     if complete:
         split["transfer"] += total - on_nodes  # what the chain's messages spent between nodes
-        out["split"] = {k: _r(v) for k, v in split.items()}
+        out["split"] = {k: _rounded(v) for k, v in split.items()}
     else:  # a node's log is missing (a dropout's): what the chain spent is not all known
-        out["split"] = {k: _r(v) for k, v in split.items()} | {"unattributed": _r(total - on_nodes)}
+        out["split"] = {k: _rounded(v) for k, v in split.items()} | {
+            "unattributed": _rounded(total - on_nodes)
+        }
     clients = [n for n in out["nodes"] if cfg.nodes[n].type == "client"] if out["nodes"] else []
     out["client"] = clients[0] if clients else None
     return out
 
 
-def _down(
+def _down_path(
     lines: Mapping[str, Timeline],
     cfg: ExperimentConfig,
     node: str,
@@ -282,7 +284,7 @@ def summarize(exp_dir: Path) -> dict[str, Any]:
     completed = rounds_completed(cfg, logs, closed)
     rounds = []
     for r in range(cfg.rounds if completed is None else completed):
-        row = _round(cfg, logs, records, lines, role, r, closed)
+        row = _round_row(cfg, logs, records, lines, role, r, closed)
         if row is None:
             break
         rounds.append(row)
@@ -360,10 +362,12 @@ def not_completed(
                 else bool(agg.get(r, {}).get("end_time")),
                 "nodes_logged": len(nodes),
                 "clients_evaluated": len(reports),
-                "accuracy": _r(sum(x["accuracy"] * x["test_samples"] for x in reports) / tests)
+                "accuracy": _rounded(
+                    sum(x["accuracy"] * x["test_samples"] for x in reports) / tests
+                )
                 if tests
                 else None,
-                "loss": _r(sum(x["loss"] * x["test_samples"] for x in reports) / tests)
+                "loss": _rounded(sum(x["loss"] * x["test_samples"] for x in reports) / tests)
                 if tests
                 else None,
             }
@@ -371,7 +375,7 @@ def not_completed(
     return out
 
 
-def _round(
+def _round_row(
     cfg: ExperimentConfig,
     logs: Mapping[str, Any],
     records: Mapping[str, Mapping[int, dict[str, Any]]],
@@ -414,7 +418,7 @@ def _round(
         mine = [rec for n, rec in recs.items() if role[n] == name]
         if mine:
             phases[name] = {  # the phases this role has, as a mean over its nodes
-                p: _r(sum(rec.get("phases", {}).get(p, 0.0) for rec in mine) / len(mine))
+                p: _rounded(sum(rec.get("phases", {}).get(p, 0.0) for rec in mine) / len(mine))
                 for p in PHASES
                 if any(p in rec.get("phases", {}) for rec in mine)
             }
@@ -425,12 +429,12 @@ def _round(
     agg = recs.get(cfg.root, {})
     return {
         "round": r,
-        "accuracy": _r(accuracy),
-        "loss": _r(loss),
+        "accuracy": _rounded(accuracy),
+        "loss": _rounded(loss),
         "clients": clients,
         "test_samples": tests,
         "contributors": len(agg["contributors"]) if "contributors" in agg else None,
-        "round_s": _r(round_s),
+        "round_s": _rounded(round_s),
         "bytes_on_wire": sum(rec.get("byte_send", 0) for rec in recs.values()),
         "aggregator_ingress": agg.get("byte_received_up", 0),
         "bytes_by_role": by_role,
@@ -445,7 +449,7 @@ def _round(
         },
         "bytes_by_link": dict(sorted(links.items())),
         "phases_by_role": phases,
-        "crypto_s": _r(
+        "crypto_s": _rounded(
             sum(
                 rec.get("phases", {}).get(p, 0.0)
                 for rec in recs.values()
@@ -498,7 +502,7 @@ def _totals(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     timed = [row["round_s"] for row in rounds if row["round_s"] is not None]
     paths = [row["critical_path"] for row in rounds if row["critical_path"]]
     split = {
-        k: _r(sum(p["split"].get(k, 0.0) or 0.0 for p in paths))
+        k: _rounded(sum(p["split"].get(k, 0.0) or 0.0 for p in paths))
         for k in (*SPLIT, "unattributed")
         if k != "unattributed" or any("unattributed" in p["split"] for p in paths)
     }
@@ -506,11 +510,11 @@ def _totals(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "rounds": len(rounds),
         "final_accuracy": rounds[-1]["accuracy"],
         "final_loss": rounds[-1]["loss"],
-        "seconds": _r(sum(timed)) if timed else None,
-        "seconds_per_round": _r(sum(timed) / len(timed)) if timed else None,
+        "seconds": _rounded(sum(timed)) if timed else None,
+        "seconds_per_round": _rounded(sum(timed) / len(timed)) if timed else None,
         "bytes_on_wire": sum(row["bytes_on_wire"] for row in rounds),
         "aggregator_ingress": sum(row["aggregator_ingress"] for row in rounds),
-        "crypto_s": _r(sum(row["crypto_s"] for row in rounds)),
+        "crypto_s": _rounded(sum(row["crypto_s"] for row in rounds)),
         "critical_split": split,
     }
 

@@ -10,8 +10,8 @@ from hefl.aggregation import AcceptPoint, RoundBuffer, weighted_metrics
 from hefl.config import ExperimentConfig
 from hefl.errors import DuplicateMessage, ProtocolError
 from hefl.metrics import MetricsReport, parse_metrics
-from hefl.nodes.adder import Adder
 from hefl.nodes.base import Parts
+from hefl.nodes.inner import InnerNode
 from hefl.report import MISSING_SHOWN
 from hefl.runlog import Stopwatch
 from hefl.wire import Body, Envelope, Kind
@@ -19,7 +19,7 @@ from hefl.wire import Body, Envelope, Kind
 log = logging.getLogger(__name__)
 
 
-class AggregatorNode(Adder):
+class AggregatorNode(InnerNode):
     role = "aggregator"
 
     def __init__(self, cfg: ExperimentConfig, node_id: str, experiment: str, parts: Parts) -> None:
@@ -178,7 +178,7 @@ class AggregatorNode(Adder):
             "reports": len(figures),  # the clients' metrics behind accuracy and loss
             "test_samples": sum(n for _, n, _, _ in figures),  # and their test samples
         }
-        # (who contributed is in the log already, as lists: see Adder.record_members)
+        # (who contributed is in the log already, as lists: see InnerNode.record_members)
         self.runlog.set(
             r, **{k: v for k, v in row.items() if k not in ("round", "contributors", "missing")}
         )

@@ -91,7 +91,7 @@ class Node:
         self.cfg = cfg
         self.id = node_id
         self.experiment = experiment
-        self.me: NodeConfig = cfg.nodes[node_id]
+        self.node_cfg: NodeConfig = cfg.nodes[node_id]
         self.transport = parts.transport
         self.scheme = parts.scheme
         self.runlog = parts.runlog
@@ -189,8 +189,8 @@ class Node:
     def check_downward(self, env: Envelope, payload: Body, allow_empty: bool = False) -> None:
         """A begin or global message must come from the parent, for this experiment, in range."""
         check_scope(env, self.experiment, self.cfg.rounds)
-        if env.sender != self.me.send:
-            raise ProtocolError(f"{env.sender!r} is not this node's parent {self.me.send!r}")
+        if env.sender != self.node_cfg.send:
+            raise ProtocolError(f"{env.sender!r} is not this node's parent {self.node_cfg.send!r}")
         if not (allow_empty and not payload):
             self.scheme.check(payload)  # a relay checks the shape; a client loads it as well
 

@@ -133,8 +133,12 @@ class ClientNode(Node):
             raise ValueError(f"{node_id}: a client node needs its training part")
         self.training: Training = parts.training
         ids = cfg.hosted(node_id)
-        self.multi = len(ids) > 1  # one client: the node's log and messages are as they always were
-        self.local_sum = self.me.local_sum and self.multi  # add its clients' updates before sending
+        self.hosts_several = (
+            len(ids) > 1
+        )  # one client: the node's log and messages are as they always were
+        self.local_sum = (
+            self.node_cfg.local_sum and self.hosts_several
+        )  # add its clients' updates before sending
         self.slots = self.training.slots
         self.all_samples = self.training.all_samples
         self.base = self.training.initial()  # the global model this round started from
@@ -142,13 +146,13 @@ class ClientNode(Node):
         self.test_samples = sum(s.tests for s in self.slots)
         self.mask = cfg.mask(ids)
         # what `main.py report` needs to redo each client's FedAvg arithmetic (the HE error)
-        header: dict[str, Any] = {"client_number": self.me.client_number}
+        header: dict[str, Any] = {"client_number": self.node_cfg.client_number}
         figures = [
             {"client": s.id, "index": s.index, "train_samples": s.samples, "weight": s.weight}
             for s in self.slots
         ]
-        if self.multi:
-            header.update(all_samples=self.all_samples, local_sum=self.me.local_sum)
+        if self.hosts_several:
+            header.update(all_samples=self.all_samples, local_sum=self.node_cfg.local_sum)
             header["clients"] = figures
         else:
             header.update(
@@ -240,7 +244,9 @@ class ClientNode(Node):
                 payload = self.scheme.serialize(total)
             del total
             self.send_update(r, payload, self.envelope_of(r, self.slots), None)
-        if self.multi and losses:  # the node's clients together (each one's are under `clients`)
+        if (
+            self.hosts_several and losses
+        ):  # the node's clients together (each one's are under `clients`)
             trained = sum(n for _, n in losses)
             self.runlog.set(
                 r, train_loss=sum(w for w, _ in losses) / trained, train_samples=trained
@@ -270,7 +276,7 @@ class ClientNode(Node):
         if not np.all(np.isfinite(update)):
             raise ExperimentFailed(
                 f"training produced {np.count_nonzero(~np.isfinite(update))} non-finite "
-                f"weights{f' (client {slot.id})' if self.multi else ''} "
+                f"weights{f' (client {slot.id})' if self.hosts_several else ''} "
                 "(diverged? lower training.lr)"
             )
         clip = self.cfg.encryption.clip
@@ -301,20 +307,20 @@ class ClientNode(Node):
         the round's result comes down all the same."""
         self.sent_round = r  # before it goes: the result can come back before the answer does
         with (
-            self.step(f"sending its update to {self.me.send}"),
+            self.step(f"sending its update to {self.node_cfg.send}"),
             self.runlog.phase(r, "send", self.client_key(slot)),
         ):
             try:
-                self.transport.send(self.me.send, Kind.UPDATE, env, payload)
+                self.transport.send(self.node_cfg.send, Kind.UPDATE, env, payload)
             except PeerRefused as exc:
                 if not self.came_late(exc):
                     raise
                 log.warning("%s: update of round %d came late: %s", env.sender, r + 1, exc)
-                if slot is not None and self.multi:
+                if slot is not None and self.hosts_several:
                     self.runlog.set_client(r, slot.id, late=True)
                 else:
                     self.runlog.set(r, late=True)
-        if slot is not None and self.multi:
+        if slot is not None and self.hosts_several:
             self.runlog.set_client(r, slot.id, update_bytes=len(payload))
 
     def came_late(self, exc: PeerRefused) -> bool:
@@ -325,10 +331,10 @@ class ClientNode(Node):
     def client_key(self, slot: Slot | None) -> str | None:
         """Where a client's own figures go in the log: its entry under `clients` when the node
         hosts several, else the node's record itself (None)."""
-        return slot.id if slot is not None and self.multi else None
+        return slot.id if slot is not None and self.hosts_several else None
 
     def set_figures(self, r: int, slot: Slot, **values: Any) -> None:
-        if self.multi:
+        if self.hosts_several:
             self.runlog.set_client(r, slot.id, **values)
         else:
             self.runlog.set(r, **values)
@@ -337,7 +343,7 @@ class ClientNode(Node):
         """With its training samples (a node hosting several clients: each one's too): the
         controller hands every client's count to the adders."""
         out = {**super().status(), "samples": self.samples}
-        if self.multi:
+        if self.hosts_several:
             out["clients"] = {s.id: s.samples for s in self.slots}
         return out
 
@@ -360,7 +366,9 @@ class ClientNode(Node):
             total = self.scheme.decrypt(loaded, env.contributors)
         with self.step("applying the global result"), self.runlog.phase(r, "apply"):
             self.check_sum(r, total, env.contributors)
-            new = apply_sum(self.base, total, self.me.client_number, self.all_samples, env.samples)
+            new = apply_sum(
+                self.base, total, self.node_cfg.client_number, self.all_samples, env.samples
+            )
             self.base = self.training.load(new)
         self.save(f"r{r}.global", self.base)
         figures = []
@@ -368,15 +376,15 @@ class ClientNode(Node):
             with self.runlog.phase(r, "evaluate", self.client_key(slot)):
                 loss, acc = self.training.evaluate(slot)
             figures.append(ClientMetrics(slot.id, loss, acc, slot.tests))
-            if self.multi:
+            if self.hosts_several:
                 self.runlog.set_client(r, slot.id, loss=loss, accuracy=acc, test_samples=slot.tests)
         tests = self.test_samples
         loss, acc = figures[0].loss, figures[0].accuracy
-        if self.multi:  # the node's clients together, weighted by test samples
+        if self.hosts_several:  # the node's clients together, weighted by test samples
             loss = sum(f.loss * f.test_samples for f in figures) / tests
             acc = sum(f.accuracy * f.test_samples for f in figures) / tests
         self.runlog.set(r, loss=loss, accuracy=acc, test_samples=tests, total_samples=env.samples)
-        self.report(r, loss, acc, figures if self.multi else [])
+        self.report(r, loss, acc, figures if self.hosts_several else [])
         self.runlog.end(r, final=r == self.cfg.rounds - 1)
         if r + 1 < self.cfg.rounds:
             self.train_round(r + 1)
@@ -415,5 +423,5 @@ class ClientNode(Node):
         under its id when the node hosts several, the node's (global) under the node's."""
         if self.cfg.training.save_models:
             self.runlog.path.parent.mkdir(parents=True, exist_ok=True)
-            owner = slot.id if slot is not None and self.multi else self.id
+            owner = slot.id if slot is not None and self.hosts_several else self.id
             np.save(self.runlog.path.parent / f"{file_stem(owner)}.{tag}.npy", flat)

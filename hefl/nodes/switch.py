@@ -7,25 +7,26 @@ import threading
 from hefl.aggregation import AcceptPoint
 from hefl.config import ExperimentConfig
 from hefl.errors import OutOfWindow, ProtocolError
-from hefl.nodes.adder import Adder
 from hefl.nodes.base import Parts
+from hefl.nodes.inner import InnerNode
 from hefl.runlog import Stopwatch
 from hefl.wire import Body, Envelope, Kind
 
 
-class SwitchNode(Adder):
+class SwitchNode(InnerNode):
     role = "switch"
 
     def __init__(self, cfg: ExperimentConfig, node_id: str, experiment: str, parts: Parts) -> None:
         super().__init__(cfg, node_id, experiment, parts)
-        self.dumb = self.me.dumb
-        self.adds = not self.dumb  # a dumb switch forwards each update as it came (loaded to check)
+        self.forwards = self.node_cfg.dumb  # the config's `dumb`: it forwards, never adds
+        # a forwarding switch passes each update on as it came (loaded, to check it)
+        self.adds = not self.forwards
         self.downward = AcceptPoint()  # begin and global messages, once each
         self.awaiting_global = Stopwatch()  # from forwarding up to the global result's arrival
         self.sent_round = -1  # the round whose update this switch sent up last: its global is due
 
     def accepted(self, env: Envelope, payload: Body, complete: bool) -> None:
-        if self.dumb:
+        if self.forwards:
             if complete:  # the children's wait ends with the last arrival, not after forwarding it
                 self.runlog.add_phase(env.round, "wait", self.first_update.stop(env.round))
             self.submit(self.forward, env, payload, complete)
@@ -37,9 +38,9 @@ class SwitchNode(Adder):
         self.round = env.round
         if last:  # before it goes: the result can come back before the answer does
             self.sent_round = env.round
-        with self.step(f"forwarding an update to {self.me.send}"):
+        with self.step(f"forwarding an update to {self.node_cfg.send}"):
             with self.runlog.phase(env.round, "send"):
-                self.transport.send(self.me.send, Kind.UPDATE, env, payload)
+                self.transport.send(self.node_cfg.send, Kind.UPDATE, env, payload)
         if last:
             self.buffer.release(env.round)
             self.awaiting_global.start(env.round)
@@ -49,9 +50,9 @@ class SwitchNode(Adder):
             return
         env, payload = self.add_round(round_)
         self.sent_round = round_  # before it goes: the result can come back before the answer
-        with self.step(f"sending its sum up to {self.me.send}"):
+        with self.step(f"sending its sum up to {self.node_cfg.send}"):
             with self.runlog.phase(round_, "send"):
-                self.transport.send(self.me.send, Kind.UPDATE, env, payload)
+                self.transport.send(self.node_cfg.send, Kind.UPDATE, env, payload)
         self.awaiting_global.start(round_)
 
     def on_flush(self, env: Envelope, payload: Body) -> None:
@@ -71,7 +72,7 @@ class SwitchNode(Adder):
             if not self.buffer.is_open(round_):
                 return  # sent already, or not begun here
             arrived = self.buffer.arrived(round_)
-            if self.dumb or not arrived:
+            if self.forwards or not arrived:
                 # a dumb switch forwarded each update as it came; with nothing, nothing goes up
                 members = self.members_of(arrived)
                 self.runlog.add_phase(round_, "wait", self.first_update.stop(round_))

@@ -1,4 +1,5 @@
-"""What switches and the aggregator share: accepting children's updates and adding them."""
+"""Inner nodes of the tree (switches and the aggregator): they accept their children's updates and
+add them."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from hefl.wire import Body, Envelope, Kind
 log = logging.getLogger(__name__)
 
 
-class Adder(Node, ABC):
+class InnerNode(Node, ABC):
     """A node receiving updates from below; every update is accepted or refused in `on_update`."""
 
     def __init__(self, cfg: ExperimentConfig, node_id: str, experiment: str, parts: Parts) -> None:
