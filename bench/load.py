@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from hefl.argtypes import int_in  # noqa: E402
 from hefl.crypto import HeParams, generate_keys, load_secret, make_scheme, read_keyless  # noqa: E402
-from hefl.local import free_ports  # noqa: E402
+from hefl.local import free_ports, node_command  # noqa: E402
 from hefl.push import make_push  # noqa: E402
 from hefl.wire import BINARY, TOKEN_HEADER, Envelope, Kind  # noqa: E402
 
@@ -162,17 +162,7 @@ def main() -> int:
         sink = Sink()
         (port,) = free_ports(1)
         node = subprocess.Popen(
-            [
-                sys.executable,
-                str(ROOT / "main.py"),
-                "node",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-dir",
-                str(Path(tmp) / "log"),
-            ],
+            node_command("127.0.0.1", port, Path(tmp) / "log"),
             env={**os.environ, "HEFL_TOKEN": TOKEN},
             stdout=subprocess.DEVNULL,
         )

@@ -92,16 +92,9 @@ def local_nodes(
     )
     try:
         for node, port in ports.items():
-            command = [
-                sys.executable,
-                str(MAIN),
-                "node",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ]
-            command += ["--log-dir", str(log_dir), "--label", node, *(["-v"] if verbose else [])]
+            command = node_command(
+                "127.0.0.1", port, log_dir, "--label", node, *(["-v"] if verbose else [])
+            )
             with open(out_dir / f"{file_stem(node)}.out", "wb") as sink:
                 nodes.procs[node] = subprocess.Popen(
                     command,
@@ -117,6 +110,23 @@ def local_nodes(
         yield nodes
     finally:
         stop_all(list(nodes.procs.values()))
+
+
+def node_command(host: str, port: int, log_dir: Path, *more: str) -> list[str]:
+    """The command line of one node process on this machine (`python main.py node ...`), as local
+    mode, the benches and the tests start it."""
+    return [
+        sys.executable,
+        str(MAIN),
+        "node",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--log-dir",
+        str(log_dir),
+        *more,
+    ]
 
 
 def stop_all(procs: list[subprocess.Popen[bytes]], grace: float = 10.0) -> None:

@@ -26,6 +26,7 @@ from werkzeug.serving import make_server
 from hefl.address import log_name
 from hefl.config import ExperimentConfig, parse_config
 from hefl.crypto.plain import PlainScheme
+from hefl.local import node_command
 from hefl.modelspec import param_count
 from hefl.nodes import Parts, Worker
 from hefl.push import make_push
@@ -154,16 +155,7 @@ class Cluster:
         env = {**os.environ, "HEFL_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}
         with (self.tmp / f"{name}.err").open("ab") as err:
             proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    str(ROOT / "main.py"),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    self.ids[name].split(":")[1],
-                    "--log-dir",
-                    str(self.tmp / name),
-                ],
+                node_command("127.0.0.1", int(self.ids[name].split(":")[1]), self.tmp / name),
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
