@@ -52,28 +52,29 @@ def with_scale(ctx: Any, enc: HeParams) -> Any:
     return ctx
 
 
-def keyless_part(ctx: Any) -> bytes:
-    """The context with no keys at all: parameters only (about 100 bytes)."""
+def context_bytes(ctx: Any, public: bool = False, secret: bool = False) -> bytes:
+    """A TenSEAL context serialized with the keys asked for (never galois or relinearization
+    keys: adding needs neither, and they would make it 10-40x larger)."""
     return bytes(
         ctx.serialize(
-            save_public_key=False,
-            save_secret_key=False,
+            save_public_key=public,
+            save_secret_key=secret,
             save_galois_keys=False,
             save_relin_keys=False,
         )
     )
 
 
+def keyless_part(ctx: Any) -> bytes:
+    """The context with no keys at all: parameters only (about 100 bytes)."""
+    return context_bytes(ctx)
+
+
 def public_key_id(ctx: Any) -> str | None:
     """The id older versions gave a key pair (a hash of its public key); None for a symmetric
     context, which has no public key."""
     try:
-        blob = ctx.serialize(
-            save_public_key=True,
-            save_secret_key=False,
-            save_galois_keys=False,
-            save_relin_keys=False,
-        )
+        blob = context_bytes(ctx, public=True)
         ctx.public_key()
     except ValueError:
         return None
@@ -83,14 +84,7 @@ def public_key_id(ctx: Any) -> str | None:
 def generate(enc: HeParams, key_dir: Path) -> None:
     """Write an experiment's key material; the folder and the secret file are its owner's only."""
     ctx = new_context(enc)
-    secret = bytes(
-        ctx.serialize(
-            save_public_key=False,
-            save_secret_key=True,
-            save_galois_keys=False,
-            save_relin_keys=False,
-        )
-    )
+    secret = context_bytes(ctx, secret=True)
     write_keys(enc, key_dir, secret, keyless_part(ctx))
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import tenseal as ts
 
 from hefl.crypto.params import HeParams
-from hefl.crypto.tenseal.keys import with_scale
+from hefl.crypto.tenseal.keys import context_bytes, with_scale
 
 _CTX: Any = None
 _SCHEME = ""
@@ -35,12 +35,7 @@ class EncryptPool:
     def __init__(self, context: Any, enc: HeParams) -> None:
         # clients encrypt with the secret key (symmetric: keys.generate); the workers are this
         # client's own processes, started with `spawn`: the context goes to them through a pipe
-        blob = context.serialize(
-            save_public_key=True,
-            save_secret_key=True,
-            save_galois_keys=False,
-            save_relin_keys=False,
-        )
+        blob = context_bytes(context, public=True, secret=True)
         self.pool = ProcessPoolExecutor(
             enc.processes,
             mp_context=multiprocessing.get_context("spawn"),
