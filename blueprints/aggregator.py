@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, redirect, request
 
 from blueprints import current_node
-from blueprints.messages import accepted, add_route, message, update
+from blueprints.messages import accepted, add_route, add_routes, message, update
 from hefl.wire import TOKEN_COOKIE, TOKEN_PARAM, Kind
 
 bp = Blueprint("aggregator", __name__)
@@ -61,11 +61,13 @@ def page() -> Any:
     return resp
 
 
-for _kind, _view in (
-    (Kind.METRICS, metrics),
-    (Kind.FAIL, fail),
-    (Kind.START, start),
-    (Kind.STATUS, status),
-    (Kind.PAGE, page),
-):
-    add_route(bp, _kind, _view)
+add_routes(
+    bp,
+    {
+        Kind.METRICS: metrics,
+        Kind.FAIL: fail,
+        Kind.START: start,
+        Kind.STATUS: status,
+        Kind.PAGE: page,
+    },
+)

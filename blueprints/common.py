@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, request
 
 from blueprints import has_credential, read_body
-from blueprints.messages import add_route
+from blueprints.messages import add_routes
 from hefl.errors import ConfigError
 from hefl.wire import Kind
 
@@ -48,10 +48,4 @@ def end(experiment: str) -> Any:
     return jsonify(current_app.extensions["hefl_server"].host.end(experiment))
 
 
-for _kind, _view in (
-    (Kind.HEALTH, health),
-    (Kind.CONFIG, config),
-    (Kind.LOG, node_log),
-    (Kind.END, end),
-):
-    add_route(bp, _kind, _view)
+add_routes(bp, {Kind.HEALTH: health, Kind.CONFIG: config, Kind.LOG: node_log, Kind.END: end})

@@ -18,6 +18,12 @@ def add_route(bp: Blueprint, kind: Kind, view: Callable[..., Any]) -> None:
     )
 
 
+def add_routes(bp: Blueprint, views: dict[Kind, Callable[..., Any]]) -> None:
+    """Serve each kind at its path from the wire table, with its view."""
+    for kind, view in views.items():
+        add_route(bp, kind, view)
+
+
 def message() -> tuple[Envelope, Body]:
     """Envelope and body of this request's round message (read, parsed and counted by the meter
     hook)."""
