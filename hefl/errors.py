@@ -42,6 +42,11 @@ class PeerRefused(ProtocolError):
         self.status = status
 
 
+def restarted(node: str) -> str:
+    """What is said of a node that answers with no experiment in the middle of one."""
+    return f"{node} answers as an unconfigured node: it restarted and lost its experiment"
+
+
 class PeerRestarted(PeerRefused):
     """A peer of a running experiment answers as a node with no experiment (it has no endpoint
     for the message): its process restarted and lost its state. `headline` names it first."""
@@ -49,9 +54,7 @@ class PeerRestarted(PeerRefused):
     def __init__(self, peer: str, where: str, status: int) -> None:
         super().__init__(f"{peer} refused {where} with {status}: it has no experiment", status)
         self.peer = peer
-        self.headline = (
-            f"{peer} answers as an unconfigured node: it restarted and lost its experiment"
-        )
+        self.headline = restarted(peer)
 
 
 class NotFound(HeflError, LookupError):

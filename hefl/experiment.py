@@ -29,11 +29,12 @@ from hefl.errors import (
     HeflError,
     PeerRestarted,
     PeerUnreachable,
+    restarted,
 )
 from hefl.provenance import code_version, machine, versions
 from hefl.push import make_push
 from hefl.report import format_round, human_bytes, node_table, read_logs
-from hefl.runlog import write_json_atomic
+from hefl.runlog import rounds_closed, write_json_atomic
 from hefl.transport import Timeouts, Transport
 from hefl.wire import TOKEN_PARAM, Kind
 
@@ -244,13 +245,9 @@ class Controller:
             log.info("the aggregator's last rounds not asked: %s", exc)
         try:
             agg = json.loads((self.exp_dir / log_name(self.cfg.root)).read_text())
-            closed = {r.get("round") for r in agg["iteration"] if r.get("end_time")}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        except (OSError, ValueError):
             return list(rows)  # no log of it here: what it said is all there is
-        kept = 0
-        while kept < len(rows) and kept in closed:
-            kept += 1
-        return list(rows[:kept])
+        return list(rows[: rounds_closed(agg)])
 
     def _end_and_fetch(self, node: str) -> None:
         try:  # briefly: a hung node must not hold the record back
@@ -430,8 +427,7 @@ class Controller:
                 raise ExperimentFailed(health.get("error") or f"{node} failed")
             if health.get("state") == "idle":  # it answers, with no experiment: a new process
                 raise ExperimentFailed(
-                    f"{node} answers as an unconfigured node: it restarted and lost its "
-                    f"experiment (seen by the controller in round {round_ + 1})"
+                    f"{restarted(node)} (seen by the controller in round {round_ + 1})"
                 )
             if health.get("experiment") != self.experiment:
                 raise ExperimentFailed(

@@ -114,7 +114,8 @@ def local_nodes(
 
 def node_command(host: str, port: int, log_dir: Path, *more: str) -> list[str]:
     """The command line of one node process on this machine (`python main.py node ...`), as local
-    mode, the benches and the tests start it."""
+    mode, the benches and the tests start it; its log folder absolute (`ps` says where it
+    writes, whatever folder it was started from)."""
     return [
         sys.executable,
         str(MAIN),
@@ -124,7 +125,7 @@ def node_command(host: str, port: int, log_dir: Path, *more: str) -> list[str]:
         "--port",
         str(port),
         "--log-dir",
-        str(log_dir),
+        str(log_dir.resolve()),
         *more,
     ]
 

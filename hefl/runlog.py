@@ -39,6 +39,19 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def rounds_closed(log: Any) -> int:
+    """How many rounds a node log closed, from round 0 on without a gap (a record of a round
+    gets its `end_time` when the node closes it); 0 for anything that is not a node log."""
+    try:
+        closed = {rec.get("round") for rec in log["iteration"] if rec.get("end_time")}
+    except (KeyError, TypeError, AttributeError):
+        return 0
+    count = 0
+    while count in closed:
+        count += 1
+    return count
+
+
 class RunLog:
     """One node's records, one per round; thread-safe, written to disk whenever a round ends."""
 

@@ -26,7 +26,7 @@ import numpy as np
 from hefl.address import file_stem
 from hefl.config import ExperimentConfig, parse_config
 from hefl.crypto.params import in_effect
-from hefl.runlog import write_bytes_atomic, write_json_atomic
+from hefl.runlog import rounds_closed, write_bytes_atomic, write_json_atomic
 
 PHASES = (
     "train",
@@ -332,8 +332,7 @@ def rounds_completed(
     found: list[int] = []
     agg = logs.get(cfg.root)
     if agg is not None:
-        closed = {rec.get("round") for rec in agg.get("iteration", []) if rec.get("end_time")}
-        found.append(next((r for r in range(cfg.rounds) if r not in closed), cfg.rounds))
+        found.append(min(rounds_closed(agg), cfg.rounds))
     if rows is not None:
         found.append(len(rows))
     return min(found) if found else None

@@ -21,6 +21,7 @@ from tests.helpers import (
     Run,
     addressed,
     experiment_dir,
+    local_until_round,
     node_logs,
     node_processes,
     run_main,
@@ -219,38 +220,8 @@ def test_failed_config_push_names_the_node_and_stops_everything(tmp_path: Path) 
     assert node_processes(str(tmp_path)) == []
 
 
-def _local_until_round(tmp_path: Path, raw: dict[str, Any], round_: int) -> subprocess.Popen[str]:
-    """Start `main.py local` and return once it printed round `round_` (1-based)."""
-    cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps(raw))
-    proc = subprocess.Popen(
-        [
-            PY,
-            str(ROOT / "main.py"),
-            "local",
-            "--config",
-            str(cfg),
-            "--log-dir",
-            str(tmp_path / "log"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        # a test suite started in the background (`cmd &`) inherits SIGINT ignored; Ctrl-C needs it
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        cwd=ROOT,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith(f"round {round_:>3}/"):
-            return proc
-    raise AssertionError(f"the run ended before round {round_}: {proc.communicate()[1][-2000:]}")
-
-
 def test_ctrl_c_stops_every_node_and_keeps_logs(tmp_path: Path) -> None:
-    proc = _local_until_round(
-        tmp_path, tree_config(clients=2, leaves=1, spine=False, rounds=500), 2
-    )
+    proc = local_until_round(tmp_path, tree_config(clients=2, leaves=1, spine=False, rounds=500), 2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted" in err
@@ -260,9 +231,7 @@ def test_ctrl_c_stops_every_node_and_keeps_logs(tmp_path: Path) -> None:
 
 
 def test_node_killed_mid_run_is_named_and_logs_are_kept(tmp_path: Path) -> None:
-    proc = _local_until_round(
-        tmp_path, tree_config(clients=4, leaves=2, spine=False, rounds=500), 3
-    )
+    proc = local_until_round(tmp_path, tree_config(clients=4, leaves=2, spine=False, rounds=500), 3)
     victim = "127.0.0.1:102"
     for pid in node_processes(str(tmp_path)):
         if f"--label\x00{victim}\x00" in Path(f"/proc/{pid}/cmdline").read_bytes().decode():

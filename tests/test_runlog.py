@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from hefl.runlog import RunLog, Stopwatch, write_json_atomic
 
@@ -118,3 +119,15 @@ def test_a_phase_records_the_cpu_its_thread_spent_beside_the_wall_time(tmp_path:
     assert rec["phases_cpu"]["compute"] >= 0.15
     log.add_phase(0, "wait", 1.0)  # a wait measured elsewhere has no CPU figure
     assert "wait" not in log.record(0)["phases_cpu"]
+
+
+def test_rounds_closed_counts_from_round_0_to_the_first_gap() -> None:
+    from hefl.runlog import rounds_closed
+
+    def log(*ends: float | None) -> dict[str, Any]:
+        return {"iteration": [{"round": r, "end_time": e} for r, e in enumerate(ends)]}
+
+    assert rounds_closed(log(1.0, 2.0, 3.0)) == 3
+    assert rounds_closed(log(1.0, None, 3.0)) == 1  # round 2 open: round 3 does not count
+    assert rounds_closed(log()) == 0
+    assert rounds_closed({"node": "x"}) == rounds_closed([1, 2]) == rounds_closed(None) == 0
