@@ -224,7 +224,7 @@ def _require(cfg: ExperimentConfig) -> None:
 
 def _node(args: argparse.Namespace) -> int:
     from blueprints.serve import serve
-    from hefl.host import die_with_parent
+    from hefl.node.host import die_with_parent
 
     die_with_parent()  # a local run's node: gone when `main.py local` is, even after a SIGKILL
 
@@ -234,7 +234,7 @@ def _node(args: argparse.Namespace) -> int:
 
 def _agg(args: argparse.Namespace) -> int:
     from hefl.config import load_raw_config
-    from hefl.experiment import Controller, new_experiment_id
+    from hefl.control.experiment import Controller, new_experiment_id
 
     raw, cfg = load_raw_config(args.config, _overrides(args))
     ctl = Controller(
@@ -252,7 +252,7 @@ def _agg(args: argparse.Namespace) -> int:
 
 def _local(args: argparse.Namespace) -> int:
     from hefl.config import load_raw_config
-    from hefl.local import run_local
+    from hefl.control.local import run_local
 
     raw, cfg = load_raw_config(args.config, _overrides(args))
     _require(cfg)
@@ -261,8 +261,8 @@ def _local(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from hefl.report import summary_lines
-    from hefl.summary import write_summary
+    from hefl.results.report import summary_lines
+    from hefl.results.summary import write_summary
 
     for run in args.runs:
         if not (run / "config.json").is_file():
@@ -276,7 +276,7 @@ def _report(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     import time
 
-    from hefl.compare import group_runs, write_comparison
+    from hefl.results.compare import group_runs, write_comparison
 
     out = args.out or args.log_dir / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     lines, _ = write_comparison(group_runs(args.runs), out)
@@ -290,8 +290,8 @@ def _sweep(args: argparse.Namespace) -> int:
     from typing import Any
 
     from hefl.config import parse_config
-    from hefl.local import run_local
-    from hefl.sweep import run_sweep
+    from hefl.control.local import run_local
+    from hefl.control.sweep import run_sweep
 
     def one(raw: dict[str, Any], name: str) -> Path:
         return run_local(raw, parse_config(raw), name, args.log_dir, args.verbose)
@@ -301,7 +301,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _runs(args: argparse.Namespace) -> int:
-    from hefl.report import list_runs
+    from hefl.results.report import list_runs
 
     for line in list_runs(args.log_dir):
         print(line)

@@ -18,12 +18,12 @@ from pathlib import Path
 
 from hefl.address import base_url, same_host
 from hefl.config import load_raw_config
+from hefl.control.experiment import keyless_context, new_experiment_id
 from hefl.credential import read_token
 from hefl.errors import HeflError
-from hefl.experiment import keyless_context, new_experiment_id
-from hefl.push import make_push
-from hefl.transport import Timeouts, Transport
-from hefl.wire import Kind
+from hefl.node.push import make_push
+from hefl.node.transport import Timeouts, Transport
+from hefl.node.wire import Kind
 
 
 def main(argv: list[str] | None = None) -> int:

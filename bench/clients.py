@@ -32,19 +32,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
+import math
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.he import SAMPLE_S, Sampler, stop  # noqa: E402
+from bench._proc import sampled  # noqa: E402
 from hefl.argtypes import int_in  # noqa: E402
 from hefl.config import host_clients  # noqa: E402
 from hefl.provenance import bench_line  # noqa: E402
+from hefl.records import NodeLog, RunSummary  # noqa: E402
 
 PER_CLIENT = 50  # training samples per logical client (the test slices take a fifth more)
 LR = 0.5  # with 50 samples a client and 5 rounds, 0.05 barely leaves chance level
@@ -87,63 +89,75 @@ def cell_config(
     return raw
 
 
-def run(raw: dict[str, Any], out: Path) -> dict[str, Any]:
-    """`main.py local` on `raw`, its processes sampled; the figures of one row."""
+@dataclass(frozen=True)
+class Figures:
+    """One run's figures: a row of bench.json (the module's doc says what each is)."""
+
+    clients: int
+    round_s: float
+    agg_kib: float
+    wire_kib: float
+    client_s: float
+    peak_mib: float
+    node_mib: float
+    accuracy: float | None
+    wall_s: float
+    run: str  # its folder
+
+
+def run(raw: dict[str, Any], out: Path) -> Figures | str:
+    """`main.py local` on `raw`, its processes sampled; the figures of one row, or why the run
+    failed."""
     cfg = out / f"{raw['name']}.json"
     cfg.write_text(json.dumps(raw, indent=1))
     command = [sys.executable, str(ROOT / "main.py"), "local", "--config", str(cfg)]
     command += ["--log-dir", str(out)]
-    t0 = time.monotonic()
-    with open(out / f"{raw['name']}.out", "wb") as sink:
-        proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT)
-        sampler = Sampler(proc.pid)
-        try:
-            while proc.poll() is None:
-                sampler.sample()
-                time.sleep(SAMPLE_S)
-        finally:
-            if proc.poll() is None:
-                stop(proc)
-    wall = time.monotonic() - t0
+    code, wall, sampler = sampled(command, out / f"{raw['name']}.out")
     text = (out / f"{raw['name']}.out").read_text(errors="replace")
-    if proc.returncode:
-        return {"error": f"exit {proc.returncode}: {text.strip()[-300:]}"}
+    if code:
+        return f"exit {code}: {text.strip()[-300:]}"
     exp = Path(next(line for line in text.splitlines() if line.startswith("logs: "))[6:])
-    summary = json.loads((exp / "summary.json").read_text())
-    later = summary["rounds"][1:] or summary["rounds"]
+    summary = RunSummary.from_json(json.loads((exp / "summary.json").read_text()))
+    later = summary.rounds[1:] or summary.rounds
     at: dict[float, int] = {}  # sample time -> the sum of every process's RSS then (kB)
     for usage in sampler.nodes.values():
         for samples in usage.rss.values():
             for t, kb in samples:
                 at[t] = at.get(t, 0) + kb
     client_nodes = [
-        n for n, rec in summary["rounds"][-1]["bytes_by_node"].items() if rec["role"] == "client"
+        n for n, rec in summary.rounds[-1].bytes_by_node.items() if rec.role == "client"
     ]
     node_peak = max(sampler.nodes[n].peak_kb for n in client_nodes if n in sampler.nodes)
-    client_s = []
-    for node in client_nodes:
-        log = json.loads((exp / f"{node.replace(':', '_')}.json").read_text())
-        recs = log["iteration"][1:] or log["iteration"]
-        client_s.append(
-            sum(
-                rec["phases"].get(p, 0.0)
-                for rec in recs
-                for p in ("train", "encrypt", "aggregate", "serialize", "send")
-            )
-            / len(recs)
-        )
-    return {
-        "clients": summary["clients"],
-        "round_s": sum(r["round_s"] for r in later) / len(later),
-        "agg_kib": sum(r["aggregator_ingress"] for r in later) / len(later) / 1024,
-        "wire_kib": sum(r["bytes_on_wire"] for r in later) / len(later) / 1024,
-        "client_s": sum(client_s) / len(client_s),
-        "peak_mib": max(at.values(), default=0) / 1024,
-        "node_mib": node_peak / 1024,
-        "accuracy": summary["totals"]["final_accuracy"],
-        "wall_s": wall,
-        "run": str(exp),
-    }
+    client_s = [client_seconds(exp, node) for node in client_nodes]
+    return Figures(
+        clients=summary.clients,
+        round_s=sum(known(r.round_s) for r in later) / len(later),
+        agg_kib=sum(r.aggregator_ingress for r in later) / len(later) / 1024,
+        wire_kib=sum(r.bytes_on_wire for r in later) / len(later) / 1024,
+        client_s=sum(client_s) / len(client_s),
+        peak_mib=max(at.values(), default=0) / 1024,
+        node_mib=node_peak / 1024,
+        accuracy=summary.totals.final_accuracy,
+        wall_s=wall,
+        run=str(exp),
+    )
+
+
+def known(seconds: float | None) -> float:
+    """A figure of the summary; nan where it has none (the aggregator's log missing)."""
+    return math.nan if seconds is None else seconds
+
+
+def client_seconds(exp: Path, node: str) -> float:
+    """A client node's train + encrypt + aggregate + serialize + send seconds per round, for all
+    the clients it hosts (the mean of round 2 on: round 1 pays for connection set-up)."""
+    log = NodeLog.from_json(json.loads((exp / f"{node.replace(':', '_')}.json").read_text()))
+    recs = log.iteration[1:] or log.iteration
+    return sum(
+        rec.phases.get(p, 0.0)
+        for rec in recs
+        for p in ("train", "encrypt", "aggregate", "serialize", "send")
+    ) / len(recs)
 
 
 def main() -> int:
@@ -181,15 +195,16 @@ def main() -> int:
     rows = []
     for scheme, clients, local_sum in cells:
         f = run(cell_config(scheme, clients, args.rounds, local_sum), out)
-        rows.append({"scheme": scheme, "local_sum": local_sum, **f})
         adds = "yes" if local_sum else "no"
-        if "error" in f:
-            print(f"{scheme:6} {adds:9} {clients:7} failed: {f['error']}", flush=True)
+        if isinstance(f, str):
+            rows.append({"scheme": scheme, "local_sum": local_sum, "error": f})
+            print(f"{scheme:6} {adds:9} {clients:7} failed: {f}", flush=True)
             continue
+        rows.append({"scheme": scheme, "local_sum": local_sum, **asdict(f)})
         print(
-            f"{scheme:6} {adds:9} {f['clients']:7} {f['round_s']:8.2f} {f['agg_kib']:10.1f} "
-            f"{f['wire_kib']:11.1f} {f['client_s']:8.2f} {f['peak_mib']:8.0f} "
-            f"{f['node_mib']:8.0f} {f['accuracy']:8.4f} {f['wall_s']:7.0f}",
+            f"{scheme:6} {adds:9} {f.clients:7} {f.round_s:8.2f} {f.agg_kib:10.1f} "
+            f"{f.wire_kib:11.1f} {f.client_s:8.2f} {f.peak_mib:8.0f} "
+            f"{f.node_mib:8.0f} {f.accuracy:8.4f} {f.wall_s:7.0f}",
             flush=True,
         )
     (out / "bench.json").write_text(json.dumps(rows, indent=1))

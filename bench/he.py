@@ -29,7 +29,8 @@ rounds: `main.py local`, 4 clients / 2 adding switches / the ~1M-parameter synth
   zero, how many of their update's ciphertexts used one. --repeat N runs each scheme N times
   (interleaved) and prints every round time and their median: on a shared 2-core machine one run
   can be 30% off the next. Uses only main.py local, the node logs and /proc, so this file measures
-  older commits unchanged (--only rounds or --only memory).
+  older commits unchanged (--only rounds or --only memory), given hefl/records.py (which reads
+  the logs of every version) and hefl/errors.py, its one import, copied into the older checkout.
 memory: 4 clients -> 1 adding switch -> aggregator, 2 rounds, per scheme: the switch's peak RSS
   (VmHWM of its largest process, the gunicorn worker), that process's RSS before any update arrived
   (sampled just before the first client began round 1; keys and scheme already loaded) and the
@@ -42,15 +43,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -60,79 +59,18 @@ import tenseal as ts
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._proc import NodeUsage, children_cpu, sampled  # noqa: E402
 from hefl.argtypes import int_in  # noqa: E402
 
 if TYPE_CHECKING:
     from hefl.crypto.params import HeParams
+    from hefl.records import NodeLog, RoundRecord
 
 T = TypeVar("T")
 PRIMITIVES = ("encrypt", "load", "add", "load+decrypt")
 ROLES = ("client", "switch", "aggregator")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-SAMPLE_S = 0.1  # /proc sampling period during a local run
+UPDATES = dict(zip(ROLES, (1, 3, 2), strict=True))  # update messages a role's nodes send a round
 FEATURES = 1000  # synthetic inputs; with --hidden 990: 1000*990 + 990 + 990*10 + 10 = 1,000,900
-
-
-# ------------------------------------------------------------------------------------ /proc readers
-
-
-def proc_stats() -> dict[int, tuple[int, float]]:
-    """Every process: its parent and its own CPU seconds (utime + stime)."""
-    out = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(os.path.join("/proc", name, "stat"), "rb") as fh:
-                raw = fh.read()
-        except OSError:
-            continue  # gone since the listing
-        fields = raw[raw.rindex(b")") + 2 :].split()  # the command name may hold spaces and ')'
-        out[int(name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / CLK_TCK)
-    return out
-
-
-def descendants(root: int, stats: dict[int, tuple[int, float]]) -> list[int]:
-    """The processes below `root`, each after its parent."""
-    children: dict[int, list[int]] = defaultdict(list)
-    for pid, (ppid, _) in stats.items():
-        children[ppid].append(pid)
-    out, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def memory_kb(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (peak RSS) of a process in kB; empty once it is gone."""
-    try:
-        lines = Path("/proc", str(pid), "status").read_text().splitlines()
-    except OSError:
-        return {}
-    return {
-        key: int(rest.split()[0])
-        for key, _, rest in (line.partition(":") for line in lines)
-        if key in ("VmRSS", "VmHWM")
-    }
-
-
-def label_of(pid: int) -> str | None:
-    """The node id a process was started with (`main.py node ... --label <node id>`)."""
-    try:
-        args = Path("/proc", str(pid), "cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return None
-    if "--label" in args[:-1]:
-        return args[args.index("--label") + 1]
-    return None
-
-
-def children_cpu() -> dict[int, float]:
-    """CPU seconds of each process below this one (an encrypting pool's workers)."""
-    stats = proc_stats()
-    return {pid: stats[pid][1] for pid in descendants(os.getpid(), stats)}
 
 
 # -------------------------------------------------------------------------------------- primitives
@@ -348,67 +286,8 @@ def primitives(size: int) -> dict[str, Figures]:
 
 
 @dataclass
-class NodeUsage:
-    """What /proc showed of one node's processes during a run, per process id."""
-
-    cpu: dict[int, float] = field(default_factory=dict)  # the last CPU seconds seen
-    hwm_kb: dict[int, int] = field(default_factory=dict)  # VmHWM: peak RSS
-    rss: dict[int, list[tuple[float, int]]] = field(default_factory=dict)  # (time.time(), kB)
-
-    @property
-    def cpu_s(self) -> float:
-        return sum(self.cpu.values())
-
-    @property
-    def peak_kb(self) -> int:
-        """The largest peak RSS of the node's processes (its gunicorn worker's, in practice)."""
-        return max(self.hwm_kb.values(), default=0)
-
-    def rss_before(self, moment: float) -> int | None:
-        """VmRSS (kB) of the process with the largest peak, in its last sample before `moment` (a
-        time.time()): that process's own baseline, not its parent's."""
-        if not self.hwm_kb:
-            return None
-        pid = max(self.hwm_kb, key=lambda p: self.hwm_kb[p])
-        before = [kb for t, kb in self.rss[pid] if t < moment]
-        return before[-1] if before else None
-
-
-class Sampler:
-    """Samples the processes below a local run: each belongs to the node whose `--label` it, or an
-    ancestor, was started with (the node process, its gunicorn worker, encrypting workers)."""
-
-    def __init__(self, root: int) -> None:
-        self.root = root
-        self.labels: dict[int, str] = {}
-        self.nodes: dict[str, NodeUsage] = {}
-
-    def sample(self) -> None:
-        stats = proc_stats()
-        now = time.time()
-        for pid in descendants(self.root, stats):
-            label = self.label(pid, stats[pid][0])
-            mem = memory_kb(pid)
-            if label is None or not mem:
-                continue
-            node = self.nodes.setdefault(label, NodeUsage())
-            node.cpu[pid] = stats[pid][1]
-            node.hwm_kb[pid] = max(node.hwm_kb.get(pid, 0), mem.get("VmHWM", 0))
-            node.rss.setdefault(pid, []).append((now, mem.get("VmRSS", 0)))
-
-    def label(self, pid: int, parent: int) -> str | None:
-        """Kept once known (a process between fork and exec shows its parent's command line)."""
-        if pid not in self.labels:
-            found = label_of(pid) or self.labels.get(parent)
-            if found is None:
-                return None
-            self.labels[pid] = found
-        return self.labels[pid]
-
-
-@dataclass
 class LocalRun:
-    logs: dict[str, dict[str, Any]]  # node id -> its log
+    logs: dict[str, NodeLog]  # node id -> its log
     usage: dict[str, NodeUsage]  # node id -> its processes
     wall_s: float
     error: str = ""
@@ -421,43 +300,27 @@ def run_local(config: dict[str, Any], timeout_s: float = 900.0) -> LocalRun:
         cfg.write_text(json.dumps(config))
         command = [sys.executable, str(ROOT / "main.py"), "local", "--config", str(cfg)]
         command += ["--log-dir", str(log)]
-        t0 = time.monotonic()
-        with open(out, "wb") as sink:
-            proc = subprocess.Popen(
-                command,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=ROOT,
-            )
-            sampler = Sampler(proc.pid)
-            while proc.poll() is None:
-                sampler.sample()
-                if time.monotonic() - t0 > timeout_s:
-                    stop(proc)
-                    break
-                time.sleep(SAMPLE_S)
-        wall = time.monotonic() - t0
-        if proc.returncode:
+        code, wall, sampler = sampled(command, out, timeout_s)
+        if code:
             tail = out.read_text(errors="replace").strip()[-500:]
-            return LocalRun({}, sampler.nodes, wall, f"exit code {proc.returncode}: {tail}")
-        exp = next(p for p in log.iterdir() if p.is_dir())
-        logs = {
-            d["node"]: d
-            for d in (json.loads(p.read_text()) for p in exp.glob("*.json"))
-            if "node" in d
-        }
+            return LocalRun({}, sampler.nodes, wall, f"exit code {code}: {tail}")
+        logs = node_logs(next(p for p in log.iterdir() if p.is_dir()))
     return LocalRun(logs, sampler.nodes, wall)
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Ctrl-C for a local run (it stops its nodes), then a kill."""
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+def node_logs(exp: Path) -> dict[str, NodeLog]:
+    """Every node log in a run folder, by node id (its other JSON files skipped). Read with
+    hefl.records on use: the primitives need none of it."""
+    from hefl.records import LogFormatError, NodeLog
+
+    logs = {}
+    for path in exp.glob("*.json"):
+        try:
+            found = NodeLog.from_json(json.loads(path.read_text()))
+        except LogFormatError:
+            continue
+        logs[found.node] = found
+    return logs
 
 
 def topology(scheme: str, features: int, hidden: int, switches: int) -> dict[str, Any]:
@@ -491,43 +354,51 @@ def parameters(features: int, hidden: int) -> int:
     return features * hidden + hidden + hidden * 10 + 10
 
 
-def records(logs: dict[str, dict[str, Any]], role: str, r: int) -> list[dict[str, Any]]:
-    return [d["iteration"][r] for _, d in sorted(logs.items()) if d["role"] == role]
+def records(logs: dict[str, NodeLog], role: str, r: int) -> list[RoundRecord]:
+    """Round `r`'s record of every node of a role, in node order."""
+    return [log.iteration[r] for _, log in sorted(logs.items()) if log.role == role]
 
 
-def mean_phases(recs: list[dict[str, Any]], key: str) -> dict[str, float]:
+def seconds(rec: RoundRecord) -> float:
+    """A round's duration on its node (nan where its log has none)."""
+    return float("nan") if rec.duration_s is None else rec.duration_s
+
+
+def mean_phases(phases: list[Mapping[str, float]]) -> dict[str, float]:
+    """Seconds per phase, as a mean over the records' phases (wall or CPU)."""
     out: dict[str, float] = {}
-    for rec in recs:
-        for k, v in rec.get(key, {}).items():
-            out[k] = out.get(k, 0.0) + v / len(recs)
+    for found in phases:
+        for k, v in found.items():
+            out[k] = out.get(k, 0.0) + v / len(phases)
     return out
 
 
 # ---------------------------------------------------------------------------------------- rounds
 
 
-def print_role(role: str, recs: list[dict[str, Any]], params: int, fig: Figures | None) -> None:
+def print_role(role: str, recs: list[RoundRecord], params: int, fig: Figures | None) -> None:
     """Round 2 of one role: phases (wall, CPU where logged), bytes, and the bytes check."""
-    wall, cpu = mean_phases(recs, "phases"), mean_phases(recs, "phases_cpu")
+    wall = mean_phases([rec.phases for rec in recs])
+    cpu = mean_phases([rec.phases_cpu for rec in recs])
     line = ", ".join(
         f"{k} {wall.get(k, 0.0):.3f}" + (f" (cpu {cpu[k]:.3f})" if k in cpu else "")
         for k in sorted(wall.keys() | cpu.keys())
     )
-    sent = sum(x["byte_send"] for x in recs) / len(recs)
-    got = sum(x["byte_received"] for x in recs) / len(recs)
-    msgs = sum(x["messages_sent"] for x in recs) / len(recs)
+    sent = sum(x.byte_send for x in recs) / len(recs)
+    got = sum(x.byte_received for x in recs) / len(recs)
+    msgs = sum(x.messages_sent for x in recs) / len(recs)
     print(
         f"  {role:<10} mean s: {line}; sent {sent / 1e6:.2f} MB in {msgs:.0f} messages, "
         f"received {got / 1e6:.2f} MB"
     )
-    made = [x["precomputed"] for x in recs if "precomputed" in x]
+    made = [x.precomputed for x in recs if x.precomputed is not None]
     if made:
         print(
             f"  {'':<10} ciphertexts encrypted onto precomputed zeros (of the update's): "
             + " ".join(str(n) for n in made)
         )
     if fig is not None:
-        payloads = {"client": 1, "switch": 3, "aggregator": 2}[role]  # update messages per round
+        payloads = UPDATES[role]
         expected = fig.bytes_per_param * params * payloads
         print(
             f"  {'':<10} bytes sent / (bytes/param x params x {payloads} update messages): "
@@ -551,7 +422,7 @@ def critical_path_s(fig: Figures, params: int) -> float:
 
 def print_usage(run: LocalRun) -> None:
     """Per node: CPU seconds over the whole run (start-up included) and peak RSS."""
-    role_of = {node: d["role"] for node, d in run.logs.items()}
+    role_of = {node: log.role for node, log in run.logs.items()}
     for role in ROLES:
         nodes = sorted(n for n in run.usage if role_of.get(n) == role)
         cpu = " ".join(f"{run.usage[n].cpu_s:.1f}" for n in nodes)
@@ -575,7 +446,7 @@ def full_round(scheme: str, fig: Figures | None, features: int, hidden: int) -> 
     agg = records(run.logs, "aggregator", r)[0]
     print(
         f"\n{scheme}: {params:,} parameters, round {r + 1} of 2: "
-        f"{agg['duration_s']:.2f} s at the aggregator"
+        f"{seconds(agg):.2f} s at the aggregator"
     )
     for role in ROLES:
         print_role(role, records(run.logs, role, r), params, fig)
@@ -584,16 +455,16 @@ def full_round(scheme: str, fig: Figures | None, features: int, hidden: int) -> 
         print(
             f"  crypto primitives on the critical path (client encrypt; switch: 2 loads, add; "
             f"aggregator: 2 loads, add; client load+decrypt): {critical:.2f} s; "
-            f"round / primitives = {agg['duration_s'] / critical:.2f}"
+            f"round / primitives = {seconds(agg) / critical:.2f}"
         )
     print_usage(run)
-    return float(agg["duration_s"])
+    return seconds(agg)
 
 
 def round_time(scheme: str, features: int, hidden: int) -> float | None:
     """One more run of a scheme, for its round time only."""
     run = run_local(topology(scheme, features, hidden, switches=2))
-    return None if run.error else float(records(run.logs, "aggregator", 1)[0]["duration_s"])
+    return None if run.error else seconds(records(run.logs, "aggregator", 1)[0])
 
 
 def rounds(figures: dict[str, Figures], features: int, hidden: int, repeat: int) -> None:
@@ -622,13 +493,14 @@ def rounds(figures: dict[str, Figures], features: int, hidden: int, repeat: int)
 # ---------------------------------------------------------------------------------------- memory
 
 
-def first_client_start(logs: dict[str, dict[str, Any]]) -> float | None:
+def first_client_start(logs: dict[str, NodeLog]) -> float | None:
     """When the first client began round 1 (time.time()): after every node was configured and
     before any update was sent."""
     starts = [
-        float(d["iteration"][0]["start_time"])
-        for d in logs.values()
-        if d["role"] == "client" and d.get("iteration")
+        start
+        for log in logs.values()
+        if log.role == "client" and log.iteration
+        if (start := log.iteration[0].start_time) is not None
     ]
     return min(starts) if starts else None
 
@@ -640,7 +512,7 @@ def adder_memory(scheme: str, features: int, hidden: int) -> tuple[float, float 
     if run.error:
         print(f"  {scheme}: the run failed: {run.error}")
         return None
-    node = {d["role"]: n for n, d in run.logs.items()}
+    node = {log.role: n for n, log in run.logs.items()}
     switch, agg = run.usage[node["switch"]], run.usage[node["aggregator"]]
     start = first_client_start(run.logs)
     before_kb = switch.rss_before(start) if start is not None else None
@@ -756,7 +628,7 @@ def bench_backend(name: str, enc: HeParams, size: int) -> BackendRow:
     # Paillier's lanes must have room for the 100 contributors of the second sum
     wide = replace(enc, clients=100) if enc.scheme == "paillier" else enc
     errs = [sum_error(wide, secret, keyless, small, count) for count in (10, 100)]
-    return BackendRow(name, size, len(payload) / size, raw / size, t, *errs, *sizes)
+    return BackendRow(name, size, len(payload) / size, raw / size, t, errs[0], errs[1], *sizes)
 
 
 def backend_round(enc: HeParams, hidden: int) -> str:
@@ -769,13 +641,13 @@ def backend_round(enc: HeParams, hidden: int) -> str:
         return f"failed: {run.error}"
     agg = records(run.logs, "aggregator", 1)[0]
     clients = records(run.logs, "client", 1)
-    sent = statistics.mean(c["byte_send"] for c in clients)
+    sent = statistics.mean(c.byte_send for c in clients)
     crypto = statistics.mean(
-        sum(c["phases"].get(k) or 0 for k in ("encrypt", "serialize", "load", "decrypt"))
+        sum(c.phases.get(k) or 0 for k in ("encrypt", "serialize", "load", "decrypt"))
         for c in clients
     )
     return (
-        f"{agg['duration_s']:.2f} s round, client sends {sent / 1024:,.0f} KiB, "
+        f"{seconds(agg):.2f} s round, client sends {sent / 1024:,.0f} KiB, "
         f"client crypto {crypto:.2f} s"
     )
 

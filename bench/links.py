@@ -23,23 +23,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from hefl.argtypes import int_in  # noqa: E402
 from hefl.provenance import bench_line  # noqa: E402
+from hefl.records import SPLIT, RoundSummary, RunSummary  # noqa: E402
 
 
-def cell_config(scheme: str, adding: bool, rounds: int) -> dict[str, object]:
+def cell_config(scheme: str, adding: bool, rounds: int) -> dict[str, Any]:
     """config.json's topology with the 1M-parameter synthetic MLP and the switch kind."""
-    raw = json.loads((ROOT / "config.json").read_text())
+    raw: dict[str, Any] = json.loads((ROOT / "config.json").read_text())
     raw["name"] = f"links-{scheme}-{'adding' if adding else 'forwarding'}"
     raw["dataset"] = {"name": "synthetic", "samples": 800, "features": 64, "classes": 10}
     raw["model"] = {"name": "mlp", "hidden": [13333]}  # 64*13333 + 13333 + 13333*10 + 10 params
@@ -52,23 +57,48 @@ def cell_config(scheme: str, adding: bool, rounds: int) -> dict[str, object]:
     return raw
 
 
-def measure(summary: dict[str, object]) -> dict[str, float]:
-    rounds = summary["rounds"]
-    assert isinstance(rounds, list)
-    later = rounds[1:] or rounds
+@dataclass(frozen=True)
+class Row:
+    """A row of bench.json: the cell (link rate, scheme, switches forwarding or adding), its
+    figures (the module's doc says what each is) and its run folder."""
 
-    def mean(get: object) -> float:
-        return statistics.fmean(get(r) for r in later)  # type: ignore[operator]
+    rate: str
+    scheme: str
+    switches: str
+    round_s: float
+    agg_mib: float
+    crypto: float
+    training: float
+    transfer: float
+    waiting: float
+    accuracy: float
+    run: str
 
-    return {
-        "round_s": mean(lambda r: r["round_s"]),
-        "agg_mib": mean(lambda r: r["aggregator_ingress"]) / 2**20,
-        **{
-            k: mean(lambda r, k=k: r["critical_path"]["split"].get(k, 0.0))
-            for k in ("crypto", "training", "transfer", "waiting")
-        },
-        "accuracy": float(rounds[-1]["accuracy"]),
-    }
+
+def measure(summary: RunSummary, rate: str, scheme: str, switches: str, run: str) -> Row:
+    """A cell's row: the mean over rounds 2 and later of the round time, the aggregator's
+    ingress and the critical path's split; the final round's accuracy."""
+    later = summary.rounds[1:] or summary.rounds
+    return Row(
+        rate=rate,
+        scheme=scheme,
+        switches=switches,
+        round_s=statistics.fmean(known(r.round_s) for r in later),
+        agg_mib=statistics.fmean(r.aggregator_ingress for r in later) / 2**20,
+        **{k: statistics.fmean(split_of(r).get(k, 0.0) for r in later) for k in SPLIT},
+        accuracy=known(summary.rounds[-1].accuracy),
+        run=run,
+    )
+
+
+def known(figure: float | None) -> float:
+    """A figure of the summary; nan where it has none (a node's log missing)."""
+    return math.nan if figure is None else figure
+
+
+def split_of(row: RoundSummary) -> Mapping[str, float]:
+    """How the round's critical path splits (empty: no path known)."""
+    return row.critical_path.split if row.critical_path is not None else {}
 
 
 def main() -> int:
@@ -113,14 +143,12 @@ def main() -> int:
                     print(f"{rate:8} {scheme:6} {kind:10} failed: {tail}")
                     continue
                 summary = json.loads((Path(found.group(1)) / "summary.json").read_text())
-                f = measure(summary)
-                rows.append(
-                    {"rate": rate, "scheme": scheme, "switches": kind, **f, "run": found.group(1)}
-                )
+                f = measure(RunSummary.from_json(summary), rate, scheme, kind, found.group(1))
+                rows.append(asdict(f))
                 print(
-                    f"{rate:8} {scheme:6} {kind:10} {f['round_s']:8.2f} {f['agg_mib']:10.1f} "
-                    f"{f['crypto']:7.2f} {f['training']:8.2f} {f['transfer']:8.2f} "
-                    f"{f['waiting']:7.2f} {f['accuracy']:8.4f}",
+                    f"{rate:8} {scheme:6} {kind:10} {f.round_s:8.2f} {f.agg_mib:10.1f} "
+                    f"{f.crypto:7.2f} {f.training:8.2f} {f.transfer:8.2f} "
+                    f"{f.waiting:7.2f} {f.accuracy:8.4f}",
                     flush=True,
                 )
     (out / "bench.json").write_text(json.dumps(rows, indent=1))

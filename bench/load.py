@@ -42,11 +42,12 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._proc import memory_kb  # noqa: E402
 from hefl.argtypes import int_in  # noqa: E402
+from hefl.control.local import free_ports, node_command  # noqa: E402
 from hefl.crypto import HeParams, generate_keys, load_secret, make_scheme, read_keyless  # noqa: E402
-from hefl.local import free_ports, node_command  # noqa: E402
-from hefl.push import make_push  # noqa: E402
-from hefl.wire import BINARY, TOKEN_HEADER, Envelope, Kind  # noqa: E402
+from hefl.node.push import make_push  # noqa: E402
+from hefl.node.wire import BINARY, TOKEN_HEADER, Envelope, Kind  # noqa: E402
 
 FEATURES = 1000
 TOKEN = "load-bench"
@@ -99,10 +100,8 @@ class Sink:
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
-    for line in (Path("/proc") / str(pid) / "status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    """A process's resident memory now (VmRSS) or at its peak (VmHWM), in MiB; 0 once gone."""
+    return memory_kb(pid).get(field, 0) / 1024
 
 
 def worker_of(pid: int, timeout: float = 60) -> int:

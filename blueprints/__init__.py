@@ -19,9 +19,9 @@ from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntity
 
 from hefl.credential import read_key
 from hefl.errors import HeflError, ProtocolError, Unauthorized
-from hefl.host import Host
-from hefl.nodes import Node
-from hefl.wire import (
+from hefl.node.host import Host
+from hefl.node.nodes import Node
+from hefl.node.wire import (
     COOKIE_READS,
     OPEN,
     PREFIX,

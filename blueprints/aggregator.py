@@ -9,7 +9,7 @@ from flask import Blueprint, Response, jsonify, redirect, request
 
 from blueprints import current_node
 from blueprints.messages import accepted, add_route, add_routes, message, update
-from hefl.wire import TOKEN_COOKIE, TOKEN_PARAM, Kind
+from hefl.node.wire import TOKEN_COOKIE, TOKEN_PARAM, Kind
 
 bp = Blueprint("aggregator", __name__)
 add_route(bp, Kind.UPDATE, update)

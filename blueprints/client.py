@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint
 
 from blueprints.messages import add_route, begin, global_
-from hefl.wire import Kind
+from hefl.node.wire import Kind
 
 bp = Blueprint("client", __name__)
 add_route(bp, Kind.BEGIN, begin)

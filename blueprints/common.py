@@ -10,7 +10,7 @@ from flask import Blueprint, current_app, jsonify, request
 from blueprints import has_credential, read_body
 from blueprints.messages import add_routes
 from hefl.errors import ConfigError
-from hefl.wire import Kind
+from hefl.node.wire import Kind
 
 bp = Blueprint("common", __name__)
 

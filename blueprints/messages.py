@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, g
 
 from blueprints import current_node
-from hefl.wire import Body, Envelope, Kind
+from hefl.node.wire import Body, Envelope, Kind
 
 
 def add_route(bp: Blueprint, kind: Kind, view: Callable[..., Any]) -> None:

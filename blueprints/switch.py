@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint
 
 from blueprints.messages import add_route, begin, flush, global_, update
-from hefl.wire import Kind
+from hefl.node.wire import Kind
 
 bp = Blueprint("switch", __name__)
 add_route(bp, Kind.UPDATE, update)

@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def main() -> int:
     sys.path.insert(0, str(ROOT))
     try:
-        from hefl.cluster import inventory, load_settings
         from hefl.config import load_config
+        from hefl.control.cluster import inventory, load_settings
         from hefl.errors import HeflError
     except ImportError:  # run by a python without the project's packages: use the project's venv
         venv = ROOT / ".venv" / "bin" / "python"

@@ -56,7 +56,7 @@ command -v ip >/dev/null && command -v tc >/dev/null || die "needs 'ip' and 'tc'
 
 # The config's nodes, one "address host port role" line each, then "prefix N": the subnet that
 # holds them all. A config that cannot run here (nodes sharing a host, names) says why.
-plan=$("$PY" -m hefl.cluster plan "$config" 2>&1) || die "$config: $(tail -n 1 <<<"$plan" | sed 's/^error: //')"
+plan=$("$PY" -m hefl.control.cluster plan "$config" 2>&1) || die "$config: $(tail -n 1 <<<"$plan" | sed 's/^error: //')"
 
 HOSTS=() PORTS=() AGG="" PREFIX=""
 while read -r a b c d; do

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -12,8 +12,16 @@ from hefl.address import base_url, log_name, parse_address
 from hefl.crypto.params import HeParams, check_encryption
 from hefl.errors import ConfigError
 from hefl.modelspec import check_model
-from hefl.schema import NAME_LEN, bounds, check_keys, parse_section, parse_value, safe_name
-from hefl.topology import MAX_CLIENTS, check_topology
+from hefl.schema import (
+    MAX_CLIENTS,
+    NAME_LEN,
+    bounds,
+    check_keys,
+    parse_section,
+    parse_value,
+    safe_name,
+)
+from hefl.topology import Tree, check_topology
 
 Role = Literal["client", "switch", "aggregator"]
 
@@ -143,23 +151,6 @@ class NodeConfig:
 
 
 @dataclass(frozen=True)
-class LogicalClient:
-    """One client of FedAvg: its own slice, seeds and update. A client node hosts one or more;
-    with one, the client is the node and its id is the node's address, else `<address>#<j>`."""
-
-    id: str
-    node: str
-    index: int  # its slice index (and the key of its seeds)
-
-
-def logical_ids(node: NodeConfig) -> tuple[str, ...]:
-    """The ids of the logical clients a client node hosts, in slice order."""
-    if node.clients == 1:
-        return (node.id,)
-    return tuple(f"{node.id}#{j}" for j in range(node.clients))
-
-
-@dataclass(frozen=True)
 class RoundPolicy:
     """How a round may end, decided once from the config (network.round_deadline_s and
     aggregator.min_clients); nodes, the controller and local mode ask it, never the raw numbers.
@@ -192,24 +183,15 @@ class ExperimentConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
-    # every logical client by id, in slice order (derived from `nodes`)
-    logical: Mapping[str, LogicalClient] = field(init=False, repr=False, compare=False)
-    by_index: Mapping[int, str] = field(init=False, repr=False, compare=False)  # slice -> client
+    # who is where: the nodes' tree and the logical clients (derived from `nodes`)
+    tree: Tree = field(init=False, repr=False, compare=False)
     policy: RoundPolicy = field(init=False, repr=False, compare=False)  # how a round may end
 
     def __post_init__(self) -> None:
-        found = [
-            LogicalClient(lid, n.id, n.index + j)
-            for n in self.nodes.values()
-            if n.type == "client"
-            for j, lid in enumerate(logical_ids(n))
-        ]
-        ordered = sorted(found, key=lambda c: c.index)
-        object.__setattr__(self, "logical", {c.id: c for c in ordered})
-        object.__setattr__(self, "by_index", {c.index: c.id for c in ordered})
-        object.__setattr__(
-            self, "policy", RoundPolicy.of(self.network, self.aggregator, len(ordered))
-        )
+        tree = Tree(self.nodes, self.aggregator.ip)
+        object.__setattr__(self, "tree", tree)
+        policy = RoundPolicy.of(self.network, self.aggregator, len(tree.logical))
+        object.__setattr__(self, "policy", policy)
 
     @property
     def rounds(self) -> int:
@@ -218,81 +200,7 @@ class ExperimentConfig:
     def he_params(self) -> HeParams:
         """The encryption's parameters for this experiment's schemes: Paillier's packing leaves
         room for the sum of every logical client."""
-        return replace(self.encryption.he_params(), clients=len(self.logical))
-
-    @property
-    def root(self) -> str:
-        return self.aggregator.ip
-
-    def children(self, node_id: str) -> tuple[str, ...]:
-        """Direct children of a node, in config order."""
-        return tuple(n.id for n in self.nodes.values() if n.send == node_id)
-
-    def clients(self) -> tuple[str, ...]:
-        """Every (logical) client, ordered by slice index: what FedAvg, masks, min_clients and the
-        headroom count. A node hosting one client is that client."""
-        return tuple(self.logical)
-
-    def client_nodes(self) -> tuple[str, ...]:
-        """Every client node (process), ordered by slice index."""
-        found = [n for n in self.nodes.values() if n.type == "client"]
-        return tuple(n.id for n in sorted(found, key=lambda n: n.index))
-
-    def hosted(self, node_id: str) -> tuple[str, ...]:
-        """The logical clients a client node hosts, in slice order."""
-        return logical_ids(self.nodes[node_id])
-
-    def node_of(self, client: str) -> str:
-        """The node a logical client runs on."""
-        return self.logical[client].node
-
-    @property
-    def min_clients(self) -> int:
-        """The fewest clients a round completes with: every client unless a deadline is set."""
-        return self.policy.min_clients
-
-    def mask(self, clients: Iterable[str]) -> int:
-        """A set of clients as a bit mask: bit i is the client of slice index i."""
-        out = 0
-        for c in clients:
-            out |= 1 << self.logical[c].index
-        return out
-
-    def members(self, mask: int) -> tuple[str, ...]:
-        """The clients of a bit mask, by slice index (in time linear in the mask's length: it can
-        hold 16,384 clients)."""
-        bits = bin(mask)[:1:-1]  # bit i at position i
-        return tuple(
-            self.by_index[i] for i, b in enumerate(bits) if b == "1" and i in self.by_index
-        )
-
-    def clients_under(self, node_id: str) -> tuple[str, ...]:
-        """The (logical) clients whose updates pass through `node_id`: a node or a sender id."""
-        node = self.nodes.get(node_id)
-        if node is None:
-            return (node_id,) if node_id in self.logical else ()
-        if node.type == "client":
-            return self.hosted(node_id)
-        return tuple(c for child in self.children(node_id) for c in self.clients_under(child))
-
-    def senders(self, node_id: str) -> tuple[str, ...]:
-        """The sender ids of the updates a client node sends up: one per logical client, or its
-        own address when it hosts one or adds its own (`local_sum`)."""
-        node = self.nodes[node_id]
-        return (node_id,) if node.local_sum or node.clients == 1 else self.hosted(node_id)
-
-    def contributors(self, node_id: str) -> tuple[str, ...]:
-        """Senders whose messages `node_id` adds: dumb switches pass their children's through."""
-        found: list[str] = []
-        for child in self.children(node_id):
-            node = self.nodes[child]
-            if node.type == "switch" and node.dumb:
-                found.extend(self.contributors(child))
-            elif node.type == "client":
-                found.extend(self.senders(child))
-            else:
-                found.append(child)
-        return tuple(found)
+        return replace(self.encryption.he_params(), clients=len(self.tree.logical))
 
     def default_endpoints(self) -> dict[str, str]:
         """Base URL of every node: its address, with the default port where it names none."""
@@ -329,11 +237,11 @@ def parse_config(raw: Any) -> ExperimentConfig:
     check_topology(nodes, agg.ip)
     cfg = ExperimentConfig(aggregator=agg, nodes=nodes, name=name, **sections)
     check_model(cfg.model, cfg.dataset)
-    check_encryption(cfg.he_params(), len(cfg.clients()))
-    if agg.min_clients > len(cfg.clients()):
+    check_encryption(cfg.he_params(), len(cfg.tree.clients()))
+    if agg.min_clients > len(cfg.tree.clients()):
         raise ConfigError(
             f"aggregator.min_clients: {agg.min_clients} is more than the "
-            f"{len(cfg.clients())} clients of this config"
+            f"{len(cfg.tree.clients())} clients of this config"
         )
     return cfg
 

@@ -5,12 +5,32 @@ Switches and the aggregator need the update's length to check payloads, but neve
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from hefl.errors import ConfigError
 
-if TYPE_CHECKING:
-    from hefl.config import DatasetConfig, ModelConfig
+
+class DatasetConfig(Protocol):
+    """What the shapes read of the dataset section (hefl.config.DatasetConfig)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def features(self) -> int: ...
+    @property
+    def classes(self) -> int: ...
+    @property
+    def resize(self) -> int: ...
+
+
+class ModelConfig(Protocol):
+    """What the shapes read of the model section (hefl.config.ModelConfig)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def hidden(self) -> tuple[int, ...]: ...
+
 
 DEFAULT_HIDDEN = {"mlp": (32,), "mlp_wide": (256, 128)}
 CNN_CHANNELS = (6, 16)

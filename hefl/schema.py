@@ -19,6 +19,9 @@ from hefl.errors import ConfigError, HeflError
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # names in paths and URLs: use with fullmatch
 NAME_LEN = 64  # the config's `name`
+MAX_CLIENTS = (
+    16_384  # logical clients of one experiment: the envelope's client mask holds this many
+)
 EXPERIMENT_ID_LEN = 128  # an experiment id: `<name>-<date>-<time>-<random>`
 
 Error = type[HeflError]

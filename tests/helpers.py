@@ -13,7 +13,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,14 +26,14 @@ from werkzeug.serving import make_server
 
 from hefl.address import log_name
 from hefl.config import ExperimentConfig, parse_config
+from hefl.control.local import free_ports, node_command
 from hefl.crypto.plain import PlainScheme
-from hefl.local import node_command
 from hefl.modelspec import param_count
-from hefl.nodes import Parts, Worker
-from hefl.push import make_push
-from hefl.runlog import RunLog
-from hefl.transport import TrafficMeter
-from hefl.wire import BINARY, TOKEN_HEADER, Envelope, Kind
+from hefl.node.nodes import Parts, Worker
+from hefl.node.push import make_push
+from hefl.node.runlog import RunLog
+from hefl.node.transport import TrafficMeter
+from hefl.node.wire import BINARY, TOKEN_HEADER, Envelope, Kind
 
 DATA = Path(__file__).parent / "data"
 
@@ -197,6 +198,25 @@ class Cluster:
         )
 
 
+@contextmanager
+def running_cluster(tmp: Path) -> Iterator[Cluster]:
+    """A `Cluster` on free ports, 8 rounds, its four nodes started in `tmp` and answering;
+    stopped afterwards."""
+    raw, ids = addressed(free_ports(4), rounds=8)
+    made = Cluster(tmp, raw, ids, [])
+    try:
+        for name in ids:
+            made.procs.append(made.start(name, wait=False))
+        for name in ids:
+            made.wait_for(name)
+        yield made
+    finally:
+        for p in made.procs:
+            p.terminate()
+        for p in made.procs:
+            p.wait(timeout=30)
+
+
 def addressed(ports: list[int], rounds: int = 2) -> tuple[dict[str, Any], dict[str, str]]:
     """Two clients, one switch, the aggregator, at real 127.0.0.1 ports (as on a cluster)."""
     ids = dict(zip(("c0", "c1", "sw", "agg"), (f"127.0.0.1:{p}" for p in ports), strict=True))
@@ -264,6 +284,19 @@ class Run:
     config: Path
     exp: Path
     keys: Path | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """What another worker of the session needs to read this run (conftest's shared runs)."""
+        p = self.proc
+        keys = str(self.keys) if self.keys else None
+        out = {"config": str(self.config), "exp": str(self.exp), "keys": keys}
+        return out | {"args": p.args, "code": p.returncode, "out": p.stdout, "err": p.stderr}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Run:
+        proc = subprocess.CompletedProcess(data["args"], data["code"], data["out"], data["err"])
+        keys = Path(data["keys"]) if data["keys"] else None
+        return cls(proc, Path(data["config"]), Path(data["exp"]), keys)
 
 
 def only_run(log_dir: Path) -> Path:
@@ -365,7 +398,7 @@ def results_agree(exp: Path) -> int:
     assert n >= 1 and len(rows) == n == summary["rounds_completed"] == summary["totals"]["rounds"]
     assert [row["round"] for row in summary["rounds"]] == list(range(n))
     cfg = parse_config(json.loads((exp / "config.json").read_text()))
-    agg = json.loads((exp / log_name(cfg.root)).read_text())
+    agg = json.loads((exp / log_name(cfg.tree.root)).read_text())
     closed = [rec["round"] for rec in agg["iteration"] if rec["end_time"]]
     assert closed == list(range(n))  # what the aggregator closed, no more, no less
     final = summary["totals"]["final_accuracy"]
@@ -444,7 +477,7 @@ def make(
     runlog = RunLog(tmp_path / f"{node_id.replace(':', '_')}.json", node_id, cls.role, EXP)
     transport = FakeTransport()
     if cls.role == "client" and training is None:
-        from hefl.nodes.local_training import LocalTraining
+        from hefl.node.nodes.local_training import LocalTraining
 
         training = LocalTraining(cfg, node_id)
     parts = Parts(
@@ -460,40 +493,72 @@ def make(
     return node, transport
 
 
+def shared_dir(factory: pytest.TempPathFactory) -> Path:
+    """A folder that every worker of this session sees: the session's base temp (under xdist,
+    each worker's base temp is a folder of it)."""
+    base = factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 # the requirements' wheels for other Pythons (tests/test_wheels.py; conftest starts the checks)
 WHEEL_VERSIONS = ("3.12", "3.13")
+
+
+def wheel_folder(base: Path) -> Path:
+    """Where the session's wheel checks write, in the session's base temp folder (conftest's
+    shared_dir: the same for every xdist worker)."""
+    return base / "wheels"
 
 
 def start_wheel_checks(folder: Path) -> dict[str, subprocess.Popen[str]]:
     """pip's dry-run resolution of requirements.txt as binary wheels for each of WHEEL_VERSIONS,
     in the background: conftest starts them when the session's tests are collected (they wait on
-    the package index, not on this machine), and the test below reads their answers."""
+    the package index, not on this machine), and the test reads their answers from files, so
+    that either worker can: <folder>/<version>/ gets pip's report.json, its stderr, and `rc`,
+    its exit status, once it has ended."""
     procs = {}
     for version in WHEEL_VERSIONS:
         out = folder / version
         out.mkdir(parents=True, exist_ok=True)
-        procs[version] = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "pip"),
-                "install",
-                "--dry-run",
-                "--ignore-installed",
-                "--only-binary=:all:",
-                "--python-version",
-                version,
-                "--target",
-                str(out / "t"),
-                "--report",
-                str(out / "report.json"),
-                "-r",
-                str(ROOT / "requirements.txt"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        with (out / "stderr").open("w") as err:
+            procs[version] = subprocess.Popen(
+                [
+                    str(Path(sys.executable).parent / "pip"),
+                    "install",
+                    "--dry-run",
+                    "--ignore-installed",
+                    "--only-binary=:all:",
+                    "--python-version",
+                    version,
+                    "--target",
+                    str(out / "t"),
+                    "--report",
+                    str(out / "report.json"),
+                    "-r",
+                    str(ROOT / "requirements.txt"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                text=True,
+            )
+        threading.Thread(target=_write_rc, args=(procs[version], out), daemon=True).start()
     return procs
 
 
-WHEEL_CHECKS: dict[str, subprocess.Popen[str]] = {}
-WHEEL_DIR: list[Path] = []
+def _write_rc(proc: subprocess.Popen[str], out: Path) -> None:
+    code = proc.wait()
+    (out / "rc.part").write_text(str(code))
+    (out / "rc.part").rename(out / "rc")  # whole, or not there
+
+
+def wheel_check(folder: Path, version: str, timeout: float = 600) -> tuple[int, str]:
+    """The exit status and stderr of the wheel check in `folder`, once it has ended."""
+    rc = folder / version / "rc"
+    deadline = time.monotonic() + timeout
+    while not rc.exists():
+        assert time.monotonic() < deadline, f"pip's check for {version} still runs"
+        time.sleep(0.2)
+    return int(rc.read_text()), (folder / version / "stderr").read_text()
+
+
+WHEEL_CHECKS: dict[str, subprocess.Popen[str]] = {}  # started by this process

@@ -24,17 +24,16 @@ import numpy as np
 import requests
 
 from hefl.address import log_name
-from hefl.aggregation import client_weight
 from hefl.config import ExperimentConfig
 from hefl.crypto import make_scheme
 from hefl.errors import HeflError
 from hefl.modelspec import param_count
-from hefl.nodes import Node, Parts, Worker, role_class
-from hefl.nodes.client import Slot
-from hefl.runlog import RunLog
-from hefl.topology import first_hops
-from hefl.transport import Timeouts, TrafficMeter, Transport
-from hefl.wire import Envelope, Kind, kind_at
+from hefl.node.aggregation import client_weight
+from hefl.node.nodes import Node, Parts, Worker, role_class
+from hefl.node.nodes.client import Slot
+from hefl.node.runlog import RunLog
+from hefl.node.transport import Timeouts, TrafficMeter, Transport
+from hefl.node.wire import Envelope, Kind, kind_at
 
 EXPERIMENT = "mem-1"
 SCHEME = "mem://"
@@ -51,8 +50,8 @@ class FakeTraining:
         self.all_samples = sum(10 * (i + 1) for i in range(n))
         self.size = param_count(cfg.model, cfg.dataset)
         self.slots = []
-        for c in cfg.hosted(node_id):
-            index = cfg.logical[c].index
+        for c in cfg.tree.hosted(node_id):
+            index = cfg.tree.logical[c].index
             samples = 10 * (index + 1)
             weight = client_weight(samples, n, self.all_samples)
             self.slots.append(Slot(c, index, samples, 5, weight, np.random.default_rng(index)))
@@ -125,13 +124,12 @@ class MemoryNetwork:
         self._lock = threading.Lock()
         self.nodes: dict[str, Node] = {}
         endpoints = {n: f"{SCHEME}{n}" for n in cfg.nodes}
-        parts = {n: training(cfg, n) for n in cfg.client_nodes()}
+        parts = {n: training(cfg, n) for n in cfg.tree.client_nodes()}
         samples = {s.id: s.samples for t in parts.values() for s in t.slots}  # as declared
         size = param_count(cfg.model, cfg.dataset)
         for node, conf in cfg.nodes.items():
             runlog = RunLog(folder / log_name(node), node, conf.type, EXPERIMENT)
-            hops = first_hops(cfg.nodes, node)
-            hops.update({c: hops[n.node] for c, n in cfg.logical.items() if n.node in hops})
+            hops = cfg.tree.first_hops(node)
             meter = TrafficMeter(runlog, EXPERIMENT, cfg.rounds, cfg.nodes, hops)
             transport = Transport(endpoints, Timeouts(1.0, 5.0, retries, backoff=0.0), "", meter)
             transport.session = MemorySession(self, node)  # type: ignore[assignment]
@@ -155,7 +153,7 @@ class MemoryNetwork:
 
     @property
     def aggregator(self) -> Any:
-        return self.nodes[self.cfg.root]
+        return self.nodes[self.cfg.tree.root]
 
     def hold(self, sender: str, kind: Kind, round_: int) -> threading.Event:
         """Hold `sender`'s `kind` message of `round_` (its sending thread waits, as on a stalled

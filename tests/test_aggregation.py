@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from hefl.aggregation import RoundBuffer
 from hefl.errors import DuplicateMessage, OutOfWindow, ProtocolError
-from hefl.wire import Envelope
+from hefl.node.aggregation import RoundBuffer
+from hefl.node.wire import Envelope
 
 
 def env(sender: str, round_: int = 0, experiment: str = "e") -> Envelope:

@@ -35,8 +35,8 @@ from hefl.crypto.frame import frame, unframe
 from hefl.crypto.keydir import KEYLESS, SECRET
 from hefl.crypto.params import fingerprint
 from hefl.errors import ConfigError, ProtocolError
-from hefl.push import make_push
-from hefl.wire import Envelope
+from hefl.node.push import make_push
+from hefl.node.wire import Envelope
 from tests.helpers import AGG, C0, C1, EXP, S0, Recorder, begin, post, run_main, tree_config
 
 
@@ -197,7 +197,7 @@ def test_no_secret_crosses_the_wire(enc: HeParams, keys: dict[str, Path]) -> Non
         assert not any(n in blob for n in needles)
         assert not load_keyless(cfg.he_params(), blob).private
         pushed += 1
-    assert pushed == len(cfg.nodes) - len(cfg.client_nodes())
+    assert pushed == len(cfg.nodes) - len(cfg.tree.client_nodes())
 
 
 def _other(enc: HeParams) -> HeParams:

@@ -26,9 +26,9 @@ from tests.helpers import DATA, ROOT, tree_config
 def test_original_configs_load_unchanged(name: str) -> None:
     cfg = load_config(DATA / name)
     assert cfg.rounds == 10
-    assert cfg.root == "10.10.1.1"
-    assert cfg.clients() == ("10.10.1.2", "10.10.1.3", "10.10.1.4", "10.10.1.5")
-    assert cfg.contributors(cfg.root) == ("10.10.1.6", "10.10.1.7")
+    assert cfg.tree.root == "10.10.1.1"
+    assert cfg.tree.clients() == ("10.10.1.2", "10.10.1.3", "10.10.1.4", "10.10.1.5")
+    assert cfg.tree.contributors(cfg.tree.root) == ("10.10.1.6", "10.10.1.7")
     assert cfg.encryption.scheme == "none"  # no experiment-wide section: defaults fill it in
     assert all(n.key == "put public key here" for n in cfg.nodes.values() if n.type == "client")
 
@@ -62,11 +62,11 @@ def test_default_config_is_the_cloudlab_topology() -> None:
     assert sorted(cfg.nodes, key=lambda n: int(n.rsplit(".", 1)[1])) == [
         f"10.10.1.{i}" for i in range(1, 16)
     ]
-    assert cfg.root == "10.10.1.15"
-    assert len(cfg.clients()) == 8
+    assert cfg.tree.root == "10.10.1.15"
+    assert len(cfg.tree.clients()) == 8
     switches = [n for n in cfg.nodes.values() if n.type == "switch"]
     leaves = [s for s in switches if all(cfg.nodes[c].type == "client" for c in s.receive)]
-    spines = [s for s in switches if s.send == cfg.root]
+    spines = [s for s in switches if s.send == cfg.tree.root]
     assert (len(leaves), len(spines)) == (4, 2)
 
 
@@ -241,8 +241,8 @@ def test_cnn_needs_images() -> None:
 
 def test_dumb_switch_passes_its_childrens_messages_through() -> None:
     cfg = parse_config(tree_config(dumb=(0,)))
-    assert cfg.contributors(SPINE) == (C0, C1, "127.0.0.1:11")
-    assert cfg.clients_under(SPINE) == (C0, C1, "127.0.0.1:102", "127.0.0.1:103")
+    assert cfg.tree.contributors(SPINE) == (C0, C1, "127.0.0.1:11")
+    assert cfg.tree.clients_under(SPINE) == (C0, C1, "127.0.0.1:102", "127.0.0.1:103")
 
 
 def test_config_file_errors_name_the_file(tmp_path: Path) -> None:
@@ -296,7 +296,7 @@ def test_the_round_policy_is_decided_once_from_the_config() -> None:
     assert parse_config(raw).policy == RoundPolicy(2.5, 4, True, True)
     raw["aggregator"]["min_clients"] = 3
     cfg = parse_config(raw)
-    assert cfg.policy == RoundPolicy(2.5, 3, True, True) and cfg.min_clients == 3
+    assert cfg.policy == RoundPolicy(2.5, 3, True, True) and cfg.policy.min_clients == 3
     # min_clients means nothing without a deadline: every round waits for every client
     del raw["network"]
     assert parse_config(raw).policy.min_clients == 4

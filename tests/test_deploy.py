@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from hefl.cluster import inventory, load_settings, subnet
 from hefl.config import parse_config
+from hefl.control.cluster import inventory, load_settings, subnet
+from hefl.control.local import free_ports
 from hefl.errors import ConfigError
-from hefl.local import free_ports
 from tests.helpers import ROOT
 
 pytestmark = pytest.mark.deploy

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hefl.aggregation import apply_sum, client_weight, expected_contributors, weighted_metrics
 from hefl.config import parse_config
+from hefl.node.aggregation import apply_sum, client_weight, expected_contributors, weighted_metrics
 from tests.helpers import tree_config
 
 aggregate = pytest.importorskip("flwr.server.strategy.aggregate")
@@ -49,4 +49,4 @@ def test_expected_contributors_are_the_clients_under_a_node() -> None:
     # dumb: it forwards, its clients still count
     assert expected_contributors(cfg, "127.0.0.1:11") == 2
     assert expected_contributors(cfg, "127.0.0.1:2") == 4
-    assert expected_contributors(cfg, cfg.root) == 4
+    assert expected_contributors(cfg, cfg.tree.root) == 4

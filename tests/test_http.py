@@ -11,8 +11,8 @@ import pytest
 import requests
 
 from hefl.crypto.plain import PlainScheme
-from hefl.push import make_push
-from hefl.wire import BINARY, Envelope
+from hefl.node.push import make_push
+from hefl.node.wire import BINARY, Envelope
 from tests.helpers import (
     AGG,
     C0,

@@ -1,5 +1,7 @@
 """Attacks on running node processes over HTTP on 127.0.0.1: with the credential (an insider) and
-without it (a stranger). Each test starts real `main.py` node processes and an `agg` run."""
+without it (a stranger). Each test starts real `main.py` node processes and an `agg` run, or
+attacks the nodes of one finished run (`finished_cluster`, shared: this module takes one xdist
+worker, tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,7 @@ from hefl.config import parse_config
 from hefl.crypto.plain import PlainScheme
 from hefl.errors import ConfigError
 from hefl.modelspec import param_count
-from hefl.wire import BINARY, JSON, TOKEN_HEADER, Envelope
+from hefl.node.wire import BINARY, JSON, TOKEN_HEADER, Envelope
 from tests.helpers import (
     AGG,
     C0,
@@ -35,6 +38,7 @@ from tests.helpers import (
     post,
     push,
     run_local,
+    running_cluster,
     small,
     tree_config,
     wait_health,
@@ -149,34 +153,44 @@ def timed_run(cluster: Cluster) -> float:
     return time.monotonic() - started
 
 
-@pytest.mark.parametrize("mode", ["head", "body"])
-def test_slow_connections_do_not_stall_a_node(cluster: Cluster, mode: str) -> None:
-    """32 connections trickling a head, or a body, into every node (8 each, no credential): each
-    node still answers at once, and a run takes about as long as without them."""
+@pytest.fixture(scope="module")
+def finished_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A `cluster` after a run of one round, its nodes' network.read_timeout_s 2 s: the tests of a
+    finished node's refusals share it (none changes what another reads)."""
+    with running_cluster(tmp_path_factory.mktemp("finished")) as made:
+        made.raw["aggregator"]["iteration"] = 1
+        made.raw["network"]["read_timeout_s"] = 2
+        timed_run(made)
+        yield made
+
+
+def test_slow_connections_do_not_stall_a_node(cluster: Cluster) -> None:
+    """32 connections trickling a head, then 32 trickling a body, into every node (8 each, no
+    credential): each node still answers at once, and a run takes about as long as without
+    them."""
     cluster.raw["aggregator"]["iteration"] = 3
     alone = timed_run(cluster)
-    slow = Slowloris(list(cluster.ids.values()), 32, mode=mode)
-    try:
-        time.sleep(3)  # every slow connection is open and has sent a byte or two
-        for name in cluster.ids:
-            t0 = time.monotonic()
-            assert cluster.health(name)["state"] == "finished"
-            assert time.monotonic() - t0 < 2.0, (
-                f"{name} answered /health after {time.monotonic() - t0:.1f}s"
-            )
-        loaded = timed_run(cluster)
-    finally:
-        slow.close()
-    assert slow.opened >= 32
-    assert loaded < 1.5 * alone + 5, f"{loaded:.1f}s with slow connections, {alone:.1f}s without"
+    for mode in ("head", "body"):
+        slow = Slowloris(list(cluster.ids.values()), 32, mode=mode)
+        try:
+            time.sleep(3)  # every slow connection is open and has sent a byte or two
+            for name in cluster.ids:
+                t0 = time.monotonic()
+                assert cluster.health(name)["state"] == "finished"
+                assert time.monotonic() - t0 < 2.0, (
+                    f"{mode}: {name} answered /health after {time.monotonic() - t0:.1f}s"
+                )
+            loaded = timed_run(cluster)
+        finally:
+            slow.close()
+        assert slow.opened >= 32, mode
+        assert loaded < 1.5 * alone + 5, f"{mode}: {loaded:.1f}s loaded, {alone:.1f}s without"
 
 
-def test_a_slow_body_is_cut_at_the_read_timeout(cluster: Cluster) -> None:
+def test_a_slow_body_is_cut_at_the_read_timeout(finished_cluster: Cluster) -> None:
     """An insider (with the credential) that trickles a body frees its request thread once the
     node's network.read_timeout_s has passed: it gets a 400 or a closed connection."""
-    cluster.raw["aggregator"]["iteration"] = 1
-    cluster.raw["network"]["read_timeout_s"] = 2
-    timed_run(cluster)
+    cluster = finished_cluster
     exp = cluster.health("sw")["experiment"]
     host, port = cluster.ids["sw"].split(":")
     headers = {**Envelope(exp, 0, cluster.ids["c0"], 10, 1).headers(), TOKEN_HEADER: TOKEN}
@@ -243,7 +257,7 @@ def test_addresses_that_name_paths_are_refused_before_anything_is_written(
 
 def test_a_config_push_with_a_path_for_an_address_is_refused(cluster: Cluster) -> None:
     """The same through a node's /config: 400, one line, and the node stays as it was."""
-    from hefl.push import make_push
+    from hefl.node.push import make_push
 
     raw = json.loads(json.dumps(cluster.raw))
     raw["aggregator"]["ip"] = "../../x"
@@ -263,11 +277,10 @@ def test_a_config_push_with_a_path_for_an_address_is_refused(cluster: Cluster) -
     assert resp.status_code == 400 and "is not of the form http://host[:port]" in resp.text
 
 
-def test_a_finished_experiment_is_never_pushed_again(cluster: Cluster) -> None:
+def test_a_finished_experiment_is_never_pushed_again(finished_cluster: Cluster) -> None:
     """test.py with a finished experiment's id: refused with 409, exit 1, and the node's log of
     it is left as it was, as that node or as another one."""
-    cluster.raw["aggregator"]["iteration"] = 1
-    timed_run(cluster)
+    cluster = finished_cluster
     exp = cluster.health("sw")["experiment"]
     (log,) = (cluster.tmp / "sw" / exp).glob("*.json")
     before = log.read_bytes()
@@ -297,9 +310,8 @@ def test_a_finished_experiment_is_never_pushed_again(cluster: Cluster) -> None:
     assert log.read_bytes() == before and len(list((cluster.tmp / "sw" / exp).iterdir())) == 1
 
 
-def test_health_tells_strangers_only_state_and_role(cluster: Cluster) -> None:
-    cluster.raw["aggregator"]["iteration"] = 1
-    timed_run(cluster)
+def test_health_tells_strangers_only_state_and_role(finished_cluster: Cluster) -> None:
+    cluster = finished_cluster
     stranger = requests.get(f"{cluster.url('sw')}/health", timeout=10).json()
     assert stranger == {"state": "finished", "role": "switch"}
     insider = cluster.health("sw")
@@ -312,7 +324,7 @@ def test_a_push_answered_409_reads_the_nodes_state(
     """A push retried after the node took it gets 409: the controller reads the key id from the
     node's /health (with the credential), so the key check still compares real ids; a 409 for an
     experiment the node has a log of is a refusal, named."""
-    from hefl.experiment import Controller
+    from hefl.control.experiment import Controller
 
     raw = tree_config(
         clients=2,
@@ -332,7 +344,7 @@ def test_a_push_answered_409_reads_the_nodes_state(
 
     first, _ = controller("e-1")
     first.push_configs()
-    ids = {first.key_ids[c] for c in cfg.clients()}
+    ids = {first.key_ids[c] for c in cfg.tree.clients()}
     assert len(ids) == 1 and "" not in ids
     again, _ = controller("e-1")  # as a retry whose first try went through
     again.push_configs()
@@ -345,7 +357,7 @@ def test_a_push_answered_409_reads_the_nodes_state(
 def test_the_controller_warns_of_nodes_without_a_credential(
     serve_node: Any, tmp_path: Path
 ) -> None:
-    from hefl.experiment import Controller
+    from hefl.control.experiment import Controller
 
     raw = tree_config(clients=2, leaves=1, spine=False, rounds=1)
     cfg = parse_config(raw)

@@ -12,10 +12,10 @@ import pytest
 
 from hefl.config import host_clients, parse_config
 from hefl.errors import ConfigError, ProtocolError
-from hefl.metrics import ClientMetrics, MetricsReport, parse_metrics
-from hefl.nodes.aggregator import AggregatorNode
-from hefl.summary import summarize
-from hefl.wire import Envelope, Kind
+from hefl.node.metrics import ClientMetrics, MetricsReport, parse_metrics
+from hefl.node.nodes.aggregator import AggregatorNode
+from hefl.node.wire import Envelope, Kind
+from hefl.results.summary import summarize
 from tests.helpers import EXP, experiment_dir, make, node_logs, run_main, tree_config
 from tests.memnet import MemoryNetwork
 
@@ -35,34 +35,38 @@ def test_each_node_takes_consecutive_slices_under_ids_of_its_address() -> None:
     raw = hosting(3)
     assert [raw["others"][n]["index"] for n in (N0, N1)] == [0, 3]
     cfg = parse_config(raw)
-    assert cfg.clients() == tuple(f"{n}#{j}" for n in (N0, N1) for j in range(3))
-    assert cfg.client_nodes() == (N0, N1)
-    assert [cfg.logical[c].index for c in cfg.clients()] == list(range(6))
-    assert cfg.node_of(f"{N1}#2") == N1
-    assert cfg.mask([f"{N1}#0", f"{N0}#1"]) == 0b1010
-    assert cfg.members(0b1010) == (f"{N0}#1", f"{N1}#0")
+    assert cfg.tree.clients() == tuple(f"{n}#{j}" for n in (N0, N1) for j in range(3))
+    assert cfg.tree.client_nodes() == (N0, N1)
+    assert [cfg.tree.logical[c].index for c in cfg.tree.clients()] == list(range(6))
+    assert cfg.tree.node_of(f"{N1}#2") == N1
+    assert cfg.tree.mask([f"{N1}#0", f"{N0}#1"]) == 0b1010
+    assert cfg.tree.members(0b1010) == (f"{N0}#1", f"{N1}#0")
     # each client sends under its own id: the leaf counts and dedupes them one by one
-    assert cfg.contributors(LEAF0) == (f"{N0}#0", f"{N0}#1", f"{N0}#2")
-    assert cfg.clients_under(SPINE) == cfg.clients()
-    assert cfg.clients_under(f"{N0}#1") == (f"{N0}#1",)
-    assert cfg.clients_under("127.0.0.1:100#7") == ()  # no such client
-    assert cfg.min_clients == 6
+    assert cfg.tree.contributors(LEAF0) == (f"{N0}#0", f"{N0}#1", f"{N0}#2")
+    assert cfg.tree.clients_under(SPINE) == cfg.tree.clients()
+    assert cfg.tree.clients_under(f"{N0}#1") == (f"{N0}#1",)
+    assert cfg.tree.clients_under("127.0.0.1:100#7") == ()  # no such client
+    assert cfg.policy.min_clients == 6
 
 
 def test_a_node_that_adds_its_own_clients_sends_once_under_its_address() -> None:
     raw = hosting(3)
     raw["others"][N0]["local_sum"] = True
     cfg = parse_config(raw)
-    assert cfg.contributors(LEAF0) == (N0,)
-    assert cfg.clients_under(N0) == (f"{N0}#0", f"{N0}#1", f"{N0}#2")
-    assert cfg.contributors(LEAF1) == (f"{N1}#0", f"{N1}#1", f"{N1}#2")
+    assert cfg.tree.contributors(LEAF0) == (N0,)
+    assert cfg.tree.clients_under(N0) == (f"{N0}#0", f"{N0}#1", f"{N0}#2")
+    assert cfg.tree.contributors(LEAF1) == (f"{N1}#0", f"{N1}#1", f"{N1}#2")
 
 
 def test_one_client_per_node_keeps_the_config_and_ids_as_they_were() -> None:
     raw = tree_config(clients=4, leaves=2)
     assert host_clients(raw, 1)["others"] == raw["others"]
     cfg = parse_config(raw)
-    assert cfg.clients() == cfg.client_nodes() == tuple(f"127.0.0.1:{100 + i}" for i in range(4))
+    assert (
+        cfg.tree.clients()
+        == cfg.tree.client_nodes()
+        == tuple(f"127.0.0.1:{100 + i}" for i in range(4))
+    )
 
 
 @pytest.mark.parametrize(
@@ -92,7 +96,7 @@ def test_slices_that_overlap_leave_gaps_or_overflow_are_refused(
 
 def test_an_experiment_holds_at_most_16384_clients() -> None:
     raw = hosting(8192)
-    assert len(parse_config(raw).clients()) == 16384
+    assert len(parse_config(raw).tree.clients()) == 16384
     raw = hosting(8193)
     with pytest.raises(
         ConfigError, match="16386 clients in all; an experiment holds at most 16384"
@@ -114,7 +118,7 @@ def test_the_schemes_headroom_counts_logical_clients(scheme: str, most: int) -> 
     raw["others"][N1]["clients"] = most // 2
     for node in (N0, N1):
         raw["others"][node]["client_number"] = most
-    assert len(parse_config(raw).clients()) == most
+    assert len(parse_config(raw).tree.clients()) == most
     raw["others"][N1]["clients"] += 1
     for node in (N0, N1):
         raw["others"][node]["client_number"] = most + 1
@@ -125,22 +129,25 @@ def test_the_schemes_headroom_counts_logical_clients(scheme: str, most: int) -> 
 def test_min_clients_counts_logical_clients() -> None:
     raw = hosting(3, network={"round_deadline_s": 5})
     raw["aggregator"]["min_clients"] = 6
-    assert parse_config(raw).min_clients == 6
+    assert parse_config(raw).policy.min_clients == 6
     raw["aggregator"]["min_clients"] = 7
     with pytest.raises(ConfigError, match="7 is more than the 6 clients"):
         parse_config(raw)
 
 
 def test_a_sweep_varies_the_clients_per_node() -> None:
-    from hefl.sweep import apply
+    from hefl.control.sweep import apply
 
     out = apply(
         tree_config(clients=2, leaves=2), {"others.*.clients": 4, "others.*.local_sum": True}
     )
     cfg = parse_config(out)
-    assert len(cfg.clients()) == 8 and cfg.contributors(LEAF0) == (N0,)
+    assert len(cfg.tree.clients()) == 8 and cfg.tree.contributors(LEAF0) == (N0,)
     one = parse_config(apply(tree_config(clients=2, leaves=2), {"others.*.local_sum": True}))
-    assert one.contributors(LEAF0) == (N0,) and one.clients() == (N0, N1)  # nothing to add
+    assert one.tree.contributors(LEAF0) == (N0,) and one.tree.clients() == (
+        N0,
+        N1,
+    )  # nothing to add
     with pytest.raises(ConfigError, match="not a positive whole number"):
         apply(tree_config(clients=2, leaves=2), {"others.*.clients": 0})
 
@@ -245,7 +252,7 @@ SECTIONS: dict[str, Any] = {"dataset": {"name": "digits"}, "rounds": 2}
 def in_memory(tmp: Path, name: str, raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """`raw` run on the in-memory network with real torch training, models saved, in tmp/name
     beside its config (as a run folder): every node's log by node id."""
-    from hefl.nodes.local_training import LocalTraining
+    from hefl.node.nodes.local_training import LocalTraining
 
     raw["training"]["save_models"] = True
     folder = tmp / name
@@ -271,11 +278,11 @@ def test_sixteen_clients_on_eight_nodes_equal_sixteen_client_nodes(tmp_path: Pat
     exp, one = tmp_path / "multi", tmp_path / "single"
     for r in range(2):
         want = np.load(one / f"127.0.0.1_100.r{r}.global.npy")
-        for node in cfg.client_nodes():
+        for node in cfg.tree.client_nodes():
             got = np.load(exp / f"{node.replace(':', '_')}.r{r}.global.npy")
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
-        for c in cfg.clients():  # each client trained as the single-client node of its slice
-            index = cfg.logical[c].index
+        for c in cfg.tree.clients():  # each client trained as the single-client node of its slice
+            index = cfg.tree.logical[c].index
             got = np.load(exp / f"{c.replace(':', '_')}.r{r}.local.npy")
             np.testing.assert_allclose(
                 got, np.load(one / f"127.0.0.1_{100 + index}.r{r}.local.npy"), atol=1e-6
@@ -293,7 +300,7 @@ def test_sixteen_clients_on_eight_nodes_equal_sixteen_client_nodes(tmp_path: Pat
     mine = rec["clients"][f"{N0}#1"]
     assert {"train", "encrypt", "evaluate"} <= set(mine["phases"])
     assert mine["test_samples"] + rec["clients"][f"{N0}#0"]["test_samples"] == rec["test_samples"]
-    summary = summarize(exp)
+    summary = summarize(exp).to_json()
     assert summary["clients"] == 16 and summary["rounds"][1]["clients"] == 16
     # the HE error check redoes FedAvg from each client's saved local model: plaintext, so ~0
     assert summary["rounds"][1]["he_error"]["max_abs"] < 1e-6
@@ -319,11 +326,11 @@ def test_bfv_clients_on_one_node_round_as_their_own_nodes_would(tmp_path: Path) 
     assert updates_from(multi[LEAF0]["iteration"][1], N0) == 1
     assert updates_from(multi[LEAF1]["iteration"][1], N1) == 2
     assert updates_from(multi[SPINE]["iteration"][1], LEAF1) == 2  # forwarded as they came
-    assert multi[AGG]["iteration"][1]["contributors"] == list(parse_config(raw).clients())
+    assert multi[AGG]["iteration"][1]["contributors"] == list(parse_config(raw).tree.clients())
 
 
 def test_a_round_line_names_at_most_eight_missing_clients() -> None:
-    from hefl.report import format_round
+    from hefl.results.report import format_round
 
     row = {
         "round": 0,
@@ -356,7 +363,7 @@ def test_at_a_deadline_a_round_counts_the_metrics_of_its_contributors_only(
     # each node evaluates the round's result on all its clients' slices, N1#1's included
     for node in (N0, N1):
         figures = tuple(
-            ClientMetrics(c, 0.5, 0.0 if c == f"{N1}#1" else 0.8, 20) for c in cfg.hosted(node)
+            ClientMetrics(c, 0.5, 0.0 if c == f"{N1}#1" else 0.8, 20) for c in cfg.tree.hosted(node)
         )
         body = MetricsReport(0.5, 0.6, 40, 0, 0, figures).encode()
         agg.on_metrics(Envelope(EXP, 0, node, 40, 2), body)
@@ -378,7 +385,7 @@ def test_more_clients_than_test_samples_is_refused_in_one_line() -> None:
 
 
 def test_run_json_holds_the_config_not_the_tables_derived_from_it() -> None:
-    from hefl.experiment import effective_config
+    from hefl.control.experiment import effective_config
 
     cfg = parse_config(hosting(3))
     got = effective_config(cfg)
@@ -399,7 +406,7 @@ def test_run_json_holds_the_config_not_the_tables_derived_from_it() -> None:
 def test_a_nodes_clients_skip_a_round_that_closed_before_their_turn(tmp_path: Path) -> None:
     """With a deadline, once the round's result is in, the node's remaining clients do not train
     (their updates would only be refused); the others' went up under their own ids."""
-    from hefl.nodes.client import ClientNode
+    from hefl.node.nodes.client import ClientNode
 
     cfg = parse_config(hosting(3, rounds=2, network={"round_deadline_s": 600}))
     node, transport = make(ClientNode, N0, cfg, tmp_path)
@@ -413,18 +420,18 @@ def test_a_nodes_clients_skip_a_round_that_closed_before_their_turn(tmp_path: Pa
     transport.send = send  # type: ignore[method-assign]
     node.train_round(0)
     assert sent == [f"{N0}#0"]
-    rec = node.runlog.record(0)["clients"]
+    rec = node.runlog.record(0).to_json()["clients"]
     assert "skipped" not in rec[f"{N0}#0"] and "train" in rec[f"{N0}#0"]["phases"]
     for c in (f"{N0}#1", f"{N0}#2"):
         assert rec[c] == {"late": True, "skipped": True}
-    assert node.runlog.record(0)["train_samples"] == rec[f"{N0}#0"]["train_samples"]
+    assert node.runlog.record(0).to_json()["train_samples"] == rec[f"{N0}#0"]["train_samples"]
     node.close()
 
 
 def test_a_node_that_adds_its_clients_sends_nothing_for_a_round_closed_before_its_sum(
     tmp_path: Path,
 ) -> None:
-    from hefl.nodes.client import ClientNode
+    from hefl.node.nodes.client import ClientNode
 
     raw = hosting(3, rounds=2, network={"round_deadline_s": 600})
     raw["others"][N0]["local_sum"] = True
@@ -440,5 +447,5 @@ def test_a_node_that_adds_its_clients_sends_nothing_for_a_round_closed_before_it
     node.train_one = closing  # type: ignore[method-assign]
     node.train_round(0)
     assert trained == [f"{N0}#0"] and transport.sent == []
-    assert node.runlog.record(0)["late"] is True
+    assert node.runlog.record(0).to_json()["late"] is True
     node.close()

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.process
 
 PROBE = """
 import sys
-from hefl.host import return_large_buffers
+from hefl.node.host import return_large_buffers
 
 def rss():
     for line in open("/proc/self/status"):

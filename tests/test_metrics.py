@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from hefl.errors import ProtocolError
-from hefl.metrics import MetricsReport, parse_metrics
+from hefl.node.metrics import MetricsReport, parse_metrics
 
 SENDER = "127.0.0.1:100"
 GOOD: dict[str, Any] = {

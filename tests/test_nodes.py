@@ -11,10 +11,10 @@ import pytest
 from hefl.config import ExperimentConfig, parse_config
 from hefl.crypto.plain import PlainScheme
 from hefl.errors import DuplicateMessage, OutOfWindow, ProtocolError
-from hefl.nodes.aggregator import AggregatorNode
-from hefl.nodes.switch import SwitchNode
-from hefl.runlog import RunLog
-from hefl.wire import Envelope, Kind
+from hefl.node.nodes.aggregator import AggregatorNode
+from hefl.node.nodes.switch import SwitchNode
+from hefl.node.runlog import RunLog
+from hefl.node.wire import Envelope, Kind
 from tests.helpers import AGG, C0, C1, EXP, S0, FakeTransport, InlineWorker, make, tree_config
 
 
@@ -59,7 +59,7 @@ def test_switch_adds_its_children_and_relays_the_global_result(
         (C0, Kind.GLOBAL, S0, True),
         (C1, Kind.GLOBAL, S0, True),
     ]
-    rec = switch.runlog.record(0)
+    rec = switch.runlog.record(0).to_json()
     assert rec["end_time"] is not None and {"load", "serialize", "send", "wait"} <= set(
         rec["phases"]
     )
@@ -146,7 +146,7 @@ def test_an_adder_holds_one_running_total_not_its_childrens_updates(tmp_path: Pa
     switch.on_update(Envelope(EXP, 0, "127.0.0.1:102", 10, 1), scheme.encrypt(values[2]))
     ((_, kind, env, body),) = transport.sent
     assert (kind, env.contributors) == (Kind.UPDATE, 3)
-    assert set(switch.runlog.record(0)["phases"]) >= {"load", "serialize", "send"}
+    assert set(switch.runlog.record(0).to_json()["phases"]) >= {"load", "serialize", "send"}
     assert 0 not in switch.buffer._inboxes  # released: nothing of the round is held any more
 
 
@@ -201,7 +201,7 @@ def test_a_slow_child_does_not_delay_its_siblings(tmp_path: Path) -> None:
     # every sibling's send began at once, not after the slow child's 3 s (in sequence: >= 3 s)
     assert max(slow.began[c] for c in (C1, "127.0.0.1:102")) - t0 < 1.5
     assert time.monotonic() - t0 >= 3.0  # the phase still waits for the slow child
-    assert switch.runlog.record(0)["phases"]["send"] >= 3.0
+    assert switch.runlog.record(0).to_json()["phases"]["send"] >= 3.0
 
 
 def test_a_child_that_fails_fails_the_fan_out_after_the_others_got_it(tmp_path: Path) -> None:
@@ -225,7 +225,7 @@ def test_the_precomputer_works_only_while_the_client_waits(key_dirs: dict[str, P
     import time
 
     from hefl.crypto import HeParams, load_secret, make_scheme
-    from hefl.nodes.client import Precomputer
+    from hefl.node.nodes.client import Precomputer
 
     enc = HeParams(scheme="bfv")
     scheme = make_scheme(enc, 5 * 8192, load_secret(enc, key_dirs["bfv"]), seed=1)
@@ -263,7 +263,7 @@ def test_a_child_that_restarted_is_named_first_in_the_failure(
     """A child process that restarted answers with no experiment (a 404 from a node with no
     role): over real HTTP, the switch relaying to it fails with a line that names the child and
     what happened to it, then where it was seen, not `relay: ... refused ...`."""
-    from hefl.transport import Timeouts, Transport
+    from hefl.node.transport import Timeouts, Transport
 
     url, _ = serve_node()  # a node process that was never configured: as one just restarted
     switch, fake = make(SwitchNode, S0, cfg, tmp_path)
@@ -284,9 +284,9 @@ def test_a_client_that_cannot_send_its_update_names_the_peer_it_cannot_reach(
 ) -> None:
     """A client whose switch is gone (nothing listens at its address) says so first, and that it
     was sending its update: not `apply_global: cannot reach ...`, the job the sending ran in."""
-    from hefl.local import free_ports
-    from hefl.nodes.client import ClientNode
-    from hefl.transport import Timeouts, Transport
+    from hefl.control.local import free_ports
+    from hefl.node.nodes.client import ClientNode
+    from hefl.node.transport import Timeouts, Transport
 
     (port,) = free_ports(1)  # nothing listens there
     client = object.__new__(ClientNode)  # the sending and failure paths only: no model, no data

@@ -16,8 +16,8 @@ from hefl.address import check_base_url, file_stem, log_name, parse_address
 from hefl.config import parse_config
 from hefl.crypto.frame import frame, frame_lengths, unframe
 from hefl.errors import ConfigError, ProtocolError
-from hefl.push import parse_push
-from hefl.wire import PREFIX, Envelope
+from hefl.node.push import parse_push
+from hefl.node.wire import PREFIX, Envelope
 from tests.helpers import tree_config
 
 RAW = tree_config(clients=2, leaves=1, spine=False)
@@ -155,7 +155,7 @@ def test_any_push_body_is_a_push_or_a_config_error(body: dict[str, Any]) -> None
         one_line(exc)
         return
     assert push.node in push.cfg.nodes
-    assert not push.samples or set(push.samples) == set(push.cfg.clients())
+    assert not push.samples or set(push.samples) == set(push.cfg.tree.clients())
 
 
 envelopes = st.builds(

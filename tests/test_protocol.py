@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from hefl.aggregation import apply_sum
 from hefl.config import parse_config
 from hefl.errors import PeerRefused
-from hefl.wire import Envelope, Kind
+from hefl.node.aggregation import apply_sum
+from hefl.node.wire import Envelope, Kind
 from tests.helpers import tree_config
 from tests.memnet import EXPERIMENT, FakeTraining, MemoryNetwork
 
@@ -44,7 +44,7 @@ def network(tmp_path: Path) -> Iterator[Any]:
 def fedavg(rounds: int, clients: int = 4) -> np.ndarray:
     """The model every client ends with when all contribute: FedAvg of FakeTraining's steps."""
     cfg = parse_config(tree_config(clients=clients, rounds=rounds))
-    parts = [FakeTraining(cfg, c) for c in cfg.client_nodes()]
+    parts = [FakeTraining(cfg, c) for c in cfg.tree.client_nodes()]
     base = parts[0].initial()
     for r in range(rounds):
         total = np.zeros(base.size)
@@ -151,7 +151,7 @@ def test_a_lost_connection_is_tried_again_and_counted_each_time(network: Any) ->
     status = net.run()
     assert status["state"] == "finished", status["error"]
     assert status["rounds"][0]["contributors"] == 4
-    rec = net.nodes[C[0]].runlog.record(0)
+    rec = net.nodes[C[0]].runlog.record(0).to_json()
     sent = [m for m in rec["messages"] if (m["dir"], m["kind"]) == ("sent", "update")]
     assert len(sent) == 1  # a refused connection carried no bytes: one attempt counted
 

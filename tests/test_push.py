@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from hefl.errors import ConfigError
-from hefl.push import Push, is_experiment_id, make_push, parse_push
+from hefl.node.push import Push, is_experiment_id, make_push, parse_push
 from tests.helpers import tree_config
 
 C0, S0, AGG = "127.0.0.1:100", "127.0.0.1:10", "127.0.0.1:1"

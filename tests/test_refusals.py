@@ -18,8 +18,8 @@ import requests
 from hefl.config import parse_config
 from hefl.crypto import generate_keys
 from hefl.crypto.plain import PlainScheme
-from hefl.push import make_push
-from hefl.wire import JSON, Envelope
+from hefl.node.push import make_push
+from hefl.node.wire import JSON, Envelope
 from tests.helpers import (
     AGG,
     C0,
@@ -92,7 +92,7 @@ def test_repushing_the_running_experiment_keeps_its_log(
     )
     again = push(url, small(), S0, endpoints)
     assert again.status_code == 409 and "already configured" in again.json()["error"]
-    assert server.node.runlog.record(0)["byte_received"] == scheme.max_payload_bytes
+    assert server.node.runlog.record(0).to_json()["byte_received"] == scheme.max_payload_bytes
 
 
 def test_aggregator_refuses_bad_metrics_and_foreign_failures(
@@ -223,7 +223,7 @@ def test_switch_and_aggregator_processes_never_load_torch(tmp_path: Any) -> None
 import sys
 from pathlib import Path
 from blueprints import NodeServer
-from hefl.push import make_push
+from hefl.node.push import make_push
 raw = {tree_config()!r}
 for node in ("127.0.0.1:10", "127.0.0.1:2", "127.0.0.1:1"):
     NodeServer(Path({str(tmp_path)!r})).configure(make_push(raw, node, "e", {{}}))
@@ -246,7 +246,7 @@ def test_encrypted_switch_refuses_foreign_and_short_ciphertexts(
     from hefl.config import parse_config
     from hefl.crypto import generate_keys, load_secret, make_scheme, read_keyless
     from hefl.modelspec import param_count
-    from hefl.push import make_push
+    from hefl.node.push import make_push
 
     raw = small(encryption={"scheme": name, "key_dir": str(key_dirs.get(name, tmp_path))})
     cfg = parse_config(raw)
@@ -318,7 +318,7 @@ from blueprints import NodeServer
 from hefl.config import parse_config
 from hefl.crypto import load_secret, make_scheme, read_keyless
 from hefl.modelspec import param_count
-from hefl.push import make_push
+from hefl.node.push import make_push
 raw = {raw!r}
 cfg = parse_config(raw)
 size = param_count(cfg.model, cfg.dataset)

@@ -14,10 +14,12 @@ from typing import Any
 import pytest
 
 from hefl.config import parse_config
+from hefl.control.experiment import Controller
+from hefl.control.sweep import apply, cells, read_sweep
 from hefl.errors import ConfigError, ExperimentFailed
-from hefl.experiment import Controller
-from hefl.summary import SPLIT, Timeline, critical_path, to_csv
-from hefl.sweep import apply, cells, read_sweep
+from hefl.records import SPLIT, NodeLog, RoundRow, RunSummary
+from hefl.results.table import to_csv
+from hefl.results.timeline import Timeline, critical_path
 from tests.helpers import ROOT, Run, node_processes, run_main, tree_config
 
 PLOTS = ("accuracy.png", "bytes.png", "phases.png", "critical_path.png")
@@ -357,22 +359,19 @@ def test_the_critical_path_follows_the_last_update_back_to_its_clients_start() -
         c0: _log(c0, "client", [(50.0, r, "begin", leaf, 0), (50.5, s, "update", leaf, 0)]),
         c1: _log(c1, "client", [(700.0, r, "begin", leaf, 0), (702.5, s, "update", leaf, 0)]),
     }
-    lines = {n: Timeline.of(d) for n, d in logs.items()}
+    lines = {n: Timeline.of(NodeLog.from_json(d)) for n, d in logs.items()}
     path = critical_path(lines, cfg, 0)
-    assert path is not None and path["complete"]
-    assert path["nodes"] == [agg, leaf, c1, leaf, agg]
-    assert path["client"] == c1
+    assert path is not None and path.complete
+    assert path.nodes == (agg, leaf, c1, leaf, agg)
+    assert path.client == c1
     # on nodes (no spans: all waiting): agg 0 (its first send went to the leaf) and 0.5, leaf
     # 0.2 (begin in, on to c1) and 0.4 (c1's update in, sum up), c1 2.5; the round 4.5 s
-    assert path["split"]["waiting"] == pytest.approx(0.5 + 0.2 + 0.4 + 2.5)
-    assert path["split"]["transfer"] == pytest.approx(4.5 - 3.6)
+    assert path.split["waiting"] == pytest.approx(0.5 + 0.2 + 0.4 + 2.5)
+    assert path.split["transfer"] == pytest.approx(4.5 - 3.6)
 
 
 def test_csv_has_a_row_per_round_and_totals() -> None:
-    summary = {
-        "rounds": [],
-        "totals": {"rounds": 0},
-    }
+    summary = RunSummary.from_json({"experiment": "e", "rounds": [], "totals": {"rounds": 0}})
     assert to_csv(summary).splitlines()[0].startswith("round,accuracy,loss")
 
 
@@ -440,11 +439,11 @@ def test_a_refused_update_and_a_late_retry_are_not_the_critical_path() -> None:
         ),
         c1: _log(c1, "client", [(20.0, r, "begin", agg, 0), (23.9, s, "update", agg, 0)]),
     }
-    lines = {n: Timeline.of(d) for n, d in logs.items()}
+    lines = {n: Timeline.of(NodeLog.from_json(d)) for n, d in logs.items()}
     path = critical_path(lines, cfg, 0, {agg: [c0]})
-    assert path is not None and path["complete"] and path["client"] == c0
-    assert path["nodes"] == [agg, c0, agg]
-    split = path["split"]
+    assert path is not None and path.complete and path.client == c0
+    assert path.nodes == (agg, c0, agg)
+    split = path.split
     assert split["waiting"] == pytest.approx(1.5 + 2.02) and split["transfer"] >= 0
 
 
@@ -492,7 +491,9 @@ class FakeStatus:
     def __init__(self, answer: dict[str, Any] | Exception) -> None:
         self.answer = answer
 
-    def call(self, peer: str, kind: Any, body: bytes = b"", arg: str = "") -> Any:
+    def call(
+        self, peer: str, kind: Any, body: bytes = b"", arg: str = "", timeouts: Any = None
+    ) -> Any:
         if isinstance(self.answer, Exception):
             raise self.answer
         answer = self.answer
@@ -515,13 +516,14 @@ def test_after_a_failure_the_controller_keeps_the_rounds_the_aggregator_closed(
     raw = json.loads((ckks_exp / "config.json").read_text())
     raw["encryption"] = {"scheme": "none"}
     ctl = Controller(raw, parse_config(raw), {}, ckks_exp.name, ckks_exp.parent)
-    rows = json.loads((ckks_exp / "rounds.json").read_text())
+    said = json.loads((ckks_exp / "rounds.json").read_text())
+    rows = [RoundRow.from_json(row) for row in said]
     ctl.rows = rows[:1]
-    ctl.pulse = FakeStatus({"experiment": ckks_exp.name, "rounds": rows})  # type: ignore[assignment]
+    ctl.transport = FakeStatus({"experiment": ckks_exp.name, "rounds": said})  # type: ignore[assignment]
     assert ctl.closed_rows() == rows  # the log holds all three
-    ctl.pulse = FakeStatus({"experiment": "another-run", "rounds": rows})  # type: ignore[assignment]
+    ctl.transport = FakeStatus({"experiment": "another-run", "rounds": said})  # type: ignore[assignment]
     assert ctl.closed_rows() == rows[:1]
-    ctl.pulse = FakeStatus(PeerUnreachable("gone", peer="127.0.0.1:1"))  # type: ignore[assignment]
+    ctl.transport = FakeStatus(PeerUnreachable("gone", peer="127.0.0.1:1"))  # type: ignore[assignment]
     assert ctl.closed_rows() == rows[:1]
     # the aggregator's log in the folder closed two rounds: no row past them is kept
     copy = tmp_path / ckks_exp.name
@@ -531,5 +533,5 @@ def test_after_a_failure_the_controller_keeps_the_rounds_the_aggregator_closed(
     data["iteration"][2]["end_time"] = None
     agg_log.write_text(json.dumps(data))
     ctl = Controller(raw, parse_config(raw), {}, copy.name, tmp_path)
-    ctl.pulse = FakeStatus({"experiment": copy.name, "rounds": rows})  # type: ignore[assignment]
+    ctl.transport = FakeStatus({"experiment": copy.name, "rounds": said})  # type: ignore[assignment]
     assert ctl.closed_rows() == rows[:2]

@@ -28,7 +28,7 @@ from hefl.crypto import (
 from hefl.crypto.keydir import KEYLESS, SECRET
 from hefl.crypto.params import batching_prime, coeff_primes
 from hefl.errors import ConfigError, ProtocolError
-from hefl.push import make_push
+from hefl.node.push import make_push
 from tests.helpers import ROOT, tree_config
 
 SCHEMES = ["none", "ckks", "bfv"]

@@ -12,11 +12,11 @@ import pytest
 from flask import Flask, request
 
 from hefl.config import NetworkConfig
+from hefl.control.local import free_ports
 from hefl.errors import PeerUnreachable, ProtocolError
-from hefl.local import free_ports
-from hefl.runlog import RunLog
-from hefl.transport import Timeouts, TrafficMeter, Transport
-from hefl.wire import TOKEN_HEADER, Envelope, Kind
+from hefl.node.runlog import RunLog
+from hefl.node.transport import Timeouts, TrafficMeter, Transport
+from hefl.node.wire import TOKEN_HEADER, Envelope, Kind
 from tests.helpers import Served
 
 PEER, DEAD = "10.10.1.9", "10.10.1.10"
@@ -79,7 +79,7 @@ def transport(
 def test_retries_a_busy_peer_and_counts_every_attempt(peer: Peer, tmp_path: Path) -> None:
     t, runlog = transport(peer, tmp_path)
     assert t.send(PEER, Kind.UPDATE, ENV, b"x" * 1000).status_code == 202
-    rec = runlog.record(1)
+    rec = runlog.record(1).to_json()
     error = len(b'{"error":"busy"}\n')
     assert peer.calls == 3 and peer.tokens == ["t0k"] * 3
     assert (rec["byte_send"], rec["byte_send_up"], rec["messages_sent"]) == (3000, 3000, 3)
@@ -109,7 +109,7 @@ def test_gives_up_after_the_retries_naming_the_peer(peer: Peer, tmp_path: Path) 
         PeerUnreachable, match=rf"cannot reach {PEER} .* after 3 attempts: 503 busy"
     ) as failed:
         t.send(PEER, Kind.UPDATE, ENV, b"abc")
-    assert peer.calls == 3 and runlog.record(1)["messages_sent"] == 3
+    assert peer.calls == 3 and runlog.record(1).to_json()["messages_sent"] == 3
     # it answered, with errors: a failure line says so, not that it could not be reached
     assert (
         failed.value.peer == PEER and failed.value.headline == f"{PEER} answers with errors (503)"
@@ -126,7 +126,7 @@ def test_a_refusal_is_not_retried_and_a_duplicate_counts_as_delivered(
         t.send(PEER, Kind.GLOBAL, ENV, b"abc")
     assert peer.calls == 1
     assert t.send(PEER, Kind.BEGIN, ENV).status_code == 409
-    rec = runlog.record(1)
+    rec = runlog.record(1).to_json()
     assert (
         rec["byte_send_down"] == 3 and rec["byte_received_down"] > 0 and rec["messages_sent"] == 2
     )
@@ -138,7 +138,7 @@ def test_no_answer_within_the_read_timeout(peer: Peer, tmp_path: Path) -> None:
     with pytest.raises(PeerUnreachable, match=r"after 2 attempts: no answer within 0.3s"):
         t.send(PEER, Kind.METRICS, ENV, b"{}")
     assert time.monotonic() - started < 2.0 and peer.calls == 2
-    rec = runlog.record(1)  # the body went out each time; nothing came back
+    rec = runlog.record(1).to_json()  # the body went out each time; nothing came back
     assert (rec["byte_send_control"], rec["byte_received"]) == (4, 0)
 
 

@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from hefl.aggregation import AcceptPoint
 from hefl.errors import DuplicateMessage, ProtocolError
-from hefl.wire import ROUTES, Envelope, Kind, kind_at
+from hefl.node.aggregation import AcceptPoint
+from hefl.node.wire import ROUTES, Envelope, Kind, kind_at
 
 
 def test_paths_stay_as_documented() -> None:

@@ -173,7 +173,7 @@ class ChunkedScheme(ABC):
 
     def check_sum(self, payload: Payload, contributors: int) -> None:
         """Ciphertexts cannot be looked into: their values are checked by the clients that
-        decrypt the sum (see hefl.nodes.client)."""
+        decrypt the sum (see hefl.node.nodes.client)."""
         return None
 
     def load(self, payload: Payload) -> list[Any]:

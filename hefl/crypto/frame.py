@@ -7,7 +7,8 @@ from collections.abc import Iterator, Sequence
 
 from hefl.errors import ProtocolError
 
-# a framed body as it arrived: bytes, or the bytearray the HTTP layer read it into (hefl.wire.Body)
+# a framed body as it arrived: bytes, or the bytearray the HTTP layer read it into
+# (hefl.node.wire.Body)
 Payload = bytes | bytearray
 MAGIC = b"HEF1"
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hefl.errors import ConfigError
-from hefl.topology import MAX_CLIENTS
+from hefl.schema import MAX_CLIENTS
 
 
 @dataclass(frozen=True)

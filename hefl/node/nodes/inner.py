@@ -1,0 +1,202 @@
+"""Inner nodes of the tree (switches and the aggregator): they accept their children's updates and
+add them."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from hefl.config import ExperimentConfig
+from hefl.errors import ProtocolError
+from hefl.node.aggregation import RoundBuffer
+from hefl.node.nodes.base import Node, Parts
+from hefl.node.runlog import Stopwatch
+from hefl.node.wire import Body, Envelope, Kind
+
+log = logging.getLogger(__name__)
+
+
+class InnerNode(Node, ABC):
+    """A node receiving updates from below; every update is accepted or refused in `on_update`."""
+
+    def __init__(self, cfg: ExperimentConfig, node_id: str, experiment: str, parts: Parts) -> None:
+        super().__init__(cfg, node_id, experiment, parts)
+        self.children = cfg.tree.children(node_id)
+        self.adds = True  # False on a dumb switch
+        self.declared = dict(parts.samples)  # each client's samples, when the controller gave them
+        self.buffer = RoundBuffer(
+            experiment, cfg.tree.contributors(node_id), cfg.rounds, self.combine
+        )
+        self.first_update = Stopwatch()  # from the first child's update to the last one's
+        # one update loaded and added at a time: TenSEAL holds the GIL, so concurrent loads would
+        # not be faster
+        self._adding = threading.Lock()
+        # children are sent to at once (up to 16 at a time): a slow child does not delay its
+        # siblings; the transport's one HTTP session (connection pools per peer) is shared
+        self._fan_out = ThreadPoolExecutor(
+            min(16, max(1, len(self.children))), thread_name_prefix=f"{self.role}-send"
+        )
+
+    def on_update(self, env: Envelope, payload: Body) -> None:
+        """Accept one child's update (a duplicate raises DuplicateMessage) and add it to its round's
+        total at once; the work a complete round causes goes to the worker. The payload is loaded
+        (for ciphertexts: deserialized and checked in this node's context) once, here, one
+        ciphertext at a time; one refused part way is taken back out of the total."""
+        # reserved first: a retried update is refused before it costs a deserialization
+        with self.buffer.reserve(env):
+            members = self.check_members(env)
+            if env.samples <= 0:
+                raise ProtocolError(f"{env.sender!r} sent an update of {env.samples} samples")
+            if self.declared:
+                want = sum(self.declared[c] for c in self.cfg.tree.members(members))
+                if env.samples != want:
+                    raise ProtocolError(
+                        f"{env.sender!r} says its update holds {env.samples} samples; its "
+                        f"clients declared {want}"
+                    )
+            self.scheme.check_sum(payload, env.contributors)  # plaintext: finite, in range
+            with self._adding:
+                started, added = time.monotonic(), self.scheme.adding_s
+                if self.adds:  # deserialized, checked and added in one pass
+                    complete = self.buffer.fill(env, payload)
+                else:
+                    self.scheme.load(payload)  # checked, then forwarded as it came
+                    complete = self.buffer.fill(env, None)
+                # the pass split into loading (and checking) and adding, one after the other
+                ended, adding = time.monotonic(), self.scheme.adding_s - added
+                self.runlog.add_phase(
+                    env.round, "load", ended - started - adding, end=ended - adding
+                )
+                self.runlog.add_phase(env.round, "aggregate", adding, end=ended)
+                # started before the worker may stop it (`accepted` submits a complete round)
+                self.first_update.start(env.round, first=True)
+        self.accepted(env, payload, complete)
+
+    def check_members(self, env: Envelope) -> int:
+        """The clients an update adds (its mask): all the clients below its sender, or, with a
+        round deadline, some of them (a partial sum a switch sent at the deadline)."""
+        clients = self.cfg.tree.clients_under(env.sender)
+        if not env.members and env.contributors != len(clients):
+            raise ProtocolError(
+                f"{env.sender!r} claims {env.contributors} contributors; "
+                f"it has {len(clients)} clients"
+            )
+        full = self.cfg.tree.mask(clients)
+        members = env.members or full
+        if members & ~full or members.bit_count() != env.contributors:
+            raise ProtocolError(
+                f"{env.sender!r} claims {env.contributors} contributors, clients "
+                f"{members:x}: not a set of its {len(clients)} clients"
+            )
+        if members != full and not self.cfg.policy.partial_rounds:
+            raise ProtocolError(
+                f"{env.sender!r} sent a sum of {env.contributors} of its {len(clients)} clients; "
+                "this experiment has no round deadline"
+            )
+        return members
+
+    def combine(self, total: Any, payload: Any) -> Any:
+        """How the buffer folds an update into its round's total (under its lock)."""
+        return self.scheme.load_into(total, payload) if self.adds else None
+
+    def accepted(self, env: Envelope, payload: Body, complete: bool) -> None:
+        if complete:
+            self.submit(self.complete, env.round)
+
+    @abstractmethod
+    def complete(self, round_: int) -> None:
+        """Add (or close) a round whose updates have all arrived; runs on the worker."""
+
+    def add_round(self, round_: int) -> tuple[Envelope, Body]:
+        """Release a round (complete, or at its deadline with what came) and add its payloads into
+        one message of this node's; its log names who contributed and who is missing."""
+        self.round = round_
+        self.runlog.add_phase(round_, "wait", self.first_update.stop(round_))
+        inbox = self.buffer.release(round_)
+        with self.runlog.phase(round_, "serialize"):
+            payload = self.scheme.serialize(inbox.total)
+        envs = inbox.envelopes.values()
+        members = self.members_of(envs)
+        env = self.envelope(
+            round_, sum(e.samples for e in envs), sum(e.contributors for e in envs), members
+        )
+        self.record_members(round_, members)
+        return env, payload
+
+    def members_of(self, envs: Iterable[Envelope]) -> int:
+        """The clients (mask) that the updates of `envs` add together."""
+        members = 0
+        for e in envs:
+            members |= e.members or self.cfg.tree.mask(self.cfg.tree.clients_under(e.sender))
+        return members
+
+    def record_members(self, round_: int, members: int) -> None:
+        present = set(self.cfg.tree.members(members))
+        below = self.cfg.tree.clients_under(self.id)
+        self.runlog.set(
+            round_,
+            contributors=tuple(c for c in below if c in present),
+            missing=tuple(c for c in below if c not in present),
+        )
+
+    def flush_children(self, round_: int) -> None:
+        """At a round's deadline: ask every child switch, at once, to send up what it has (each
+        flushes its own child switches first); returns when all answered or failed (logged)."""
+        switches = [c for c in self.children if self.cfg.nodes[c].type == "switch"]
+        sends = [
+            self._fan_out.submit(self.transport.send, child, Kind.FLUSH, self.envelope(round_), b"")
+            for child in switches
+        ]
+        for child, f in zip(switches, sends, strict=True):
+            exc = f.exception()
+            if exc is not None:
+                log.warning(
+                    "%s: flush of round %d at %s failed: %s", self.id, round_ + 1, child, exc
+                )
+
+    def send_down(self, kind: Kind, env: Envelope, payload: Body) -> None:
+        """Send a begin or global message to every child at once, timed as the round's `send`
+        phase (until the last child answered; wall time only: the sending threads' CPU is not the
+        worker's). Every child that failed is logged; the first one's error is raised."""
+        if self.closed:
+            return
+        started = time.monotonic()
+        sends = {
+            child: self._fan_out.submit(self.transport.send, child, kind, env, payload)
+            for child in self.children
+        }
+        errors = {child: f.exception() for child, f in sends.items()}
+        self.runlog.add_phase(env.round, "send", time.monotonic() - started)
+        failed = [(child, exc) for child, exc in errors.items() if exc is not None]
+        if failed and self.cfg.policy.tolerate_dropouts:  # a child gone is a dropout: skipped
+            for child, exc in failed:
+                log.warning(
+                    "%s: %s of round %d not delivered to %s (skipped): %s",
+                    self.id,
+                    kind.value,
+                    env.round + 1,
+                    child,
+                    exc,
+                )
+            return
+        for child, exc in failed[1:]:
+            log.error(
+                "%s: %s of round %d to %s failed too: %s",
+                self.id,
+                kind.value,
+                env.round + 1,
+                child,
+                exc,
+            )
+        if failed:
+            with self.step(f"sending the {kind.value} message of round {env.round + 1} down"):
+                raise failed[0][1]
+
+    def close(self) -> None:
+        super().close()
+        self._fan_out.shutdown(wait=False, cancel_futures=True)
