@@ -252,7 +252,7 @@ class Controller:
             log.info("the aggregator's last rounds not asked: %s", exc)
         try:
             agg = json.loads((self.exp_dir / log_name(self.cfg.tree.root)).read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return list(rows)  # no log of it here: what it said is all there is
         return list(rows[: rounds_closed(agg)])
 
@@ -608,7 +608,7 @@ def _finished(path: Path) -> bool:
     """Whether a node log on disk is complete (its last round written)."""
     try:
         return _finished_log(json.loads(path.read_text()))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
 
 

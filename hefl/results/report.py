@@ -14,6 +14,7 @@ from hefl.records import (
     MISSING_SHOWN,
     SPLIT,
     LogFormatError,
+    NewerFormat,
     NodeLog,
     NotCompleted,
     RoundRecord,
@@ -78,8 +79,10 @@ def read_logs(exp_dir: Path) -> dict[str, NodeLog]:
     for path in sorted(exp_dir.glob("*.json")):
         try:
             log = NodeLog.from_json(json.loads(path.read_text()))
-        except LogFormatError:
-            continue  # config.json, run.json, rounds.json, summary.json
+        except NewerFormat as exc:
+            raise NewerFormat(f"{path}: {exc}") from None
+        except (OSError, ValueError, RecursionError, LogFormatError):
+            continue  # config.json, run.json, rounds.json, summary.json, a log cut short
         logs[log.node] = log
     return logs
 
