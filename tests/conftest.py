@@ -1,34 +1,38 @@
 """Fixtures (configs, node servers, the shared local runs, key folders) and the test tiers:
-markers, and a fast tier that starts no process. What tests share besides fixtures is in
-tests/helpers.py."""
+markers, and a fast tier that starts no process; how the tests share two workers (pytest-xdist,
+`-n 2` in pyproject's addopts). What tests share besides fixtures is in tests/helpers.py."""
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
+import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from blueprints import NodeServer
-from hefl.local import free_ports
 from tests.helpers import (
     WHEEL_CHECKS,
-    WHEEL_DIR,
     Cluster,
     Recorder,
     Run,
     Served,
-    addressed,
     only_run,
     run_main,
+    running_cluster,
+    shared_dir,
     start_wheel_checks,
     tree_config,
     two_level,
+    wheel_folder,
 )
 
 # tests that take one of these fixtures start processes (node servers, local runs)
@@ -43,15 +47,72 @@ PROCESS_FIXTURES = {
     "ckks_exp",
     "bfv_exp",
     "live",
+    "standalone",
+    "faulty",
+    "finished_cluster",
 }
 SLOW_TIERS = ("process", "deploy", "root", "network", "lint")
 
 
+# Two xdist workers share the tests (pyproject's addopts: `-n 2`). These modules go to one
+# worker each, whole: their tests share a module-scoped fixture that starts processes (else each
+# worker would make it), or, the virtual clusters, check the whole machine's namespaces. In this
+# order the workers take them first, then the other tests that start processes, the rest, and
+# the package-index checks last: the longest first, so that no worker is left with a long test
+# at the end.
+ONE_WORKER = (
+    "test_deploy.py",
+    "test_vcluster.py",
+    "test_integrity.py",
+    "test_live.py",
+    "test_standalone.py",
+    "test_dropouts.py",
+)
+
+
+def _rank(item: pytest.Item) -> int:
+    if item.path.name in ONE_WORKER:
+        return ONE_WORKER.index(item.path.name)
+    if item.get_closest_marker("network"):
+        return len(ONE_WORKER) + 2
+    return len(ONE_WORKER) + (0 if item.get_closest_marker("process") else 1)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With xdist's default `--dist load`: tests go to the workers one by one as they free up, in
+    the order collected; those of a module of ONE_WORKER go together, to one worker."""
+    if config.getvalue("dist") != "load":
+        return None  # another --dist, asked for: xdist's own
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if Path(path).name in ONE_WORKER else nodeid
+
+    return Scheduling(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A test on a fixture that starts processes is in the process tier, marked or not."""
+    """A test on a fixture that starts processes is in the process tier, marked or not; under
+    xdist, the longest tests go first."""
     for item in items:
         if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.process)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=_rank)  # stable: collection order within a rank
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path` (made if missing), among the workers of the session."""
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @pytest.fixture(autouse=True)
@@ -81,24 +142,31 @@ def _tiers_hold(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """The requirements' wheel checks for other Pythons wait on the package index: start them
-    now, in the background, when the session will run them (tests/test_wheels.py)."""
+    now, in the background, when the session will run them (tests/test_wheels.py); under xdist,
+    the controller starts them once for both workers (below)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
     if any(i.name.startswith("test_the_requirements_have_wheels_for") for i in session.items):
-        import tempfile
+        _start_wheels(session.config)
 
-        folder = Path(tempfile.mkdtemp(prefix="hefl-wheels-"))
-        WHEEL_DIR.append(folder)
-        WHEEL_CHECKS.update(start_wheel_checks(folder))
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    """xdist's controller, once a worker has collected: the wheel checks, started once."""
+    if not WHEEL_CHECKS and any("test_the_requirements_have_wheels_for" in i for i in ids):
+        _start_wheels(node.config)
+
+
+def _start_wheels(config: pytest.Config) -> None:
+    base = config._tmp_path_factory.getbasetemp()  # the controller's: the workers' shared_dir
+    WHEEL_CHECKS.update(start_wheel_checks(wheel_folder(base)))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     for proc in WHEEL_CHECKS.values():
         if proc.poll() is None:
             proc.kill()
-        proc.communicate()  # closes its pipe
-    for folder in WHEEL_DIR:
-        import shutil
-
-        shutil.rmtree(folder, ignore_errors=True)
+        proc.wait()
 
 
 @pytest.fixture
@@ -146,55 +214,62 @@ def key_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    raw, ids = addressed(free_ports(4), rounds=8)
-    made = Cluster(tmp_path, raw, ids, [])
-    procs = made.procs
-    try:
-        for name in ids:
-            procs.append(made.start(name, wait=False))
-        for name in ids:
-            made.wait_for(name)
+    with running_cluster(tmp_path) as made:
         yield made
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=30)
+
+
+def _shared_run(factory: pytest.TempPathFactory, name: str, make: Callable[[Path], Run]) -> Run:
+    """A shared local run, made once per session by the first worker that asks for it, in a
+    folder of `shared_dir`; the other worker waits for it, then reads the same run."""
+    shared = shared_dir(factory)
+    record = shared / f"run-{name}.json"
+    with locked(shared / f"run-{name}.lock"):
+        if not record.exists():
+            run = make(Path(tempfile.mkdtemp(prefix=f"{name}-", dir=shared)))
+            record.write_text(json.dumps(run.to_json()))
+        return Run.from_json(json.loads(record.read_text()))
 
 
 @pytest.fixture(scope="session")
 def plain_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """The two-level tree in plaintext (`-v`: the nodes log INFO events)."""
-    tmp = tmp_path_factory.mktemp("plain")
-    cfg = tmp / "config.json"
-    cfg.write_text(json.dumps(two_level()))
-    proc = run_main("local", "--config", str(cfg), "--log-dir", str(tmp / "log"), "-v")
-    return Run(proc, cfg, only_run(tmp / "log"))
+
+    def make(tmp: Path) -> Run:
+        cfg = tmp / "config.json"
+        cfg.write_text(json.dumps(two_level()))
+        proc = run_main("local", "--config", str(cfg), "--log-dir", str(tmp / "log"), "-v")
+        return Run(proc, cfg, only_run(tmp / "log"))
+
+    return _shared_run(tmp_path_factory, "plain", make)
 
 
-def _encrypted(tmp_path_factory: pytest.TempPathFactory, scheme: str, **more: Any) -> Run:
+def _encrypted(
+    tmp_path_factory: pytest.TempPathFactory, name: str, scheme: str, **more: Any
+) -> Run:
     """`more`: other encryption settings (backend, key_bits)."""
     from hefl.crypto import HeParams, generate_keys
 
-    tmp = tmp_path_factory.mktemp(scheme)
-    raw = two_level()
-    raw["encryption"] = {"scheme": scheme, "key_dir": str(tmp / "keys"), **more}
-    generate_keys(HeParams(scheme=scheme, **more), tmp / "keys")
-    cfg = tmp / "config.json"
-    cfg.write_text(json.dumps(raw))
-    proc = run_main("local", "--config", str(cfg), "--log-dir", str(tmp / "log"))
-    return Run(proc, cfg, only_run(tmp / "log"), tmp / "keys")
+    def make(tmp: Path) -> Run:
+        raw = two_level()
+        raw["encryption"] = {"scheme": scheme, "key_dir": str(tmp / "keys"), **more}
+        generate_keys(HeParams(scheme=scheme, **more), tmp / "keys")
+        cfg = tmp / "config.json"
+        cfg.write_text(json.dumps(raw))
+        proc = run_main("local", "--config", str(cfg), "--log-dir", str(tmp / "log"))
+        return Run(proc, cfg, only_run(tmp / "log"), tmp / "keys")
+
+    return _shared_run(tmp_path_factory, name, make)
 
 
 @pytest.fixture(scope="session")
 def ckks_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """The two-level tree with CKKS, the same seed as `plain_run`."""
-    return _encrypted(tmp_path_factory, "ckks")
+    return _encrypted(tmp_path_factory, "ckks", "ckks")
 
 
 @pytest.fixture(scope="session")
 def bfv_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
-    return _encrypted(tmp_path_factory, "bfv")
+    return _encrypted(tmp_path_factory, "bfv", "bfv")
 
 
 def _optional(*modules: str) -> None:
@@ -207,17 +282,17 @@ def _optional(*modules: str) -> None:
 def seal_ckks_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """The two-level tree with SEAL-Python's CKKS."""
     _optional("seal", "zstandard")
-    return _encrypted(tmp_path_factory, "ckks", backend="seal")
+    return _encrypted(tmp_path_factory, "seal_ckks", "ckks", backend="seal")
 
 
 @pytest.fixture(scope="session")
 def seal_bfv_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     _optional("seal", "zstandard")
-    return _encrypted(tmp_path_factory, "bfv", backend="seal")
+    return _encrypted(tmp_path_factory, "seal_bfv", "bfv", backend="seal")
 
 
 @pytest.fixture(scope="session")
 def paillier_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """Paillier with a 1024-bit key (2048 by default: a test's key may be smaller)."""
     _optional("phe", "gmpy2")
-    return _encrypted(tmp_path_factory, "paillier", key_bits=1024)
+    return _encrypted(tmp_path_factory, "paillier", "paillier", key_bits=1024)

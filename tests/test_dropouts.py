@@ -1,35 +1,41 @@
 """Stragglers and dropouts with real processes on 127.0.0.1: `network.round_deadline_s` and
-`aggregator.min_clients`."""
+`aggregator.min_clients`. One faulty run holds both (their protocol, case by case, is in
+tests/test_protocol.py, on the in-memory network); each test asserts on a part of it."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import subprocess
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from hefl.address import log_name
-from tests.helpers import Cluster, local_until_round, process_tree, tree_config, wait_gone
+from tests.helpers import local_until_round, node_logs, process_tree, tree_config, wait_gone
 
 pytestmark = pytest.mark.process
 
+KILLED, PAUSED = "127.0.0.1:102", "127.0.0.1:101"  # under leaf 1 and leaf 0
 
-def kill_node(parent: int, node: str) -> None:
-    """SIGKILL the local node `node` started by `parent`: its gunicorn master and worker."""
-    killed = 0
+
+def node_pids(parent: int, node: str) -> list[int]:
+    """The local node `node` started by `parent`: its gunicorn master and worker."""
+    found = []
     for pid in process_tree(parent):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
         except OSError:
             continue
         if f"--label\0{node}\0" in cmd:
-            os.kill(pid, signal.SIGKILL)
-            killed += 1
-    assert killed == 2, f"{killed} processes of {node} below {parent}"
+            found.append(pid)
+    assert len(found) == 2, f"{len(found)} processes of {node} below {parent}"
+    return found
 
 
 def deadline_config(rounds: int, deadline: float, min_clients: int) -> dict[str, Any]:
@@ -41,59 +47,79 @@ def deadline_config(rounds: int, deadline: float, min_clients: int) -> dict[str,
     return raw
 
 
-def test_a_client_killed_mid_run_is_a_dropout_above_min_clients(tmp_path: Path) -> None:
-    """SIGKILL of one of 4 clients with min_clients 3: the run completes (exit 0), the rounds
-    after it name it missing and average over the 3 present, and every other log is whole."""
-    proc = local_until_round(tmp_path, deadline_config(rounds=6, deadline=3, min_clients=3), 2)
-    victim = "127.0.0.1:102"
-    kill_node(proc.pid, victim)
-    out, err = proc.communicate(timeout=240)
-    assert proc.returncode == 0, err[-3000:]
-    assert "missing 127.0.0.1:102" in out  # the round lines name it
-    (exp,) = (tmp_path / "log").iterdir()
-    rows = json.loads((exp / "rounds.json").read_text())
-    assert len(rows) == 6
-    assert rows[-1]["contributors"] == 3 and rows[-1]["missing"] == [victim]
-    assert rows[0]["contributors"] == 4 and rows[0]["missing"] == []
-    record = json.loads((exp / "run.json").read_text())
-    assert record["status"] == "finished"
-    agg = json.loads((exp / log_name("127.0.0.1:1")).read_text())
-    last = agg["iteration"][-1]
-    assert last["missing"] == [victim] and len(last["contributors"]) == 3
-    assert wait_gone(str(tmp_path)) == []
+@dataclass
+class Faulty:
+    """The run: its exit, its output, its run folder."""
+
+    proc: subprocess.Popen[str]
+    out: str
+    err: str
+    exp: Path
+
+    def rows(self) -> list[dict[str, Any]]:
+        return json.loads((self.exp / "rounds.json").read_text())  # type: ignore[no-any-return]
 
 
-def test_a_straggler_past_the_deadline_rejoins(cluster: Cluster) -> None:
-    """A client paused past the round deadline: the round completes without it (named missing),
-    its late update gets 422 'round closed', it applies that round's result like everyone else,
-    and it contributes to the rounds after."""
-    cluster.raw["aggregator"]["iteration"] = 8
-    cluster.raw["aggregator"]["min_clients"] = 1
-    cluster.raw["network"]["round_deadline_s"] = 3
-    agg = cluster.run()
-    victim = cluster.ids["c1"]
-    paused = process_tree(cluster.procs[1].pid)
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Faulty]:
+    """`main.py local`, 4 clients, min_clients 2, a 3 s deadline, 6 rounds: once round 2 is
+    printed, one client is SIGKILLed (a dropout) and another SIGSTOPped for 5 s, past the
+    deadline of the round it was in (a straggler), then resumed."""
+    work = tmp_path_factory.mktemp("faulty")
+    proc = local_until_round(work, deadline_config(rounds=6, deadline=3, min_clients=2), 2)
+    paused = node_pids(proc.pid, PAUSED)
     try:
-        assert agg.stdout is not None
-        lines = []
-        for line in agg.stdout:
-            lines.append(line)
-            if line.startswith("round   2/"):
-                break
+        for pid in node_pids(proc.pid, KILLED):
+            os.kill(pid, signal.SIGKILL)
         for pid in paused:
             os.kill(pid, signal.SIGSTOP)
         time.sleep(5)  # past the deadline of the round it was in
         for pid in paused:
             os.kill(pid, signal.SIGCONT)
-        out, err = agg.communicate(timeout=240)
+        out, err = proc.communicate(timeout=240)
     finally:
         for pid in paused:
-            os.kill(pid, signal.SIGCONT)
-        agg.kill()
-    assert agg.returncode == 0, err[-3000:]
-    rows = json.loads(next((cluster.tmp / "agg").glob("*/rounds.json")).read_text())
-    assert len(rows) == 8
-    missed = [row["round"] for row in rows if victim in row["missing"]]
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        proc.kill()
+    (exp,) = (work / "log").iterdir()
+    yield Faulty(proc, out, err, exp)
+    assert wait_gone(str(work)) == []
+
+
+def test_a_client_killed_mid_run_is_a_dropout_above_min_clients(faulty: Faulty) -> None:
+    """SIGKILL of one of 4 clients with min_clients 2: the run completes (exit 0), the rounds
+    after it name it missing and average over the clients present, and every other log is
+    whole."""
+    assert faulty.proc.returncode == 0, faulty.err[-3000:]
+    assert f"missing {KILLED}" in faulty.out  # the round lines name it
+    rows = faulty.rows()
+    assert len(rows) == 6
+    assert rows[-1]["contributors"] == 3 and rows[-1]["missing"] == [KILLED]
+    assert rows[0]["contributors"] == 4 and rows[0]["missing"] == []
+    record = json.loads((faulty.exp / "run.json").read_text())
+    assert record["status"] == "finished"
+    agg = json.loads((faulty.exp / log_name("127.0.0.1:1")).read_text())
+    last = agg["iteration"][-1]
+    assert last["missing"] == [KILLED] and len(last["contributors"]) == 3
+    logs = node_logs(faulty.exp)
+    assert len(logs) == 7
+    assert all(len(log["iteration"]) == 6 for node, log in logs.items() if node != KILLED)
+
+
+def test_a_straggler_past_the_deadline_rejoins(faulty: Faulty) -> None:
+    """A client paused past the round deadline: the round completes without it (named missing),
+    its late update gets 422 'round closed', it applies that round's result like everyone else,
+    and it contributes to the rounds after."""
+    assert faulty.proc.returncode == 0, faulty.err[-3000:]
+    rows = faulty.rows()
+    missed = [row["round"] for row in rows if PAUSED in row["missing"]]
     assert missed, rows  # at least one round went on without it
-    assert rows[-1]["missing"] == [] and rows[-1]["contributors"] == 2  # it rejoined
-    assert "round closed" in cluster.stderr("sw") or "round closed" in cluster.stderr("c1")
+    # it rejoined: only the killed one is missing
+    assert rows[-1]["missing"] == [KILLED] and rows[-1]["contributors"] == 3
+    outputs = [faulty.exp / "stdout" / f"{log_name(n)[:-5]}.out" for n in (PAUSED, "127.0.0.1:10")]
+    assert any("round closed" in p.read_text() for p in outputs), outputs
+    log = json.loads((faulty.exp / log_name(PAUSED)).read_text())
+    assert len(log["iteration"]) == 6  # it applied each round's result, the missed ones too

@@ -71,6 +71,7 @@ def test_messages_for_rounds_not_open_are_refused_with_422(cluster: Cluster) -> 
     try:
         exp = wait_running(cluster, "sw")["experiment"]
         wait_running(cluster, "c0")
+        wait_running(cluster, "agg")  # configured too (a loaded machine pushes to it later)
         size = param_count(parse_config(cluster.raw).model, parse_config(cluster.raw).dataset)
         fake = PlainScheme(size).encrypt(np.full(size, 0.5))
         c0, sw = cluster.ids["c0"], cluster.ids["sw"]
