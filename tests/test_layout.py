@@ -179,7 +179,10 @@ def key_literals(tree: ast.AST) -> list[tuple[int, str]]:
 
 def test_no_log_or_summary_key_as_a_literal_outside_the_records_module() -> None:
     """Node-log, rounds.json and summary.json keys are spelled once, in hefl/records.py: every
-    writer and reader goes through its dataclasses."""
+    writer and reader goes through its dataclasses. The line this draws: keys in key position
+    (subscripts, get/pop/setdefault, dict displays, `in`); not getattr strings, f-strings or
+    keyword arguments (RunLog checks those it is given against the records), nor the words
+    record_keys exempts; page.html is checked by the test below."""
     keys = record_keys()
     assert {"accuracy", "critical_path", "byte_send", "bytes_on_wire", "test_samples"} <= keys
     found = [
