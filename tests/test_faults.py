@@ -93,6 +93,7 @@ def test_a_failed_run_leaves_its_record_and_ends_the_surviving_nodes(cluster: Cl
         out, err = agg.communicate(timeout=240)
     finally:
         agg.kill()
+        agg.wait()  # reaped: a failed test leaves no running process to warn about later
     assert agg.returncode == 1 and victim in err, err[-2000:]
     (exp,) = (cluster.tmp / "agg").iterdir()
     record = json.loads((exp / "run.json").read_text())
@@ -127,6 +128,7 @@ def test_a_restarted_node_is_named_with_what_happened_to_it(cluster: Cluster) ->
         out, err = agg.communicate(timeout=120)
     finally:
         agg.kill()
+        agg.wait()  # reaped: a failed test leaves no running process to warn about later
     assert agg.returncode == 1, err[-2000:]
     (line,) = err.strip().splitlines()
     assert line.startswith(
@@ -220,6 +222,7 @@ def test_a_paused_node_is_named_within_the_round_timeout(cluster: Cluster) -> No
         for pid in paused:
             os.kill(pid, signal.SIGCONT)
         agg.kill()
+        agg.wait()  # reaped: a failed test leaves no running process to warn about later
     assert agg.returncode == 1, err[-2000:]
     (line,) = err.strip().splitlines()
     assert victim in line and ("hung" in line or "silent" in line), line

@@ -93,6 +93,7 @@ def test_messages_for_rounds_not_open_are_refused_with_422(cluster: Cluster) -> 
         out, err = agg.communicate(timeout=240)
     finally:
         agg.kill()
+        agg.wait()  # reaped: a failed test leaves no running process to warn about later
     assert agg.returncode == 0, err[-2000:]
     rows = json.loads(next((cluster.tmp / "agg").glob("*/rounds.json")).read_text())
     assert len(rows) == 8 and rows[-1]["accuracy"] < 1.0
@@ -149,6 +150,7 @@ def timed_run(cluster: Cluster) -> float:
         out, err = agg.communicate(timeout=180)
     except subprocess.TimeoutExpired:
         agg.kill()
+        agg.wait()  # reaped: a failed test leaves no running process to warn about later
         raise AssertionError("the run did not finish within 180 s") from None
     assert agg.returncode == 0, err[-2000:]
     return time.monotonic() - started
@@ -414,6 +416,7 @@ def test_adders_refuse_values_and_sample_counts_a_sender_cannot_have(cluster: Cl
         out, err = agg.communicate(timeout=240)
     finally:
         agg.kill()
+        agg.wait()  # reaped: a failed test leaves no running process to warn about later
     assert (nan.status_code, big.status_code, many.status_code) == (400, 400, 400)
     assert "non-finite" in nan.text and "magnitude 1.5, beyond 1 client(s) x clip 1" in big.text
     assert f"says its update holds 100000000 samples; its clients declared {declared}" in many.text

@@ -93,6 +93,7 @@ def standalone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Standalone]
         )
     finally:
         agg.kill()
+        agg.wait()  # reaped: a failed test leaves no running process to warn about later
         _stop(nodes)
 
 
