@@ -15,6 +15,7 @@ from hefl.errors import ConfigError, ProtocolError
 from hefl.node.metrics import ClientMetrics, MetricsReport, parse_metrics
 from hefl.node.nodes.aggregator import AggregatorNode
 from hefl.node.wire import Envelope, Kind
+from hefl.records import RoundRow
 from hefl.results.summary import summarize
 from tests.helpers import EXP, experiment_dir, make, node_logs, run_main, tree_config
 from tests.memnet import MemoryNetwork
@@ -343,7 +344,7 @@ def test_a_round_line_names_at_most_eight_missing_clients() -> None:
         "missing": [f"{N0}#{j}" for j in range(11)],
         "reports": 500,
     }
-    line = format_round(row, 3)
+    line = format_round(RoundRow.from_json(row), 3)
     assert f"missing {N0}#0, " in line and f"{N0}#7, ... (11 in all))" in line
     assert f"{N0}#8" not in line
 

@@ -34,12 +34,9 @@ def human_bytes(n: float) -> str:
     return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
 
 
-def format_round(row: RoundRow | Mapping[str, object], rounds: int) -> str:
+def format_round(row: RoundRow, rounds: int) -> str:
     """One line per round: accuracy, loss, bytes the clients sent and received, seconds; and,
-    when some client was missing (a round deadline), how many contributed and who was not. `row`:
-    a row of rounds.json (/status's), or its JSON."""
-    if not isinstance(row, RoundRow):
-        row = RoundRow.from_json(row)
+    when some client was missing (a round deadline), how many contributed and who was not."""
     got = row.aggregator_received
     line = (
         f"round {row.round + 1:>3}/{rounds}  accuracy {_figure(row.accuracy)}  "
