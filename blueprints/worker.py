@@ -117,6 +117,13 @@ class NodeWorker(ThreadWorker):  # type: ignore[misc]
             return False
         return bool(super()._keepalive_after(conn, keepalive))
 
+    def _cap_keepalive(self, deadline: float) -> None:
+        """When the node stops, its idle kept-alive connections close at once, not after gthread's
+        2 s linger for a request that might still come on one: a peer's next request opens a new
+        connection (and finds the node gone), and a run's nodes stop in a fraction of a second.
+        Requests in progress still get `graceful_timeout` to finish."""
+        super()._cap_keepalive(min(deadline, time.monotonic()))
+
     def murder_pending(self) -> None:
         """gthread's own timeouts, then heads past their time (every head once the worker
         stops)."""

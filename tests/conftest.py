@@ -35,6 +35,12 @@ from tests.helpers import (
     wheel_folder,
 )
 
+# The Pythons the tests start (nodes, main.py, scripts) keep their compiled modules in one folder
+# outside the checkout, whatever PYTHONDONTWRITEBYTECODE says: each would compile hefl anew
+# (0.2 s of CPU a process, hundreds of processes); xdist's workers inherit it from the controller.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+os.environ.setdefault("PYTHONPYCACHEPREFIX", str(Path(tempfile.gettempdir()) / "hefl-tests-pyc"))
+
 # tests that take one of these fixtures start processes (node servers, local runs)
 PROCESS_FIXTURES = {
     "cluster",

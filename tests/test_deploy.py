@@ -37,12 +37,30 @@ def playbook(
     cmd = [str(BIN / "ansible-playbook"), f"deploy/{name}", *args]
     if netns:
         cmd = ["ip", "netns", "exec", netns, *cmd]
-    env = {**os.environ, "HEFL_CLUSTER": str(settings), "ANSIBLE_NOCOLOR": "1"}
     proc = subprocess.run(
-        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        cmd,
+        cwd=ROOT,
+        env=ansible_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
     assert proc.returncode == 0, f"{name}: {proc.stdout[-3000:]}{proc.stderr[-2000:]}"
     return proc
+
+
+def ansible_env(settings: Path) -> dict[str, str]:
+    """The playbooks' environment: the inventory of `settings`, and facts gathered once for the
+    module's playbooks (each gathers them anew otherwise: 2 s a playbook)."""
+    return {
+        **os.environ,
+        "HEFL_CLUSTER": str(settings),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_GATHERING": "smart",
+        "ANSIBLE_CACHE_PLUGIN": "jsonfile",
+        "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(settings.parent / "facts"),
+    }
 
 
 def changed(proc: subprocess.CompletedProcess[str]) -> int:
@@ -412,11 +430,10 @@ def test_data_stages_the_idx_files_on_client_hosts_only(site: Site, tmp_path: Pa
             assert not staged.exists(), host
     empty = tmp_path / "empty"
     empty.mkdir()
-    env = {**os.environ, "HEFL_CLUSTER": str(site.settings)}
     proc = subprocess.run(
         [str(BIN / "ansible-playbook"), "deploy/data.yml", "-e", f"hefl_data_src={empty}"],
         cwd=ROOT,
-        env=env,
+        env=ansible_env(site.settings),
         capture_output=True,
         text=True,
         timeout=120,

@@ -17,7 +17,7 @@ from hefl.node.nodes.aggregator import AggregatorNode
 from hefl.node.wire import Envelope, Kind
 from hefl.records import RoundRow
 from hefl.results.summary import summarize
-from tests.helpers import EXP, experiment_dir, make, node_logs, run_main, tree_config
+from tests.helpers import EXP, Run, experiment_dir, make, node_logs, run_main, tree_config
 from tests.memnet import MemoryNetwork
 
 LEAF0, LEAF1, SPINE, AGG = "127.0.0.1:10", "127.0.0.1:11", "127.0.0.1:2", "127.0.0.1:1"
@@ -307,23 +307,22 @@ def test_sixteen_clients_on_eight_nodes_equal_sixteen_client_nodes(tmp_path: Pat
     assert summary["rounds"][1]["he_error"]["max_abs"] < 1e-6
 
 
-@pytest.mark.process
-def test_bfv_clients_on_one_node_round_as_their_own_nodes_would(tmp_path: Path) -> None:
+def test_bfv_clients_on_one_node_round_as_their_own_nodes_would(
+    tmp_path: Path, bfv_run: Run
+) -> None:
     """BFV sums are exact integers: with each client's own rounding stream, 2 nodes of 2 clients
     (one of them adding its own, the other's forwarded by a dumb switch under their own ids) give
-    bit for bit the global model of 4 single-client nodes."""
-    sections: dict[str, Any] = {"encryption": {"scheme": "bfv"}, "rounds": 2, "dumb": (1,)}
-    raw = hosting(2, nodes=2, leaves=2, **sections)
+    bit for bit the global models of 4 single-client nodes (the shared bfv run: two_level)."""
+    raw = hosting(2, nodes=2, leaves=2, rounds=3, dumb=(1,), encryption={"scheme": "bfv"})
     raw["others"][N0]["local_sum"] = True
-    raw["training"]["save_models"] = True
-    single_raw = tree_config(clients=4, leaves=2, **sections)
-    single_raw["training"]["save_models"] = True
+    raw["training"].update(save_models=True, epochs=2)  # as two_level's
     multi = run(tmp_path, "multi", raw)
-    run(tmp_path, "single", single_raw)
-    got = np.load(experiment_dir(tmp_path / "multi") / f"{N1.replace(':', '_')}.r1.global.npy")
-    want = np.load(experiment_dir(tmp_path / "single") / "127.0.0.1_100.r1.global.npy")
-    assert np.array_equal(got, want)
-    check_links(multi, 2)
+    for r in range(3):
+        name = f"{N1.replace(':', '_')}.r{r}.global.npy"
+        got = np.load(experiment_dir(tmp_path / "multi") / name)
+        want = np.load(bfv_run.exp / f"127.0.0.1_100.r{r}.global.npy")
+        assert np.array_equal(got, want), r
+    check_links(multi, 3)
     assert updates_from(multi[LEAF0]["iteration"][1], N0) == 1
     assert updates_from(multi[LEAF1]["iteration"][1], N1) == 2
     assert updates_from(multi[SPINE]["iteration"][1], LEAF1) == 2  # forwarded as they came

@@ -251,11 +251,12 @@ def test_integer_schemes_of_every_library_give_tenseal_bfv_models_bit_for_bit(
 
 
 def test_cnn_on_label_skewed_slices_with_bfv(tmp_path: Path) -> None:
-    """A CNN on Dirichlet (label-skewed) slices of digits goes through the tree with bfv (one
+    """A CNN on Dirichlet (label-skewed) slices of digits goes through a switch with bfv (one
     round: what the model and the slices change is there from the first)."""
     raw = tree_config(
-        clients=4,
-        leaves=2,
+        clients=2,
+        leaves=1,
+        spine=False,
         rounds=1,
         model={"name": "cnn"},
         dataset={"name": "digits", "partition": "dirichlet", "alpha": 0.5},

@@ -100,14 +100,11 @@ def test_a_config_it_cannot_place_is_refused_in_one_line(tmp_path: Path) -> None
 
 
 def test_it_takes_the_schemes_and_backends_agg_takes(tmp_path: Path) -> None:
-    """The default experiment (one round of it) with SEAL-Python's bfv: both flags reach the keys
-    and every node (tests/test_cli.py checks the choices are agg's, paillier among them)."""
+    """links-1m.json's tree (one round, two clients) with SEAL-Python's bfv: both flags reach the
+    keys and every node (tests/test_cli.py checks the choices are agg's, paillier among them)."""
     pytest.importorskip("seal")
     flags, label = ["--backend", "seal", "--scheme", "bfv"], "bfv/seal"
-    raw = json.loads((ROOT / "config.json").read_text())
-    raw["aggregator"]["iteration"] = 1
-    cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps(raw))
+    cfg = one_round(tmp_path)
     proc = vcluster(cfg, tmp_path / "log", *flags)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     folder = re.search(r"^vcluster: logs in (\S+)", proc.stdout, re.M)
@@ -119,37 +116,39 @@ def test_it_takes_the_schemes_and_backends_agg_takes(tmp_path: Path) -> None:
     assert run["encryption"]["scheme"] == scheme
     assert run["encryption"].get("backend") == ("seal" if "seal" in flags else None)
     logs = [json.loads(p.read_text()) for p in exp.glob("10.10.1.*.json")]
-    assert len(logs) == 15 and {log["scheme"] for log in logs} == {scheme}
+    assert len(logs) == 5 and {log["scheme"] for log in logs} == {scheme}
     assert f"scheme {label}," in run_main("report", str(exp)).stdout.splitlines()[0]
     bad = vcluster(cfg, tmp_path / "log", "--backend", "openfhe")
     assert bad.returncode == 2 and "--backend must be tenseal or seal" in bad.stderr
 
 
 def test_a_slower_link_shows_in_the_round_time_and_nothing_is_left(tmp_path: Path) -> None:
-    """2 clients, 2 switches, a 100k-parameter model, CKKS: about 2.4 MB per message, so
-    20 Mbit/s takes about 1 s a hop where 1 Gbit/s takes 0.02 s."""
+    """2 clients, 2 switches, a 100k-parameter model, CKKS: about 2.4 MB a message, which links of
+    20 Mbit/s carry in about 1 s (1 Gbit/s: 0.02 s; the whole round takes 0.3 s unshaped). The
+    round cannot be shorter than the two hops of an update up to the aggregator at that rate."""
     before = leftovers()
     cfg = one_round(tmp_path)
-    seconds = {}
-    for rate in ("1gbit", "20mbit"):
-        log = tmp_path / rate
-        proc = vcluster(cfg, log, "--rate", rate)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        folder = re.search(r"^vcluster: logs in (\S+)", proc.stdout, re.M)
-        assert folder, proc.stdout
-        exp = Path(folder.group(1))
-        assert exp.parent == log
-        assert len(list(exp.glob("10.10.1.*.json"))) == 5
-        assert len(list((exp / "vcluster").glob("10.10.1.*.out"))) == 5
-        assert json.loads((exp / "vcluster" / "links.json").read_text())["rate"] == rate
-        run = json.loads((exp / "run.json").read_text())
-        assert run["status"] == "finished" and run["config"]["encryption"]["scheme"] == "ckks"
-        summary = json.loads((exp / "summary.json").read_text())
-        (only,) = summary["rounds"]
-        assert only["aggregator_ingress"] > 4e6  # two 2.4 MB sums
-        seconds[rate] = only["round_s"]
-        assert leftovers() == before
-    assert seconds["20mbit"] >= 1.5 * seconds["1gbit"], seconds
+    rate = "20mbit"
+    proc = vcluster(cfg, tmp_path / "log", "--rate", rate)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    folder = re.search(r"^vcluster: logs in (\S+)", proc.stdout, re.M)
+    assert folder, proc.stdout
+    exp = Path(folder.group(1))
+    assert exp.parent == tmp_path / "log"
+    assert len(list((exp / "vcluster").glob("10.10.1.*.out"))) == 5
+    assert json.loads((exp / "vcluster" / "links.json").read_text())["rate"] == rate
+    run = json.loads((exp / "run.json").read_text())
+    assert run["status"] == "finished" and run["config"]["encryption"]["scheme"] == "ckks"
+    logs = {p.stem: json.loads(p.read_text()) for p in exp.glob("10.10.1.*.json")}
+    assert len(logs) == 5
+    summary = json.loads((exp / "summary.json").read_text())
+    (only,) = summary["rounds"]
+    assert only["aggregator_ingress"] > 4e6  # two 2.4 MB sums
+    # client 10.10.1.1 to its switch 10.10.1.5, that switch to the aggregator: one after the other
+    hops = [logs[n]["iteration"][0]["byte_send_up"] for n in ("10.10.1.1", "10.10.1.5")]
+    floor = sum(hops) * 8 / 20e6
+    assert floor > 1.5 and only["round_s"] >= 0.95 * floor, (only["round_s"], floor)
+    assert leftovers() == before
 
 
 def test_ctrl_c_ends_the_run_keeps_its_logs_and_removes_everything(tmp_path: Path) -> None:
