@@ -49,7 +49,9 @@ cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
 # `python` from PATH, as on a cluster node with the venv active.
 PY=$(command -v python || true)
 [[ -n $PY ]] || die "no 'python' on PATH: activate the venv first (. .venv/bin/activate)"
-"$PY" -c "import gunicorn, flask, torch, tenseal" 2>/dev/null ||
+# found, not imported (importing torch alone takes 3 s of CPU; the nodes import them soon enough)
+"$PY" -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in sys.argv[1:]))" \
+    gunicorn flask torch tenseal 2>/dev/null ||
     die "$PY lacks the requirements: activate the venv first (. .venv/bin/activate)"
 [[ $(id -u) == 0 ]] || die "needs root (network namespaces and tc): run it with sudo -E env PATH=\"\$PATH\" ..."
 command -v ip >/dev/null && command -v tc >/dev/null || die "needs 'ip' and 'tc' (iproute2)"
