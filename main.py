@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     label = f"[{args.label}] " if getattr(args, "label", "") else ""
     logging.basicConfig(
+        force=True,  # a local node forked from `main.py local` sets its own
         level=logging.INFO if args.verbose else logging.WARNING,
         format=f"%(asctime)s {label}%(levelname)s %(name)s: %(message)s",
     )
@@ -227,8 +230,10 @@ def _node(args: argparse.Namespace) -> int:
     from hefl.node.host import die_with_parent
 
     die_with_parent()  # a local run's node: gone when `main.py local` is, even after a SIGKILL
-
-    serve(args.host, args.port, args.log_dir, read_token(args.token_file), args.threads)
+    # what `ps` shows (gunicorn: master [...] and worker [...]), forked by local mode or not
+    title = f"main.py node --host {args.host} --port {args.port} --log-dir {args.log_dir.resolve()}"
+    title += f" --label {args.label}" if args.label else ""
+    serve(args.host, args.port, args.log_dir, read_token(args.token_file), args.threads, title)
     return 0
 
 
@@ -256,8 +261,16 @@ def _local(args: argparse.Namespace) -> int:
 
     raw, cfg = load_raw_config(args.config, _overrides(args))
     _require(cfg)
-    run_local(raw, cfg, args.config, args.log_dir, args.verbose)
+    run_local(raw, cfg, args.config, args.log_dir, args.verbose, node_main=_preloaded_node())
     return 0
+
+
+def _preloaded_node() -> Callable[[list[str]], int]:
+    """What local mode forks each node with: this entry point, its node runtime loaded here once
+    (where it cannot be, each forked node imports it again and names what failed)."""
+    with contextlib.suppress(Exception):
+        import blueprints.serve  # noqa: F401
+    return main
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -293,8 +306,10 @@ def _sweep(args: argparse.Namespace) -> int:
     from hefl.control.local import run_local
     from hefl.control.sweep import run_sweep
 
+    node_main = _preloaded_node()
+
     def one(raw: dict[str, Any], name: str) -> Path:
-        return run_local(raw, parse_config(raw), name, args.log_dir, args.verbose)
+        return run_local(raw, parse_config(raw), name, args.log_dir, args.verbose, "", node_main)
 
     _, all_finished = run_sweep(args.sweep, args.log_dir, one)
     return 0 if all_finished else 1

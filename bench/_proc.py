@@ -59,11 +59,16 @@ def memory_kb(pid: int) -> dict[str, int]:
 
 
 def label_of(pid: int) -> str | None:
-    """The node id a process was started with (`main.py node ... --label <node id>`)."""
+    """The node id a process was started with (`main.py node ... --label <node id>`, or the title
+    `gunicorn: master [main.py node ... --label <node id>]` a node's processes take)."""
     try:
-        args = Path("/proc", str(pid), "cmdline").read_bytes().decode(errors="replace").split("\0")
+        raw = Path("/proc", str(pid), "cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return None
+    command = raw.replace("\0", " ").strip()
+    if command.startswith("gunicorn: ") and command.endswith("]"):
+        command = command[:-1]
+    args = command.split()
     if "--label" in args[:-1]:
         return args[args.index("--label") + 1]
     return None

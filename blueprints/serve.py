@@ -27,8 +27,11 @@ class _NodeApplication(BaseApplication):  # type: ignore[misc]
         return NodeServer(self.log_dir, self.token)  # built in the worker, not in the master
 
 
-def serve(host: str, port: int, log_dir: Path, token: str, threads: int = 8) -> None:
-    """Serve until SIGTERM/SIGINT; never needs a terminal."""
+def serve(
+    host: str, port: int, log_dir: Path, token: str, threads: int = 8, title: str = "main.py node"
+) -> None:
+    """Serve until SIGTERM/SIGINT; never needs a terminal. `ps` shows the two processes as
+    `gunicorn: master [TITLE]` and `gunicorn: worker [TITLE]` (setproctitle, requirements.txt)."""
     options = {
         "bind": Address(host.strip("[]"), port).netloc(port),  # an IPv6 host in brackets
         "workers": 1,
@@ -42,5 +45,6 @@ def serve(host: str, port: int, log_dir: Path, token: str, threads: int = 8) -> 
         "accesslog": None,
         # one shared ~/.gunicorn/gunicorn.ctl would clash between local nodes
         "control_socket_disable": True,
+        "proc_name": title,
     }
     _NodeApplication(options, log_dir, token).run()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -235,15 +236,30 @@ def addressed(ports: list[int], rounds: int = 2) -> tuple[dict[str, Any], dict[s
     return raw, ids
 
 
-def node_processes(marker: str) -> list[int]:
-    """Node processes (gunicorn master or worker) whose command line holds `marker`."""
+def command_line(pid: int) -> str:
+    """What `ps` shows for `pid` (arguments joined by spaces; a gunicorn node's title as it set
+    it), or "" for a process that is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.decode(errors="replace").replace("\0", " ").strip()
+
+
+def is_node(command: str, label: str = "") -> bool:
+    """A node's process (`main.py node ...` or its gunicorn master or worker), with `--label
+    LABEL` if given."""
+    if "main.py node " not in command:
+        return False
+    return not label or re.search(rf"--label {re.escape(label)}(\]|\s|$)", command) is not None
+
+
+def node_processes(marker: str, label: str = "") -> list[int]:
+    """Node processes (gunicorn master or worker) whose command line holds `marker` (and the
+    label `label`, if given)."""
     found = []
     for pid in os.listdir("/proc"):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if marker in cmd and "\0node\0" in cmd:
+        if pid.isdigit() and marker in (cmd := command_line(int(pid))) and is_node(cmd, label):
             found.append(int(pid))
     return found
 

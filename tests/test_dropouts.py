@@ -16,7 +16,15 @@ from typing import Any
 import pytest
 
 from hefl.address import log_name
-from tests.helpers import local_until_round, node_logs, process_tree, tree_config, wait_gone
+from tests.helpers import (
+    command_line,
+    is_node,
+    local_until_round,
+    node_logs,
+    process_tree,
+    tree_config,
+    wait_gone,
+)
 
 pytestmark = pytest.mark.process
 
@@ -25,14 +33,7 @@ KILLED, PAUSED = "127.0.0.1:102", "127.0.0.1:101"  # under leaf 1 and leaf 0
 
 def node_pids(parent: int, node: str) -> list[int]:
     """The local node `node` started by `parent`: its gunicorn master and worker."""
-    found = []
-    for pid in process_tree(parent):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if f"--label\0{node}\0" in cmd:
-            found.append(pid)
+    found = [pid for pid in process_tree(parent) if is_node(command_line(pid), node)]
     assert len(found) == 2, f"{len(found)} processes of {node} below {parent}"
     return found
 

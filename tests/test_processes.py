@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,10 +18,12 @@ import pytest
 from tests.helpers import (
     ROOT,
     Run,
+    command_line,
     experiment_dir,
     local_until_round,
     node_logs,
     node_processes,
+    process_tree,
     run_main,
     tree_config,
 )
@@ -93,7 +96,18 @@ def test_failed_config_push_names_the_node_and_stops_everything(tmp_path: Path) 
 
 
 def test_ctrl_c_stops_every_node_and_keeps_logs(tmp_path: Path) -> None:
+    """Also: each node is two processes below `main.py local` (forked from it: gunicorn's master
+    and worker, named in ps by the node's command line), and only the clients hold torch."""
     proc = local_until_round(tmp_path, tree_config(clients=2, leaves=1, spine=False, rounds=500), 2)
+    below = process_tree(proc.pid)
+    for node, torch in (("127.0.0.1:100", True), ("127.0.0.1:10", False), ("127.0.0.1:1", False)):
+        pids = node_processes(str(tmp_path), node)
+        assert len(pids) == 2 and set(pids) <= set(below), (node, pids)
+        titles = sorted(command_line(pid).split(" [")[0] for pid in pids)
+        assert titles == ["gunicorn: master", "gunicorn: worker"], titles
+        for pid in pids:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+            assert ("libtorch_cpu" in maps) == torch, (node, pid)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted" in err
@@ -102,14 +116,104 @@ def test_ctrl_c_stops_every_node_and_keeps_logs(tmp_path: Path) -> None:
     assert len(logs) == 4 and all(len(d["iteration"]) >= 1 for d in logs.values())
 
 
+FORKS = """
+import os, subprocess, sys, time
+from pathlib import Path
+from hefl.control.fork import fork_node
+
+def node(argv):
+    print("env", os.environ.get("X"), "argv", argv, "own group", os.getpgid(0) == os.getpid())
+    if argv == ["raise"]:
+        raise ValueError("broken node")
+    if argv == ["exit"]:
+        raise SystemExit("said why")
+    if argv == ["sleep"]:
+        time.sleep(60)
+    return 7
+
+out = Path(sys.argv[1])
+names = ("ok", "raise", "exit", "sleep")
+procs = [fork_node(node, [a], out / f"{a}.out", {"X": "y"}) for a in names]
+try:
+    procs[-1].wait(timeout=0.2)
+except subprocess.TimeoutExpired:
+    procs[-1].kill()
+print("codes", [p.wait(timeout=30) for p in procs], "X" in os.environ)
+"""
+
+
+def test_a_forked_node_exits_with_its_status_and_never_returns_into_its_parent(
+    tmp_path: Path,
+) -> None:
+    """Local mode's fork: the node's status (a return, an exception, SystemExit with a message, a
+    kill) as Popen gives it, its output in its own file, its own environment and process group;
+    whatever it does, it never runs on in the code that forked it."""
+    proc = subprocess.run(
+        [PY, "-c", FORKS, str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert proc.stdout == "codes [7, 1, 1, -9] False\n", proc.stdout + proc.stderr
+    out = {p.stem: p.read_text().strip().splitlines() for p in tmp_path.glob("*.out")}
+    assert out["ok"] == ["env y argv ['ok'] own group True"]
+    assert out["raise"][0].startswith("env y") and out["raise"][-1] == "ValueError: broken node"
+    assert out["exit"] == ["env y argv ['exit'] own group True", "said why"]
+
+
+NODES = """
+import json, sys, threading, time
+from pathlib import Path
+import requests
+import main
+from hefl.config import parse_config
+from hefl.control.fork import Forked
+from hefl.control.local import local_nodes
+
+work, thread = Path(sys.argv[1]), sys.argv[2] == "thread"
+release = threading.Event()
+if thread:  # another thread here: a fork would copy it mid-step, so each node is started afresh
+    threading.Thread(target=release.wait).start()
+cfg = parse_config(json.loads(sys.argv[3]))
+with local_nodes(cfg, work / "log", work / "out", node_main=main.main) as nodes:
+    for url in nodes.endpoints.values():
+        for _ in range(600):
+            try:
+                requests.get(url + "/health", timeout=2)
+                break
+            except requests.RequestException:
+                time.sleep(0.05)
+    print(json.dumps({n: isinstance(p, Forked) for n, p in nodes.procs.items()}))
+release.set()
+"""
+
+
+@pytest.mark.parametrize("thread", [False, True], ids=["forked", "another-thread-started"])
+def test_local_nodes_are_forked_unless_another_thread_runs(tmp_path: Path, thread: bool) -> None:
+    """Each local node answers, forked from the local run or, with another thread running there,
+    started as `python main.py node ...`; each has its output file, and none is left after."""
+    raw = tree_config(clients=1, leaves=1, spine=False)
+    proc = subprocess.run(
+        [PY, "-c", NODES, str(tmp_path), "thread" if thread else "-", json.dumps(raw)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    forked = json.loads(proc.stdout)
+    assert forked == {node: not thread for node in ("127.0.0.1:100", "127.0.0.1:10", "127.0.0.1:1")}
+    assert node_processes(str(tmp_path)) == []
+    outs = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert outs == ["127.0.0.1_1.out", "127.0.0.1_10.out", "127.0.0.1_100.out"], outs
+
+
 def test_node_killed_mid_run_is_named_and_logs_are_kept(tmp_path: Path) -> None:
     """A client SIGKILLed in round 3 of local mode (no deadline): the run stops with one line
     naming it, every node process is gone, and every node's log is kept."""
     proc = local_until_round(tmp_path, tree_config(clients=2, leaves=1, spine=False, rounds=500), 3)
     victim = "127.0.0.1:101"
-    for pid in node_processes(str(tmp_path)):
-        if f"--label\x00{victim}\x00" in Path(f"/proc/{pid}/cmdline").read_bytes().decode():
-            os.kill(pid, signal.SIGKILL)
+    victims = node_processes(str(tmp_path), victim)
+    assert len(victims) == 2, victims  # its gunicorn master and worker
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1
     (line,) = err.strip().splitlines()

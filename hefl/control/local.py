@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import secrets
 import shutil
@@ -10,7 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,8 @@ from typing import Any
 
 from hefl.address import file_stem
 from hefl.config import ExperimentConfig, parse_config
-from hefl.crypto import generate_keys, keys_match
+from hefl.control.fork import Forked, NodeMain, can_fork, fork_node
+from hefl.crypto import generate_keys, keys_match, preload
 from hefl.errors import ExperimentFailed
 from hefl.node.host import PARENT_ENV
 
@@ -46,7 +48,7 @@ class LocalNodes:
     endpoints: dict[str, str]
     token: str
     out_dir: Path
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen[bytes] | Forked] = field(default_factory=dict)
     may_drop: frozenset[str] = frozenset()  # clients that may exit (a round deadline is set)
 
     def check(self) -> None:
@@ -71,9 +73,17 @@ def _last_line(path: Path) -> str:
 
 @contextmanager
 def local_nodes(
-    cfg: ExperimentConfig, log_dir: Path, out_dir: Path, verbose: bool = False
+    cfg: ExperimentConfig,
+    log_dir: Path,
+    out_dir: Path,
+    verbose: bool = False,
+    node_main: NodeMain | None = None,
 ) -> Iterator[LocalNodes]:
-    """Start one node process per config node on a free port; always stop them all."""
+    """Start one node process per config node on a free port; always stop them all. With
+    `node_main` (main.py's own entry) each node is forked from this process: switches and the
+    aggregator first, then, once torch and the data code are loaded here, the clients (a switch
+    never holds torch); without it, or with another thread running here, each is `python main.py
+    node ...` afresh."""
     token = secrets.token_hex(16)
     env = {
         **os.environ,
@@ -90,12 +100,24 @@ def local_nodes(
         out_dir,
         may_drop=frozenset(cfg.tree.client_nodes() if cfg.policy.tolerate_dropouts else ()),
     )
+    clients = cfg.tree.client_nodes()
+    if node_main is not None:
+        _preload(lambda: preload(cfg.he_params()))  # what every node of an encrypted run loads
     try:
-        for node, port in ports.items():
+        # switches and the aggregator first: forked before torch is loaded here
+        others = [n for n in ports if n not in clients]
+        for i, node in enumerate([*others, *(n for n in ports if n in clients)]):
+            if node_main is not None and i == len(others):  # the first client
+                os.environ["OMP_NUM_THREADS"] = "1"  # as the nodes' own: read once, as OpenMP loads
+                _preload(lambda: importlib.import_module("hefl.node.nodes.local_training"))
             command = node_command(
-                "127.0.0.1", port, log_dir, "--label", node, *(["-v"] if verbose else [])
+                "127.0.0.1", ports[node], log_dir, "--label", node, *(["-v"] if verbose else [])
             )
-            with open(out_dir / f"{file_stem(node)}.out", "wb") as sink:
+            out = out_dir / f"{file_stem(node)}.out"
+            if node_main is not None and can_fork():
+                nodes.procs[node] = fork_node(node_main, command[2:], out, env)
+                continue
+            with open(out, "wb") as sink:
                 nodes.procs[node] = subprocess.Popen(
                     command,
                     env=env,
@@ -110,6 +132,13 @@ def local_nodes(
         yield nodes
     finally:
         stop_all(list(nodes.procs.values()))
+
+
+def _preload(load: Callable[[], object]) -> None:
+    """Load modules here before forking the nodes that import them; an import that fails is left
+    to each node, which names it in its output and its exit."""
+    with contextlib.suppress(Exception):
+        load()
 
 
 def node_command(host: str, port: int, log_dir: Path, *more: str) -> list[str]:
@@ -130,7 +159,7 @@ def node_command(host: str, port: int, log_dir: Path, *more: str) -> list[str]:
     ]
 
 
-def stop_all(procs: list[subprocess.Popen[bytes]], grace: float = 10.0) -> None:
+def stop_all(procs: list[subprocess.Popen[bytes] | Forked], grace: float = 10.0) -> None:
     """SIGTERM each node's process group, then SIGKILL every group still there after `grace`
     seconds (a node leads its group: its gunicorn worker and any children go with it)."""
     for p in procs:
@@ -217,15 +246,18 @@ def run_local(
     log_dir: Path,
     verbose: bool = False,
     experiment: str = "",
+    node_main: NodeMain | None = None,
 ) -> Path:
-    """The whole experiment on this machine, one process per node; returns its run folder."""
+    """The whole experiment on this machine, one process per node (forked from this one with
+    `node_main`, see `local_nodes`); returns its run folder."""
     from hefl.control.experiment import Controller, new_experiment_id
 
     experiment = experiment or new_experiment_id(cfg.name)
     print(f"starting {len(cfg.nodes)} local node processes for {config_name}")
     with (
+        # the nodes first: forked from this process before it holds any key material
+        local_nodes(cfg, log_dir, log_dir / experiment / "stdout", verbose, node_main) as nodes,
         local_keys(raw, cfg, experiment) as (raw, cfg),
-        local_nodes(cfg, log_dir, log_dir / experiment / "stdout", verbose) as nodes,
     ):
         Controller(
             raw,

@@ -32,6 +32,7 @@ __all__ = [
     "load_keyless",
     "load_secret",
     "make_scheme",
+    "preload",
     "read_keyless",
     "require",
 ]
@@ -92,6 +93,12 @@ def _backend(enc: HeParams) -> Backend:
         raise ValueError(f"the {enc.scheme} scheme has no HE library (and no keys)")
     require(enc)
     return cast(Backend, importlib.import_module(f"hefl.crypto.{name}"))
+
+
+def preload(enc: HeParams) -> None:
+    """Import the library behind `enc` now (local mode, before it forks the nodes that use it)."""
+    if library(enc):
+        _backend(enc)
 
 
 def make_scheme(enc: HeParams, size: int, keys: KeyRing | None = None, seed: int = 0) -> Scheme:
