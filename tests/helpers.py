@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import multiprocessing
 import os
 import re
 import signal
@@ -132,6 +133,62 @@ class Recorder:
 TOKEN = "insider-t0ken"  # the credential of `cluster` nodes
 
 
+NODE_PRELOAD = ["blueprints.serve", "hefl.node.nodes.local_training", "main", "tests.helpers"]
+
+
+def _serve_node(argv: list[str], err: str, env: dict[str, str]) -> None:
+    """A test node's process: `main.py ARGV`, its stderr appended to `err` (run by NodeProcess)."""
+    os.chdir(ROOT)
+    os.environ.update(env)
+    sink = os.open(err, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd, to in ((null, 0), (null, 1), (sink, 2)):
+        os.dup2(fd, to)
+    import main
+
+    sys.exit(main.main(argv))
+
+
+class NodeProcess:
+    """A node process for tests that drive standalone nodes, with the part of Popen they use.
+    Forked by multiprocessing's forkserver: one clean process per test worker that loaded the
+    node runtime and torch once (an interpreter per node cost 1.3 s of CPU, 3 s more for a
+    client's torch); the node itself runs exactly `main.py node ...`."""
+
+    def __init__(self, process: Any) -> None:
+        self.process = process
+
+    @classmethod
+    def start(cls, argv: list[str], err: Path, env: dict[str, str]) -> NodeProcess:
+        forks = multiprocessing.get_context("forkserver")
+        forks.set_forkserver_preload(NODE_PRELOAD)
+        process = forks.Process(
+            target=_serve_node, args=(argv, str(err), {**env, "OMP_NUM_THREADS": "1"})
+        )
+        process.start()
+        return cls(process)
+
+    @property
+    def pid(self) -> int:
+        return int(self.process.pid)
+
+    def poll(self) -> int | None:
+        code = self.process.exitcode
+        return None if code is None else int(code)
+
+    def wait(self, timeout: float | None = None) -> int:
+        self.process.join(timeout)
+        if (code := self.poll()) is None:
+            raise subprocess.TimeoutExpired(["main.py", "node"], timeout or 0.0)
+        return code
+
+    def terminate(self) -> None:
+        self.process.terminate()
+
+    def kill(self) -> None:
+        self.process.kill()
+
+
 @dataclass
 class Cluster:
     """Four node processes (two clients, a switch, the aggregator) and their addresses."""
@@ -139,7 +196,7 @@ class Cluster:
     tmp: Path
     raw: dict[str, Any]
     ids: dict[str, str]  # role name (c0, c1, sw, agg) -> node id
-    procs: list[subprocess.Popen[bytes]]
+    procs: list[NodeProcess]
 
     def url(self, name: str) -> str:
         return f"http://{self.ids[name]}"
@@ -151,18 +208,12 @@ class Cluster:
         resp = requests.get(f"{self.url(name)}/health", headers={TOKEN_HEADER: token}, timeout=10)
         return resp.json()  # type: ignore[no-any-return]
 
-    def start(self, name: str, wait: bool = True) -> subprocess.Popen[bytes]:
-        """Node `name`'s process (`main.py --host 127.0.0.1 --port ...`), its stderr appended to
-        <name>.err; with `wait`, returned once it answers."""
-        env = {**os.environ, "HEFL_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}
-        with (self.tmp / f"{name}.err").open("ab") as err:
-            proc = subprocess.Popen(
-                node_command("127.0.0.1", int(self.ids[name].split(":")[1]), self.tmp / name),
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                cwd=ROOT,
-            )
+    def start(self, name: str, wait: bool = True) -> NodeProcess:
+        """Node `name`'s process (`main.py node --host 127.0.0.1 --port ...`, forked as local
+        mode forks its nodes), its stderr appended to <name>.err; with `wait`, returned once it
+        answers."""
+        argv = node_command("127.0.0.1", int(self.ids[name].split(":")[1]), self.tmp / name)
+        proc = NodeProcess.start(argv[2:], self.tmp / f"{name}.err", {"HEFL_TOKEN": TOKEN})
         if wait:
             self.wait_for(name)
         return proc

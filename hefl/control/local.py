@@ -101,20 +101,21 @@ def local_nodes(
         may_drop=frozenset(cfg.tree.client_nodes() if cfg.policy.tolerate_dropouts else ()),
     )
     clients = cfg.tree.client_nodes()
-    if node_main is not None:
+    forking = node_main is not None and can_fork()
+    if forking:
         _preload(lambda: preload(cfg.he_params()))  # what every node of an encrypted run loads
     try:
         # switches and the aggregator first: forked before torch is loaded here
         others = [n for n in ports if n not in clients]
         for i, node in enumerate([*others, *(n for n in ports if n in clients)]):
-            if node_main is not None and i == len(others):  # the first client
+            if forking and i == len(others):  # the first client
                 os.environ["OMP_NUM_THREADS"] = "1"  # as the nodes' own: read once, as OpenMP loads
                 _preload(lambda: importlib.import_module("hefl.node.nodes.local_training"))
             command = node_command(
                 "127.0.0.1", ports[node], log_dir, "--label", node, *(["-v"] if verbose else [])
             )
             out = out_dir / f"{file_stem(node)}.out"
-            if node_main is not None and can_fork():
+            if forking and node_main is not None:
                 nodes.procs[node] = fork_node(node_main, command[2:], out, env)
                 continue
             with open(out, "wb") as sink:
