@@ -122,7 +122,9 @@ from pathlib import Path
 from hefl.control.fork import fork_node
 
 def node(argv):
-    print("env", os.environ.get("X"), "argv", argv, "own group", os.getpgid(0) == os.getpid())
+    fds = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))[:-1]  # less the listing's own
+    print("env", os.environ.get("X"), "argv", argv, sys.argv, "own group",
+          os.getpgid(0) == os.getpid(), "fds", fds)
     if argv == ["raise"]:
         raise ValueError("broken node")
     if argv == ["exit"]:
@@ -132,12 +134,17 @@ def node(argv):
     return 7
 
 out = Path(sys.argv[1])
+held = open(out / "held", "w")  # a file this process holds: not the nodes'
 names = ("ok", "raise", "exit", "sleep")
-procs = [fork_node(node, [a], out / f"{a}.out", {"X": "y"}) for a in names]
+procs = [fork_node(node, ["py", "main.py", a], out / f"{a}.out", {"X": "y"}) for a in names]
 try:
     procs[-1].wait(timeout=0.2)
 except subprocess.TimeoutExpired:
     procs[-1].kill()
+try:
+    fork_node(node, ["py", "main.py", "ok"], out / "no-folder" / "x.out", {})
+except FileNotFoundError as exc:
+    print("refused here:", exc.strerror)
 print("codes", [p.wait(timeout=30) for p in procs], "X" in os.environ)
 """
 
@@ -146,16 +153,20 @@ def test_a_forked_node_exits_with_its_status_and_never_returns_into_its_parent(
     tmp_path: Path,
 ) -> None:
     """Local mode's fork: the node's status (a return, an exception, SystemExit with a message, a
-    kill) as Popen gives it, its output in its own file, its own environment and process group;
-    whatever it does, it never runs on in the code that forked it."""
+    kill) as Popen gives it, its output in its own file (one it cannot make is the parent's
+    error), its own environment, argv, process group and no other file; whatever it does, it
+    never runs on in the code that forked it."""
     proc = subprocess.run(
         [PY, "-c", FORKS, str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
-    assert proc.stdout == "codes [7, 1, 1, -9] False\n", proc.stdout + proc.stderr
+    assert proc.stdout == (
+        "refused here: No such file or directory\ncodes [7, 1, 1, -9] False\n"
+    ), proc.stdout + proc.stderr
     out = {p.stem: p.read_text().strip().splitlines() for p in tmp_path.glob("*.out")}
-    assert out["ok"] == ["env y argv ['ok'] own group True"]
+    said = "env y argv ['ok'] ['main.py', 'ok'] own group True fds [0, 1, 2]"
+    assert out["ok"] == [said]
     assert out["raise"][0].startswith("env y") and out["raise"][-1] == "ValueError: broken node"
-    assert out["exit"] == ["env y argv ['exit'] own group True", "said why"]
+    assert out["exit"] == [said.replace("ok", "exit"), "said why"]
 
 
 NODES = """
@@ -172,23 +183,26 @@ release = threading.Event()
 if thread:  # another thread here: a fork would copy it mid-step, so each node is started afresh
     threading.Thread(target=release.wait).start()
 cfg = parse_config(json.loads(sys.argv[3]))
-with local_nodes(cfg, work / "log", work / "out", node_main=main.main) as nodes:
-    for url in nodes.endpoints.values():
-        for _ in range(600):
-            try:
-                requests.get(url + "/health", timeout=2)
-                break
-            except requests.RequestException:
-                time.sleep(0.05)
-    print(json.dumps({n: isinstance(p, Forked) for n, p in nodes.procs.items()}))
+for run in range(1 if thread else 2):  # a second run here (a sweep's) starts its nodes afresh
+    with local_nodes(cfg, work / "log", work / f"out{run}", node_main=main.main) as nodes:
+        for url in nodes.endpoints.values():
+            for _ in range(600):
+                try:
+                    requests.get(url + "/health", timeout=2)
+                    break
+                except requests.RequestException:
+                    time.sleep(0.05)
+        print(json.dumps({n: isinstance(p, Forked) for n, p in nodes.procs.items()}))
 release.set()
 """
 
 
 @pytest.mark.parametrize("thread", [False, True], ids=["forked", "another-thread-started"])
 def test_local_nodes_are_forked_unless_another_thread_runs(tmp_path: Path, thread: bool) -> None:
-    """Each local node answers, forked from the local run or, with another thread running there,
-    started as `python main.py node ...`; each has its output file, and none is left after."""
+    """Each local node answers, forked from the local run or, with another thread running there
+    or for a second run in the same process (a sweep's: its switches would copy torch and what
+    is left of the first run's keys), started as `python main.py node ...`; each has its output
+    file, and none is left after."""
     raw = tree_config(clients=1, leaves=1, spine=False)
     proc = subprocess.run(
         [PY, "-c", NODES, str(tmp_path), "thread" if thread else "-", json.dumps(raw)],
@@ -198,11 +212,13 @@ def test_local_nodes_are_forked_unless_another_thread_runs(tmp_path: Path, threa
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    forked = json.loads(proc.stdout)
-    assert forked == {node: not thread for node in ("127.0.0.1:100", "127.0.0.1:10", "127.0.0.1:1")}
+    runs = [json.loads(line) for line in proc.stdout.splitlines()]
+    nodes = ("127.0.0.1:100", "127.0.0.1:10", "127.0.0.1:1")
+    assert runs == [{n: f for n in nodes} for f in ([False] if thread else [True, False])]
     assert node_processes(str(tmp_path)) == []
-    outs = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert outs == ["127.0.0.1_1.out", "127.0.0.1_10.out", "127.0.0.1_100.out"], outs
+    for run in range(len(runs)):
+        outs = sorted(p.name for p in (tmp_path / f"out{run}").iterdir())
+        assert outs == ["127.0.0.1_1.out", "127.0.0.1_10.out", "127.0.0.1_100.out"], outs
 
 
 def test_node_killed_mid_run_is_named_and_logs_are_kept(tmp_path: Path) -> None:

@@ -60,37 +60,54 @@ def can_fork() -> bool:
     return hasattr(os, "fork") and threading.active_count() == 1
 
 
-def fork_node(node_main: NodeMain, argv: list[str], out: Path, env: dict[str, str]) -> Forked:
-    """Run `node_main(argv)` in a forked copy of this process, in its own process group (as
-    `Popen(process_group=0)`), with `env` as its environment and its output in `out`."""
-    sys.stdout.flush()  # what is buffered here would otherwise be written twice
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        _become_node(node_main, argv, out, env)
-    with contextlib.suppress(OSError):  # the child does it too: whichever runs first
-        os.setpgid(pid, pid)
-    return Forked(pid, argv)
+STOPS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}  # the controller's; a node's are its own
 
 
-def _become_node(node_main: NodeMain, argv: list[str], out: Path, env: dict[str, str]) -> NoReturn:
+def fork_node(node_main: NodeMain, command: list[str], out: Path, env: dict[str, str]) -> Forked:
+    """Run `command` (`python main.py node ...`) as `node_main(command[2:])` in a forked copy of
+    this process: in its own process group (as `Popen(process_group=0)`), with `env` as its
+    environment, its output in `out` (opened here: a file it cannot make is this process's
+    OSError), and only its standard streams open (as Popen's close_fds)."""
+    sink = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        sys.stdout.flush()  # what is buffered here would otherwise be written twice
+        sys.stderr.flush()
+        # a signal in the fork's window waits until each side has its own handlers
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                _become_node(node_main, command, sink, env)
+            with contextlib.suppress(OSError):  # the child does it too: whichever runs first
+                os.setpgid(pid, pid)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    finally:
+        os.close(sink)
+    return Forked(pid, command)
+
+
+def _become_node(
+    node_main: NodeMain, command: list[str], sink: int, env: dict[str, str]
+) -> NoReturn:
     """The forked side: never returns into the code that forked it (that is the controller)."""
     code = 1
     try:
         os.setpgid(0, 0)
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # not the controller's
+        for signum in STOPS:
             signal.signal(signum, signal.SIG_DFL)
-        sink = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)
         null = os.open(os.devnull, os.O_RDONLY)
         for fd, to in ((null, 0), (sink, 1), (sink, 2)):
             os.dup2(fd, to)
-        os.close(sink)
-        os.close(null)
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # the controller's files are not the node's
         if hasattr(sys.stdout, "reconfigure"):
             sys.stdout.reconfigure(line_buffering=True)  # as PYTHONUNBUFFERED would
         os.environ.clear()
         os.environ.update(env)
-        code = node_main(argv)
+        sys.argv = command[1:]  # what gunicorn re-executes on SIGUSR2: this node, not the run
+        _set_title(" ".join(command))
+        code = node_main(command[2:])
     except SystemExit as exc:  # as the interpreter takes it
         if exc.code is None or isinstance(exc.code, int):
             code = exc.code or 0
@@ -106,3 +123,12 @@ def _become_node(node_main: NodeMain, argv: list[str], out: Path, env: dict[str,
             with contextlib.suppress(BaseException):
                 step()
         os._exit(code)
+
+
+def _set_title(title: str) -> None:
+    """What ps shows for this process until gunicorn names it (else the controller's command)."""
+    try:
+        from setproctitle import setproctitle
+    except ImportError:
+        return
+    setproctitle(title)

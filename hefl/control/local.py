@@ -71,6 +71,9 @@ def _last_line(path: Path) -> str:
     return lines[-1][:300] if lines else "no output"
 
 
+_FORKED: list[int] = []  # the process that forked a local run's nodes, once it has
+
+
 @contextmanager
 def local_nodes(
     cfg: ExperimentConfig,
@@ -101,8 +104,11 @@ def local_nodes(
         may_drop=frozenset(cfg.tree.client_nodes() if cfg.policy.tolerate_dropouts else ()),
     )
     clients = cfg.tree.client_nodes()
-    forking = node_main is not None and can_fork()
+    # once per process: a sweep's later runs would fork switches from a process that holds
+    # torch and what is left in its memory of earlier runs' keys
+    forking = node_main is not None and can_fork() and not _FORKED
     if forking:
+        _FORKED.append(os.getpid())
         _preload(lambda: preload(cfg.he_params()))  # what every node of an encrypted run loads
     try:
         # switches and the aggregator first: forked before torch is loaded here
@@ -116,7 +122,7 @@ def local_nodes(
             )
             out = out_dir / f"{file_stem(node)}.out"
             if forking and node_main is not None:
-                nodes.procs[node] = fork_node(node_main, command[2:], out, env)
+                nodes.procs[node] = fork_node(node_main, command, out, env)
                 continue
             with open(out, "wb") as sink:
                 nodes.procs[node] = subprocess.Popen(
