@@ -22,6 +22,7 @@ from blueprints import NodeServer
 from tests.helpers import (
     WHEEL_CHECKS,
     Cluster,
+    NodeProcess,
     Recorder,
     Run,
     Served,
@@ -144,6 +145,13 @@ def _tiers_hold(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
         real(self, args, *a, **kw)
 
     monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
+
+    def forked(*a: Any, **kw: Any) -> None:
+        raise AssertionError(
+            f"{request.node.nodeid} forks a node process: mark it @pytest.mark.process"
+        )
+
+    monkeypatch.setattr(NodeProcess, "start", forked)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from hefl.node.wire import ROUTES
-from tests.helpers import ROOT
+from tests.helpers import ROOT, NodeProcess
 
 # every route's path but the page's "/" (too common a string to search for)
 PATHS = {route.path.split("<")[0].rstrip("/") for route in ROUTES.values()} - {""}
@@ -242,3 +244,12 @@ def test_the_live_page_reads_only_keys_a_round_row_has() -> None:
     read = set(re.findall(r"\b(?:r|last)\.([a-z_]+)\b", page)) - {"ok", "json", "status"}
     assert {"accuracy", "client_byte_send", "aggregator_received"} <= read
     assert read <= set(RoundRow.keys())
+
+
+def test_the_inner_loop_tier_starts_no_process(tmp_path: Path) -> None:
+    """conftest's guard: a test with no slow-tier marker that starts a Python or forks a node
+    fails, naming the marker it lacks."""
+    with pytest.raises(AssertionError, match="mark it @pytest.mark.process"):
+        subprocess.Popen([sys.executable, "-c", "pass"])
+    with pytest.raises(AssertionError, match="forks a node process: mark it @pytest.mark.process"):
+        NodeProcess.start(["node"], tmp_path / "node.err", {})
