@@ -226,7 +226,9 @@ def test_a_paused_node_is_named_within_the_round_timeout(cluster: Cluster) -> No
     assert agg.returncode == 1, err[-2000:]
     (line,) = err.strip().splitlines()
     assert victim in line and ("hung" in line or "silent" in line), line
-    assert took < 10 + 3 + 5 + 10, f"named after {took:.0f}s"
+    # the round timeout, a probe, then the controller's salvage (logs, summary, plots: 15 s and
+    # more on a loaded 2-core machine); still well before the 60 s read timeout would name it
+    assert took < 10 + 3 + 5 + 27, f"named after {took:.0f}s"
     assert cluster.health("c1")["experiment"] == exp  # its state survived the pause
 
 
