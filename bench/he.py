@@ -557,9 +557,11 @@ def backend_rows() -> list[tuple[str, HeParams]]:
 
     return [
         ("tenseal ckks 4096 [40,20] 2^30", HeParams(scheme="ckks")),
-        ("seal    ckks 4096 [40,20] 2^30", HeParams(scheme="ckks", backend="seal")),
+        ("seal    ckks 4096 [40,20] 2^30 seeded", HeParams(scheme="ckks", backend="seal")),
+        ("seal    ckks 4096 [40,20] 2^30 full", HeParams("ckks", "seal", seeded=False)),
         ("tenseal bfv 4096 [60,20] t~2^47", HeParams(scheme="bfv")),
-        ("seal    bfv 4096 [60,20] t~2^47", HeParams(scheme="bfv", backend="seal")),
+        ("seal    bfv 4096 [60,20] t~2^47 seeded", HeParams(scheme="bfv", backend="seal")),
+        ("seal    bfv 4096 [60,20] t~2^47 full", HeParams("bfv", "seal", seeded=False)),
         ("phe     paillier 2048-bit, 8 clients", HeParams(scheme="paillier", clients=8)),
     ]
 
@@ -617,7 +619,12 @@ def bench_backend(name: str, enc: HeParams, size: int) -> BackendRow:
     if enc.backend == "seal" and enc.scheme != "paillier":
         import seal
 
-        raw = sum(len(p.to_string(seal.compr_mode_type.none)) for p in parts) + 4 * len(parts) + 8
+        def unzipped(part: Any) -> int:  # a seeded ciphertext dumps itself (c0 and the seed)
+            if hasattr(part, "seed"):
+                return len(part.dump())
+            return len(part.to_string(seal.compr_mode_type.none))
+
+        raw = sum(unzipped(p) for p in parts) + 4 * len(parts) + 8
     other = switch.load(client.encrypt(theirs))
     loaded, t["deserialize"] = timed(lambda: switch.load(payload))
     total, t["add"] = timed(lambda: switch.add_into(other, loaded))
@@ -635,7 +642,7 @@ def backend_round(enc: HeParams, hidden: int) -> str:
     """One full local round (the second of 2) through real processes: 4 clients, 2 adding
     switches, the synthetic MLP with `hidden` units."""
     config = topology(enc.scheme, FEATURES, hidden, switches=2)
-    config["encryption"] = {"scheme": enc.scheme, "backend": enc.backend}
+    config["encryption"] = {"scheme": enc.scheme, "backend": enc.backend, "seeded": enc.seeded}
     run = run_local(config)
     if run.error:
         return f"failed: {run.error}"
@@ -671,7 +678,7 @@ def backends(size: int, paillier_size: int, hidden: int, paillier_hidden: int) -
         steps = "".join(rate(r.size / r.times[k].wall / 1e6).rjust(12) for k in STEPS)
         wire = f"{r.wire:.2f} ({r.raw:.2f})" if abs(r.raw - r.wire) > 0.005 else f"{r.wire:.2f}"
         print(
-            f"{r.name:<38}{wire:>19}{steps}{r.err10:>9.1e}{r.err100:>9.1e}"
+            f"{r.name:<44}{wire:>19}{steps}{r.err10:>9.1e}{r.err100:>9.1e}"
             f"{r.secret_bytes:>10,}{r.pushed_bytes:>10,}"
         )
     print(
@@ -685,7 +692,9 @@ def backends(size: int, paillier_size: int, hidden: int, paillier_hidden: int) -
         for name, enc in backend_rows():
             if available(enc) or (enc.scheme == "paillier" and hid != paillier_hidden):
                 continue
-            short = " ".join(name.split()[:2])  # the round has 4 clients: lanes for 4
+            words = name.split()  # the round has 4 clients: lanes for 4
+            form = words[-1:] if words[-1] in ("seeded", "full") else []
+            short = " ".join(words[:2] + form)
             print(f"round, {params:,} parameters, {short}: {backend_round(enc, hid)}")
 
 

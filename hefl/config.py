@@ -89,6 +89,8 @@ class EncryptionConfig:
     )
     # clients: make the next update's encryptions of zero while waiting for the global result
     precompute: bool = True
+    # clients (SEAL-Python's ckks and bfv): send each fresh ciphertext as c0 and the seed of c1
+    seeded: bool = True
 
     @property
     def encrypted(self) -> bool:

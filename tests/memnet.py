@@ -2,13 +2,14 @@
 milliseconds, with no socket and no torch.
 
 Each node is the real class with its real parts (run log, traffic meter, worker thread, the plain
-scheme, the real `Transport` with its retries and its reading of 409, 422 and other refusals), but
-for two: the transport's HTTP session is a `MemorySession`, whose `request` hands the message to the
-peer node as the HTTP layer would (envelope parsed from the headers, body counted by the peer's
-meter, then `on_<kind>`, an error answered with its status and one JSON line), the way httpx's
-MockTransport replaces only the network; and a client trains with `FakeTraining`, which makes
-seeded updates with numpy. The network can take a node off it (its connections are refused), hold
-one kind of message of a sender until released (a slow link, a straggler), and send every message
+scheme or, given a key folder, the experiment's HE scheme with its keys by role, the real
+`Transport` with its retries and its reading of 409, 422 and other refusals), but for two: the
+transport's HTTP session is a `MemorySession`, whose `request` hands the message to the peer node
+as the HTTP layer would (envelope parsed from the headers, body counted by the peer's meter, then
+`on_<kind>`, an error answered with its status and one JSON line), the way httpx's MockTransport
+replaces only the network; and a client trains with `FakeTraining`, which makes seeded updates
+with numpy. The network can take a node off it (its connections are refused), hold one kind of
+message of a sender until released (a slow link, a straggler), and send every message
 twice (a retry whose answer was lost)."""
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import requests
 
 from hefl.address import log_name
 from hefl.config import ExperimentConfig
-from hefl.crypto import make_scheme
+from hefl.crypto import KeyRing, load_keyless, load_secret, make_scheme, read_keyless
 from hefl.errors import HeflError
 from hefl.modelspec import param_count
 from hefl.node.aggregation import client_weight
@@ -103,6 +104,16 @@ class MemorySession:
         pass
 
 
+def key_ring(cfg: ExperimentConfig, role: str, key_dir: Path | None) -> KeyRing | None:
+    """A node's key ring by role, from the experiment's key folder (None: the plain scheme)."""
+    if key_dir is None:
+        return None
+    enc = cfg.he_params()
+    if role == "client":
+        return load_secret(enc, key_dir)
+    return load_keyless(enc, read_keyless(enc, key_dir))
+
+
 class MemoryNetwork:
     """Every node of `cfg` built and started, reachable at `mem://<node id>`."""
 
@@ -112,8 +123,14 @@ class MemoryNetwork:
         folder: Path,
         training: Callable[[ExperimentConfig, str], Any] = FakeTraining,
         retries: int = 1,
+        key_dir: Path | None = None,
+        keep: frozenset[Kind] = frozenset(),
     ) -> None:
+        """`key_dir`: an encrypted experiment's key folder (clients load its secret key, the
+        others its keyless context); `keep`: kinds of message whose bodies `bodies` keeps."""
         self.cfg = cfg
+        self.keep = keep
+        self.bodies: list[tuple[str, Kind, int, bytes]] = []  # sender, kind, round, body
         self.down: set[str] = set()  # nodes whose connections are refused
         self.twice: set[Kind] = set()  # kinds of message delivered twice
         self.messages: list[
@@ -133,7 +150,7 @@ class MemoryNetwork:
             meter = TrafficMeter(runlog, EXPERIMENT, cfg.rounds, cfg.nodes, hops)
             transport = Transport(endpoints, Timeouts(1.0, 5.0, retries, backoff=0.0), "", meter)
             transport.session = MemorySession(self, node)  # type: ignore[assignment]
-            scheme = make_scheme(cfg.he_params(), size, None)
+            scheme = make_scheme(cfg.he_params(), size, key_ring(cfg, conf.type, key_dir))
             made = role_class(conf.type)(
                 cfg,
                 node,
@@ -190,6 +207,9 @@ class MemoryNetwork:
         held = self._held.get(key)
         if held is not None:
             held.wait(30)
+        if kind in self.keep:
+            with self._lock:
+                self.bodies.append((sender, kind, env.round, bytes(body)))
         answers = [self._deliver(node, kind, env, body)]
         if kind in self.twice and answers[0].status_code < 300:
             # the retry of a message whose first answer was lost

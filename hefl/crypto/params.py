@@ -28,6 +28,7 @@ class HeParams:
     key_bits: int = 2048  # paillier: bits of the public modulus n
     clip: float = 1.0  # every scheme: each value a client sends is clipped to [-clip, clip]
     processes: int = 1  # clients: worker processes that encrypt an update's ciphertexts
+    seeded: bool = True  # clients: fresh ciphertexts as c0 and c1's seed (SEAL-Python's backend)
     # paillier: the sums must have room for this many clients' values (0: the most an experiment
     # can have); keys do not depend on it
     clients: int = 0
@@ -256,6 +257,12 @@ def coeff_primes(poly_degree: int, bit_sizes: tuple[int, ...]) -> tuple[int, ...
 LIBRARY_NAMES = {"tenseal": "TenSEAL", "seal": "SEAL-Python", "paillier": "phe + gmpy2"}
 
 
+def seeded_uplink(enc: HeParams) -> bool:
+    """Whether clients send their fresh ciphertexts seeded: asked for, and SEAL-Python's ckks or
+    bfv (TenSEAL keeps its ciphertexts inside its own format)."""
+    return enc.seeded and enc.backend == "seal" and enc.scheme in ("ckks", "bfv")
+
+
 def in_effect(enc: HeParams) -> dict[str, Any]:
     """The parameters a run encrypts with, every default resolved (run.json and summary.json):
     the library, the primes, scale, plain modulus, packing, values per ciphertext and how many
@@ -284,6 +291,8 @@ def in_effect(enc: HeParams) -> dict[str, Any]:
         # the special (last) prime never reaches the wire: a ciphertext holds the others
         "wire_primes": len(bits) - 1,
         "security_bits": 128,
+        # clients' fresh ciphertexts go as c0 and the seed of c1 (SEAL-Python's backend only)
+        "seeded": seeded_uplink(enc),
     }
     if enc.scheme == "ckks":
         return out | {

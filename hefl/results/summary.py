@@ -11,6 +11,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -82,8 +83,7 @@ def summarize(exp_dir: Path) -> RunSummary:
         scheme=cfg.encryption.scheme,
         # the library of ckks and bfv (none for the other schemes)
         backend=cfg.encryption.backend if cfg.encryption.scheme in ("ckks", "bfv") else None,
-        # the parameters in effect, every default resolved (as in run.json)
-        encryption=in_effect(cfg.he_params()),
+        encryption=encryption_in_effect(exp_dir, cfg),
         clients=len(cfg.tree.clients()),
         switches=sum(1 for n in nodes if n.type == "switch"),
         dumb_switches=sum(1 for n in nodes if n.type == "switch" and n.dumb),
@@ -95,6 +95,17 @@ def summarize(exp_dir: Path) -> RunSummary:
         rounds_not_completed=tuple(not_completed(cfg, records, len(rounds))),
         format_version=FORMAT_VERSION,
     )
+
+
+def encryption_in_effect(exp_dir: Path, cfg: ExperimentConfig) -> dict[str, Any]:
+    """The parameters the run encrypted with, every default resolved: as run.json recorded them
+    when the run began (a default added since, `seeded` say, must not rewrite an older run), or
+    from its config where run.json is missing or unreadable."""
+    try:
+        recorded = json.loads((exp_dir / "run.json").read_text()).get("encryption")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    return recorded if isinstance(recorded, dict) else in_effect(cfg.he_params())
 
 
 def read_rows(exp_dir: Path) -> list[RoundRow] | None:

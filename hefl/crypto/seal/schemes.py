@@ -3,7 +3,9 @@
 SEAL-Python's SEAL is built without compression (a CKKS 4096 ciphertext of 2,048 values is 64 KiB,
 32 B/value, where TenSEAL's zstd-compressed one is 24): each ciphertext goes on the wire compressed
 with zstd where that is smaller (CKKS: 40-bit residues in 64-bit words), as it is where not (BFV's
-60-bit residues do not compress). A receiver tells the two apart by their magic numbers.
+60-bit residues do not compress). A receiver tells the two apart by their magic numbers. A client's
+fresh ciphertexts are seeded (hefl.crypto.seal.seeded: c0 and the seed of c1, half the bytes) unless
+`encryption.seeded` is false; sums are full.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import zstandard
 
 from hefl.crypto.chunked import ChunkedScheme
 from hefl.crypto.encoding import BfvEncoding, CkksEncoding, check_seal_ciphertext
-from hefl.crypto.params import HeParams, coeffs
+from hefl.crypto.params import HeParams, coeffs, seeded_uplink
 from hefl.crypto.scheme import KeyRing
 from hefl.crypto.seal.keys import SealKeys
+from hefl.crypto.seal.seeded import SeededCiphertext, Seeder
 from hefl.errors import ProtocolError
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -34,14 +37,16 @@ class SealScheme(ChunkedScheme):
             2 * enc.poly_modulus_degree * 8 * data_primes + 1024
         )  # and SEAL's header, parms_id, scale
         super().__init__(enc, size, keys.private, self.raw_bytes)
-        held: SealKeys = keys.context
-        self.ctx = held.context
+        mine: SealKeys = keys.context
+        self.ctx = mine.context
         self.parms_id = list(self.ctx.first_parms_id())
         self.evaluator = seal.Evaluator(self.ctx)
-        self.encryptor = self.decryptor = None
-        if held.secret is not None:
-            self.encryptor = seal.Encryptor(self.ctx, held.secret)
-            self.decryptor = seal.Decryptor(self.ctx, held.secret)
+        self.encryptor = self.decryptor = self.seeder = None
+        if mine.secret is not None:
+            self.encryptor = seal.Encryptor(self.ctx, mine.secret)
+            self.decryptor = seal.Decryptor(self.ctx, mine.secret)
+            if seeded_uplink(enc):
+                self.seeder = Seeder(self.ctx, mine.secret)
 
     @abstractmethod
     def plain(self, chunk: np.ndarray) -> Any:
@@ -56,27 +61,34 @@ class SealScheme(ChunkedScheme):
     def encrypt_chunk(self, chunk: np.ndarray) -> Any:
         if self.encryptor is None:
             raise ValueError(f"this {self.name} context holds no secret_key: it cannot encrypt")
-        return self.encryptor.encrypt_symmetric(self.plain(chunk))
+        ct = self.encryptor.encrypt_symmetric(self.plain(chunk))
+        return ct if self.seeder is None else self.seeder.seed(ct)  # a fresh seed each time
 
     def encrypt_zero(self, slot_count: int) -> Any:
         return self.encrypt_chunk(np.zeros(slot_count, dtype=type(self.zero)))
 
     def add_plain(self, ct: Any, chunk: np.ndarray) -> Any:
-        self.evaluator.add_plain_inplace(ct, self.plain(chunk))
+        # into a seeded zero too: adding a plaintext changes c0 alone, c1 stays the seed's
+        self.evaluator.add_plain_inplace(held(ct), self.plain(chunk))
         return ct
 
     def dump_part(self, ct: Any) -> bytes:
-        raw = bytes(ct.to_string(seal.compr_mode_type.none))
+        if isinstance(ct, SeededCiphertext):
+            raw = ct.dump()
+        else:
+            raw = bytes(ct.to_string(seal.compr_mode_type.none))
         # a (de)compressor per call: zstandard's are not thread-safe, and a client may load two
         # rounds' global results at once
         packed = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(raw)
         return packed if len(packed) < len(raw) else raw
 
     def add_ct(self, acc: Any, ct: Any) -> Any:
-        return self.evaluator.add(acc, ct)
+        # a sum of seeded ciphertexts is a full one: its c1 is the sum of the seeds' expansions
+        return self.evaluator.add(held(acc), held(ct))
 
     def sub_ct(self, acc: Any, ct: Any) -> Any:
-        self.evaluator.sub_inplace(acc, ct)
+        acc = held(acc)
+        self.evaluator.sub_inplace(acc, held(ct))
         return acc
 
     def unzip(self, index: int, part: bytes) -> bytes:
@@ -111,6 +123,11 @@ class SealScheme(ChunkedScheme):
         return ct
 
 
+def held(ct: Any) -> Any:
+    """The SEAL ciphertext itself, of a seeded one too (a client's own, not yet serialized)."""
+    return ct.ct if isinstance(ct, SeededCiphertext) else ct
+
+
 class SealCkks(CkksEncoding, SealScheme):
     def __init__(self, enc: HeParams, size: int, keys: KeyRing) -> None:
         super().__init__(enc, size, keys)
@@ -120,7 +137,7 @@ class SealCkks(CkksEncoding, SealScheme):
         return self.encoder.encode(np.ascontiguousarray(chunk, dtype=np.float64), self.enc.scale)
 
     def decrypt_part(self, ct: Any) -> np.ndarray:
-        return np.asarray(self.encoder.decode(self.decrypting().decrypt(ct)))
+        return np.asarray(self.encoder.decode(self.decrypting().decrypt(held(ct))))
 
 
 class SealBfv(BfvEncoding, SealScheme):
@@ -133,4 +150,5 @@ class SealBfv(BfvEncoding, SealScheme):
         return self.encoder.encode(np.ascontiguousarray(chunk, dtype=np.int64))
 
     def decrypt_part(self, ct: Any) -> np.ndarray:
-        return np.asarray(self.encoder.decode(self.decrypting().decrypt(ct)), dtype=np.int64)
+        plain = self.decrypting().decrypt(held(ct))
+        return np.asarray(self.encoder.decode(plain), dtype=np.int64)
