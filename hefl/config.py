@@ -91,6 +91,9 @@ class EncryptionConfig:
     precompute: bool = True
     # clients (SEAL-Python's ckks and bfv): send each fresh ciphertext as c0 and the seed of c1
     seeded: bool = True
+    # switches and the aggregator (with `seeded`): a sum of at most this many seeded updates goes
+    # on as c0 and their seeds (a seed list), a larger one in full; 0: always in full
+    seed_list_max: int = field(default=16, metadata=bounds(ge=0, le=MAX_CLIENTS))
 
     @property
     def encrypted(self) -> bool:

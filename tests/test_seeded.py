@@ -24,8 +24,9 @@ from hefl.crypto import (
     make_scheme,
     read_keyless,
 )
-from hefl.crypto.frame import unframe
+from hefl.crypto.frame import frame, unframe
 from hefl.crypto.params import coeff_primes
+from hefl.errors import ProtocolError
 from hefl.node.wire import Kind
 from tests.helpers import C0, tree_config
 from tests.memnet import MemoryNetwork
@@ -260,12 +261,27 @@ def test_an_eavesdropper_reads_the_difference_of_two_updates_only_where_a_seed_r
     assert np.max(np.abs(read_without_a_key(switch.ctx, *reused) - (a - b))) < 1e-4
 
 
-def test_no_two_ciphertexts_of_a_run_share_a_seed(
+def forms(payload: bytes, count: int) -> list[tuple[str, list[bytes]]]:
+    """Each part of a payload: its form (full, seeded, seed_list) and the seeds it carries."""
+    out = []
+    for part in unframe(payload, count):
+        raw = zstandard.ZstdDecompressor().decompress(part) if part[:4] == ZSTD else part
+        if raw[:4] == b"HSL1":
+            (k,) = struct.unpack_from("<I", raw, 4)
+            out.append(("seed_list", [raw[8 + 64 * i : 72 + 64 * i] for i in range(k)]))
+            continue
+        seed = seeded.parse(raw).seed
+        out.append(("full", []) if seed is None else ("seeded", [seed]))
+    return out
+
+
+def test_a_run_sends_seeded_updates_seed_lists_up_and_down_and_never_one_seed_twice(
     seal_keys: dict[str, Path], tmp_path: Path
 ) -> None:
-    """Every update of a run on the in-memory network (4 clients, 3 rounds, real SEAL-Python
-    ciphertexts, precompute on): seeded, each under a seed of its own; the sums that switches and
-    the aggregator send on are full ciphertexts."""
+    """Every message of a run on the in-memory network (4 clients under two leaf switches and a
+    spine, 3 rounds, real SEAL-Python ciphertexts, precompute on): clients send seeded updates,
+    each ciphertext under a seed of its own; the sums go up and the result down as seed lists of
+    exactly the round's seeds."""
     raw = tree_config(rounds=3, encryption={"scheme": "ckks", "backend": "seal"})
     cfg = parse_config(raw)
     net = MemoryNetwork(
@@ -278,12 +294,74 @@ def test_no_two_ciphertexts_of_a_run_share_a_seed(
     assert status["state"] == "finished", status["error"]
     count = net.nodes[C0].scheme.chunks
     clients = set(cfg.tree.client_nodes())
-    seeds = []
-    for sender, kind, _, body in net.bodies:
-        parts = layouts(body, count)
+    uplink: dict[int, list[bytes]] = {r: [] for r in range(3)}
+    for sender, _, r, body in net.bodies:
+        parts = forms(body, count)
         if sender in clients:
-            seeds += [p.seed for p in parts]
-        else:
-            assert all(p.seed is None for p in parts), (sender, kind)
-    assert len(seeds) == 4 * 3 * count
-    assert len(set(seeds)) == len(seeds)
+            assert {form for form, _ in parts} == {"seeded"}
+            uplink[r] += [seed for _, seeds in parts for seed in seeds]
+    every = [seed for seeds in uplink.values() for seed in seeds]
+    assert len(every) == 4 * 3 * count and len(set(every)) == len(every)
+    for sender, kind, r, body in net.bodies:
+        if sender not in clients:
+            parts = forms(body, count)
+            assert {form for form, _ in parts} == {"seed_list"}, (sender, kind)
+            held = {seed for _, seeds in parts for seed in seeds}
+            assert held <= set(uplink[r])  # a switch's: its children's seeds; the result: all
+            if kind is Kind.GLOBAL:
+                assert held == set(uplink[r])
+
+
+@pytest.mark.parametrize("scheme", ["ckks", "bfv"])
+def test_seed_lists_add_and_take_back_exactly_and_go_full_past_the_limit(
+    scheme: str, seal_keys: dict[str, Path]
+) -> None:
+    size = SIZES[scheme]
+    client, switch = schemes(scheme, seal_keys[scheme], size)
+    switch.lists.most = 3  # type: ignore[attr-defined]  # seed_list_max 3
+    rng = np.random.default_rng(5)
+    values = [rng.uniform(-1, 1, size) for _ in range(4)]
+    payloads = [client.encrypt(v) for v in values]
+    total = switch.load_into(switch.load(payloads[0]), payloads[1])
+    assert {form for form, _ in forms(switch.serialize(total), client.chunks)} == {"seed_list"}
+    # a payload refused at its last part: the parts before it are taken back, seeds included
+    parts = list(unframe(payloads[2], client.chunks))
+    before = switch.serialize(total)
+    with pytest.raises(ProtocolError, match=f"ciphertext {client.chunks - 1}"):
+        switch.load_into(total, frame([*parts[:-1], b"junk"]))
+    assert switch.serialize(total) == before
+    # the same update twice (a sibling's, replayed) repeats its seeds: refused, total unchanged
+    with pytest.raises(ProtocolError, match="repeats a seed"):
+        switch.load_into(total, payloads[1])
+    assert switch.serialize(total) == before
+    total = switch.load_into(total, payloads[2])
+    assert {form for form, _ in forms(switch.serialize(total), client.chunks)} == {"seed_list"}
+    # a fourth seed is past the limit: every part goes full, and the sum is right
+    total = switch.load_into(total, payloads[3])
+    assert {form for form, _ in forms(switch.serialize(total), client.chunks)} == {"full"}
+    got = client.decrypt(client.load(switch.serialize(total)), 4)
+    assert np.max(np.abs(got - np.sum(values, axis=0))) <= (1e-4 if scheme == "ckks" else 4 / 2**15)
+
+
+def test_a_seed_list_that_lies_is_refused_in_one_line(seal_keys: dict[str, Path]) -> None:
+    size = SIZES["ckks"]
+    client, switch = schemes("ckks", seal_keys["ckks"], size)
+    first = switch.load(client.encrypt(np.zeros(size)))
+    total = switch.load_into(first, client.encrypt(np.ones(size)))
+    good = zstandard.ZstdDecompressor().decompress(switch.dump_part(total[0]))
+    assert good[:4] == b"HSL1"
+    primes = switch.lists.q.ravel()  # type: ignore[attr-defined]
+    too_big = bytearray(good)
+    too_big[-8:] = int(primes[-1]).to_bytes(8, "little")  # a residue equal to its prime
+    bad = {
+        "count zero": good[:4] + struct.pack("<I", 0) + good[8:],
+        "count past the limit": good[:4] + struct.pack("<I", 17) + good[8:],
+        "count and length disagree": good[:4] + struct.pack("<I", 3) + good[8:],
+        "cut short": good[:-8],
+        "residue at its prime": bytes(too_big),
+    }
+    rest = list(unframe(switch.serialize(total), client.chunks))[1:]
+    for what, part in bad.items():
+        with pytest.raises(ProtocolError, match="ciphertext 0") as caught:
+            switch.load(frame([part, *rest]))
+        assert "\n" not in str(caught.value), what

@@ -29,6 +29,7 @@ class HeParams:
     clip: float = 1.0  # every scheme: each value a client sends is clipped to [-clip, clip]
     processes: int = 1  # clients: worker processes that encrypt an update's ciphertexts
     seeded: bool = True  # clients: fresh ciphertexts as c0 and c1's seed (SEAL-Python's backend)
+    seed_list_max: int = 16  # adders: sums of at most this many seeded ones go as seed lists
     # paillier: the sums must have room for this many clients' values (0: the most an experiment
     # can have); keys do not depend on it
     clients: int = 0
@@ -294,6 +295,8 @@ def in_effect(enc: HeParams) -> dict[str, Any]:
         # clients' fresh ciphertexts go as c0 and the seed of c1 (SEAL-Python's backend only)
         "seeded": seeded_uplink(enc),
     }
+    if seeded_uplink(enc):  # sums of at most this many seeded updates go on as seed lists
+        out["seed_list_max"] = enc.seed_list_max
     if enc.scheme == "ckks":
         return out | {
             "scale_bits": enc.scale_bits,

@@ -19,10 +19,13 @@ import zstandard
 
 from hefl.crypto.chunked import ChunkedScheme
 from hefl.crypto.encoding import BfvEncoding, CkksEncoding, check_seal_ciphertext
+from hefl.crypto.frame import Payload
 from hefl.crypto.params import HeParams, coeffs, seeded_uplink
 from hefl.crypto.scheme import KeyRing
 from hefl.crypto.seal.keys import SealKeys
-from hefl.crypto.seal.seeded import SeededCiphertext, Seeder
+from hefl.crypto.seal.seeded import SEED_BYTES, SeededCiphertext, Seeder, parse
+from hefl.crypto.seal.seedlist import MAGIC as LIST_MAGIC
+from hefl.crypto.seal.seedlist import SeedLists, SeedSum
 from hefl.errors import ProtocolError
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -32,10 +35,10 @@ ZSTD_LEVEL = 3
 
 class SealScheme(ChunkedScheme):
     def __init__(self, enc: HeParams, size: int, keys: KeyRing) -> None:
-        data_primes = len(coeffs(enc)) - 1
-        self.raw_bytes = (
-            2 * enc.poly_modulus_degree * 8 * data_primes + 1024
-        )  # and SEAL's header, parms_id, scale
+        primes = len(coeffs(enc)) - 1  # at the data level
+        full = 2 * enc.poly_modulus_degree * 8 * primes + 1024  # and SEAL's header, scale...
+        listed = 8 + SEED_BYTES * enc.seed_list_max + enc.poly_modulus_degree * 8 * primes
+        self.raw_bytes = max(full, listed)
         super().__init__(enc, size, keys.private, self.raw_bytes)
         mine: SealKeys = keys.context
         self.ctx = mine.context
@@ -47,6 +50,9 @@ class SealScheme(ChunkedScheme):
             self.decryptor = seal.Decryptor(self.ctx, mine.secret)
             if seeded_uplink(enc):
                 self.seeder = Seeder(self.ctx, mine.secret)
+        # sums of seeded ciphertexts kept as seed lists (no key needed)
+        listing = seeded_uplink(enc) and enc.seed_list_max > 0
+        self.lists = SeedLists(self.ctx, enc) if listing else None
 
     @abstractmethod
     def plain(self, chunk: np.ndarray) -> Any:
@@ -69,12 +75,32 @@ class SealScheme(ChunkedScheme):
 
     def add_plain(self, ct: Any, chunk: np.ndarray) -> Any:
         # into a seeded zero too: adding a plaintext changes c0 alone, c1 stays the seed's
-        self.evaluator.add_plain_inplace(held(ct), self.plain(chunk))
+        self.evaluator.add_plain_inplace(self.full(ct), self.plain(chunk))
         return ct
+
+    def full(self, ct: Any) -> Any:
+        """The SEAL ciphertext itself: a client's seeded one holds it; a seed list is expanded."""
+        if isinstance(ct, SeededCiphertext):
+            return ct.ct
+        if isinstance(ct, SeedSum):
+            assert self.lists is not None  # only made where seed lists are in use
+            return self.lists.expand(ct)
+        return ct
+
+    def listed(self, ct: Any) -> SeedSum | None:
+        """`ct` as a seed list where seed lists are in use and it is seeded, else None."""
+        if self.lists is None:
+            return None
+        if isinstance(ct, SeededCiphertext):
+            return self.lists.of_seeded(0, parse(ct.dump()))
+        return ct if isinstance(ct, SeedSum) else None
 
     def dump_part(self, ct: Any) -> bytes:
         if isinstance(ct, SeededCiphertext):
             raw = ct.dump()
+        elif isinstance(ct, SeedSum):
+            assert self.lists is not None
+            raw = self.lists.write(ct)
         else:
             raw = bytes(ct.to_string(seal.compr_mode_type.none))
         # a (de)compressor per call: zstandard's are not thread-safe, and a client may load two
@@ -83,17 +109,43 @@ class SealScheme(ChunkedScheme):
         return packed if len(packed) < len(raw) else raw
 
     def add_ct(self, acc: Any, ct: Any) -> Any:
-        # a sum of seeded ciphertexts is a full one: its c1 is the sum of the seeds' expansions
-        return self.evaluator.add(held(acc), held(ct))
+        mine, more = self.listed(acc), self.listed(ct)
+        if self.lists is not None and mine is not None and more is not None:
+            if self.lists.fits(mine, more):
+                return self.lists.add(mine, more)
+        # a sum of seeded ciphertexts in full: its c1 is the sum of the seeds' expansions
+        return self.evaluator.add(self.full(acc), self.full(ct))
 
     def sub_ct(self, acc: Any, ct: Any) -> Any:
-        acc = held(acc)
-        self.evaluator.sub_inplace(acc, held(ct))
+        if self.lists is not None and isinstance(acc, SeedSum) and isinstance(ct, SeedSum):
+            return self.lists.take_back(acc, ct)
+        acc = self.full(acc)
+        self.evaluator.sub_inplace(acc, self.full(ct))
         return acc
 
+    def load_into(self, total: list[Any] | None, payload: Payload) -> list[Any]:
+        try:
+            return self.one_form(super().load_into(total, payload))
+        except BaseException:
+            if total is not None:
+                self.one_form(total)  # a refused payload's parts were taken back: of one form
+            raise
+
+    def add_into(self, total: list[Any] | None, loaded: list[Any]) -> list[Any]:
+        return self.one_form(super().add_into(total, loaded))
+
+    def one_form(self, total: list[Any]) -> list[Any]:
+        """A total whose parts went full some but not all (seeds beyond seed_list_max, or
+        children of both forms) is made full in every part: a payload has one form."""
+        if any(isinstance(t, SeedSum) for t in total) and not all(
+            isinstance(t, SeedSum) for t in total
+        ):
+            total[:] = [self.full(t) for t in total]
+        return total
+
     def unzip(self, index: int, part: bytes) -> bytes:
-        """A part as SEAL wrote it: zstd-compressed ones are decompressed, never beyond the size a
-        ciphertext of these parameters has."""
+        """A part as SEAL (or a seed list) wrote it: zstd-compressed ones are decompressed, never
+        beyond the size a part of these parameters has."""
         if part[:4] != ZSTD_MAGIC:
             return part
         try:
@@ -110,8 +162,17 @@ class SealScheme(ChunkedScheme):
 
     def load_part(self, index: int, part: bytes, slot_count: int) -> Any:
         raw = self.unzip(index, part)
+        if self.lists is not None and raw[:4] == LIST_MAGIC:
+            return self.lists.read(index, raw)
         if raw[:2] != SEAL_MAGIC:
             raise ProtocolError(f"ciphertext {index} is not a SEAL ciphertext")
+        if self.lists is not None:
+            try:
+                layout = parse(raw)
+            except ProtocolError as exc:
+                raise ProtocolError(f"ciphertext {index}: {exc}") from None
+            if layout.seed is not None:  # kept as c0 and its seed: nothing is expanded
+                return self.lists.of_seeded(index, layout)
         ct = seal.Ciphertext()
         try:
             ct.load_bytes(self.ctx, raw)
@@ -123,11 +184,6 @@ class SealScheme(ChunkedScheme):
         return ct
 
 
-def held(ct: Any) -> Any:
-    """The SEAL ciphertext itself, of a seeded one too (a client's own, not yet serialized)."""
-    return ct.ct if isinstance(ct, SeededCiphertext) else ct
-
-
 class SealCkks(CkksEncoding, SealScheme):
     def __init__(self, enc: HeParams, size: int, keys: KeyRing) -> None:
         super().__init__(enc, size, keys)
@@ -137,7 +193,7 @@ class SealCkks(CkksEncoding, SealScheme):
         return self.encoder.encode(np.ascontiguousarray(chunk, dtype=np.float64), self.enc.scale)
 
     def decrypt_part(self, ct: Any) -> np.ndarray:
-        return np.asarray(self.encoder.decode(self.decrypting().decrypt(held(ct))))
+        return np.asarray(self.encoder.decode(self.decrypting().decrypt(self.full(ct))))
 
 
 class SealBfv(BfvEncoding, SealScheme):
@@ -150,5 +206,5 @@ class SealBfv(BfvEncoding, SealScheme):
         return self.encoder.encode(np.ascontiguousarray(chunk, dtype=np.int64))
 
     def decrypt_part(self, ct: Any) -> np.ndarray:
-        plain = self.decrypting().decrypt(held(ct))
+        plain = self.decrypting().decrypt(self.full(ct))
         return np.asarray(self.encoder.decode(plain), dtype=np.int64)

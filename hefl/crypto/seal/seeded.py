@@ -13,9 +13,10 @@ prime: pointwise in NTT form (CKKS ciphertexts and the secret key are stored so)
 own NTT for BFV (stored in coefficient form). A seed is never derived from anything and never used
 twice: two plaintexts under one key and one `a` would give away their difference up to noise.
 
-The layout is SEAL 4's (seal-python 4.4.0 writes version 4.1): a 16-byte SEALHeader, the
-ciphertext's members, its data as a DynArray (a header, a count, the words) and, seeded, c0 alone
-followed by the generator's info (a header, the PRNG type, the seed).
+The layout is SEAL 4's: a 16-byte SEALHeader, the ciphertext's members, its data as a DynArray (a
+header, a count, the words) and, seeded, c0 alone followed by the generator's info (a header, the
+PRNG type, the seed). A ciphertext is written with the version it was read with: seal-python 4.4.0
+writes 4.4, and TenSEAL 0.3.18's SEAL writes 4.3 and loads nothing else.
 """
 
 from __future__ import annotations

@@ -1,0 +1,133 @@
+"""Sums of seeded ciphertexts as seed lists: c0 summed, c1 left as its contributors' seeds.
+
+A sum of seeded ciphertexts has c1 = the sum of the seeds' expansions, so an adding node can keep
+and send the sum of the c0s with the seeds instead of c1 (no key is needed for either), and whoever
+needs the ciphertext itself (a node whose children sent different forms, a client decrypting the
+global result) expands the seeds. Expanding costs its receiver SHAKE256 per contributor, so a sum
+goes as a seed list only while it holds at most `encryption.seed_list_max` seeds; beyond, full.
+
+A seed-list part (inside the usual frame of parts, zstd-compressed where that is smaller, as a
+SEAL ciphertext is): the magic `HSL1` (the version in its last byte), the number of seeds k (u32),
+k seeds of 64 bytes, then c0 as primes x n little-endian 64-bit residues, each below its prime.
+Everything else about the ciphertext (parameter level, NTT form, scale) is the experiment's own
+for a fresh ciphertext and is not sent: a receiver builds it from its context.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import seal
+
+from hefl.crypto.params import HeParams
+from hefl.crypto.seal.seeded import MEMBERS, SEED_BYTES, WORDS, Layout, dump, parse, sub_mod
+from hefl.crypto.seal.seeded import add_mod as add_words
+from hefl.errors import ProtocolError
+
+MAGIC = b"HSL1"
+COUNT = struct.Struct("<I")
+
+
+@dataclass
+class SeedSum:
+    """c0 of a sum of seeded ciphertexts, and the seeds whose expansions sum to its c1."""
+
+    c0: np.ndarray  # (primes, n) residues, this sum's own (changed in place)
+    seeds: list[bytes]
+
+
+class SeedLists:
+    """Seed-list arithmetic for one experiment's context: read, check, add, take back, write and
+    expand (none of it needs a key)."""
+
+    def __init__(self, context: Any, enc: HeParams) -> None:
+        first = context.first_context_data()
+        primes = [m.value() for m in first.parms().coeff_modulus()]
+        self.n = first.parms().poly_modulus_degree()
+        self.q = np.array(primes, dtype=WORDS)[:, None]
+        self.context = context
+        self.most = enc.seed_list_max
+        self.evaluator = seal.Evaluator(context)
+        head = parse(bytes(seal.Ciphertext().to_string()))  # SEAL-Python's own version
+        self.version = head.version
+        parms_id = struct.pack("<4Q", *context.first_parms_id())
+        scale = enc.scale if enc.scheme == "ckks" else 1.0
+        # a fresh ciphertext's members: what every seeded part must carry, byte for byte
+        self.members = MEMBERS.pack(
+            parms_id, enc.scheme == "ckks", 2, self.n, len(primes), scale, 1
+        )
+
+    def of_seeded(self, index: int, layout: Layout) -> SeedSum:
+        """A client's seeded ciphertext as a sum of one, checked as SEAL's loader would."""
+        if layout.seed is None or layout.members != self.members:
+            mine, theirs = MEMBERS.unpack(self.members), MEMBERS.unpack(layout.members)
+            if mine[:5] == theirs[:5] and mine[6] == theirs[6]:  # all but the scale agree
+                raise ProtocolError(
+                    f"ciphertext {index} has scale {theirs[5]!r}, expected {mine[5]!r}"
+                )
+            raise ProtocolError(
+                f"ciphertext {index} is not a ciphertext of this experiment's parameters"
+            )
+        return SeedSum(self.residues(index, layout.polys[0]), [layout.seed])
+
+    def read(self, index: int, raw: bytes) -> SeedSum:
+        """A seed-list part, checked: its length, its seed count, every residue below its prime."""
+        (k,) = COUNT.unpack_from(raw, len(MAGIC)) if len(raw) >= 8 else (0,)
+        words = 8 * self.q.size * self.n
+        if not 1 <= k <= self.most or len(raw) != len(MAGIC) + COUNT.size + SEED_BYTES * k + words:
+            raise ProtocolError(
+                f"ciphertext {index}: a seed list of {len(raw)} bytes is not c0 and 1 to "
+                f"{self.most} seeds (encryption.seed_list_max) of this experiment"
+            )
+        at = len(MAGIC) + COUNT.size
+        seeds = [raw[at + SEED_BYTES * i : at + SEED_BYTES * (i + 1)] for i in range(k)]
+        c0 = np.frombuffer(raw, dtype=WORDS, offset=at + SEED_BYTES * k).reshape(self.q.size, -1)
+        return SeedSum(self.residues(index, c0), seeds)
+
+    def residues(self, index: int, c0: np.ndarray) -> np.ndarray:
+        if c0.shape != (self.q.size, self.n) or bool((c0 >= self.q).any()):
+            raise ProtocolError(f"ciphertext {index} holds a residue at or above its prime")
+        return c0.copy()
+
+    def write(self, total: SeedSum) -> bytes:
+        words = np.ascontiguousarray(total.c0, dtype=WORDS).tobytes()
+        return b"".join([MAGIC, COUNT.pack(len(total.seeds)), *total.seeds, words])
+
+    def fits(self, total: SeedSum, more: SeedSum) -> bool:
+        return len(total.seeds) + len(more.seeds) <= self.most
+
+    def add(self, total: SeedSum, more: SeedSum) -> SeedSum:
+        """total + more, in place (the caller checked that the seeds fit). A seed the sum holds
+        already is refused: seeds are fresh per ciphertext, so it is an update sent twice (another
+        client's, replayed)."""
+        if set(more.seeds) & set(total.seeds):
+            raise ProtocolError("repeats a seed the sum holds already (an update sent twice?)")
+        total.c0 = add_words(total.c0, more.c0, self.q)
+        total.seeds += more.seeds
+        return total
+
+    def take_back(self, total: SeedSum, added: SeedSum) -> SeedSum:
+        """total - added, for a part added last (its seeds are the list's last ones)."""
+        total.c0 = sub_mod(total.c0, added.c0, self.q)
+        del total.seeds[len(total.seeds) - len(added.seeds) :]
+        return total
+
+    def expand(self, total: SeedSum) -> Any:
+        """The SEAL ciphertext itself: SEAL's own loader expands each seed (c0 with the first,
+        zero with the others), and the pieces are added."""
+        pieces = [
+            self.seal(total.c0 if i == 0 else np.zeros_like(total.c0), seed)
+            for i, seed in enumerate(total.seeds)
+        ]
+        ct = pieces[0]
+        for piece in pieces[1:]:
+            self.evaluator.add_inplace(ct, piece)
+        return ct
+
+    def seal(self, c0: np.ndarray, seed: bytes) -> Any:
+        ct = seal.Ciphertext()
+        ct.load_bytes(self.context, dump(Layout(self.version, self.members, c0[None], seed)))
+        return ct
