@@ -23,6 +23,7 @@ from hefl.crypto import (
     load_secret,
     make_scheme,
     read_keyless,
+    seeding,
 )
 from hefl.crypto.frame import frame, unframe
 from hefl.crypto.params import coeff_primes
@@ -65,7 +66,7 @@ def loaded(ctx: Any, raw: bytes) -> Any:
 
 
 def c1(ct: Any) -> np.ndarray:
-    return seeded.parse(bytes(ct.to_string(seal.compr_mode_type.none))).polys[1]
+    return seeding.parse(bytes(ct.to_string(seal.compr_mode_type.none))).polys[1]
 
 
 @pytest.mark.parametrize("bits", range(17, 61))
@@ -75,7 +76,7 @@ def test_products_mod_q_equal_python_integers_at_every_prime_size(bits: int) -> 
     edge = [0, 1, 2]
     y = [[*edge, q - 1, q - 2, *(rng.randrange(q) for _ in range(500))] for q in primes]
     x = [[q - 1, *edge, q - 2, *(rng.randrange(q) for _ in range(500))] for q in primes]
-    got = seeded.FixedFactor(np.array(y, dtype=np.uint64), primes).times(
+    got = seeding.FixedFactor(np.array(y, dtype=np.uint64), primes).times(
         np.array(x, dtype=np.uint64)
     )
     pairs = [(xs, ys, q) for xs, ys, q in zip(x, y, primes, strict=True)]
@@ -84,8 +85,8 @@ def test_products_mod_q_equal_python_integers_at_every_prime_size(bits: int) -> 
     differences = [[(i - j) % q for i, j in zip(xs, ys, strict=True)] for xs, ys, q in pairs]
     xa, ya = np.array(x, dtype=np.uint64), np.array(y, dtype=np.uint64)
     qa = np.array(primes, dtype=np.uint64)[:, None]
-    assert seeded.add_mod(xa, ya, qa).tolist() == sums
-    assert seeded.sub_mod(xa, ya, qa).tolist() == differences
+    assert seeding.add_mod(xa, ya, qa).tolist() == sums
+    assert seeding.sub_mod(xa, ya, qa).tolist() == differences
 
 
 def is_prime(n: int) -> bool:
@@ -122,11 +123,11 @@ def test_the_expansion_is_seals_own_even_where_the_rejection_rule_fires_often(ki
     for _ in range(3):
         made = seeder.seed(encryptor.encrypt_symmetric(plain))
         raw = made.dump()
-        layout = seeded.parse(raw)
+        layout = seeding.parse(raw)
         assert layout.seed == made.seed and layout.polys.shape == (1, 1, N)
-        ours = seeded.expand(made.seed, [q], N)
-        assert len(seeded.Stream(made.seed).read(8 * N)) == 8 * N
-        words = np.frombuffer(seeded.Stream(made.seed).read(8 * N), dtype=np.uint64)
+        ours = seeding.expand(made.seed, [q], N)
+        assert len(seeding.Stream(made.seed).read(8 * N)) == 8 * N
+        words = np.frombuffer(seeding.Stream(made.seed).read(8 * N), dtype=np.uint64)
         assert (words >= np.uint64(top - top % q - 1)).sum() > 100  # the rule fired
         theirs = loaded(ctx, raw)  # SEAL expands the seed itself
         np.testing.assert_array_equal(c1(theirs), ours)
@@ -167,7 +168,7 @@ def layouts(payload: bytes, count: int) -> list[Any]:
     out = []
     for part in unframe(payload, count):
         raw = zstandard.ZstdDecompressor().decompress(part) if part[:4] == ZSTD else part
-        out.append(seeded.parse(raw))
+        out.append(seeding.parse(raw))
     return out
 
 
@@ -233,12 +234,12 @@ def read_without_a_key(ctx: Any, first: Any, second: Any) -> np.ndarray:
     so c0 - c0' = (m - m') + (e' - e), a plaintext already: decoded with no key at all."""
     primes = [m.value() for m in ctx.first_context_data().parms().coeff_modulus()]
     q = np.array(primes, dtype=np.uint64)[:, None]
-    words = seeded.sub_mod(first.polys[0], second.polys[0], q).tobytes()
+    words = seeding.sub_mod(first.polys[0], second.polys[0], q).tobytes()
     parms_id, scale = first.members[:32], struct.unpack_from("<d", first.members, 57)[0]
-    array = seeded.HEADER.pack(seeded.MAGIC, 16, *first.version, 0, 0, 24 + len(words))
+    array = seeding.HEADER.pack(seeding.MAGIC, 16, *first.version, 0, 0, 24 + len(words))
     body = parms_id + struct.pack("<Qd", len(words) // 8, scale) + array
     body += struct.pack("<Q", len(words) // 8) + words
-    raw = seeded.HEADER.pack(seeded.MAGIC, 16, *first.version, 0, 0, 16 + len(body)) + body
+    raw = seeding.HEADER.pack(seeding.MAGIC, 16, *first.version, 0, 0, 16 + len(body)) + body
     plain = seal.Plaintext()
     plain.load_bytes(ctx, raw)
     return np.asarray(seal.CKKSEncoder(ctx).decode(plain))
@@ -270,7 +271,7 @@ def forms(payload: bytes, count: int) -> list[tuple[str, list[bytes]]]:
             (k,) = struct.unpack_from("<I", raw, 4)
             out.append(("seed_list", [raw[8 + 64 * i : 72 + 64 * i] for i in range(k)]))
             continue
-        seed = seeded.parse(raw).seed
+        seed = seeding.parse(raw).seed
         out.append(("full", []) if seed is None else ("seeded", [seed]))
     return out
 

@@ -23,9 +23,10 @@ from hefl.crypto.frame import Payload
 from hefl.crypto.params import HeParams, coeffs, seeded_uplink
 from hefl.crypto.scheme import KeyRing
 from hefl.crypto.seal.keys import SealKeys
-from hefl.crypto.seal.seeded import SEED_BYTES, SeededCiphertext, Seeder, parse
-from hefl.crypto.seal.seedlist import MAGIC as LIST_MAGIC
-from hefl.crypto.seal.seedlist import SeedLists, SeedSum
+from hefl.crypto.seal.seeded import Expander, SeededCiphertext, Seeder
+from hefl.crypto.seeding import SEED_BYTES, fresh_members, parse
+from hefl.crypto.seedlist import MAGIC as LIST_MAGIC
+from hefl.crypto.seedlist import SeedLists, SeedSum
 from hefl.errors import ProtocolError
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -51,8 +52,15 @@ class SealScheme(ChunkedScheme):
             if seeded_uplink(enc):
                 self.seeder = Seeder(self.ctx, mine.secret)
         # sums of seeded ciphertexts kept as seed lists (no key needed)
-        listing = seeded_uplink(enc) and enc.seed_list_max > 0
-        self.lists = SeedLists(self.ctx, enc) if listing else None
+        self.lists = self.expander = None
+        if seeded_uplink(enc) and enc.seed_list_max > 0:
+            first = self.ctx.first_context_data().parms()
+            moduli = [m.value() for m in first.coeff_modulus()]
+            n = first.poly_modulus_degree()
+            scale = enc.scale if enc.scheme == "ckks" else 1.0
+            members = fresh_members(self.parms_id, enc.scheme == "ckks", n, len(moduli), scale)
+            self.lists = SeedLists(members, moduli, n, enc.seed_list_max)
+            self.expander = Expander(self.ctx, members)
 
     @abstractmethod
     def plain(self, chunk: np.ndarray) -> Any:
@@ -83,8 +91,8 @@ class SealScheme(ChunkedScheme):
         if isinstance(ct, SeededCiphertext):
             return ct.ct
         if isinstance(ct, SeedSum):
-            assert self.lists is not None  # only made where seed lists are in use
-            return self.lists.expand(ct)
+            assert self.expander is not None  # only made where seed lists are in use
+            return self.expander.expand(ct)
         return ct
 
     def listed(self, ct: Any) -> SeedSum | None:

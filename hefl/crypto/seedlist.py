@@ -17,14 +17,10 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-import seal
 
-from hefl.crypto.params import HeParams
-from hefl.crypto.seal.seeded import MEMBERS, SEED_BYTES, WORDS, Layout, dump, parse, sub_mod
-from hefl.crypto.seal.seeded import add_mod as add_words
+from hefl.crypto.seeding import MEMBERS, SEED_BYTES, WORDS, Layout, add_mod, sub_mod
 from hefl.errors import ProtocolError
 
 MAGIC = b"HSL1"
@@ -40,25 +36,16 @@ class SeedSum:
 
 
 class SeedLists:
-    """Seed-list arithmetic for one experiment's context: read, check, add, take back, write and
-    expand (none of it needs a key)."""
+    """Seed-list arithmetic for one experiment: read, check, add, take back and write (none of it
+    needs a key; expanding a list into a ciphertext is the library's part)."""
 
-    def __init__(self, context: Any, enc: HeParams) -> None:
-        first = context.first_context_data()
-        primes = [m.value() for m in first.parms().coeff_modulus()]
-        self.n = first.parms().poly_modulus_degree()
+    def __init__(self, members: bytes, primes: list[int], n: int, most: int) -> None:
+        """`members`: what every fresh ciphertext of the experiment carries, byte for byte (SEAL's
+        Ciphertext members: parms_id, NTT form, size 2, n, primes, scale, correction factor)."""
+        self.members = members
         self.q = np.array(primes, dtype=WORDS)[:, None]
-        self.context = context
-        self.most = enc.seed_list_max
-        self.evaluator = seal.Evaluator(context)
-        head = parse(bytes(seal.Ciphertext().to_string()))  # SEAL-Python's own version
-        self.version = head.version
-        parms_id = struct.pack("<4Q", *context.first_parms_id())
-        scale = enc.scale if enc.scheme == "ckks" else 1.0
-        # a fresh ciphertext's members: what every seeded part must carry, byte for byte
-        self.members = MEMBERS.pack(
-            parms_id, enc.scheme == "ckks", 2, self.n, len(primes), scale, 1
-        )
+        self.n = n
+        self.most = most
 
     def of_seeded(self, index: int, layout: Layout) -> SeedSum:
         """A client's seeded ciphertext as a sum of one, checked as SEAL's loader would."""
@@ -105,7 +92,7 @@ class SeedLists:
         client's, replayed)."""
         if set(more.seeds) & set(total.seeds):
             raise ProtocolError("repeats a seed the sum holds already (an update sent twice?)")
-        total.c0 = add_words(total.c0, more.c0, self.q)
+        total.c0 = add_mod(total.c0, more.c0, self.q)
         total.seeds += more.seeds
         return total
 
@@ -114,20 +101,3 @@ class SeedLists:
         total.c0 = sub_mod(total.c0, added.c0, self.q)
         del total.seeds[len(total.seeds) - len(added.seeds) :]
         return total
-
-    def expand(self, total: SeedSum) -> Any:
-        """The SEAL ciphertext itself: SEAL's own loader expands each seed (c0 with the first,
-        zero with the others), and the pieces are added."""
-        pieces = [
-            self.seal(total.c0 if i == 0 else np.zeros_like(total.c0), seed)
-            for i, seed in enumerate(total.seeds)
-        ]
-        ct = pieces[0]
-        for piece in pieces[1:]:
-            self.evaluator.add_inplace(ct, piece)
-        return ct
-
-    def seal(self, c0: np.ndarray, seed: bytes) -> Any:
-        ct = seal.Ciphertext()
-        ct.load_bytes(self.context, dump(Layout(self.version, self.members, c0[None], seed)))
-        return ct
