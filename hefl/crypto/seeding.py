@@ -144,7 +144,7 @@ def expand(seed: bytes, primes: Sequence[int], n: int) -> np.ndarray:
 # ------------------------------------------------------------------- exact arithmetic mod q
 
 
-def _high(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def mul_high(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """The high 64 bits of the 128-bit products x*y, from 32-bit halves (numpy has no uint128)."""
     low32 = np.uint64(0xFFFFFFFF)
     shift = np.uint64(32)
@@ -168,7 +168,7 @@ class FixedFactor:
         )
 
     def times(self, x: np.ndarray) -> np.ndarray:
-        quotient = _high(x, self.y_shoup)  # floor(x*y/q) or one less
+        quotient = mul_high(x, self.y_shoup)  # floor(x*y/q) or one less
         with np.errstate(over="ignore"):
             rest = x * self.y - quotient * self.q  # exact mod 2^64, and below 2q
         return reduce_once(rest, self.q)

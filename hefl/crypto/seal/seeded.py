@@ -5,6 +5,7 @@ loader.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import seal
 
+from hefl.crypto.ntt import Ntt
 from hefl.crypto.seeding import (
     SEED_BYTES,
     WORDS,
@@ -53,7 +55,11 @@ class Seeder:
         self.n = parms.poly_modulus_degree()
         self.q = np.array(self.primes, dtype=WORDS)[:, None]
         self.key = FixedFactor(secret_residues(secret, len(self.primes), self.n), self.primes)
-        self.evaluator = seal.Evaluator(context)
+
+    @functools.cached_property
+    def ntt(self) -> Ntt:
+        """BFV's (its ciphertexts are in coefficient form), made on first use."""
+        return Ntt(self.primes, self.n)
 
     def seed(self, ct: Any) -> SeededCiphertext:
         """`ct`, a fresh symmetric encryption, as the same message and noise under a fresh seed."""
@@ -64,25 +70,11 @@ class Seeder:
         if full.ntt_form:
             fix = self.key.times(moved)
         else:
-            fix = self._ntt(full, self.key.times(self._ntt(full, moved, True)), False)
+            fix = self.ntt.inverse(self.key.times(self.ntt.forward(moved)))
         polys = np.stack([add_mod(full.polys[0], fix, self.q), fresh])
         out = seal.Ciphertext()
         out.load_bytes(self.context, dump(Layout(full.version, full.members, polys, None)))
         return SeededCiphertext(out, seed)
-
-    def _ntt(self, like: Layout, poly: np.ndarray, forward: bool) -> np.ndarray:
-        """`poly` through SEAL's negacyclic NTT (or back), carried by a scratch ciphertext of both
-        polynomials `poly` (SEAL refuses one whose c1 is zero: transparent)."""
-        members = like.members[:32] + bytes([0 if forward else 1]) + like.members[33:]
-        scratch = seal.Ciphertext()
-        carrier = Layout(like.version, members, np.stack([poly, poly]), None)
-        scratch.load_bytes(self.context, dump(carrier))
-        if forward:
-            self.evaluator.transform_to_ntt_inplace(scratch)
-        else:
-            self.evaluator.transform_from_ntt_inplace(scratch)
-        out: np.ndarray = parse(bytes(scratch.to_string(seal.compr_mode_type.none))).polys[0]
-        return out
 
 
 def secret_residues(secret: Any, primes: int, n: int) -> np.ndarray:
