@@ -129,7 +129,7 @@ def _meter_request() -> None:
         return
     env = Envelope.from_headers(request.headers)
     g.body = read_body()
-    node.meter.inbound(kind, env, len(g.body))
+    node.meter.inbound(kind, env, len(g.body), body=g.body)
     g.message = (kind, env)
     wanted = kind.route.content_type
     if kind.route.strict and request.mimetype != wanted:

@@ -63,7 +63,10 @@ def to_json(obj: Any) -> Any:
     mappings and sequences as objects and lists."""
     kind = type(obj)
     if kind in _FLAT:  # scalars only (a log holds thousands of messages): their fields as they are
-        return dict(obj.__dict__)
+        out = dict(obj.__dict__)
+        if kind is Message and out["form"] is None:
+            del out["form"]  # optional: only updates and results of HE schemes have one
+        return out
     if kind is Span:
         return [obj.phase, obj.start, obj.seconds]
     if kind is Totals and not obj.rounds:
@@ -213,13 +216,15 @@ class LinkBytes(Record):
 @dataclass(frozen=True)
 class Message(Record):
     """One message a node sent or received: `t` seconds from its round's start (its clock),
-    `dir` sent or received, the message `kind`, the `peer` and the body `bytes`."""
+    `dir` sent or received, the message `kind`, the `peer`, the body `bytes` and, for an update or
+    a result of an HE scheme, the `form` its ciphertexts travel in (full, seeded, seed_list)."""
 
     t: float
     dir: str
     kind: str
     peer: str
     bytes: int
+    form: str | None = field(default=None, metadata=OPTIONAL)
 
 
 @dataclass(frozen=True)

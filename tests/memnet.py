@@ -151,6 +151,7 @@ class MemoryNetwork:
             transport = Transport(endpoints, Timeouts(1.0, 5.0, retries, backoff=0.0), "", meter)
             transport.session = MemorySession(self, node)  # type: ignore[assignment]
             scheme = make_scheme(cfg.he_params(), size, key_ring(cfg, conf.type, key_dir))
+            meter.form_of = scheme.form
             made = role_class(conf.type)(
                 cfg,
                 node,
@@ -219,7 +220,7 @@ class MemoryNetwork:
         return answers[0]
 
     def _deliver(self, node: Node, kind: Kind, env: Envelope, body: bytes) -> Answer:
-        node.meter.inbound(kind, env, len(body))
+        node.meter.inbound(kind, env, len(body), body=body)
         handler = getattr(node, f"on_{kind.value}", None)
         if handler is None:
             return Answer(404, {"error": f"{kind.value}: not an endpoint of a {node.role}"})

@@ -311,6 +311,25 @@ def test_a_run_sends_seeded_updates_seed_lists_up_and_down_and_never_one_seed_tw
             assert held <= set(uplink[r])  # a switch's: its children's seeds; the result: all
             if kind is Kind.GLOBAL:
                 assert held == set(uplink[r])
+    # each message's log entry says its form, on both ends
+    forms_logged = {
+        (node.runlog.role, m["dir"], m["kind"], m.get("form"))
+        for node in net.nodes.values()
+        for rec in node.runlog.snapshot()["iteration"]
+        for m in rec["messages"]
+        if m["kind"] in ("update", "global")
+    }
+    assert forms_logged == {
+        ("client", "sent", "update", "seeded"),
+        ("switch", "received", "update", "seeded"),  # the leaves' from clients
+        ("switch", "sent", "update", "seed_list"),
+        ("switch", "received", "update", "seed_list"),  # the spine's from the leaves
+        ("aggregator", "received", "update", "seed_list"),
+        ("aggregator", "sent", "global", "seed_list"),
+        ("switch", "received", "global", "seed_list"),
+        ("switch", "sent", "global", "seed_list"),
+        ("client", "received", "global", "seed_list"),
+    }
 
 
 @pytest.mark.parametrize("scheme", ["ckks", "bfv"])

@@ -162,6 +162,19 @@ class ChunkedScheme(ABC):
         """Values in each ciphertext."""
         return [min(self.slots, self.size - i * self.slots) for i in range(self.chunks)]
 
+    def form(self, payload: Payload) -> str | None:
+        """The form of the payload's first part (a payload has one form); None if it is not a
+        frame of this scheme's parts (the message is refused elsewhere, with its reason)."""
+        try:
+            first = next(iter(unframe(payload, self.chunks)), None)
+        except ProtocolError:
+            return None
+        return None if first is None else self.part_form(first)
+
+    def part_form(self, part: bytes) -> str | None:
+        """A part's form: a backend that sends seeded ciphertexts tells them apart."""
+        return "full"
+
     def check(self, payload: Payload) -> None:
         """The payload's shape only: a frame of the right number of ciphertexts, none empty or
         oversized."""

@@ -37,6 +37,9 @@ class PlainScheme:
             raise ValueError(f"update has shape {values.shape}, expected ({self.size},)")
         return values.astype(WIRE)
 
+    def form(self, payload: Payload) -> str | None:
+        return None  # plaintext: no ciphertext form
+
     def precompute(self, stop: Callable[[], bool]) -> int:
         """Nothing to do ahead: converting floats is all `encrypt` does."""
         return 0

@@ -43,6 +43,11 @@ class Scheme(Protocol):
 
     def check(self, payload: Payload) -> None: ...
 
+    def form(self, payload: Payload) -> str | None:
+        """How a payload's ciphertexts travel (`full`, `seeded`, `seed_list`; None: plaintext or
+        not a payload of this scheme), read cheaply from its first part for the message log."""
+        ...
+
     def check_sum(self, payload: Payload, contributors: int) -> None:
         """What an adder can check of the values of a sum of `contributors` updates: plaintext
         ones are finite and within contributors x clip; ciphertexts cannot be looked into."""

@@ -207,3 +207,17 @@ def fresh_members(parms_id: Sequence[int], ckks: bool, n: int, primes: int, scal
     data): the first data level's parms_id, NTT form (CKKS), size 2, n, the primes at that level,
     the scale (1.0 but for CKKS) and correction factor 1."""
     return MEMBERS.pack(struct.pack("<4Q", *parms_id), ckks, 2, n, primes, scale, 1)
+
+
+HEAD_BYTES = _WORDS_AT  # a ciphertext's bytes before its words: enough to tell its form
+
+
+def seeded_head(head: bytes) -> bool:
+    """Whether a SEAL ciphertext is seeded, from its first HEAD_BYTES bytes (uncompressed): its
+    data holds one polynomial where its size says two."""
+    magic, _, major, _, compression, _, _ = HEADER.unpack_from(head)
+    if magic != MAGIC or major != 4 or compression != 0:
+        raise ProtocolError("not an uncompressed SEAL 4 ciphertext")
+    _, _, size, n, primes, _, _ = MEMBERS.unpack_from(head, HEADER.size)
+    (count,) = COUNT.unpack_from(head, _WORDS_AT - COUNT.size)
+    return bool(count != size * n * primes)

@@ -141,6 +141,7 @@ def build_node(push: Push, log_dir: Path, token: str = "") -> Node:
         keys = _keys(push)
         size = param_count(cfg.model, cfg.dataset)
         scheme = make_scheme(cfg.he_params(), size, keys, seed=_scheme_seed(push))
+        meter.form_of = scheme.form
         training = None
         if role == "client":  # data, the model and torch: only here
             from hefl.node.nodes.local_training import LocalTraining

@@ -154,6 +154,7 @@ class RunLog:
         message: bool = True,
         kind: str = "",
         at: float | None = None,
+        form: str | None = None,
     ) -> None:
         """Count the body bytes of one HTTP exchange with `peer`: a request this node made
         (outbound) or answered; `message` False adds bytes to an exchange already counted (an
@@ -188,6 +189,7 @@ class RunLog:
                         kind,
                         peer,
                         sent if outbound else received,
+                        form,
                     )
                 )
 

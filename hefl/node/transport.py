@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 
@@ -64,31 +64,61 @@ class TrafficMeter:
         self.peers = frozenset(peers)
         # update sender -> the child it arrives through (topology.first_hops)
         self.hops = dict(hops or {})
+        # the node's scheme's `form` (set once it has one): updates and results log their form
+        self.form_of: Callable[[Body], str | None] | None = None
+
+    def form(self, kind: Kind, body: Body | None) -> str | None:
+        if body is None or self.form_of is None or kind not in (Kind.UPDATE, Kind.GLOBAL):
+            return None
+        return self.form_of(body)
 
     def counts(self, env: Envelope) -> bool:
         return env.experiment == self.experiment and 0 <= env.round < self.rounds
 
     def outbound(
-        self, kind: Kind, peer: str, env: Envelope, sent: int, received: int, at: float
+        self,
+        kind: Kind,
+        peer: str,
+        env: Envelope,
+        sent: int,
+        received: int,
+        at: float,
+        body: Body | None = None,
     ) -> None:
         """One attempt of a request this node made to `peer`, begun at `at` (monotonic)."""
         if self.counts(env):
+            form = self.form(kind, body)
+            direction = _direction(kind)
             self.runlog.add_bytes(
-                env.round, _direction(kind), peer, sent, received, True, kind=kind.value, at=at
+                env.round, direction, peer, sent, received, True, True, kind.value, at, form
             )
 
     def inbound(
-        self, kind: Kind, env: Envelope, received: int, sent: int = 0, message: bool = True
+        self,
+        kind: Kind,
+        env: Envelope,
+        received: int,
+        sent: int = 0,
+        message: bool = True,
+        body: Body | None = None,
     ) -> None:
-        """A request this node answers; `message` False adds the answer's body to one already
-        counted."""
+        """A request this node answers (`body`: the request's, for its form); `message` False
+        adds the answer's body to one already counted."""
         if self.counts(env):
             if kind is Kind.UPDATE:
                 peer = self.hops.get(env.sender, STRANGER)
             else:
                 peer = env.sender if env.sender in self.peers else STRANGER
             self.runlog.add_bytes(
-                env.round, _direction(kind), peer, sent, received, False, message, kind.value
+                env.round,
+                _direction(kind),
+                peer,
+                sent,
+                received,
+                False,
+                message,
+                kind.value,
+                form=self.form(kind, body),
             )
 
 
@@ -168,7 +198,7 @@ class Transport:
                     timeout=(timeouts.connect, timeouts.read),
                 )
             except requests.ReadTimeout as exc:  # the body went out; no answer came back
-                self._count(kind, peer, env, len(body), 0, began)
+                self._count(kind, peer, env, body, 0, began)
                 reason = f"no answer within {timeouts.read:g}s ({type(exc).__name__})"
                 silent = True
                 if not timeouts.retry_silent:
@@ -179,7 +209,7 @@ class Transport:
                 reason = _short(exc)
                 silent = False
                 continue
-            self._count(kind, peer, env, len(body), len(resp.content), began)
+            self._count(kind, peer, env, body, len(resp.content), began)
             if resp.status_code < 400 or resp.status_code == 409:
                 return resp
             where = f"{route.method} {route.url_path(arg)}"
@@ -200,10 +230,10 @@ class Transport:
         )
 
     def _count(
-        self, kind: Kind, peer: str, env: Envelope | None, sent: int, received: int, at: float
+        self, kind: Kind, peer: str, env: Envelope | None, body: Body, received: int, at: float
     ) -> None:
         if self.meter is not None and env is not None:
-            self.meter.outbound(kind, peer, env, sent, received, at)
+            self.meter.outbound(kind, peer, env, len(body), received, at, body)
 
     def close(self) -> None:
         self.session.close()

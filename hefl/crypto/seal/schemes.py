@@ -10,6 +10,7 @@ fresh ciphertexts are seeded (hefl.crypto.seal.seeded: c0 and the seed of c1, ha
 
 from __future__ import annotations
 
+import struct
 from abc import abstractmethod
 from typing import Any
 
@@ -24,7 +25,7 @@ from hefl.crypto.params import HeParams, coeffs, seeded_uplink
 from hefl.crypto.scheme import KeyRing
 from hefl.crypto.seal.keys import SealKeys
 from hefl.crypto.seal.seeded import Expander, SeededCiphertext, Seeder
-from hefl.crypto.seeding import SEED_BYTES, fresh_members, parse
+from hefl.crypto.seeding import HEAD_BYTES, SEED_BYTES, fresh_members, parse, seeded_head
 from hefl.crypto.seedlist import MAGIC as LIST_MAGIC
 from hefl.crypto.seedlist import SeedLists, SeedSum
 from hefl.errors import ProtocolError
@@ -150,6 +151,21 @@ class SealScheme(ChunkedScheme):
         ):
             total[:] = [self.full(t) for t in total]
         return total
+
+    def part_form(self, part: bytes) -> str | None:
+        """From the part's first bytes (a zstd frame is unpacked only that far)."""
+        head = part[:HEAD_BYTES]
+        if part[:4] == ZSTD_MAGIC:
+            try:
+                head = zstandard.ZstdDecompressor().stream_reader(part).read(HEAD_BYTES)
+            except zstandard.ZstdError:
+                return None
+        if head[:4] == LIST_MAGIC:
+            return "seed_list"
+        try:
+            return "seeded" if seeded_head(head) else "full"
+        except (ProtocolError, struct.error):
+            return None
 
     def unzip(self, index: int, part: bytes) -> bytes:
         """A part as SEAL (or a seed list) wrote it: zstd-compressed ones are decompressed, never
