@@ -1,6 +1,6 @@
 """What HE costs, measured on the project's own schemes, then through real node processes.
 
-    .venv/bin/python bench/he.py [--size N] [--hidden H] [--only primitives|rounds|memory]
+    .venv/bin/python bench/he.py [--size N] [--hidden H] [--only primitives|rounds|memory|hops]
                                  [--repeat N] [--skip-round (= --only primitives)]
 
 Prints figures only (nothing is asserted). At the top: the machine (cores, CPU model, load average),
@@ -31,6 +31,9 @@ rounds: `main.py local`, 4 clients / 2 adding switches / the ~1M-parameter synth
   can be 30% off the next. Uses only main.py local, the node logs and /proc, so this file measures
   older commits unchanged (--only rounds or --only memory), given hefl/records.py (which reads
   the logs of every version) and hefl/errors.py, its one import, copied into the older checkout.
+hops: bytes per parameter on each hop (a client's update, an adding switch's sum of 2 children, the
+  global result of 4 clients) for every scheme and backend installed, seeded and not, and the forms
+  they travel in (full, seeded, seed_list): the schemes in this process, no nodes.
 memory: 4 clients -> 1 adding switch -> aggregator, 2 rounds, per scheme: the switch's peak RSS
   (VmHWM of its largest process, the gunicorn worker), that process's RSS before any update arrived
   (sampled just before the first client began round 1; keys and scheme already loaded) and the
@@ -698,6 +701,61 @@ def backends(size: int, paillier_size: int, hidden: int, paillier_hidden: int) -
             print(f"round, {params:,} parameters, {short}: {backend_round(enc, hid)}")
 
 
+def hop_rows() -> list[tuple[str, HeParams]]:
+    """Every scheme and backend installed, seeded (where the backend seeds) and not."""
+    from hefl.crypto.params import HeParams
+
+    rows = [("none", HeParams())]
+    for backend in ("tenseal", "seal"):
+        for scheme in ("ckks", "bfv"):
+            for seeded in (True, False):
+                enc = HeParams(scheme, backend, seeded=seeded)
+                rows.append((f"{backend} {scheme} {'seeded' if seeded else 'full'}", enc))
+    return [*rows, ("phe paillier 2048-bit", HeParams(scheme="paillier", clients=8))]
+
+
+def hop_bytes(enc: HeParams, size: int) -> tuple[float, float, float, str]:
+    """B/param on each hop of 4 clients under 2 adding switches: a client's update, a switch's
+    sum of 2 (to the aggregator), the global result of 4 (down), and the forms they travel in."""
+    from hefl.crypto import generate_keys, load_keyless, load_secret, make_scheme, read_keyless
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        ring = keyless = None
+        if enc.scheme != "none":
+            generate_keys(enc, folder)
+            ring, keyless = load_secret(enc, folder), load_keyless(enc, read_keyless(enc, folder))
+    rng = np.random.default_rng(0)
+    clients = [make_scheme(enc, size, ring, seed=i) for i in range(4)]
+    adder = make_scheme(enc, size, keyless)
+    ups = [c.encrypt(rng.uniform(-enc.clip, enc.clip, size)) for c in clients]
+
+    def add(first: bytes, second: bytes) -> bytes:  # as an adding node does: a running total
+        return adder.serialize(adder.load_into(adder.load_into(None, first), second))
+
+    sums = [add(*ups[:2]), add(*ups[2:])]
+    down = add(*sums)
+    forms = "/".join(adder.form(p) or "-" for p in (ups[0], sums[0], down))
+    mean = statistics.mean
+    return mean(map(len, ups)) / size, mean(map(len, sums)) / size, len(down) / size, forms
+
+
+def hops(size: int, paillier_size: int) -> None:
+    """Bytes per parameter on every hop, by scheme and backend, seeded and not."""
+    print(f"bytes per parameter by hop: {size:,} values ({paillier_size:,} for Paillier)")
+    print(f"{'scheme':<24}{'client up':>11}{'switch up':>11}{'down':>9}   forms (up/switch/down)")
+    for name, enc in hop_rows():
+        missing = available(enc) if enc.scheme != "none" else ""
+        if missing:
+            print(f"{name:<24}skipped: {missing}")
+            continue
+        values = paillier_size if enc.scheme == "paillier" else size
+        up, mid, down, forms = hop_bytes(enc, values)
+        print(f"{name:<24}{up:>11.2f}{mid:>11.2f}{down:>9.2f}   {forms}")
+    print("(client up: one client's update; switch up: an adding switch's sum of 2 children, to")
+    print(" the aggregator; down: the global result of 4 clients, what every link down carries)")
+
+
 def git(*args: str) -> str:
     proc = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
     return proc.stdout.strip() if proc.returncode == 0 else "?"
@@ -751,7 +809,9 @@ def main() -> int:
         help="hidden layer of the rounds' and memory runs' MLP (990: 1,000,900 parameters)",
     )
     p.add_argument(
-        "--only", choices=["primitives", "rounds", "memory", "backends"], help="one section"
+        "--only",
+        choices=["primitives", "rounds", "memory", "backends", "hops"],
+        help="one section",
     )
     p.add_argument(
         "--paillier-size",
@@ -787,6 +847,8 @@ def main() -> int:
         memory(FEATURES, args.hidden)
     if only in (None, "backends"):
         backends(args.size, args.paillier_size, args.round_hidden, args.paillier_hidden)
+    if only in (None, "hops"):
+        hops(args.size, args.paillier_size)
     return 0
 
 
