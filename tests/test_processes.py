@@ -252,6 +252,9 @@ def test_original_config_runs_unchanged(tmp_path: Path) -> None:
     assert len(node_logs(experiment_dir(tmp_path))) == 7
 
 
+SEEDED_RUNS = {"seal_ckks", "seal_bfv"}  # the runs whose backend sends seeded ciphertexts
+
+
 @pytest.mark.parametrize("run_name", ["ckks", "bfv", "seal_ckks", "seal_bfv", "paillier"])
 def test_encrypted_run_matches_the_plaintext_run(
     plain_run: Run, request: pytest.FixtureRequest, run_name: str
@@ -284,6 +287,15 @@ def test_encrypted_run_matches_the_plaintext_run(
         ("switch", False, scheme),
         ("aggregator", False, scheme),
     }
+    # how the ciphertexts travelled (SEAL-Python: seeded updates, seed lists up and down)
+    forms = {
+        m.get("form")
+        for d in logs.values()
+        for rec in d["iteration"]
+        for m in rec["messages"]
+        if m["kind"] in ("update", "global")
+    }
+    assert forms == ({"seeded", "seed_list"} if run_name in SEEDED_RUNS else {"full"})
     assert run.keys is not None
     secret = (run.keys / SECRET).read_bytes()
     windows = [
@@ -445,3 +457,36 @@ def test_local_node_that_cannot_start_is_named_at_once(tmp_path: Path) -> None:
     (line,) = proc.stderr.strip().splitlines()
     assert "exited with code 1: ImportError: no gunicorn in this test" in line, line
     assert node_processes(str(tmp_path)) == []
+
+
+def test_seeded_and_full_bfv_runs_give_the_same_models_and_round_figures(
+    seal_bfv_run: Run, tmp_path: Path
+) -> None:
+    """`encryption.seeded: false` on the seeded run's config and keys: every global model equal
+    to the last bit, the same accuracy and loss on every round line, full ciphertexts in the logs
+    and about twice the update bytes."""
+    raw = json.loads(seal_bfv_run.config.read_text())
+    raw["encryption"]["seeded"] = False
+    config = tmp_path / "full.json"
+    config.write_text(json.dumps(raw))
+    proc = run_main("local", "--config", str(config), "--log-dir", str(tmp_path / "log"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    full, seeded = experiment_dir(tmp_path / "log"), seal_bfv_run.exp
+
+    def figures(out: str) -> list[str]:  # a round line up to its byte counts
+        lines = out.splitlines()
+        return [line.split("clients sent")[0] for line in lines if line.startswith("round ")]
+
+    assert figures(proc.stdout) == figures(seal_bfv_run.proc.stdout) != []
+    models = sorted(p.name for p in seeded.glob("*.global.npy"))
+    assert models and models == sorted(p.name for p in full.glob("*.global.npy"))
+    for name in models:
+        np.testing.assert_array_equal(np.load(full / name), np.load(seeded / name))
+    sent = [
+        sum(rec["byte_send_up"] for rec in d["iteration"])
+        for exp in (full, seeded)
+        for d in node_logs(exp).values()
+        if d["role"] == "client"
+    ]
+    half = len(sent) // 2
+    assert 1.8 < sum(sent[:half]) / sum(sent[half:]) < 2.2
