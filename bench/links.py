@@ -2,6 +2,7 @@
 (deploy/vcluster.sh: a namespace per node, tc-shaped links), per link rate, scheme and switch kind.
 
     sudo -E env PATH="$PATH" python bench/links.py [--rates 1gbit,100mbit] [--schemes none,ckks,bfv]
+          (a scheme may name its backend and turn seeding off: ckks/seal, ckks/seal/full)
                                                    [--switches forwarding,adding] [--rounds 3]
                                                    [--out log/bench-links]
 
@@ -42,14 +43,27 @@ from hefl.provenance import bench_line  # noqa: E402
 from hefl.records import SPLIT, RoundSummary, RunSummary  # noqa: E402
 
 
+def encryption_of(spec: str) -> dict[str, Any]:
+    """A --schemes entry: `scheme`, `scheme/backend`, or `scheme/backend/full` (seeded off)."""
+    scheme, *rest = spec.split("/")
+    out: dict[str, Any] = {"scheme": scheme}
+    if rest:
+        out["backend"] = rest[0]
+    if rest[1:] == ["full"]:
+        out["seeded"] = False
+    return out
+
+
 def cell_config(scheme: str, adding: bool, rounds: int) -> dict[str, Any]:
-    """config.json's topology with the 1M-parameter synthetic MLP and the switch kind."""
+    """config.json's topology with the 1M-parameter synthetic MLP and the switch kind; `scheme`
+    is a --schemes entry."""
     raw: dict[str, Any] = json.loads((ROOT / "config.json").read_text())
-    raw["name"] = f"links-{scheme}-{'adding' if adding else 'forwarding'}"
+    name = scheme.replace("/", "-")
+    raw["name"] = f"links-{name}-{'adding' if adding else 'forwarding'}"
     raw["dataset"] = {"name": "synthetic", "samples": 800, "features": 64, "classes": 10}
     raw["model"] = {"name": "mlp", "hidden": [13333]}  # 64*13333 + 13333 + 13333*10 + 10 params
     raw["training"] = {**raw["training"], "epochs": 1, "batch_size": 32, "lr": 0.01}
-    raw["encryption"] = {"scheme": scheme}
+    raw["encryption"] = encryption_of(scheme)
     raw["aggregator"]["iteration"] = rounds
     for node in raw["others"].values():
         if node["type"] == "switch":
@@ -113,14 +127,15 @@ def main() -> int:
     out.mkdir(parents=True)
     print(bench_line())
     print(
-        f"{'rate':8} {'scheme':6} {'switches':10} {'s/round':>8} {'agg MiB/rd':>10} "
+        f"{'rate':8} {'scheme':16} {'switches':10} {'s/round':>8} {'agg MiB/rd':>10} "
         f"{'crypto':>7} {'training':>8} {'transfer':>8} {'waiting':>7} {'accuracy':>8}"
     )
     rows = []
     for rate in args.rates.split(","):
         for scheme in args.schemes.split(","):
             for adding in [k == "adding" for k in args.switches.split(",")]:
-                cfg = out / f"{rate}-{scheme}-{'adding' if adding else 'forwarding'}.json"
+                name = scheme.replace("/", "-")
+                cfg = out / f"{rate}-{name}-{'adding' if adding else 'forwarding'}.json"
                 cfg.write_text(json.dumps(cell_config(scheme, adding, args.rounds), indent=1))
                 proc = subprocess.run(
                     [
@@ -140,13 +155,13 @@ def main() -> int:
                 kind = "adding" if adding else "forwarding"
                 if proc.returncode != 0 or not found:
                     tail = (proc.stdout + proc.stderr).strip().splitlines()[-1:]
-                    print(f"{rate:8} {scheme:6} {kind:10} failed: {tail}")
+                    print(f"{rate:8} {scheme:16} {kind:10} failed: {tail}")
                     continue
                 summary = json.loads((Path(found.group(1)) / "summary.json").read_text())
                 f = measure(RunSummary.from_json(summary), rate, scheme, kind, found.group(1))
                 rows.append(asdict(f))
                 print(
-                    f"{rate:8} {scheme:6} {kind:10} {f.round_s:8.2f} {f.agg_mib:10.1f} "
+                    f"{rate:8} {scheme:16} {kind:10} {f.round_s:8.2f} {f.agg_mib:10.1f} "
                     f"{f.crypto:7.2f} {f.training:8.2f} {f.transfer:8.2f} "
                     f"{f.waiting:7.2f} {f.accuracy:8.4f}",
                     flush=True,

@@ -378,6 +378,7 @@ def test_a_seed_list_that_lies_is_refused_in_one_line(seal_keys: dict[str, Path]
         "count past the limit": good[:4] + struct.pack("<I", 17) + good[8:],
         "count and length disagree": good[:4] + struct.pack("<I", 3) + good[8:],
         "cut short": good[:-8],
+        "one seed twice": good[:72] + good[8:72] + good[136:],
         "residue at its prime": bytes(too_big),
     }
     rest = list(unframe(switch.serialize(total), client.chunks))[1:]

@@ -71,6 +71,8 @@ class SeedLists:
             )
         at = len(MAGIC) + COUNT.size
         seeds = [raw[at + SEED_BYTES * i : at + SEED_BYTES * (i + 1)] for i in range(k)]
+        if len(set(seeds)) != k:
+            raise ProtocolError(f"ciphertext {index}: a seed list names one seed twice")
         c0 = np.frombuffer(raw, dtype=WORDS, offset=at + SEED_BYTES * k).reshape(self.q.size, -1)
         return SeedSum(self.residues(index, c0), seeds)
 
