@@ -404,11 +404,12 @@ def test_an_update_that_cancels_the_total_is_refused_and_undone(
     total = switch.load(first)
     negated = switch.load(first)
     for i, ct in enumerate(negated):
-        if enc.backend == "seal" and enc.scheme != "paillier":
+        if enc.scheme != "paillier":
             full = switch.full(ct)  # type: ignore[attr-defined]  # a seed list: expanded
-            negated[i] = switch.evaluator.negate(full)  # type: ignore[attr-defined]
-        elif enc.scheme != "paillier":
-            negated[i] = ct.neg()  # TenSEAL
+            if enc.backend == "seal":
+                negated[i] = switch.evaluator.negate(full)  # type: ignore[attr-defined]
+            else:
+                negated[i] = full.neg()  # TenSEAL
         else:
             negated[i] = gmpy2_invert(ct, switch)
     cancel = switch.serialize(negated)

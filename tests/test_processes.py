@@ -252,7 +252,7 @@ def test_original_config_runs_unchanged(tmp_path: Path) -> None:
     assert len(node_logs(experiment_dir(tmp_path))) == 7
 
 
-SEEDED_RUNS = {"seal_ckks", "seal_bfv"}  # the runs whose backend sends seeded ciphertexts
+SEEDED_RUNS = {"ckks", "bfv", "seal_ckks", "seal_bfv"}  # the runs that send seeded ciphertexts
 
 
 @pytest.mark.parametrize("run_name", ["ckks", "bfv", "seal_ckks", "seal_bfv", "paillier"])
@@ -287,7 +287,7 @@ def test_encrypted_run_matches_the_plaintext_run(
         ("switch", False, scheme),
         ("aggregator", False, scheme),
     }
-    # how the ciphertexts travelled (SEAL-Python: seeded updates, seed lists up and down)
+    # how the ciphertexts travelled (ckks, bfv: seeded updates, seed lists up and down)
     forms = {
         m.get("form")
         for d in logs.values()

@@ -1,10 +1,12 @@
 """Protocol scenarios on the in-memory network (tests/memnet.py): every node of a tree, the real
 classes and transport, the plain scheme, seeded updates instead of torch. Deadlines, dropouts,
 stragglers, flushes and partial sums, min_clients, retries, duplicates and refusals, in well under
-a second each; tests/test_dropouts.py keeps the same faults over real processes."""
+a second each; tests/test_dropouts.py keeps the same faults over real processes. One run with real
+ciphertexts of each library checks how seeded updates and seed lists travel."""
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from tests.memnet import EXPERIMENT, FakeTraining, MemoryNetwork
 
 C = [f"127.0.0.1:{100 + i}" for i in range(4)]  # tree_config's clients; leaves 10 and 11
 LEAF0, LEAF1 = "127.0.0.1:10", "127.0.0.1:11"
+AGG = "127.0.0.1:1"
 
 
 @pytest.fixture
@@ -165,3 +168,73 @@ def test_a_message_for_a_round_not_open_is_refused_with_422(network: Any) -> Non
     with pytest.raises(PeerRefused) as late:
         client.transport.send(LEAF0, Kind.UPDATE, Envelope(EXPERIMENT, 2, C[0], 10, 1), payload)
     assert late.value.status == 422
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "tenseal",
+        pytest.param(
+            "seal",
+            marks=pytest.mark.skipif(
+                importlib.util.find_spec("seal") is None, reason="seal not installed"
+            ),
+        ),
+    ],
+)
+def test_a_run_sends_seeded_updates_seed_lists_up_and_down_and_never_one_seed_twice(
+    backend: str, tmp_path: Path
+) -> None:
+    """Every message of a ckks run on the in-memory network with real ciphertexts of each library
+    (4 clients under two leaf switches and a spine, 3 rounds, precompute on): clients send seeded
+    updates, each ciphertext under a seed of its own; the sums go up and the result down as seed
+    lists of exactly the round's seeds; each message's log entry says its form, on both ends."""
+    from hefl.crypto import HeParams, generate_keys
+    from hefl.crypto.seedlist import SeedSum
+
+    cfg = parse_config(tree_config(rounds=3, encryption={"scheme": "ckks", "backend": backend}))
+    generate_keys(HeParams(scheme="ckks", backend=backend), tmp_path / "keys")
+    keep = frozenset({Kind.UPDATE, Kind.GLOBAL})
+    net = MemoryNetwork(cfg, tmp_path / "run", key_dir=tmp_path / "keys", keep=keep)
+    try:
+        assert net.run(timeout=60)["state"] == "finished"
+        adder = net.aggregator.scheme  # keyless: it reads seeds, never expands them to look
+        sent: dict[tuple[str, Kind, int], tuple[str | None, list[bytes]]] = {}
+        for sender, kind, r, body in net.bodies:
+            parts: list[SeedSum] = adder.load(body)
+            assert all(isinstance(part, SeedSum) for part in parts), (sender, kind)
+            sent[sender, kind, r] = adder.form(body), [s for part in parts for s in part.seeds]
+    finally:
+        net.close()
+    chunks = adder.chunks
+    for r in range(3):
+        ups = [sent[c, Kind.UPDATE, r] for c in C]
+        assert [form for form, _ in ups] == ["seeded"] * 4
+        every = [seed for _, seeds in ups for seed in seeds]
+        assert len(every) == 4 * chunks
+        for leaf, kids in ((LEAF0, C[:2]), (LEAF1, C[2:])):  # each leaf: its children's seeds
+            form, seeds = sent[leaf, Kind.UPDATE, r]
+            assert form == "seed_list"
+            assert set(seeds) == {s for c in kids for s in sent[c, Kind.UPDATE, r][1]}
+        form, seeds = sent[AGG, Kind.GLOBAL, r]  # the global result: all of them
+        assert form == "seed_list" and set(seeds) == set(every)
+    of_run = [s for (who, kind, _), (_, seeds) in sent.items() if who in C for s in seeds]
+    assert len(set(of_run)) == len(of_run) == 4 * 3 * chunks  # no seed twice in the run
+    logged = {
+        (node.runlog.role, m["dir"], m["kind"], m.get("form"))
+        for node in net.nodes.values()
+        for rec in node.runlog.snapshot()["iteration"]
+        for m in rec["messages"]
+        if m["kind"] in ("update", "global")
+    }
+    assert logged == {
+        ("client", "sent", "update", "seeded"),
+        ("switch", "received", "update", "seeded"),  # the leaves' from clients
+        ("switch", "sent", "update", "seed_list"),
+        ("switch", "received", "update", "seed_list"),  # the spine's from the leaves
+        ("aggregator", "received", "update", "seed_list"),
+        ("aggregator", "sent", "global", "seed_list"),
+        ("switch", "received", "global", "seed_list"),
+        ("switch", "sent", "global", "seed_list"),
+        ("client", "received", "global", "seed_list"),
+    }

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from hefl.config import parse_config
 from hefl.crypto import (
     HeParams,
     add_all,
@@ -28,9 +27,6 @@ from hefl.crypto import (
 from hefl.crypto.frame import frame, unframe
 from hefl.crypto.params import coeff_primes
 from hefl.errors import ProtocolError
-from hefl.node.wire import Kind
-from tests.helpers import C0, tree_config
-from tests.memnet import MemoryNetwork
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("seal") is None,
@@ -274,62 +270,6 @@ def forms(payload: bytes, count: int) -> list[tuple[str, list[bytes]]]:
         seed = seeding.parse(raw).seed
         out.append(("full", []) if seed is None else ("seeded", [seed]))
     return out
-
-
-def test_a_run_sends_seeded_updates_seed_lists_up_and_down_and_never_one_seed_twice(
-    seal_keys: dict[str, Path], tmp_path: Path
-) -> None:
-    """Every message of a run on the in-memory network (4 clients under two leaf switches and a
-    spine, 3 rounds, real SEAL-Python ciphertexts, precompute on): clients send seeded updates,
-    each ciphertext under a seed of its own; the sums go up and the result down as seed lists of
-    exactly the round's seeds."""
-    raw = tree_config(rounds=3, encryption={"scheme": "ckks", "backend": "seal"})
-    cfg = parse_config(raw)
-    net = MemoryNetwork(
-        cfg, tmp_path, key_dir=seal_keys["ckks"], keep=frozenset({Kind.UPDATE, Kind.GLOBAL})
-    )
-    try:
-        status = net.run(timeout=60)
-    finally:
-        net.close()
-    assert status["state"] == "finished", status["error"]
-    count = net.nodes[C0].scheme.chunks
-    clients = set(cfg.tree.client_nodes())
-    uplink: dict[int, list[bytes]] = {r: [] for r in range(3)}
-    for sender, _, r, body in net.bodies:
-        parts = forms(body, count)
-        if sender in clients:
-            assert {form for form, _ in parts} == {"seeded"}
-            uplink[r] += [seed for _, seeds in parts for seed in seeds]
-    every = [seed for seeds in uplink.values() for seed in seeds]
-    assert len(every) == 4 * 3 * count and len(set(every)) == len(every)
-    for sender, kind, r, body in net.bodies:
-        if sender not in clients:
-            parts = forms(body, count)
-            assert {form for form, _ in parts} == {"seed_list"}, (sender, kind)
-            held = {seed for _, seeds in parts for seed in seeds}
-            assert held <= set(uplink[r])  # a switch's: its children's seeds; the result: all
-            if kind is Kind.GLOBAL:
-                assert held == set(uplink[r])
-    # each message's log entry says its form, on both ends
-    forms_logged = {
-        (node.runlog.role, m["dir"], m["kind"], m.get("form"))
-        for node in net.nodes.values()
-        for rec in node.runlog.snapshot()["iteration"]
-        for m in rec["messages"]
-        if m["kind"] in ("update", "global")
-    }
-    assert forms_logged == {
-        ("client", "sent", "update", "seeded"),
-        ("switch", "received", "update", "seeded"),  # the leaves' from clients
-        ("switch", "sent", "update", "seed_list"),
-        ("switch", "received", "update", "seed_list"),  # the spine's from the leaves
-        ("aggregator", "received", "update", "seed_list"),
-        ("aggregator", "sent", "global", "seed_list"),
-        ("switch", "received", "global", "seed_list"),
-        ("switch", "sent", "global", "seed_list"),
-        ("client", "received", "global", "seed_list"),
-    }
 
 
 @pytest.mark.parametrize("scheme", ["ckks", "bfv"])

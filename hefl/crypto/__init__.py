@@ -52,8 +52,8 @@ class Backend(Protocol):
 
 # subpackage -> (modules it imports, what provides them)
 LIBRARIES = {
-    "tenseal": (("tenseal",), "tenseal (requirements.txt)"),
-    "seal": (("seal", "zstandard"), "seal-python and zstandard (requirements-he.txt)"),
+    "tenseal": (("tenseal", "zstandard"), "tenseal and zstandard (requirements.txt)"),
+    "seal": (("seal", "zstandard"), "seal-python (requirements-he.txt) and zstandard"),
     "paillier": (("phe", "gmpy2"), "phe and gmpy2 (requirements-he.txt)"),
 }
 

@@ -28,7 +28,7 @@ class HeParams:
     key_bits: int = 2048  # paillier: bits of the public modulus n
     clip: float = 1.0  # every scheme: each value a client sends is clipped to [-clip, clip]
     processes: int = 1  # clients: worker processes that encrypt an update's ciphertexts
-    seeded: bool = True  # clients: fresh ciphertexts as c0 and c1's seed (SEAL-Python's backend)
+    seeded: bool = True  # clients: fresh ciphertexts as c0 and c1's seed (ckks, bfv)
     seed_list_max: int = 16  # adders: sums of at most this many seeded ones go as seed lists
     # paillier: the sums must have room for this many clients' values (0: the most an experiment
     # can have); keys do not depend on it
@@ -259,9 +259,9 @@ LIBRARY_NAMES = {"tenseal": "TenSEAL", "seal": "SEAL-Python", "paillier": "phe +
 
 
 def seeded_uplink(enc: HeParams) -> bool:
-    """Whether clients send their fresh ciphertexts seeded: asked for, and SEAL-Python's ckks or
-    bfv (TenSEAL keeps its ciphertexts inside its own format)."""
-    return enc.seeded and enc.backend == "seal" and enc.scheme in ("ckks", "bfv")
+    """Whether clients send their fresh ciphertexts seeded (and adders sums as seed lists): asked
+    for, and ckks or bfv (with either library)."""
+    return enc.seeded and enc.scheme in ("ckks", "bfv")
 
 
 def in_effect(enc: HeParams) -> dict[str, Any]:
@@ -292,7 +292,7 @@ def in_effect(enc: HeParams) -> dict[str, Any]:
         # the special (last) prime never reaches the wire: a ciphertext holds the others
         "wire_primes": len(bits) - 1,
         "security_bits": 128,
-        # clients' fresh ciphertexts go as c0 and the seed of c1 (SEAL-Python's backend only)
+        # clients' fresh ciphertexts go as c0 and the seed of c1
         "seeded": seeded_uplink(enc),
     }
     if seeded_uplink(enc):  # sums of at most this many seeded updates go on as seed lists

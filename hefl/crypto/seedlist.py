@@ -16,10 +16,14 @@ for a fresh ciphertext and is not sent: a receiver builds it from its context.
 from __future__ import annotations
 
 import struct
+from abc import abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from hefl.crypto.chunked import ChunkedScheme
+from hefl.crypto.frame import Payload
 from hefl.crypto.seeding import MEMBERS, SEED_BYTES, WORDS, Layout, add_mod, sub_mod
 from hefl.errors import ProtocolError
 
@@ -102,4 +106,32 @@ class SeedLists:
         """total - added, for a part added last (its seeds are the list's last ones)."""
         total.c0 = sub_mod(total.c0, added.c0, self.q)
         del total.seeds[len(total.seeds) - len(added.seeds) :]
+        return total
+
+
+class ListedScheme(ChunkedScheme):
+    """A chunked scheme whose totals may hold seed lists: after every load or add (and after a
+    refused payload was taken back) a total whose parts went full some but not all (seeds beyond
+    seed_list_max, or children of both forms) is made full in every part, so that a payload has
+    one form. A backend mixes it in before its own scheme class and says how to go full."""
+
+    @abstractmethod
+    def full(self, ct: Any) -> Any:
+        """The library's ciphertext itself: a seed list expanded, a seeded one as it is held."""
+
+    def load_into(self, total: list[Any] | None, payload: Payload) -> list[Any]:
+        try:
+            return self.one_form(super().load_into(total, payload))
+        except BaseException:
+            if total is not None:
+                self.one_form(total)  # a refused payload's parts were taken back: of one form
+            raise
+
+    def add_into(self, total: list[Any] | None, loaded: list[Any]) -> list[Any]:
+        return self.one_form(super().add_into(total, loaded))
+
+    def one_form(self, total: list[Any]) -> list[Any]:
+        listed = [isinstance(t, SeedSum) for t in total]
+        if any(listed) and not all(listed):
+            total[:] = [self.full(t) for t in total]
         return total

@@ -18,16 +18,14 @@ import numpy as np
 import seal
 import zstandard
 
-from hefl.crypto.chunked import ChunkedScheme
 from hefl.crypto.encoding import BfvEncoding, CkksEncoding, check_seal_ciphertext
-from hefl.crypto.frame import Payload
 from hefl.crypto.params import HeParams, coeffs, seeded_uplink
 from hefl.crypto.scheme import KeyRing
 from hefl.crypto.seal.keys import SealKeys
 from hefl.crypto.seal.seeded import Expander, SeededCiphertext, Seeder
 from hefl.crypto.seeding import HEAD_BYTES, SEED_BYTES, fresh_members, parse, seeded_head
 from hefl.crypto.seedlist import MAGIC as LIST_MAGIC
-from hefl.crypto.seedlist import SeedLists, SeedSum
+from hefl.crypto.seedlist import ListedScheme, SeedLists, SeedSum
 from hefl.errors import ProtocolError
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -35,7 +33,7 @@ SEAL_MAGIC = b"\x5e\xa1"  # SEALHeader.magic, little-endian
 ZSTD_LEVEL = 3
 
 
-class SealScheme(ChunkedScheme):
+class SealScheme(ListedScheme):
     def __init__(self, enc: HeParams, size: int, keys: KeyRing) -> None:
         primes = len(coeffs(enc)) - 1  # at the data level
         full = 2 * enc.poly_modulus_degree * 8 * primes + 1024  # and SEAL's header, scale...
@@ -131,26 +129,6 @@ class SealScheme(ChunkedScheme):
         acc = self.full(acc)
         self.evaluator.sub_inplace(acc, self.full(ct))
         return acc
-
-    def load_into(self, total: list[Any] | None, payload: Payload) -> list[Any]:
-        try:
-            return self.one_form(super().load_into(total, payload))
-        except BaseException:
-            if total is not None:
-                self.one_form(total)  # a refused payload's parts were taken back: of one form
-            raise
-
-    def add_into(self, total: list[Any] | None, loaded: list[Any]) -> list[Any]:
-        return self.one_form(super().add_into(total, loaded))
-
-    def one_form(self, total: list[Any]) -> list[Any]:
-        """A total whose parts went full some but not all (seeds beyond seed_list_max, or
-        children of both forms) is made full in every part: a payload has one form."""
-        if any(isinstance(t, SeedSum) for t in total) and not all(
-            isinstance(t, SeedSum) for t in total
-        ):
-            total[:] = [self.full(t) for t in total]
-        return total
 
     def part_form(self, part: bytes) -> str | None:
         """From the part's first bytes (a zstd frame is unpacked only that far)."""

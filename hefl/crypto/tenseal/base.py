@@ -1,5 +1,6 @@
 """The TenSEAL backend's ciphertext primitives: TenSEAL vectors (one SEAL ciphertext each), loaded
-and checked one at a time; the encodings mix in on top (ckks.py, bfv.py)."""
+and checked one at a time; the encodings mix in on top (ckks.py, bfv.py), and seeded.py makes the
+fresh ones seeded."""
 
 from __future__ import annotations
 
@@ -10,9 +11,22 @@ import numpy as np
 
 from hefl.crypto.chunked import ChunkedScheme
 from hefl.crypto.encoding import check_seal_ciphertext
-from hefl.crypto.params import HeParams, coeffs
+from hefl.crypto.params import HeParams, coeffs, seeded_uplink
 from hefl.crypto.scheme import KeyRing
+from hefl.crypto.seeding import SEED_BYTES
 from hefl.errors import ProtocolError
+
+
+def seeded_here(enc: HeParams) -> bool:
+    """Whether fresh ciphertexts go seeded and sums as seed lists (encryption.seeded)."""
+    return seeded_uplink(enc)
+
+
+def part_bytes(enc: HeParams) -> int:
+    """The most bytes one part has unpacked: a full ciphertext of the data primes in 64-bit words
+    with TenSEAL's and SEAL's headers, or a seed list of encryption.seed_list_max seeds."""
+    words = enc.poly_modulus_degree * 8 * max(len(coeffs(enc)) - 1, 1)
+    return max(2 * words + 4096, 8 + SEED_BYTES * enc.seed_list_max + words)
 
 
 class TensealScheme(ChunkedScheme):
@@ -24,10 +38,8 @@ class TensealScheme(ChunkedScheme):
     def __init__(
         self, enc: HeParams, size: int, keys: KeyRing, loader: Callable[[Any, bytes], Any]
     ) -> None:
-        data_primes = len(coeffs(enc)) - 1  # only the data primes reach the wire
-        # 64-bit words before SEAL's compression
-        part_bytes = 2 * enc.poly_modulus_degree * 8 * data_primes + 4096
-        super().__init__(enc, size, keys.private, part_bytes)
+        self.part_bytes = part_bytes(enc)  # before SEAL's compression
+        super().__init__(enc, size, keys.private, self.part_bytes)
         self.ctx = keys.context
         self._loader = loader
         self.parms_id = list(self.ctx.seal_context().data.first_parms_id())

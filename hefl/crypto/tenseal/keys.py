@@ -108,7 +108,8 @@ def load_secret(enc: HeParams, key_dir: Path) -> KeyRing:
         # an older seal.sh's key pair: it works as it is, encrypting with its public key
         log.warning(
             "%s was made by an older ./seal.sh: clients encrypt with its public key, 2-3x "
-            "slower than with the secret key; run ./seal.sh again for symmetric encryption",
+            "slower than with the secret key, and send full ciphertexts (never seeded); run "
+            "./seal.sh again for symmetric encryption",
             key_dir / SECRET,
         )
         found = made_id
