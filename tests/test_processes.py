@@ -459,25 +459,27 @@ def test_local_node_that_cannot_start_is_named_at_once(tmp_path: Path) -> None:
     assert node_processes(str(tmp_path)) == []
 
 
+@pytest.mark.parametrize("run_name", ["bfv", "seal_bfv"])
 def test_seeded_and_full_bfv_runs_give_the_same_models_and_round_figures(
-    seal_bfv_run: Run, tmp_path: Path
+    request: pytest.FixtureRequest, run_name: str, tmp_path: Path
 ) -> None:
-    """`encryption.seeded: false` on the seeded run's config and keys: every global model equal
-    to the last bit, the same accuracy and loss on every round line, full ciphertexts in the logs
-    and about twice the update bytes."""
-    raw = json.loads(seal_bfv_run.config.read_text())
+    """`encryption.seeded: false` on the seeded run's config and keys, with each library: every
+    global model equal to the last bit, the same accuracy and loss on every round line, and about
+    twice the update bytes."""
+    seeded_run: Run = request.getfixturevalue(f"{run_name}_run")
+    raw = json.loads(seeded_run.config.read_text())
     raw["encryption"]["seeded"] = False
     config = tmp_path / "full.json"
     config.write_text(json.dumps(raw))
     proc = run_main("local", "--config", str(config), "--log-dir", str(tmp_path / "log"))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    full, seeded = experiment_dir(tmp_path / "log"), seal_bfv_run.exp
+    full, seeded = experiment_dir(tmp_path / "log"), seeded_run.exp
 
     def figures(out: str) -> list[str]:  # a round line up to its byte counts
         lines = out.splitlines()
         return [line.split("clients sent")[0] for line in lines if line.startswith("round ")]
 
-    assert figures(proc.stdout) == figures(seal_bfv_run.proc.stdout) != []
+    assert figures(proc.stdout) == figures(seeded_run.proc.stdout) != []
     models = sorted(p.name for p in seeded.glob("*.global.npy"))
     assert models and models == sorted(p.name for p in full.glob("*.global.npy"))
     for name in models:
