@@ -1,7 +1,7 @@
 """What HE costs, measured on the project's own schemes, then through real node processes.
 
-    .venv/bin/python bench/he.py [--size N] [--hidden H] [--only primitives|rounds|memory|hops]
-                                 [--repeat N] [--skip-round (= --only primitives)]
+    .venv/bin/python bench/he.py [--size N] [--hidden H] [--repeat N]
+                [--only primitives|rounds|memory|backends|hops] [--skip-round (= --only primitives)]
 
 Prints figures only (nothing is asserted). At the top: the machine (cores, CPU model, load average),
 the tenseal and numpy versions and the commit measured ("dirty" when the checkout has changes), so

@@ -117,11 +117,17 @@ def split_of(row: RoundSummary) -> Mapping[str, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rates", default="1gbit,100mbit")
-    ap.add_argument("--schemes", default="none,ckks,bfv")
-    ap.add_argument("--switches", default="forwarding,adding")
-    ap.add_argument("--rounds", type=int_in(1), default=3)
-    ap.add_argument("--out", type=Path, default=ROOT / "log" / "bench-links")
+    ap.add_argument("--rates", default="1gbit,100mbit", help="link rates, as tc writes them")
+    ap.add_argument(
+        "--schemes",
+        default="none,ckks,bfv",
+        help="schemes, each may name its library and turn seeding off: ckks/seal, ckks/seal/full",
+    )
+    ap.add_argument("--switches", default="forwarding,adding", help="forwarding, adding or both")
+    ap.add_argument("--rounds", type=int_in(1), default=3, help="rounds per cell (from 2 counted)")
+    ap.add_argument(
+        "--out", type=Path, default=ROOT / "log" / "bench-links", help="where the runs go"
+    )
     args = ap.parse_args()
     out = args.out / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True)

@@ -535,3 +535,17 @@ def test_after_a_failure_the_controller_keeps_the_rounds_the_aggregator_closed(
     ctl = Controller(raw, parse_config(raw), {}, copy.name, tmp_path)
     ctl.transport = FakeStatus({"experiment": copy.name, "rounds": said})  # type: ignore[assignment]
     assert ctl.closed_rows() == rows[:2]
+
+
+def test_compare_labels_a_run_with_seeding_off_full() -> None:
+    from hefl.records import RunSummary
+    from hefl.results.compare import label_of
+
+    def summary(encryption: dict[str, Any]) -> RunSummary:
+        return RunSummary(
+            experiment="x", scheme="ckks", backend="tenseal", encryption=encryption, switches=6
+        )
+
+    assert label_of(summary({"scheme": "ckks", "seeded": True})) == "ckks, adding"
+    assert label_of(summary({"scheme": "ckks", "seeded": False})) == "ckks full, adding"
+    assert label_of(summary({"scheme": "ckks"})) == "ckks, adding"  # a run from before seeding

@@ -153,7 +153,8 @@ def label_of(summary: RunSummary) -> str:
         if not dumb
         else "mixed"
     )
-    return f"{scheme_label(summary.scheme, summary.backend or 'tenseal')}, {how}"
+    full = " full" if summary.encryption.get("seeded") is False else ""  # encryption.seeded off
+    return f"{scheme_label(summary.scheme, summary.backend or 'tenseal')}{full}, {how}"
 
 
 def compare(
