@@ -64,7 +64,7 @@ def test_the_root_is_the_least_primitive_one() -> None:
 def test_the_forward_transform_is_seals(n: int, bits: tuple[int, ...]) -> None:
     import seal
 
-    from hefl.crypto.seeding import Layout, dump, fresh_members, parse
+    from hefl.crypto.seeding import Layout, dump, fresh_members, parse, version_of
 
     parms = seal.EncryptionParameters(seal.scheme_type.bfv)
     parms.set_poly_modulus_degree(n)
@@ -75,7 +75,7 @@ def test_the_forward_transform_is_seals(n: int, bits: tuple[int, ...]) -> None:
     rng = np.random.default_rng(n)
     x = np.array([rng.integers(0, q, n, dtype=np.uint64) for q in primes])
     # SEAL's transform of x, carried by a ciphertext whose two polynomials are x
-    version = parse(bytes(seal.Ciphertext().to_string())).version
+    version = version_of(bytes(seal.Ciphertext().to_string()))
     members = fresh_members(ctx.first_parms_id(), False, n, len(primes), 1.0)
     carrier = seal.Ciphertext()
     carrier.load_bytes(ctx, dump(Layout(version, members, np.stack([x, x]), None)))

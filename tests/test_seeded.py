@@ -296,11 +296,25 @@ def test_seed_lists_add_and_take_back_exactly_and_go_full_past_the_limit(
     assert switch.serialize(total) == before
     total = switch.load_into(total, payloads[2])
     assert {form for form, _ in forms(switch.serialize(total), client.chunks)} == {"seed_list"}
+    # a payload that would take the sum past the limit, refused at its last part: the sum stays
+    # the seed lists it was, bytes and all (the full sum was being built beside it)
+    at_limit = switch.serialize(total)
+    fourth = list(unframe(payloads[3], client.chunks))
+    with pytest.raises(ProtocolError, match=f"ciphertext {client.chunks - 1}"):
+        switch.load_into(total, frame([*fourth[:-1], b"junk"]))
+    assert switch.serialize(total) == at_limit
     # a fourth seed is past the limit: every part goes full, and the sum is right
     total = switch.load_into(total, payloads[3])
     assert {form for form, _ in forms(switch.serialize(total), client.chunks)} == {"full"}
     got = client.decrypt(client.load(switch.serialize(total)), 4)
     assert np.max(np.abs(got - np.sum(values, axis=0))) <= (1e-4 if scheme == "ckks" else 4 / 2**15)
+
+
+def seal_object(members: bytes) -> bytes:
+    """An uncompressed SEAL 4.4 ciphertext of these members and no words."""
+    array = seeding.HEADER.pack(seeding.MAGIC, 16, 4, 4, 0, 0, 24) + struct.pack("<Q", 0)
+    body = members + array
+    return seeding.HEADER.pack(seeding.MAGIC, 16, 4, 4, 0, 0, 16 + len(body)) + body
 
 
 def test_a_seed_list_that_lies_is_refused_in_one_line(seal_keys: dict[str, Path]) -> None:
@@ -319,6 +333,14 @@ def test_a_seed_list_that_lies_is_refused_in_one_line(seal_keys: dict[str, Path]
         "count and length disagree": good[:4] + struct.pack("<I", 3) + good[8:],
         "cut short": good[:-8],
         "one seed twice": good[:72] + good[8:72] + good[136:],
+        # from the review: SEAL's magic and too little after it, a header and nothing more, and
+        # members that ask for an array no machine has (a 500 with a traceback before)
+        "SEAL's magic and ten bytes": b"\x5e\xa1" + bytes(10),
+        "a header and nothing": seeding.HEADER.pack(seeding.MAGIC, 16, 4, 4, 0, 0, 16),
+        "n 2^63 and no primes": seal_object(
+            seeding.MEMBERS.pack(bytes(32), 1, 2, 2**63, 0, 1.0, 1)
+        ),
+        "a part larger than any ciphertext": good + bytes(1 << 21),
         "residue at its prime": bytes(too_big),
     }
     rest = list(unframe(switch.serialize(total), client.chunks))[1:]

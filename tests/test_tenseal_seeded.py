@@ -18,7 +18,7 @@ from hefl.crypto import HeParams, add_all, load_keyless, load_secret, make_schem
 from hefl.crypto.frame import frame, unframe
 from hefl.crypto.ntt import Ntt
 from hefl.crypto.params import coeff_primes
-from hefl.crypto.seeding import HEADER, MAGIC, Layout, dump, parse
+from hefl.crypto.seeding import HEADER, MAGIC, MEMBERS, Layout, dump, parse
 from hefl.crypto.tenseal.packing import inflate
 from hefl.crypto.tenseal.proto import VARINT, Vector, field, read_vector, write_vector
 from hefl.crypto.tenseal.seeder import Seeder, data_primes
@@ -152,6 +152,13 @@ def test_seed_lists_add_and_take_back_exactly_and_go_full_past_the_limit(
     total = switch.load_into(total, payloads[2])
     listed = forms(switch.serialize(total), client.chunks, ckks)
     assert {form for form, _ in listed} == {"seed_list"} and all(len(s) == 3 for _, s in listed)
+    # a payload that would take the sum past the limit, refused at its last part: the sum stays
+    # the seed lists it was, bytes and all (the full sum was being built beside it)
+    at_limit = switch.serialize(total)
+    fourth = list(unframe(payloads[3], client.chunks))
+    with pytest.raises(ProtocolError, match=f"ciphertext {client.chunks - 1}"):
+        switch.load_into(total, frame([*fourth[:-1], b"junk"]))
+    assert switch.serialize(total) == at_limit
     # a fourth seed is past the limit: every part goes full, and the sum is right
     total = switch.load_into(total, payloads[3])
     assert kinds(switch.serialize(total), client.chunks, ckks) == {"full"}
@@ -184,6 +191,13 @@ def saved(layout: Layout, **changes: Any) -> bytes:
 
 def seal_object(body: bytes, mode: int = 2, minor: int = 3, extra: int = 0) -> bytes:
     return HEADER.pack(MAGIC, 16, 4, minor, mode, 0, 16 + len(body) + extra) + body
+
+
+def huge(message: Vector, lay: Layout) -> tuple[Vector, bytes]:
+    """Members of size 2, n = 2^63, no primes: a word count of 0 that matches them."""
+    members = MEMBERS.pack(b"\0" * 32, 1, 2, 2**63, 0, 2.0**30, 1)
+    body = members + HEADER.pack(MAGIC, 16, 4, 3, 0, 0, 24) + struct.pack("<Q", 0)
+    return message, seal_object(body, mode=0)
 
 
 def bad_vectors(part: bytes, q: int) -> dict[str, bytes]:
@@ -236,6 +250,12 @@ def bad_vectors(part: bytes, q: int) -> dict[str, bytes]:
         "blake2 seed (PRNG type 1)": rewrite(
             part, lambda m, lay: (m, saved(lay)[:-65] + b"\x01" + saved(lay)[-64:])
         ),
+        # from the review: SEAL objects shorter than a ciphertext's header, or whose members ask
+        # for an array no machine has (these raised struct.error and numpy's ValueError: a 500)
+        "a header and nothing": rewrite(part, lambda m, lay: (m, seal_object(b"", mode=0))),
+        "shorter than the members": rewrite(part, lambda m, lay: (m, seal_object(bytes(24), 0))),
+        "n 2^63 and no primes": rewrite(part, huge),
+        "a part larger than any ciphertext": part + bytes(1 << 21),
     }
 
 

@@ -53,6 +53,7 @@ class ChunkedScheme(ABC):
         self.precomputed = 0  # how many ciphertexts of the last update used one
         self.adding_s = 0.0  # seconds spent adding ciphertexts (not loading them), ever
         self._pool: Pool | None = None
+        self.part_limit = part_bytes  # no part is read further than this (not even its form)
         self.max_payload_bytes = self.chunks * part_bytes + 8 + 4 * self.chunks
 
     # the encoding's part (hefl.crypto.encoding)
@@ -169,7 +170,9 @@ class ChunkedScheme(ABC):
             first = next(iter(unframe(payload, self.chunks)), None)
         except ProtocolError:
             return None
-        return None if first is None else self.part_form(first)
+        if first is None or len(first) > self.part_limit:
+            return None
+        return self.part_form(first)
 
     def part_form(self, part: bytes) -> str | None:
         """A part's form: a backend that sends seeded ciphertexts tells them apart."""
@@ -203,7 +206,10 @@ class ChunkedScheme(ABC):
         try:
             for ct in self._parts(payload):
                 started = time.monotonic()
-                total[added] = self.add_ct(total[added], ct)
+                try:
+                    total[added] = self.add_ct(total[added], ct)
+                except ProtocolError as exc:  # what adding refuses (a seed the sum holds)
+                    raise ProtocolError(f"ciphertext {added} {exc}") from None
                 self.adding_s += time.monotonic() - started
                 added += 1
         except BaseException as exc:
@@ -221,6 +227,11 @@ class ChunkedScheme(ABC):
         for i, (part, want) in enumerate(
             zip(unframe(payload, self.chunks), self.chunk_lengths(), strict=True)
         ):
+            if len(part) > self.part_limit:  # before any parsing: a ciphertext cannot be larger
+                raise ProtocolError(
+                    f"ciphertext {i} is {len(part)} bytes, a ciphertext of this experiment has "
+                    f"at most {self.part_limit}"
+                )
             yield self.load_part(i, part, self.slot_count(want))
 
     def add_into(self, total: list[Any] | None, loaded: list[Any]) -> list[Any]:

@@ -61,12 +61,9 @@ class Layout:
 
 
 def parse(raw: bytes) -> Layout:
-    """A ciphertext as SEAL-Python's `to_string()` writes it (no compression), full or seeded."""
-    magic, _, major, minor, compression, _, total = HEADER.unpack_from(raw)
-    if magic != MAGIC or compression != 0 or total != len(raw) or major != 4:
-        raise ProtocolError("not an uncompressed SEAL 4 ciphertext")
-    _, _, size, n, primes, _, _ = MEMBERS.unpack_from(raw, HEADER.size)
-    (count,) = COUNT.unpack_from(raw, _WORDS_AT - COUNT.size)
+    """A ciphertext as SEAL writes it without compression, full or seeded; anything else (cut
+    short, sizes out of SEAL's bounds, data that does not match them) is a ProtocolError."""
+    size, n, primes, count = _shape(raw)
     polys = size if count == size * n * primes else 1
     end = _WORDS_AT + 8 * count
     if count != polys * n * primes or end > len(raw):
@@ -74,12 +71,37 @@ def parse(raw: bytes) -> Layout:
     data = np.frombuffer(raw, dtype=WORDS, count=count, offset=_WORDS_AT)
     seed = None
     if polys != size:
-        info = raw[end:]
-        if len(info) != HEADER.size + 1 + SEED_BYTES or info[HEADER.size] != SHAKE256:
-            raise ProtocolError("seeded SEAL ciphertext without a SHAKE256 seed")
-        seed = info[HEADER.size + 1 :]
-    members = raw[HEADER.size : _DATA]
-    return Layout((major, minor), members, data.reshape(polys, primes, n), seed)
+        seed = _seed(raw[end:])
+    elif end != len(raw):
+        raise ProtocolError("SEAL ciphertext has bytes after its data")
+    version = (raw[3], raw[4])
+    return Layout(version, raw[HEADER.size : _DATA], data.reshape(polys, primes, n), seed)
+
+
+def _shape(raw: bytes) -> tuple[int, int, int, int]:
+    """(size, n, primes, word count) from a ciphertext's header and members, each within SEAL's
+    bounds (size 2..16, n a power of two up to 32768, at most 64 primes)."""
+    if len(raw) < _WORDS_AT:
+        raise ProtocolError(f"a SEAL ciphertext of {len(raw)} bytes is shorter than its header")
+    magic, _, major, _, compression, _, total = HEADER.unpack_from(raw)
+    if magic != MAGIC or compression != 0 or total != len(raw) or major != 4:
+        raise ProtocolError("not an uncompressed SEAL 4 ciphertext")
+    _, _, size, n, primes, _, _ = MEMBERS.unpack_from(raw, HEADER.size)
+    (count,) = COUNT.unpack_from(raw, _WORDS_AT - COUNT.size)
+    if not (2 <= size <= 16 and 2 <= n <= 32768 and n & (n - 1) == 0 and 1 <= primes <= 64):
+        raise ProtocolError(f"SEAL ciphertext of size {size}, n {n}, {primes} primes")
+    return size, n, primes, count
+
+
+def _seed(info: bytes) -> bytes:
+    """The seed of a seeded ciphertext's generator info: a SEAL header, SHAKE256, 64 bytes."""
+    length = HEADER.size + 1 + SEED_BYTES
+    if len(info) != length or info[HEADER.size] != SHAKE256:
+        raise ProtocolError("seeded SEAL ciphertext without a SHAKE256 seed")
+    magic, _, major, _, compression, _, total = HEADER.unpack_from(info)
+    if (magic, major, compression, total) != (MAGIC, 4, 0, length):
+        raise ProtocolError("seeded SEAL ciphertext whose seed has no SEAL 4 header")
+    return info[HEADER.size + 1 :]
 
 
 def dump(layout: Layout) -> bytes:
@@ -215,9 +237,19 @@ HEAD_BYTES = _WORDS_AT  # a ciphertext's bytes before its words: enough to tell 
 def seeded_head(head: bytes) -> bool:
     """Whether a SEAL ciphertext is seeded, from its first HEAD_BYTES bytes (uncompressed): its
     data holds one polynomial where its size says two."""
+    if len(head) < _WORDS_AT:
+        raise ProtocolError("a SEAL ciphertext shorter than its header")
     magic, _, major, _, compression, _, _ = HEADER.unpack_from(head)
     if magic != MAGIC or major != 4 or compression != 0:
         raise ProtocolError("not an uncompressed SEAL 4 ciphertext")
     _, _, size, n, primes, _, _ = MEMBERS.unpack_from(head, HEADER.size)
     (count,) = COUNT.unpack_from(head, _WORDS_AT - COUNT.size)
     return bool(count != size * n * primes)
+
+
+def version_of(raw: bytes) -> tuple[int, int]:
+    """The SEAL version an object's header names (what the library that wrote it loads)."""
+    magic, _, major, minor, _, _, _ = HEADER.unpack_from(raw)
+    if magic != MAGIC:
+        raise ProtocolError("not a SEAL object")
+    return major, minor

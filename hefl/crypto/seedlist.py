@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from hefl.crypto.chunked import ChunkedScheme
-from hefl.crypto.frame import Payload
+from hefl.crypto.frame import Payload, unframe
 from hefl.crypto.seeding import MEMBERS, SEED_BYTES, WORDS, Layout, add_mod, sub_mod
 from hefl.errors import ProtocolError
 
@@ -95,7 +95,10 @@ class SeedLists:
     def add(self, total: SeedSum, more: SeedSum) -> SeedSum:
         """total + more, in place (the caller checked that the seeds fit). A seed the sum holds
         already is refused: seeds are fresh per ciphertext, so it is an update sent twice (another
-        client's, replayed)."""
+        client's, replayed). This is a check on what a seed list can show, not replay
+        protection: a replay in full form, or into a sum that went full, goes unseen, and a
+        replay that arrives first gets the genuine update refused instead (who sent what is the
+        identity issue's)."""
         if set(more.seeds) & set(total.seeds):
             raise ProtocolError("repeats a seed the sum holds already (an update sent twice?)")
         total.c0 = add_mod(total.c0, more.c0, self.q)
@@ -115,11 +118,38 @@ class ListedScheme(ChunkedScheme):
     seed_list_max, or children of both forms) is made full in every part, so that a payload has
     one form. A backend mixes it in before its own scheme class and says how to go full."""
 
+    lists: Any  # the backend's SeedLists (SEAL-Python's: None where seed lists are off)
+
     @abstractmethod
     def full(self, ct: Any) -> Any:
         """The library's ciphertext itself: a seed list expanded, a seeded one as it is held."""
 
+    @abstractmethod
+    def part_shape(self, part: bytes) -> tuple[str, int] | None:
+        """A part's form and how many seeds it carries, from its first bytes (None: unreadable)."""
+
+    def part_form(self, part: bytes) -> str | None:
+        shape = self.part_shape(part)
+        return None if shape is None else shape[0]
+
     def load_into(self, total: list[Any] | None, payload: Payload) -> list[Any]:
+        """As ChunkedScheme's; a sum of seed lists that this payload makes full (too many seeds,
+        or a full payload) is built beside it, so that a refused payload leaves the seed lists as
+        they were (not merely their values)."""
+        if total is None or not isinstance(total[0], SeedSum) or self.stays_listed(total, payload):
+            return self.load_one_form(total, payload)
+        total[:] = self.load_one_form([self.full(t) for t in total], payload)
+        return total
+
+    def stays_listed(self, total: list[Any], payload: Payload) -> bool:
+        """Whether adding the payload keeps the sum a seed list (by its first part's head)."""
+        first = next(iter(unframe(payload, self.chunks)), b"") if self.chunks else b""
+        shape = self.part_shape(first) if 0 < len(first) <= self.part_limit else None
+        seeds = shape[1] if shape is not None else 0
+        most = self.lists.most if self.lists is not None else 0
+        return 0 < seeds and len(total[0].seeds) + seeds <= most
+
+    def load_one_form(self, total: list[Any] | None, payload: Payload) -> list[Any]:
         try:
             return self.one_form(super().load_into(total, payload))
         except BaseException:

@@ -24,8 +24,8 @@ from hefl.crypto.scheme import KeyRing
 from hefl.crypto.seal.keys import SealKeys
 from hefl.crypto.seal.seeded import Expander, SeededCiphertext, Seeder
 from hefl.crypto.seeding import HEAD_BYTES, SEED_BYTES, fresh_members, parse, seeded_head
+from hefl.crypto.seedlist import COUNT, ListedScheme, SeedLists, SeedSum
 from hefl.crypto.seedlist import MAGIC as LIST_MAGIC
-from hefl.crypto.seedlist import ListedScheme, SeedLists, SeedSum
 from hefl.errors import ProtocolError
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -99,7 +99,8 @@ class SealScheme(ListedScheme):
         if self.lists is None:
             return None
         if isinstance(ct, SeededCiphertext):
-            return self.lists.of_seeded(0, parse(ct.dump()))
+            one: SeedSum = self.lists.of_seeded(0, parse(ct.dump()))
+            return one
         return ct if isinstance(ct, SeedSum) else None
 
     def dump_part(self, ct: Any) -> bytes:
@@ -130,7 +131,7 @@ class SealScheme(ListedScheme):
         self.evaluator.sub_inplace(acc, self.full(ct))
         return acc
 
-    def part_form(self, part: bytes) -> str | None:
+    def part_shape(self, part: bytes) -> tuple[str, int] | None:
         """From the part's first bytes (a zstd frame is unpacked only that far)."""
         head = part[:HEAD_BYTES]
         if part[:4] == ZSTD_MAGIC:
@@ -138,10 +139,10 @@ class SealScheme(ListedScheme):
                 head = zstandard.ZstdDecompressor().stream_reader(part).read(HEAD_BYTES)
             except zstandard.ZstdError:
                 return None
-        if head[:4] == LIST_MAGIC:
-            return "seed_list"
         try:
-            return "seeded" if seeded_head(head) else "full"
+            if head[:4] == LIST_MAGIC:
+                return "seed_list", COUNT.unpack_from(head, len(LIST_MAGIC))[0]
+            return ("seeded", 1) if seeded_head(head) else ("full", 0)
         except (ProtocolError, struct.error):
             return None
 

@@ -25,6 +25,7 @@ from hefl.crypto.seeding import (
     key_residues,
     parse,
     sub_mod,
+    version_of,
 )
 from hefl.crypto.seedlist import SeedSum
 
@@ -88,7 +89,7 @@ class Expander:
     def __init__(self, context: Any, members: bytes) -> None:
         self.context = context
         self.members = members
-        self.version = parse(bytes(seal.Ciphertext().to_string())).version  # SEAL-Python's own
+        self.version = version_of(bytes(seal.Ciphertext().to_string()))  # SEAL-Python's own
         self.evaluator = seal.Evaluator(context)
 
     def expand(self, total: SeedSum) -> Any:

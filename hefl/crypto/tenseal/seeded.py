@@ -24,8 +24,8 @@ from hefl.crypto.encoding import BfvEncoding, CkksEncoding
 from hefl.crypto.params import HeParams
 from hefl.crypto.scheme import KeyRing
 from hefl.crypto.seeding import HEAD_BYTES, Layout, dump, fresh_members, parse, seeded_head
+from hefl.crypto.seedlist import COUNT, ListedScheme, SeedLists, SeedSum
 from hefl.crypto.seedlist import MAGIC as LIST_MAGIC
-from hefl.crypto.seedlist import ListedScheme, SeedLists, SeedSum
 from hefl.crypto.tenseal.base import TensealScheme
 from hefl.crypto.tenseal.keys import context_bytes
 from hefl.crypto.tenseal.packing import ZSTD_MAGIC, inflate, inflate_head, unzstd, zstd_head
@@ -211,15 +211,16 @@ class SeededScheme(ListedScheme, TensealScheme):
             )
         return layout
 
-    def part_form(self, part: bytes) -> str | None:
+    def part_shape(self, part: bytes) -> tuple[str, int] | None:
         """From the part's first bytes (zstd is unpacked only that far)."""
         try:
             if part[:4] == ZSTD_MAGIC:
-                part = zstd_head(part, len(LIST_MAGIC))
+                part = zstd_head(part, len(LIST_MAGIC) + COUNT.size)
             if part[:4] == LIST_MAGIC:
-                return "seed_list"
+                return "seed_list", COUNT.unpack_from(part, len(LIST_MAGIC))[0]
             (saved,) = read_vector(part, self.ckks).ciphertexts
-            return "seeded" if seeded_head(inflate_head(saved, HEAD_BYTES)) else "full"
+            seeded = seeded_head(inflate_head(saved, HEAD_BYTES))
+            return ("seeded", 1) if seeded else ("full", 0)
         except (ValueError, struct.error):  # ProtocolError included
             return None
 
