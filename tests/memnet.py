@@ -180,6 +180,13 @@ class MemoryNetwork:
         self._held[(sender, kind, round_)] = event
         return event
 
+    def hold_to(self, peer: str, kind: Kind, round_: int) -> threading.Event:
+        """Hold every `kind` message of `round_` to `peer` (its sender's thread waits, as on a
+        peer that is paused and does not answer) until the returned event is set."""
+        event = threading.Event()
+        self._held[(f"to {peer}", kind, round_)] = event
+        return event
+
     def refuse_once(self, sender: str, kind: Kind, round_: int) -> None:
         """The first attempt of `sender`'s `kind` message of `round_` finds its connection
         refused (the transport tries again)."""
@@ -205,9 +212,9 @@ class MemoryNetwork:
             self._refused.discard(key)
         if refused:
             raise requests.ConnectionError("Connection refused")
-        held = self._held.get(key)
-        if held is not None:
-            held.wait(30)
+        for held in (self._held.get(key), self._held.get((f"to {peer}", kind, env.round))):
+            if held is not None:
+                held.wait(30)
         if kind in self.keep:
             with self._lock:
                 self.bodies.append((sender, kind, env.round, bytes(body)))

@@ -63,12 +63,13 @@ class Faulty:
 
 @pytest.fixture(scope="module")
 def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Faulty]:
-    """`main.py local`, 4 clients, min_clients 2, a 5 s deadline, 6 rounds: once round 2 is
+    """`main.py local`, 4 clients, min_clients 2, a 3 s deadline, 6 rounds: once round 2 is
     printed, one client is SIGKILLed (a dropout) and another SIGSTOPped (a straggler) until a
-    round line names it missing (a round went on without it), then resumed. (3 s was too short
-    for the two clients left while the deploy tier ran beside them: one missed a deadline.)"""
+    round line names it missing (a round went on without it), then resumed. The straggler may
+    be stopped before or after it sent its update of the round: after, its switch's send of the
+    result waits on it (tests/test_protocol.py has that case on its own)."""
     work = tmp_path_factory.mktemp("faulty")
-    proc = local_until_round(work, deadline_config(rounds=6, deadline=5, min_clients=2), 2)
+    proc = local_until_round(work, deadline_config(rounds=6, deadline=3, min_clients=2), 2)
     assert proc.stdout is not None
     paused = node_pids(proc.pid, PAUSED)
     lines = []

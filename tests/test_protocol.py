@@ -238,3 +238,19 @@ def test_a_run_sends_seeded_updates_seed_lists_up_and_down_and_never_one_seed_tw
         ("switch", "sent", "global", "seed_list"),
         ("client", "received", "global", "seed_list"),
     }
+
+
+def test_a_child_that_does_not_take_the_result_holds_up_no_later_flush(network: Any) -> None:
+    """A client paused after it sent its update (it takes no more messages): its switch's worker
+    waits for it at most a deadline, so the switch still flushes the next round with what it has
+    and the run goes on without the paused client."""
+    net = network(rounds=3, network={"round_deadline_s": 0.3}, min_clients=3)
+    paused = net.hold_to(C[1], Kind.GLOBAL, 0)  # round 1's result never reaches it
+    try:
+        status = net.run()
+    finally:
+        paused.set()
+    assert status["state"] == "finished", status["error"]
+    rows = status["rounds"]
+    assert [row["contributors"] for row in rows] == [4, 3, 3]
+    assert [row["missing"] for row in rows[1:]] == [[C[1]], [C[1]]]

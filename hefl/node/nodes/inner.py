@@ -3,12 +3,13 @@ add them."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from hefl.config import ExperimentConfig
@@ -38,8 +39,9 @@ class InnerNode(Node, ABC):
         self._adding = threading.Lock()
         # children are sent to at once (up to 16 at a time): a slow child does not delay its
         # siblings; the transport's one HTTP session (connection pools per peer) is shared
+        # room for a send to a child that does not answer (paused) beside the next round's
         self._fan_out = ThreadPoolExecutor(
-            min(16, max(1, len(self.children))), thread_name_prefix=f"{self.role}-send"
+            min(64, 4 * max(1, len(self.children))), thread_name_prefix=f"{self.role}-send"
         )
 
     def on_update(self, env: Envelope, payload: Body) -> None:
@@ -162,7 +164,10 @@ class InnerNode(Node, ABC):
     def send_down(self, kind: Kind, env: Envelope, payload: Body) -> None:
         """Send a begin or global message to every child at once, timed as the round's `send`
         phase (until the last child answered; wall time only: the sending threads' CPU is not the
-        worker's). Every child that failed is logged; the first one's error is raised."""
+        worker's). Every child that failed is logged; the first one's error is raised. With a
+        round deadline the worker waits for the children one deadline at most: a child that does
+        not answer (a paused straggler) must not hold up the next round's flush, which waits for
+        this worker; its send goes on beside and a failure is logged, a dropout."""
         if self.closed:
             return
         started = time.monotonic()
@@ -170,20 +175,15 @@ class InnerNode(Node, ABC):
             child: self._fan_out.submit(self.transport.send, child, kind, env, payload)
             for child in self.children
         }
+        if self.cfg.policy.tolerate_dropouts:
+            wait(sends.values(), timeout=self.cfg.policy.deadline_s)
+            self.runlog.add_phase(env.round, "send", time.monotonic() - started)
+            for child, sent in sends.items():
+                sent.add_done_callback(functools.partial(self._skipped, kind, env.round, child))
+            return
         errors = {child: f.exception() for child, f in sends.items()}
         self.runlog.add_phase(env.round, "send", time.monotonic() - started)
         failed = [(child, exc) for child, exc in errors.items() if exc is not None]
-        if failed and self.cfg.policy.tolerate_dropouts:  # a child gone is a dropout: skipped
-            for child, exc in failed:
-                log.warning(
-                    "%s: %s of round %d not delivered to %s (skipped): %s",
-                    self.id,
-                    kind.value,
-                    env.round + 1,
-                    child,
-                    exc,
-                )
-            return
         for child, exc in failed[1:]:
             log.error(
                 "%s: %s of round %d to %s failed too: %s",
@@ -196,6 +196,19 @@ class InnerNode(Node, ABC):
         if failed:
             with self.step(f"sending the {kind.value} message of round {env.round + 1} down"):
                 raise failed[0][1]
+
+    def _skipped(self, kind: Kind, round_: int, child: str, sent: Future[Any]) -> None:
+        """A downward message a child did not take, with a round deadline: a dropout, logged."""
+        exc = None if sent.cancelled() else sent.exception()
+        if exc is not None:
+            log.warning(
+                "%s: %s of round %d not delivered to %s (skipped): %s",
+                self.id,
+                kind.value,
+                round_ + 1,
+                child,
+                exc,
+            )
 
     def close(self) -> None:
         super().close()
