@@ -30,6 +30,10 @@ from tests.helpers import (
 pytestmark = pytest.mark.process
 
 KILLED, PAUSED = "127.0.0.1:102", "127.0.0.1:101"  # under leaf 1 and leaf 0
+# rounds enough for the paused client to miss some and contribute again: it may be stopped a
+# round or two after round 2 (rounds take 0.2 s until then), and catching up on the results sent
+# while it was stopped can take a round more
+ROUNDS = 8
 
 
 def node_pids(parent: int, node: str) -> list[int]:
@@ -63,13 +67,13 @@ class Faulty:
 
 @pytest.fixture(scope="module")
 def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Faulty]:
-    """`main.py local`, 4 clients, min_clients 2, a 3 s deadline, 6 rounds: once round 2 is
+    """`main.py local`, 4 clients, min_clients 2, a 3 s deadline, ROUNDS rounds: once round 2 is
     printed, one client is SIGKILLed (a dropout) and another SIGSTOPped (a straggler) until a
     round line names it missing (a round went on without it), then resumed. The straggler may
     be stopped before or after it sent its update of the round: after, its switch's send of the
     result waits on it (tests/test_protocol.py has that case on its own)."""
     work = tmp_path_factory.mktemp("faulty")
-    proc = local_until_round(work, deadline_config(rounds=6, deadline=3, min_clients=2), 2)
+    proc = local_until_round(work, deadline_config(rounds=ROUNDS, deadline=3, min_clients=2), 2)
     assert proc.stdout is not None
     paused = node_pids(proc.pid, PAUSED)
     lines = []
@@ -105,7 +109,7 @@ def test_a_client_killed_mid_run_is_a_dropout_above_min_clients(faulty: Faulty) 
     assert faulty.proc.returncode == 0, faulty.err[-3000:]
     assert f"missing {KILLED}" in faulty.out  # the round lines name it
     rows = faulty.rows()
-    assert len(rows) == 6
+    assert len(rows) == ROUNDS
     assert rows[-1]["contributors"] == 3 and rows[-1]["missing"] == [KILLED]
     assert rows[0]["contributors"] == 4 and rows[0]["missing"] == []
     record = json.loads((faulty.exp / "run.json").read_text())
@@ -115,7 +119,7 @@ def test_a_client_killed_mid_run_is_a_dropout_above_min_clients(faulty: Faulty) 
     assert last["missing"] == [KILLED] and len(last["contributors"]) == 3
     logs = node_logs(faulty.exp)
     assert len(logs) == 7
-    assert all(len(log["iteration"]) == 6 for node, log in logs.items() if node != KILLED)
+    assert all(len(log["iteration"]) == ROUNDS for node, log in logs.items() if node != KILLED)
 
 
 def test_a_straggler_past_the_deadline_rejoins(faulty: Faulty) -> None:
@@ -131,4 +135,4 @@ def test_a_straggler_past_the_deadline_rejoins(faulty: Faulty) -> None:
     outputs = [faulty.exp / "stdout" / f"{log_name(n)[:-5]}.out" for n in (PAUSED, "127.0.0.1:10")]
     assert any("round closed" in p.read_text() for p in outputs), outputs
     log = json.loads((faulty.exp / log_name(PAUSED)).read_text())
-    assert len(log["iteration"]) == 6  # it applied each round's result, the missed ones too
+    assert len(log["iteration"]) == ROUNDS  # it applied each round's result, the missed ones too

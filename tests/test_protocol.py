@@ -7,6 +7,7 @@ ciphertexts of each library checks how seeded updates and seed lists travel."""
 from __future__ import annotations
 
 import importlib.util
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -242,15 +243,21 @@ def test_a_run_sends_seeded_updates_seed_lists_up_and_down_and_never_one_seed_tw
 
 def test_a_child_that_does_not_take_the_result_holds_up_no_later_flush(network: Any) -> None:
     """A client paused after it sent its update (it takes no more messages): its switch's worker
-    waits for it at most a deadline, so the switch still flushes the next round with what it has
-    and the run goes on without the paused client."""
-    net = network(rounds=3, network={"round_deadline_s": 0.3}, min_clients=3)
-    paused = net.hold_to(C[1], Kind.GLOBAL, 0)  # round 1's result never reaches it
+    waits for it at most a deadline, so the switch still flushes the next rounds with what it has
+    and the run goes on without it; once it resumes, the results sent meanwhile reach it in
+    order (round 1's, then 2's, then 3's: a later one first it would refuse), it takes each,
+    and it contributes again."""
+    net = network(rounds=5, network={"round_deadline_s": 0.3}, min_clients=3)
+    paused = net.hold_to(C[1], Kind.GLOBAL, 0)  # round 1's result does not reach it
     try:
-        status = net.run()
+        net.aggregator.begin_experiment()
+        deadline = time.monotonic() + 30
+        while len(net.aggregator.status()["rounds"]) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
     finally:
-        paused.set()
+        paused.set()  # it resumes two rounds later
+    status = net.wait()
     assert status["state"] == "finished", status["error"]
     rows = status["rounds"]
-    assert [row["contributors"] for row in rows] == [4, 3, 3]
-    assert [row["missing"] for row in rows[1:]] == [[C[1]], [C[1]]]
+    assert rows[0]["contributors"] == 4 and rows[1]["missing"] == rows[2]["missing"] == [C[1]]
+    assert rows[-1]["contributors"] == 4 and rows[-1]["missing"] == []  # it rejoined

@@ -189,10 +189,12 @@ class ClientNode(Node):
         if self.cfg.policy.partial_rounds and self.downward.taken((Kind.BEGIN, 0)):
             # a straggler: the round it is still training closed at its deadline without it
             window.add(self.round)
-            if self.downward.taken((Kind.GLOBAL, self.round)):
-                # or the next round did, while it was still applying this round's result late:
-                # refused, that result would never come again and the client would wait forever
-                window.add(self.round + 1)
+            if self.downward.taken((Kind.GLOBAL, env.round - 1)):
+                # or later rounds did, while it was stopped or applying results late: its parent
+                # sends them in order, and each is open once the one before it was taken (refused,
+                # it would never come again and the client would wait forever); a round with a
+                # gap before it stays closed
+                window.add(env.round)
         if env.round not in window and not self.downward.taken((Kind.GLOBAL, env.round)):
             last = f"the last update it sent is round {sent + 1}" if sent >= 0 else "no update sent"
             raise OutOfWindow(f"global result of round {env.round + 1} is not open here ({last})")

@@ -39,10 +39,15 @@ class InnerNode(Node, ABC):
         self._adding = threading.Lock()
         # children are sent to at once (up to 16 at a time): a slow child does not delay its
         # siblings; the transport's one HTTP session (connection pools per peer) is shared
-        # room for a send to a child that does not answer (paused) beside the next round's
         self._fan_out = ThreadPoolExecutor(
-            min(64, 4 * max(1, len(self.children))), thread_name_prefix=f"{self.role}-send"
+            min(16, max(1, len(self.children))), thread_name_prefix=f"{self.role}-send"
         )
+        # downward messages: one queue per child, so that a child takes them in order (a paused
+        # one that resumes gets round r's result before round r + 1's) while the others go on
+        self._down = {
+            child: ThreadPoolExecutor(1, thread_name_prefix=f"{self.role}-down")
+            for child in self.children
+        }
 
     def on_update(self, env: Envelope, payload: Body) -> None:
         """Accept one child's update (a duplicate raises DuplicateMessage) and add it to its round's
@@ -167,12 +172,13 @@ class InnerNode(Node, ABC):
         worker's). Every child that failed is logged; the first one's error is raised. With a
         round deadline the worker waits for the children one deadline at most: a child that does
         not answer (a paused straggler) must not hold up the next round's flush, which waits for
-        this worker; its send goes on beside and a failure is logged, a dropout."""
+        this worker; its send goes on in its queue (later ones after it, in order) and a failure
+        is logged, a dropout."""
         if self.closed:
             return
         started = time.monotonic()
         sends = {
-            child: self._fan_out.submit(self.transport.send, child, kind, env, payload)
+            child: self._down[child].submit(self.transport.send, child, kind, env, payload)
             for child in self.children
         }
         if self.cfg.policy.tolerate_dropouts:
@@ -212,4 +218,5 @@ class InnerNode(Node, ABC):
 
     def close(self) -> None:
         super().close()
-        self._fan_out.shutdown(wait=False, cancel_futures=True)
+        for pool in (self._fan_out, *self._down.values()):
+            pool.shutdown(wait=False, cancel_futures=True)
