@@ -253,3 +253,43 @@ def test_the_inner_loop_tier_starts_no_process(tmp_path: Path) -> None:
         subprocess.Popen([sys.executable, "-c", "pass"])
     with pytest.raises(AssertionError, match="forks a node process: mark it @pytest.mark.process"):
         NodeProcess.start(["node"], tmp_path / "node.err", {})
+
+
+def test_every_key_of_the_files_a_run_writes_is_in_a_readme_table() -> None:
+    """A node log, rounds.json, summary.json and run.json: every field of their records is named
+    in a row of one of the README's tables (where a reader looks up what a figure means)."""
+    import dataclasses
+
+    import hefl.records as records
+
+    rows = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("|")]
+    named = {
+        word
+        for row in rows
+        for quoted in re.findall(r"`([^`]+)`", row)
+        for word in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", quoted)
+    }
+    kinds = [
+        records.NodeLog,
+        records.RoundRecord,
+        records.LinkBytes,
+        records.Message,
+        records.ClientFigures,
+        records.HostedClient,
+        records.RoundRow,
+        records.RunSummary,
+        records.RoundSummary,
+        records.Totals,
+        records.NotCompleted,
+        records.CriticalPath,
+        records.HeError,
+        records.RoleBytes,
+        records.NodeBytes,
+        records.RunRecord,
+        records.RunNode,
+    ]
+    missing = {
+        kind.__name__: [f.name for f in dataclasses.fields(kind) if f.name not in named]
+        for kind in kinds
+    }
+    assert {k: v for k, v in missing.items() if v} == {}
