@@ -159,6 +159,26 @@ def _parser() -> argparse.ArgumentParser:
         "runs", parents=[common], help="list the runs under --log-dir: status, scheme, accuracy"
     )
     runs.set_defaults(func=_runs)
+    topo = sub.add_parser(
+        "topology",
+        parents=[common, config],
+        help="write a config: --clients in a tree of --fanout and --depth (the rest as --config)",
+    )
+    topo.add_argument("--clients", type=int_in(1, 16384), required=True, help="logical clients")
+    topo.add_argument(
+        "--fanout", type=int_in(1), default=2, help="children per switch (default: %(default)s)"
+    )
+    topo.add_argument(
+        "--depth", type=int_in(0), help="switch levels above the clients (default: the fewest)"
+    )
+    topo.add_argument("--forwarding", action="store_true", help="switches forward, not add")
+    topo.add_argument(
+        "--per-node", type=int_in(1), default=1, help="logical clients per client node"
+    )
+    topo.add_argument("--local", action="store_true", help="127.0.0.1 ports, not 10.10.x.y")
+    topo.add_argument("--out", type=Path, required=True, help="the config file to write")
+    topo.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    topo.set_defaults(func=_topology)
     token = sub.add_parser(
         "token",
         parents=[common],
@@ -320,6 +340,29 @@ def _runs(args: argparse.Namespace) -> int:
 
     for line in list_runs(args.log_dir):
         print(line)
+    return 0
+
+
+def _topology(args: argparse.Namespace) -> int:
+    from hefl.config import parse_config, read_raw
+    from hefl.control.topologies import Shape, least_depth, topology
+    from hefl.files import write_json_atomic
+
+    nodes = -(-args.clients // args.per_node)
+    depth = least_depth(nodes, args.fanout) if args.depth is None else args.depth
+    shape = Shape(args.clients, args.fanout, depth, args.forwarding, args.per_node, args.local)
+    if args.out.exists() and not args.force:
+        raise HeflError(f"{args.out} exists: give another --out, or --force to overwrite it")
+    raw = topology(shape, read_raw(args.config))
+    cfg = parse_config(raw)  # what `agg` and `local` will read: checked before it is written
+    write_json_atomic(args.out, raw)
+    switches = len(raw["others"]) - nodes
+    print(
+        f"wrote {args.out}: {len(cfg.tree.clients())} clients on {nodes} nodes, {switches} "
+        f"{'forwarding' if args.forwarding else 'adding'} switch{'es' * (switches != 1)} in "
+        f"{depth} level{'s' * (depth != 1)} "
+        f"(fan-out {args.fanout}), aggregator {cfg.tree.root}"
+    )
     return 0
 
 
