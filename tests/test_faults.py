@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,10 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from hefl.address import log_name
+from hefl.node.wire import TOKEN_HEADER
 from tests.helpers import (
     ROOT,
+    TOKEN,
     Cluster,
     local_until_round,
     process_tree,
@@ -137,6 +141,37 @@ def test_a_restarted_node_is_named_with_what_happened_to_it(cluster: Cluster) ->
     assert cluster.health("c1")["state"] == "idle"  # a new worker, with no experiment
     (exp,) = (cluster.tmp / "agg").iterdir()
     results_agree(exp)
+
+
+def test_a_retired_node_is_noticed_within_seconds(cluster: Cluster) -> None:
+    """An /end for the experiment reaches a client mid-run (a token holder, or another
+    controller): it stops, and its switch would wait for it until network.round_timeout_s (900
+    s). The controller's next probe sees `stopped` and ends the run, naming it, within 10 s."""
+    cluster.raw["aggregator"]["iteration"] = 500
+    agg = cluster.run()
+    victim = cluster.ids["c1"]
+    try:
+        assert agg.stdout is not None
+        experiment = ""
+        for line in agg.stdout:
+            found = re.search(r"experiment (\S+)", line)
+            experiment = found.group(1) if found else experiment
+            if line.startswith("round   2/"):
+                break
+        headers = {TOKEN_HEADER: TOKEN, "Content-Type": "application/octet-stream"}
+        end = requests.post(f"{cluster.url('c1')}/end/{experiment}", headers=headers, timeout=10)
+        assert end.status_code < 300, end.text
+        retired = time.monotonic()
+        out, err = agg.communicate(timeout=120)
+        noticed = time.monotonic() - retired
+    finally:
+        agg.kill()
+        agg.wait()
+    assert agg.returncode == 1, err[-2000:]
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"error: {victim} was retired during round "), line
+    assert noticed < 10, noticed
+    assert cluster.health("c1")["state"] == "stopped"
 
 
 @pytest.fixture

@@ -51,6 +51,12 @@ log = logging.getLogger(__name__)
 
 
 HEALTH_EVERY_S = 3.0  # how often the controller checks that every node is alive
+
+
+class NodeRetired(Exception):
+    """A node that answers that it stopped: it left the experiment (an /end reached it)."""
+
+
 HEALTH_ANSWER_S = 5.0  # how long a node may take to answer /health before it counts as silent
 
 
@@ -418,8 +424,15 @@ class Controller:
                 ]
             )
         for node, health in healths.items():
+            if isinstance(health, dict) and health.get("state") == "stopped":
+                health = NodeRetired(
+                    f"{node} was retired during round {round_ + 1}: its /health says stopped "
+                    "(an /end for this experiment reached it)"
+                )
             if self.dropout(node, round_, health):
                 continue
+            if isinstance(health, NodeRetired):
+                raise ExperimentFailed(str(health))
             if isinstance(health, PeerUnreachable) and health.silent:
                 since = self.silent_since.setdefault(node, now)
                 if now - since > limit:
