@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -549,3 +550,46 @@ def test_compare_labels_a_run_with_seeding_off_full() -> None:
     assert label_of(summary({"scheme": "ckks", "seeded": True})) == "ckks, adding"
     assert label_of(summary({"scheme": "ckks", "seeded": False})) == "ckks full, adding"
     assert label_of(summary({"scheme": "ckks"})) == "ckks, adding"  # a run from before seeding
+
+
+def test_runs_says_a_running_run_whose_controller_is_gone(tmp_path: Path) -> None:
+    """run.json says `running` until its controller writes how the run ended: after a `kill -9`
+    of the controller, `main.py runs` tells it from a live one by its pid and start time."""
+    import os
+    import socket
+    from datetime import datetime
+
+    from hefl.records import RunRecord
+    from hefl.results.report import list_runs, process_start
+
+    def free_pid() -> int:
+        pid = int(Path("/proc/sys/kernel/pid_max").read_text()) - 1
+        while Path(f"/proc/{pid}").exists():
+            pid -= 1
+        return pid
+
+    started = datetime.fromtimestamp(process_start(os.getpid()) or 0, UTC)
+    here = {"hostname": socket.gethostname()}
+    runs = {
+        "a-live": RunRecord("a-live", controller_pid=os.getpid(), controller=here),
+        "b-killed": RunRecord("b-killed", controller_pid=free_pid(), controller=here),
+        "c-elsewhere": RunRecord("c-elsewhere", controller_pid=free_pid(), controller={}),
+        "d-finished": RunRecord(
+            "d-finished", status="finished", controller_pid=free_pid(), controller=here
+        ),
+    }
+    for name, run in runs.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        record = run.to_json() | {"started": started.isoformat(timespec="seconds")}
+        (folder / "run.json").write_text(json.dumps(record))
+        os.utime(folder / "run.json", (len(folder.name), ord(name[0])))  # listed in name order
+    lines = list_runs(tmp_path)[1:]
+    status = {line.split()[0]: line.split()[1] for line in lines}
+    assert status == {
+        "a-live": "running",
+        "b-killed": "gone",
+        "c-elsewhere": "running",  # another machine's: cannot be told from here
+        "d-finished": "finished",
+    }
+    assert f"pid {runs['b-killed'].controller_pid}, is gone" in lines[1]

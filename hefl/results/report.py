@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -199,11 +202,47 @@ def _run_line(path: Path) -> str:
         str(encryption.get("scheme", "?")), str(encryption.get("backend") or "tenseal")
     )
     planned = run.config.get("aggregator", {}).get("iteration", "?")
+    gone = controller_gone(run)
+    status = "gone" if gone else run.status
     return (
-        f"{path.parent.name:<44}{run.status:<10}{scheme:<11}{_switches(run.config):<12}"
+        f"{path.parent.name:<44}{status:<10}{scheme:<11}{_switches(run.config):<12}"
         f"{str(run.rounds_completed) + '/' + str(planned):>8}"
         f"{_figure(_final_accuracy(path.parent)):>10}  {run.started or ''}"
+        + (f"  ({gone})" if gone else "")
     )
+
+
+def controller_gone(run: RunRecord) -> str:
+    """Why a run that says `running` has no controller any more ('' when it may have one): run on
+    this machine, its controller's pid runs no process, or one started after the run did (the
+    pid taken again). A run of another machine cannot be told from here."""
+    if run.status != "running" or run.controller_pid is None or not run.started:
+        return ""
+    if run.controller.get("hostname") != socket.gethostname():
+        return ""
+    began = process_start(run.controller_pid)
+    try:
+        started = datetime.fromisoformat(run.started).timestamp()
+    except ValueError:
+        return ""
+    if began is None or began > started + 5:  # the controller starts before its run does
+        return f"its controller, pid {run.controller_pid}, is gone: killed before it could say"
+    return ""
+
+
+def process_start(pid: int) -> float | None:
+    """When process `pid` started (Unix seconds, from /proc), or None: no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    ticks = float(stat[stat.rfind(")") + 2 :].split()[19])  # field 22, starttime
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _switches(config: Mapping[str, Any]) -> str:
