@@ -593,3 +593,19 @@ def test_runs_says_a_running_run_whose_controller_is_gone(tmp_path: Path) -> Non
         "d-finished": "finished",
     }
     assert f"pid {runs['b-killed'].controller_pid}, is gone" in lines[1]
+
+
+def test_a_probe_that_is_reset_once_is_asked_again_before_a_node_is_called_dead() -> None:
+    """The controller's /health probes: a refused connection is a node gone at once; a reset or
+    a disconnect (a saturated link) only when the next probe fails too; an answer clears it."""
+    from hefl.control.experiment import Strikes
+    from hefl.errors import PeerUnreachable
+
+    strikes = Strikes()
+    reset = PeerUnreachable("cannot reach s0 after 1 attempt: RemoteDisconnected", peer="s0")
+    refused = PeerUnreachable("cannot reach c1 after 1 attempt: connection refused", peer="c1")
+    assert strikes.gone("c1", refused)
+    assert not strikes.gone("s0", reset)
+    strikes.clear("s0")  # it answered the next probe
+    assert not strikes.gone("s0", reset)
+    assert strikes.gone("s0", reset)  # two in a row

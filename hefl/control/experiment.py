@@ -57,6 +57,24 @@ class NodeRetired(Exception):
     """A node that answers that it stopped: it left the experiment (an /end reached it)."""
 
 
+class Strikes:
+    """Failed /health probes by node. A refused connection is a node gone at once; any other
+    failure (a reset, a disconnect: what a probe on a saturated link can get) counts only when
+    the next probe fails too."""
+
+    def __init__(self) -> None:
+        self.count: dict[str, int] = {}
+
+    def gone(self, node: str, failure: Exception) -> bool:
+        if "connection refused" in str(failure).lower():
+            return True
+        self.count[node] = self.count.get(node, 0) + 1
+        return self.count[node] >= 2
+
+    def clear(self, node: str) -> None:
+        self.count.pop(node, None)
+
+
 HEALTH_ANSWER_S = 5.0  # how long a node may take to answer /health before it counts as silent
 
 
@@ -112,6 +130,7 @@ class Controller:
             retry_silent=False,
         )
         self.silent_since: dict[str, float] = {}  # nodes that answer nothing, since when
+        self.strikes = Strikes()  # nodes whose last probe failed otherwise
         self.dropouts: set[str] = set()  # clients gone while a round deadline lets rounds go on
         self.keyless_context = keyless_context(cfg)
         self.key_ids: dict[str, str] = {}
@@ -442,10 +461,13 @@ class Controller:
                     )
                 continue
             if isinstance(health, Exception):
+                if not self.strikes.gone(node, health):
+                    continue  # one reset or disconnect: asked again at the next probe
                 raise ExperimentFailed(
                     f"{node} stopped answering during round {round_ + 1}: {health}"
                 ) from None
             self.silent_since.pop(node, None)
+            self.strikes.clear(node)
             if health.get("state") == "failed":
                 raise ExperimentFailed(health.get("error") or f"{node} failed")
             if health.get("state") == "idle":  # it answers, with no experiment: a new process
