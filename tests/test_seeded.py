@@ -37,7 +37,7 @@ if importlib.util.find_spec("seal") is not None:
     import zstandard
 
     from hefl.crypto.seal import seeded
-    from hefl.crypto.seal.schemes import ZSTD_MAGIC as ZSTD
+    from hefl.crypto.zstd import ZSTD_MAGIC as ZSTD
 
 
 N = 4096

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import seal
-import zstandard
 
 from hefl.crypto.encoding import BfvEncoding, CkksEncoding, check_seal_ciphertext
 from hefl.crypto.params import HeParams, coeffs, seeded_uplink
@@ -26,11 +25,10 @@ from hefl.crypto.seal.seeded import Expander, SeededCiphertext, Seeder
 from hefl.crypto.seeding import HEAD_BYTES, SEED_BYTES, fresh_members, parse, seeded_head
 from hefl.crypto.seedlist import COUNT, ListedScheme, SeedLists, SeedSum
 from hefl.crypto.seedlist import MAGIC as LIST_MAGIC
+from hefl.crypto.zstd import ZSTD_MAGIC, unzstd, zstd_head, zstd_if_smaller
 from hefl.errors import ProtocolError
 
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 SEAL_MAGIC = b"\x5e\xa1"  # SEALHeader.magic, little-endian
-ZSTD_LEVEL = 3
 
 
 class SealScheme(ListedScheme):
@@ -111,10 +109,7 @@ class SealScheme(ListedScheme):
             raw = self.lists.write(ct)
         else:
             raw = bytes(ct.to_string(seal.compr_mode_type.none))
-        # a (de)compressor per call: zstandard's are not thread-safe, and a client may load two
-        # rounds' global results at once
-        packed = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(raw)
-        return packed if len(packed) < len(raw) else raw
+        return zstd_if_smaller(raw)
 
     def add_ct(self, acc: Any, ct: Any) -> Any:
         mine, more = self.listed(acc), self.listed(ct)
@@ -133,13 +128,8 @@ class SealScheme(ListedScheme):
 
     def part_shape(self, part: bytes) -> tuple[str, int] | None:
         """From the part's first bytes (a zstd frame is unpacked only that far)."""
-        head = part[:HEAD_BYTES]
-        if part[:4] == ZSTD_MAGIC:
-            try:
-                head = zstandard.ZstdDecompressor().stream_reader(part).read(HEAD_BYTES)
-            except zstandard.ZstdError:
-                return None
         try:
+            head = zstd_head(part, HEAD_BYTES) if part[:4] == ZSTD_MAGIC else part[:HEAD_BYTES]
             if head[:4] == LIST_MAGIC:
                 return "seed_list", COUNT.unpack_from(head, len(LIST_MAGIC))[0]
             return ("seeded", 1) if seeded_head(head) else ("full", 0)
@@ -152,16 +142,9 @@ class SealScheme(ListedScheme):
         if part[:4] != ZSTD_MAGIC:
             return part
         try:
-            size = zstandard.frame_content_size(part)
-            if not 0 < size <= self.raw_bytes:
-                raise ProtocolError(
-                    f"ciphertext {index} unpacks to {size} bytes, a ciphertext of this "
-                    f"experiment has at most {self.raw_bytes}"
-                )
-            unzip = zstandard.ZstdDecompressor()
-            return bytes(unzip.decompress(part, max_output_size=self.raw_bytes))
-        except zstandard.ZstdError as exc:
-            raise ProtocolError(f"ciphertext {index} is not a zstd frame: {exc}") from None
+            return unzstd(part, self.raw_bytes)
+        except ProtocolError as exc:
+            raise ProtocolError(f"ciphertext {index} {exc}") from None
 
     def load_part(self, index: int, part: bytes, slot_count: int) -> Any:
         raw = self.unzip(index, part)

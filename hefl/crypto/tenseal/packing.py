@@ -4,8 +4,7 @@ before it is unpacked).
 TenSEAL's SEAL saves an object as a 16-byte SEALHeader (its compression mode: zstd, 2) and one zstd
 frame of everything after the header; `inflate` makes it the uncompressed object SEAL would save
 with compression none (mode 0, the size fixed), which hefl/crypto/seeding.py reads, and `deflate`
-does the reverse. TenSEAL's SEAL loads both modes. A seed-list part goes as a plain zstd frame
-where that is smaller, as SEAL-Python's parts do.
+does the reverse. TenSEAL's SEAL loads both modes. (Plain zstd frames: hefl/crypto/zstd.py.)
 """
 
 from __future__ import annotations
@@ -13,39 +12,10 @@ from __future__ import annotations
 import zstandard
 
 from hefl.crypto.seeding import HEADER, MAGIC
+from hefl.crypto.zstd import LEVEL, unzstd, zstd_head
 from hefl.errors import ProtocolError
 
 NONE, ZSTD = 0, 2  # seal::compr_mode_type
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-LEVEL = 3  # zstd's default, SEAL's too
-
-
-def unzstd(data: bytes, limit: int) -> bytes:
-    """One zstd frame's content, which must declare its size, at most `limit` bytes (SEAL and
-    zstandard both declare it); zstd then never writes past it."""
-    try:
-        size = zstandard.frame_content_size(data)
-        if not 0 < size <= limit:
-            raise ProtocolError(f"unpacks to {size} bytes, a part here has at most {limit}")
-        # a decompressor per call: zstandard's are not thread-safe
-        return bytes(zstandard.ZstdDecompressor().decompress(data))
-    except zstandard.ZstdError as exc:
-        raise ProtocolError(f"is not a zstd frame: {exc}") from None
-
-
-def zstd_head(data: bytes, count: int) -> bytes:
-    """The first `count` bytes a zstd frame unpacks to, unpacking no further."""
-    try:
-        return bytes(zstandard.ZstdDecompressor().stream_reader(data).read(count))
-    except zstandard.ZstdError as exc:
-        raise ProtocolError(f"is not a zstd frame: {exc}") from None
-
-
-def zstd_if_smaller(raw: bytes) -> bytes:
-    """`raw` as a zstd frame where that is smaller (residues below 2^40 in 64-bit words), else as
-    it is (60-bit residues do not compress)."""
-    packed = zstandard.ZstdCompressor(level=LEVEL).compress(raw)
-    return packed if len(packed) < len(raw) else raw
 
 
 def _header(obj: bytes) -> tuple[int, int, int]:

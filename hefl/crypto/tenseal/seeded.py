@@ -28,10 +28,11 @@ from hefl.crypto.seedlist import COUNT, ListedScheme, SeedLists, SeedSum
 from hefl.crypto.seedlist import MAGIC as LIST_MAGIC
 from hefl.crypto.tenseal.base import TensealScheme
 from hefl.crypto.tenseal.keys import context_bytes
-from hefl.crypto.tenseal.packing import ZSTD_MAGIC, inflate, inflate_head, unzstd, zstd_head
-from hefl.crypto.tenseal.packing import zstd_if_smaller as packed
+from hefl.crypto.tenseal.packing import inflate, inflate_head
 from hefl.crypto.tenseal.proto import Vector, context_version, read_vector, write_vector
 from hefl.crypto.tenseal.seeder import Loader, SeededVector, Seeder, data_primes, symmetric
+from hefl.crypto.zstd import ZSTD_MAGIC, unzstd, zstd_head
+from hefl.crypto.zstd import zstd_if_smaller as packed
 from hefl.errors import ProtocolError
 
 
