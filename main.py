@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(_with_command(sys.argv[1:] if argv is None else argv))
+    given = _with_command(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(given)
+    args.given = given  # what `agg --detach` hands its detached controller
     if args.command == "node":  # an address this machine cannot listen on is a bad argument too
         problem = _cannot_listen(args.host, args.port)
         if problem:
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format=f"%(asctime)s {label}%(levelname)s %(name)s: %(message)s",
     )
-    if args.command in ("agg", "local", "sweep"):
+    if args.command in ("agg", "local", "sweep", "follow"):
         for signum in (signal.SIGTERM, signal.SIGHUP):  # stop as on Ctrl-C: nodes, keys, record
             signal.signal(signum, _interrupt)
     try:
@@ -131,22 +133,53 @@ def _parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, parents=[common, config], help=helptext)
         _crypto_flags(cmd, ["none", "ckks", "bfv", "paillier"])
         cmd.set_defaults(func=func)
+        if name == "agg":
+            cmd.add_argument(
+                "--detach",
+                action="store_true",
+                help="run the controller in a session of its own, its output in "
+                "<run>/controller.log, and follow it here: Ctrl-C or a dropped ssh stops the "
+                "following only (main.py follow picks it up again)",
+            )
+            cmd.add_argument("--experiment", help=argparse.SUPPRESS)  # a detached controller's
+    follow = sub.add_parser(
+        "follow",
+        parents=[common],
+        help="show a detached run's output as it comes; take over a run whose controller is gone",
+    )
+    follow.add_argument(
+        "run", nargs="?", type=Path, help="run folder (default: the latest under --log-dir)"
+    )
+    follow.set_defaults(func=_follow)
+    from hefl.results.options import add_flags
+
     report = sub.add_parser(
         "report",
         parents=[common],
-        help="rebuild summary.json, summary.csv and the plots of runs from their logs alone",
+        help="rebuild summary.json, summary.csv and the figures of runs from their logs alone",
     )
     report.add_argument("runs", nargs="+", type=Path, help="run folders (log/<experiment>)")
+    add_flags(report)
     report.set_defaults(func=_report)
     cmp = sub.add_parser(
         "compare",
         parents=[common],
-        help="one table (and plot) over several runs, as ratios to the first; repeats averaged",
+        help="one table and figures over several runs, as ratios to the first; repeats averaged",
     )
     cmp.add_argument("runs", nargs="+", type=Path, help="run folders (log/<experiment>)")
     cmp.add_argument(
-        "--out", type=Path, help="where compare.txt/.json/.png go (default: log/compare-<time>)"
+        "--out",
+        type=Path,
+        help="where compare.txt/.json and figures go (default: log/compare-<time>)",
     )
+    cmp.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        help="a group's name in the table and figures, once per group in order (default: scheme "
+        "and switches)",
+    )
+    add_flags(cmp)
     cmp.set_defaults(func=_compare)
     sweep = sub.add_parser(
         "sweep",
@@ -176,9 +209,24 @@ def _parser() -> argparse.ArgumentParser:
         "--per-node", type=int_in(1), default=1, help="logical clients per client node"
     )
     topo.add_argument("--local", action="store_true", help="127.0.0.1 ports, not 10.10.x.y")
+    topo.add_argument(
+        "--first-port",
+        type=int_in(1, 65535),
+        default=6001,
+        help="with --local: the first node's port; the others take the next ones "
+        "(default: %(default)s)",
+    )
     topo.add_argument("--out", type=Path, required=True, help="the config file to write")
     topo.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     topo.set_defaults(func=_topology)
+    nodes = sub.add_parser(
+        "nodes",
+        parents=[common, config],
+        help="start (up) or stop (down) the config's nodes on this machine, each in the "
+        "background as a cluster runs them; then `agg` drives them",
+    )
+    nodes.add_argument("action", choices=["up", "down"])
+    nodes.set_defaults(func=_nodes)
     token = sub.add_parser(
         "token",
         parents=[common],
@@ -249,30 +297,85 @@ def _node(args: argparse.Namespace) -> int:
     from blueprints.serve import serve
     from hefl.node.host import die_with_parent
 
-    die_with_parent()  # a local run's node: gone when `main.py local` is, even after a SIGKILL
+    # a local run's node: gone when `main.py local` is, even after a SIGKILL (and it keeps
+    # nothing to rejoin with: a local run ends when one of its nodes does)
+    local = die_with_parent()
     # what `ps` shows (gunicorn: master [...] and worker [...]), forked by local mode or not
     title = f"main.py node --host {args.host} --port {args.port} --log-dir {args.log_dir.resolve()}"
     title += f" --label {args.label}" if args.label else ""
-    serve(args.host, args.port, args.log_dir, read_token(args.token_file), args.threads, title)
+    token = read_token(args.token_file)
+    serve(args.host, args.port, args.log_dir, token, args.threads, title, rejoin=not local)
     return 0
 
 
 def _agg(args: argparse.Namespace) -> int:
     from hefl.config import load_raw_config
     from hefl.control.experiment import Controller, new_experiment_id
+    from hefl.node.push import is_experiment_id
 
     raw, cfg = load_raw_config(args.config, _overrides(args))
+    token = read_token(args.token_file)
+    if args.experiment is not None and not is_experiment_id(args.experiment):
+        raise HeflError(f"--experiment: {args.experiment!r} is not an experiment id")
+    experiment = args.experiment or new_experiment_id(cfg.name)
+    if args.detach:
+        from hefl.control.follow import detach
+
+        argv = [a for a in args.given if a != "--detach"] + ["--experiment", experiment]
+        run = args.log_dir / experiment
+
+        def start() -> None:
+            pid = detach(argv, args.log_dir, experiment)
+            print(
+                f"experiment {experiment}: its controller runs detached (pid {pid}), its output "
+                f"in {run}/controller.log; `python main.py follow {run}` shows it from any "
+                "terminal",
+                flush=True,
+            )
+
+        return _following(run, token, start)
     ctl = Controller(
         raw,
         cfg,
         cfg.default_endpoints(),
-        new_experiment_id(cfg.name),
+        experiment,
         args.log_dir,
-        read_token(args.token_file),
+        token,
         progress=sys.stdout.isatty(),
     )
     ctl.run()
     return 0
+
+
+def _follow(args: argparse.Namespace) -> int:
+    from hefl.control.follow import latest_run
+
+    return _following(args.run or latest_run(args.log_dir), read_token(args.token_file))
+
+
+def _following(run: Path, token: str, start: Callable[[], None] = lambda: None) -> int:
+    """Follow `run`'s detached controller; Ctrl-C (or SIGTERM, SIGHUP) stops the following, not
+    the run. A run whose controller is gone is taken over: this process is then its controller,
+    and a signal stops the run as it would stop `agg`."""
+    from hefl.control.experiment import Controller
+    from hefl.control.follow import follow
+
+    took_over = False
+
+    def take_over() -> int:
+        nonlocal took_over
+        took_over = True
+        Controller.of_run(run, token, progress=sys.stdout.isatty()).take_over()
+        return 0
+
+    try:
+        start()  # `agg --detach`: the controller, once it runs the following is what stops
+        return follow(run, take_over)
+    except KeyboardInterrupt:
+        if took_over:
+            raise
+        print(f"stopped following; the run goes on: `python main.py follow {run}`")
+        return 0
 
 
 def _local(args: argparse.Namespace) -> int:
@@ -294,28 +397,56 @@ def _preloaded_node() -> Callable[[list[str]], int]:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from hefl.results.options import options_of
     from hefl.results.report import summary_lines
     from hefl.results.summary import write_summary
 
+    figures = options_of(args)
     for run in args.runs:
         if not (run / "config.json").is_file():
             raise HeflError(f"{run}: not a run folder (no config.json)")
-        for line in summary_lines(write_summary(run)):
+        _gather_if_gone(run, read_token(args.token_file))
+        for line in summary_lines(write_summary(run, figures=figures), args.skip_rounds):
             print(line)
-        print(f"wrote {run}/summary.json, summary.csv and plots")
+        print(f"wrote {run}/summary.json, summary.csv and figures ({', '.join(figures.formats)})")
     return 0
+
+
+def _gather_if_gone(run: Path, token: str) -> None:
+    """A run whose run.json says running while its controller is gone (killed): the nodes' logs
+    and the outcome are brought here first (unless the nodes still run it: `follow` takes it
+    over)."""
+    from hefl.control.experiment import Controller
+    from hefl.control.follow import read_record
+    from hefl.results.report import controller_gone
+
+    if not (run / "run.json").is_file():
+        return
+    why = controller_gone(read_record(run))
+    if not why:
+        return
+    done = Controller.of_run(run, token, out=lambda line: None).gather(why)
+    if done:
+        print(f"{run.name}: {why}; {done}")
+    else:
+        print(
+            f"{run.name}: {why}; its nodes still run it: `python main.py follow {run}` takes it "
+            "over (this report holds what its folder has so far)"
+        )
 
 
 def _compare(args: argparse.Namespace) -> int:
     import time
 
-    from hefl.results.compare import group_runs, write_comparison
+    from hefl.results.compare import group_runs, relabel, write_comparison
+    from hefl.results.options import options_of
 
+    groups = relabel(group_runs(args.runs), args.label)
     out = args.out or args.log_dir / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
-    lines, _ = write_comparison(group_runs(args.runs), out)
+    lines, _, paths = write_comparison(groups, out, options_of(args))
     for line in lines:
         print(line)
-    print(f"wrote {out}/compare.txt, compare.json, compare.png")
+    print(f"wrote {out}/compare.txt, compare.json, " + ", ".join(p.name for p in paths))
     return 0
 
 
@@ -350,7 +481,15 @@ def _topology(args: argparse.Namespace) -> int:
 
     nodes = -(-args.clients // args.per_node)
     depth = least_depth(nodes, args.fanout) if args.depth is None else args.depth
-    shape = Shape(args.clients, args.fanout, depth, args.forwarding, args.per_node, args.local)
+    shape = Shape(
+        args.clients,
+        args.fanout,
+        depth,
+        args.forwarding,
+        args.per_node,
+        args.local,
+        args.first_port,
+    )
     if args.out.exists() and not args.force:
         raise HeflError(f"{args.out} exists: give another --out, or --force to overwrite it")
     raw = topology(shape, read_raw(args.config))
@@ -363,6 +502,24 @@ def _topology(args: argparse.Namespace) -> int:
         f"{depth} level{'s' * (depth != 1)} "
         f"(fan-out {args.fanout}), aggregator {cfg.tree.root}"
     )
+    return 0
+
+
+def _nodes(args: argparse.Namespace) -> int:
+    from hefl.config import load_config
+    from hefl.control import nodes
+
+    cfg = load_config(args.config)
+    if args.action == "up":
+        started = nodes.up(cfg, args.log_dir, args.token_file)
+        print(
+            f"{len(started)} node(s) started, {len(cfg.nodes) - len(started)} running already; "
+            f"`python main.py agg --config {args.config}` runs the experiment, "
+            f"`python main.py nodes down --config {args.config}` stops them"
+        )
+    else:
+        stopped = nodes.down(cfg, args.log_dir)
+        print(f"{len(stopped)} node(s) stopped")
     return 0
 
 

@@ -21,9 +21,8 @@ from hefl.config import load_raw_config
 from hefl.control.experiment import keyless_context, new_experiment_id
 from hefl.credential import read_token
 from hefl.errors import HeflError
-from hefl.node.push import make_push
+from hefl.node.push import make_push, send_push
 from hefl.node.transport import Timeouts, Transport
-from hefl.node.wire import Kind
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             endpoints,
             keyless_context(cfg),
         )
-        resp = transport.call(node, Kind.CONFIG, json.dumps(body).encode())
+        resp = send_push(transport, node, body)
     except HeflError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -43,9 +43,12 @@ class NodeServer:
     """WSGI entry of a node. A role change builds a fresh Flask app (Flask refuses
     register_blueprint after the first request), which the host swaps in under its lock."""
 
-    def __init__(self, log_dir: Path, token: str = "") -> None:
-        self.host = Host(log_dir, token)
+    def __init__(self, log_dir: Path, token: str = "", listen: str = "") -> None:
+        """`listen`: host:port this process serves on; with it, a client that restarted rejoins
+        its experiment from its own disk before the first request is taken."""
+        self.host = Host(log_dir, token, listen)
         self._app = create_app(self, None)
+        self.host.rejoin(swap=self._swap)
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         return self._app(environ, start_response)

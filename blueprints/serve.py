@@ -13,10 +13,11 @@ from hefl.address import Address
 
 
 class _NodeApplication(BaseApplication):  # type: ignore[misc]
-    def __init__(self, options: dict[str, Any], log_dir: Path, token: str) -> None:
+    def __init__(self, options: dict[str, Any], log_dir: Path, token: str, listen: str) -> None:
         self.options = options
         self.log_dir = log_dir
         self.token = token
+        self.listen = listen
         super().__init__()
 
     def load_config(self) -> None:
@@ -24,14 +25,23 @@ class _NodeApplication(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> NodeServer:
-        return NodeServer(self.log_dir, self.token)  # built in the worker, not in the master
+        # built in the worker, not in the master: a worker that restarts rejoins here
+        return NodeServer(self.log_dir, self.token, self.listen)
 
 
 def serve(
-    host: str, port: int, log_dir: Path, token: str, threads: int = 8, title: str = "main.py node"
+    host: str,
+    port: int,
+    log_dir: Path,
+    token: str,
+    threads: int = 8,
+    title: str = "main.py node",
+    rejoin: bool = True,
 ) -> None:
     """Serve until SIGTERM/SIGINT; never needs a terminal. `ps` shows the two processes as
-    `gunicorn: master [TITLE]` and `gunicorn: worker [TITLE]` (setproctitle, requirements.txt)."""
+    `gunicorn: master [TITLE]` and `gunicorn: worker [TITLE]` (setproctitle, requirements.txt).
+    `rejoin`: a client keeps what it needs to take up its experiment after a restart, under
+    log_dir/.rejoin (hefl/node/rejoin.py)."""
     options = {
         "bind": Address(host.strip("[]"), port).netloc(port),  # an IPv6 host in brackets
         "workers": 1,
@@ -47,4 +57,5 @@ def serve(
         "control_socket_disable": True,
         "proc_name": title,
     }
-    _NodeApplication(options, log_dir, token).run()
+    listen = f"{host.strip('[]')}:{port}" if rejoin else ""
+    _NodeApplication(options, log_dir, token, listen).run()

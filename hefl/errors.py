@@ -57,6 +57,47 @@ class PeerRestarted(PeerRefused):
         self.headline = restarted(peer)
 
 
+class ForeignNode(PeerRefused):
+    """A node refused the controller's config push with 401: it checks another credential than the
+    controller's (or the controller sent none). On a shared machine that is most often another
+    user's node on the same port, a port clash. `state` and `role` are what anyone may read of it
+    (its open /health; "" when it said nothing): idle, or serving another experiment, which a push
+    with its own credential would take over."""
+
+    def __init__(
+        self, node: str, url: str, port: int, sent: bool, state: str = "", role: str = ""
+    ) -> None:
+        mine = "one of yours started with another keys/token"
+        if not sent:
+            held, mine = "it checks a credential and this controller sent none", "one of yours"
+        elif state == "idle":
+            held = "it holds another credential and is idle"
+        elif state:
+            a = "an" if role[:1] in ("a", "e", "i", "o", "u") else "a"
+            what = f"{state}, {a} {role}" if role else state
+            held = f"it holds another credential and serves another experiment ({what})"
+            mine = "one of yours still in a run started with another keys/token"
+        else:
+            held = "it holds another credential"
+        move = "give your nodes a port of their own (network.port, or HOST:PORT in the config)"
+        if state and state != "idle":
+            todo = f"{move}; its own keys/token would take it from that experiment"
+        elif not sent:
+            todo = f"{move}, or give this controller the nodes' keys/token (deploy/keys.yml)"
+        else:
+            todo = (
+                f"{move}, or push with its keys/token ($HEFL_TOKEN) if you may, or restart it "
+                "with yours if it is yours (deploy/keys.yml)"
+            )
+        super().__init__(
+            f"{node} ({url}) refused its config with 401: {held}: another user's node on port "
+            f"{port} (a port clash on a shared machine), or {mine}; {todo}",
+            401,
+        )
+        self.peer = node
+        self.state = state
+
+
 class NotFound(HeflError, LookupError):
     """What a request asks for does not exist here (no log of that experiment on this node)."""
 

@@ -15,7 +15,8 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write a file through a temp file and a rename: whole or not at all."""
+    """Write a file through a temp file and a rename: whole or not at all; mode 600 (mkstemp's),
+    readable by this user only."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -342,6 +342,8 @@ class NodeLog(Record):
     weight: float | None = field(default=None, metadata=OPTIONAL)
     local_sum: bool | None = field(default=None, metadata=OPTIONAL)
     clients: tuple[HostedClient, ...] | None = field(default=None, metadata=OPTIONAL)
+    # the rounds at which the node rejoined after its process restarted (hefl/node/rejoin.py)
+    rejoined: tuple[int, ...] | None = field(default=None, metadata=OPTIONAL)
     finished: bool = False
     iteration: tuple[RoundRecord, ...] = ()
 
@@ -564,6 +566,16 @@ class RunNode(Record):
 
 
 @dataclass(frozen=True)
+class Fault(Record):
+    """What the controller saw happen to a node during the run, in the order it saw it."""
+
+    node: str
+    round: int  # 0-based: the round the controller was in (or the node says it rejoined at)
+    event: str  # dropout | back (a dropout answers again) | rejoined (restarted, took up its state)
+    time: str | None = None  # wall clock, UTC, when the controller saw it
+
+
+@dataclass(frozen=True)
 class RunRecord(Record):
     """run.json: how the run was made (command, code, versions, machines, seeds, the effective
     config and the encryption in effect) and how it ended (`status` running, finished or
@@ -579,6 +591,9 @@ class RunRecord(Record):
     command: tuple[str, ...] = ()
     cwd: str = ""
     controller_pid: int | None = None
+    # when the controller now driving the run took it over (`main.py follow`; None: the one that
+    # started it, at `started`)
+    controller_since: str | None = None
     code: Mapping[str, Any] = field(default_factory=dict)
     versions: Mapping[str, Any] = field(default_factory=dict)
     controller: Mapping[str, Any] = field(default_factory=dict)
@@ -586,6 +601,7 @@ class RunRecord(Record):
     config: Mapping[str, Any] = field(default_factory=dict)
     encryption: Mapping[str, Any] = field(default_factory=dict)
     nodes: Mapping[str, RunNode] = field(default_factory=dict)
+    faults: tuple[Fault, ...] = ()
 
 
 _FLAT = frozenset({Message, LinkBytes, HeError, NodeBytes, RoleBytes})  # scalar fields only

@@ -56,6 +56,7 @@ def shuffle_seed(seed: int, index: int, round_: int) -> int:
     return derive(seed, Purpose.TRAIN_SHUFFLE, index, round_)
 
 
-def quantize_seed(seed: int, index: int) -> int:
-    """Client `index`'s stochastic rounding (the bfv scheme's rng)."""
-    return derive(seed, Purpose.QUANTIZE, index)
+def quantize_seed(seed: int, index: int, round_: int) -> int:
+    """Client `index`'s stochastic rounding in round `round_` (bfv and paillier quantize): keyed by
+    round, so that a client that restarted and rejoined draws what it would have drawn."""
+    return derive(seed, Purpose.QUANTIZE, index, round_)

@@ -55,7 +55,7 @@ class FakeTraining:
             index = cfg.tree.logical[c].index
             samples = 10 * (index + 1)
             weight = client_weight(samples, n, self.all_samples)
-            self.slots.append(Slot(c, index, samples, 5, weight, np.random.default_rng(index)))
+            self.slots.append(Slot(c, index, samples, 5, weight))
         self.model = self.initial()
 
     def initial(self) -> np.ndarray:

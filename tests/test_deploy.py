@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import runpy
 import shlex
 import shutil
 import signal
@@ -15,6 +16,8 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -440,3 +443,308 @@ def test_data_stages_the_idx_files_on_client_hosts_only(site: Site, tmp_path: Pa
         check=False,
     )
     assert proc.returncode != 0 and "no IDX files" in proc.stdout
+
+
+# ----------------------------------------------------------- the controller's bootstrap script
+
+BOOTSTRAP = ROOT / "deploy" / "bootstrap.sh"
+UBUNTU = 'NAME="Ubuntu"\nVERSION_ID="{v}"\nID=ubuntu\nPRETTY_NAME="Ubuntu {v} LTS"\n'
+TORCH = re.findall(r"^torch==(\S+)", (ROOT / "requirements.txt").read_text(), re.M)[0]
+
+
+def fake_python(path: Path, version: str, log: Path) -> None:
+    """A stand-in Python that says `version` ("3.12 final"), logs its arguments, and makes a venv
+    of itself (with an ansible-playbook) when asked to."""
+    path.write_text(
+        "#!/bin/sh\n"
+        f'echo "${{0##*/}} $*" >> {log}\n'
+        'case "$*" in\n'
+        f'  *version_info*) echo "{version}" ;;\n'
+        '  "-m venv "*) /bin/mkdir -p "$3/bin" && /bin/cp "$0" "$3/bin/python" &&'
+        ' printf \'#!/bin/sh\\necho "ansible-playbook [core 2.19]"\\n\' > "$3/bin/ansible-playbook"'
+        ' && /bin/chmod +x "$3/bin/ansible-playbook" ;;\n'
+        "  *importlib.metadata*) exit 1 ;;\n"
+        '  --version) echo "Python 3.12.3" ;;\n'
+        "esac\n"
+    )
+    path.chmod(0o755)
+
+
+@dataclass
+class Machine:
+    """A made-up machine for deploy/bootstrap.sh: an os-release, a PATH of stand-in programs
+    (nothing else: no real Python, apt-get or nvidia-smi is found), and the log they write."""
+
+    root: Path
+
+    @property
+    def bin(self) -> Path:
+        return self.root / "bin"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "calls.log"
+
+    def calls(self) -> list[str]:
+        return self.log.read_text().splitlines() if self.log.exists() else []
+
+    def bootstrap(self, release: str, *args: str) -> subprocess.CompletedProcess[str]:
+        (self.root / "os-release").write_text(release)
+        return subprocess.run(
+            [
+                shutil.which("bash") or "/bin/bash",
+                str(BOOTSTRAP),
+                "--os-release",
+                str(self.root / "os-release"),
+                "--venv",
+                str(self.root / "venv"),
+                *args,
+            ],
+            env={"PATH": str(self.bin), "HOME": str(self.root)},
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+
+@pytest.fixture
+def machine(tmp_path: Path) -> Machine:
+    made = Machine(tmp_path)
+    made.bin.mkdir()
+    (made.bin / "env").symlink_to(shutil.which("env") or "/usr/bin/env")
+    (made.bin / "sudo").write_text('#!/bin/sh\nexec "$@"\n')  # where the tests do not run as root
+    (made.bin / "sudo").chmod(0o755)
+    return made
+
+
+@pytest.mark.parametrize(
+    ("release", "plan"),
+    [
+        (
+            UBUNTU.format(v="22.04"),
+            [
+                "Ubuntu 22.04 LTS: Python: python3.12 (Ubuntu 22.04's python3 is 3.10",
+                "apt: add ppa:deadsnakes/ppa; install python3.12 python3.12-venv",
+            ],
+        ),
+        (
+            UBUNTU.format(v="24.04"),
+            [
+                "Ubuntu 24.04 LTS: Python: python3.12 (Ubuntu 24.04's own python3.12)",
+                "apt: install python3.12 python3.12-venv",
+            ],
+        ),
+    ],
+)
+def test_bootstrap_plans_the_python_of_each_ubuntu(
+    machine: Machine, release: str, plan: list[str]
+) -> None:
+    proc = machine.bootstrap(release, "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    said = [line.removeprefix("bootstrap: ") for line in proc.stdout.splitlines()]
+    assert said[0].startswith(plan[0]) and said[1] == plan[1]
+    assert said[2:] == [
+        f"venv: {machine.root / 'venv'}, made by python3.12",
+        f"torch: the CPU build of {TORCH} from https://download.pytorch.org/whl/cpu (a CUDA"
+        " build is several GB)",
+        "pip: install -r requirements.txt -r deploy/requirements.txt",
+        "dry run: nothing done",
+    ]
+    assert machine.calls() == [] and not (machine.root / "venv").exists()
+
+
+def test_bootstrap_takes_a_python_it_finds_and_refuses_what_it_cannot_use(machine: Machine) -> None:
+    debian = 'ID=debian\nVERSION_ID="12"\nPRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\n'
+    none = machine.bootstrap(UBUNTU.format(v="20.04"), "--dry-run")
+    assert (none.returncode, none.stderr.splitlines()) == (
+        1,
+        [
+            "bootstrap: error: unsupported release 'Ubuntu 20.04 LTS' without a Python 3.11-3.13:"
+            " this script installs one on Ubuntu 22.04 and 24.04 only; elsewhere install one and"
+            " run it with --python PYTHON"
+        ],
+    )
+    fake_python(machine.bin / "python3", "3.10 final", machine.log)  # too old: passed over
+    fake_python(machine.bin / "python3.11", "3.11 final", machine.log)
+    found = machine.bootstrap(debian, "--dry-run")
+    assert found.returncode == 0, found.stderr
+    assert "Python: python3.11 (found on PATH" in found.stdout
+    assert "apt: nothing to install (python3.11 can make a venv)" in found.stdout
+    old = machine.bootstrap(debian, "--dry-run", "--python", "python3")
+    assert old.stderr == (
+        "bootstrap: error: --python python3 is 3.10 final: a final release of Python 3.11-3.13 is"
+        " needed\n"
+    )
+    fake_python(machine.bin / "python3.12", "3.12 candidate", machine.log)  # as 22.04's 3.11.0rc1
+    rc = machine.bootstrap(debian, "--dry-run", "--python", "python3.12")
+    assert rc.returncode == 1 and "is 3.12 candidate: a final release" in rc.stderr
+    (machine.root / "venv" / "bin").mkdir(parents=True)  # an earlier `python3 -m venv` of 3.10
+    (machine.root / "venv" / "bin" / "python").symlink_to(machine.bin / "python3")
+    stale = machine.bootstrap(UBUNTU.format(v="24.04"), "--dry-run", "--python", "python3.11")
+    assert stale.returncode == 1
+    assert (
+        f"{machine.root / 'venv'} is Python 3.10 final (3.11-3.13 needed): remove it"
+        in stale.stderr
+    )
+
+
+def test_bootstrap_on_ubuntu_22_04_adds_the_ppa_then_makes_the_venv_and_again_only_pip(
+    machine: Machine,
+) -> None:
+    """The whole run against stand-ins of apt-get and add-apt-repository: installing python3.12
+    brings a stand-in Python, which makes the venv and takes the pip installs."""
+    log = machine.log
+    (machine.bin / "apt-get").write_text(
+        "#!/bin/sh\n"
+        f'echo "apt-get $*" >> {log}\n'
+        'case "$*" in *"install python3.12 python3.12-venv"*)'
+        f" /bin/cp {machine.root / 'python3.12'} {machine.bin / 'python3.12'} ;; esac\n"
+    )
+    (machine.bin / "add-apt-repository").write_text(
+        f'#!/bin/sh\necho "add-apt-repository $*" >> {log}\n'
+    )
+    for name in ("apt-get", "add-apt-repository"):
+        (machine.bin / name).chmod(0o755)
+    fake_python(machine.root / "python3.12", "3.12 final", log)  # what the PPA's package brings
+    first = machine.bootstrap(UBUNTU.format(v="22.04"))
+    assert first.returncode == 0, first.stdout + first.stderr
+    apt = "apt-get -o DPkg::Lock::Timeout=300 -y -qq"
+    venv = machine.root / "venv"
+    steps = [c for c in machine.calls() if "version_info" not in c and "ensurepip" not in c]
+    req = f"-r {ROOT / 'requirements.txt'} -r {ROOT / 'deploy' / 'requirements.txt'}"
+    assert steps == [
+        f"{apt} update",
+        "add-apt-repository -y ppa:deadsnakes/ppa",
+        f"{apt} update",
+        f"{apt} install python3.12 python3.12-venv",
+        f"python3.12 -m venv {venv}",
+        f"python -m pip install -q --force-reinstall --no-deps torch=={TORCH} --index-url"
+        " https://download.pytorch.org/whl/cpu",
+        f"python -m pip install -q {req}",
+        "python -c import numpy, tenseal, torch, flask, ansible",
+        "python --version",
+    ]
+    assert first.stdout.splitlines()[-2] == (
+        f"bootstrap: done: Python 3.12.3, ansible-playbook [core 2.19], in {venv}"
+    )
+    log.unlink()
+    again = machine.bootstrap(UBUNTU.format(v="22.04"))
+    assert again.returncode == 0, again.stderr
+    assert "apt: nothing to install (python3.12 can make a venv)" in again.stdout
+    assert not [c for c in machine.calls() if c.startswith(("apt-get", "add-apt", "python3.12 -m"))]
+    assert f"python -m pip install -q {req}" in machine.calls()
+
+
+# ---------------------------------------------------------------------- the CloudLab profile
+
+
+class _Portal:
+    """The part of geni-lib's portal module (CloudLab's, not installed here) the profile uses: a
+    context that records the parameters, binds the given values (or the defaults) as CloudLab
+    does, and keeps the request it prints."""
+
+    class ParameterType:
+        INTEGER, IMAGE, NODETYPE, BANDWIDTH = "integer", "image", "nodetype", "bandwidth"
+
+    class ParameterError(Exception):
+        def __init__(self, message: str, names: list[str]) -> None:
+            super().__init__(message, names)
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.values = values
+        self.defined: dict[str, dict[str, Any]] = {}
+        self.errors: list[Exception] = []
+        self.printed: Any = None
+        portal = self
+
+        class Context:
+            def defineParameter(  # noqa: N802 (geni-lib's names)
+                self,
+                name: str,
+                description: str,
+                typ: str,
+                default: Any,
+                legal: Any = None,
+                **kw: Any,
+            ) -> None:
+                if legal:
+                    assert default in [v[0] if isinstance(v, tuple) else v for v in legal]
+                portal.defined[name] = {"type": typ, "default": default, "legal": legal, **kw}
+
+            def bindParameters(self) -> SimpleNamespace:  # noqa: N802
+                bound = {n: portal.values.get(n, p["default"]) for n, p in portal.defined.items()}
+                return SimpleNamespace(**bound)
+
+            def reportError(self, error: Exception) -> None:  # noqa: N802
+                portal.errors.append(error)
+
+            def verifyParameters(self) -> None:  # noqa: N802
+                assert not portal.errors, portal.errors
+
+            def makeRequestRSpec(self) -> Any:  # noqa: N802
+                return _Request()
+
+            def printRequestRSpec(self, request: Any) -> None:  # noqa: N802
+                portal.printed = request
+
+        self.Context = Context
+
+
+class _Request:
+    def __init__(self) -> None:
+        self.nodes: list[SimpleNamespace] = []
+
+    def LAN(self, name: str) -> SimpleNamespace:  # noqa: N802
+        return SimpleNamespace(addInterface=lambda iface: None)
+
+    def RawPC(self, name: str) -> SimpleNamespace:  # noqa: N802
+        node = SimpleNamespace(name=name, disk_image=None, addresses=[])
+        iface = SimpleNamespace(addAddress=lambda a: node.addresses.append(a))
+        node.addInterface = lambda name: iface
+        self.nodes.append(node)
+        return node
+
+
+def run_profile(monkeypatch: pytest.MonkeyPatch, **values: Any) -> _Portal:
+    portal = _Portal(values)
+    pg = ModuleType("geni.rspec.pg")
+    pg.IPv4Address = lambda address, mask: address  # type: ignore[attr-defined]
+    geni, rspec, portal_module = (
+        ModuleType("geni"),
+        ModuleType("geni.rspec"),
+        ModuleType("geni.portal"),
+    )
+    portal_module.__dict__.update(
+        Context=portal.Context,
+        ParameterType=portal.ParameterType,
+        ParameterError=portal.ParameterError,
+    )
+    geni.portal, geni.rspec, rspec.pg = portal_module, rspec, pg  # type: ignore[attr-defined]
+    for name, module in {
+        "geni": geni,
+        "geni.portal": portal_module,
+        "geni.rspec": rspec,
+        "geni.rspec.pg": pg,
+    }.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    runpy.run_path(str(ROOT / "deploy" / "cloudlab" / "profile.py"))
+    return portal
+
+
+def test_the_profile_takes_the_image_ubuntu_24_04_unless_told_22_04(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    jammy = "urn:publicid:IDN+emulab.net+image+emulab-ops//UBUNTU22-64-STD"
+    noble = "urn:publicid:IDN+emulab.net+image+emulab-ops//UBUNTU24-64-STD"
+    default = run_profile(monkeypatch)
+    image = default.defined["image"]
+    assert (image["type"], image["default"]) == ("image", noble)
+    assert [v for v, _ in image["legal"]] == [noble, jammy]
+    nodes = default.printed.nodes
+    assert [n.name for n in nodes] == [f"node{i}" for i in range(15)]
+    assert [n.addresses for n in nodes] == [[f"10.10.1.{i + 1}"] for i in range(15)]
+    assert {n.disk_image for n in nodes} == {noble}
+    older = run_profile(monkeypatch, image=jammy, nodes=3)
+    assert [n.disk_image for n in older.printed.nodes] == [jammy] * 3

@@ -291,6 +291,7 @@ def test_a_client_that_cannot_send_its_update_names_the_peer_it_cannot_reach(
     (port,) = free_ports(1)  # nothing listens there
     client = object.__new__(ClientNode)  # the sending and failure paths only: no model, no data
     client.id, client.round, client.error, client.stopped, client.closed = C0, 3, "", "", True
+    client.store = None
     client.cfg, client.node_cfg, client.hosts_several = cfg, cfg.nodes[C0], False
     client.runlog = RunLog(tmp_path / "c0.json", C0, "client", EXP)
     client.transport = Transport({S0: f"http://127.0.0.1:{port}"}, Timeouts(retries=0))

@@ -1,17 +1,20 @@
 """The config push body: the same declarative parser, unknown keys refused, URLs checked by the
-address module.
+address module; and the controller's line for a node that refuses a push for its credential.
 """
 
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from hefl.errors import ConfigError
-from hefl.node.push import Push, is_experiment_id, make_push, parse_push
-from tests.helpers import tree_config
+from hefl.config import parse_config
+from hefl.errors import ConfigError, ForeignNode, PeerRefused
+from hefl.node.push import Push, is_experiment_id, make_push, parse_push, send_push
+from hefl.node.transport import Timeouts, Transport
+from tests.helpers import push, small, tree_config
 
 C0, S0, AGG = "127.0.0.1:100", "127.0.0.1:10", "127.0.0.1:1"
 
@@ -91,3 +94,79 @@ def test_bad_pushes_are_one_line_config_errors(body: Any, message: str) -> None:
 )
 def test_experiment_ids(text: Any, ok: bool) -> None:
     assert is_experiment_id(text) is ok
+
+
+# ---------------------------------------------- a node that checks another credential (401)
+
+
+def _push_as(url: str, token: str, experiment: str = "ours-1") -> Any:
+    """This controller's push of S0's config to the node at `url`, with `token`."""
+    transport = Transport({S0: url}, Timeouts(retries=0), token)
+    try:
+        return send_push(transport, S0, make_push(small(), S0, experiment, {}))
+    finally:
+        transport.close()
+
+
+def test_a_push_to_an_idle_node_of_another_credential_names_it_and_the_port_clash(
+    serve_node: Any,
+) -> None:
+    url, _ = serve_node(token="theirs")
+    port = url.rsplit(":", 1)[1]
+    with pytest.raises(ForeignNode) as err:
+        _push_as(url, "ours")
+    line = str(err.value)
+    assert line.startswith(f"{S0} ({url}) refused its config with 401: it holds another ")
+    assert "and is idle: another user's node on port " + port in line
+    assert "(a port clash on a shared machine)" in line
+    assert "give your nodes a port of their own" in line and "push with its keys/token" in line
+    assert "\n" not in line and "theirs" not in line and err.value.state == "idle"
+
+
+def test_a_push_to_a_node_serving_another_experiment_says_so_and_leaves_it(
+    serve_node: Any,
+) -> None:
+    url, server = serve_node(token="theirs")
+    assert push(url, small(), S0, {}, token="theirs").status_code == 200  # their run
+    with pytest.raises(ForeignNode) as err:
+        _push_as(url, "ours")
+    line = str(err.value)
+    assert f"{S0} ({url}) refused its config with 401" in line
+    assert "serves another experiment (running, a switch): another user's node on port" in line
+    assert "its own keys/token would take it from that experiment" in line
+    assert "push with its keys/token" not in line
+    assert server.node is not None and server.node.experiment == "exp-1"  # theirs, untouched
+
+
+def test_a_push_without_a_credential_says_this_controller_has_none(serve_node: Any) -> None:
+    url, _ = serve_node(token="theirs")
+    with pytest.raises(ForeignNode, match=r"401: it checks a credential and this controller sent"):
+        _push_as(url, "")
+
+
+def test_other_refusals_stay_what_the_node_said(serve_node: Any) -> None:
+    url, _ = serve_node(token="ours")
+    with pytest.raises(PeerRefused) as err:
+        _push_as(url, "ours", experiment="../x")  # a 400 of the node's own
+    assert not isinstance(err.value, ForeignNode) and err.value.status == 400
+    assert _push_as(url, "ours").status_code == 200
+
+
+def test_the_controller_names_each_node_of_another_credential(
+    serve_node: Any, tmp_path: Path
+) -> None:
+    from hefl.control.experiment import Controller
+
+    raw = small(rounds=1)
+    cfg = parse_config(raw)
+    endpoints = {node: serve_node(token="theirs")[0] for node in cfg.nodes}
+    ctl = Controller(raw, cfg, endpoints, "ours-1", tmp_path, "ours", out=lambda line: None)
+    with pytest.raises(ConfigError) as err:
+        ctl.push_configs()
+    said = str(err.value)
+    assert said.startswith("2 node(s) refused their config: ")  # the clients, pushed first
+    for client in cfg.tree.clients():
+        assert (
+            f"{client} ({endpoints[client]}) refused its config with 401: it holds another " in said
+        )
+    assert said.count("(a port clash on a shared machine)") == 2 and "\n" not in said

@@ -245,7 +245,10 @@ def test_runs_and_compare(ckks_exp: Path, bfv_exp: Path, tmp_path: Path) -> None
     rows = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert rows[1]["rounds"]["mean"] == 3 and rows[1]["he_error_max"]["mean"] > 0
     assert rows[0]["divergence_from_first"]["mean"] == 0.0
-    assert (tmp_path / "cmp" / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    assert rows[0]["rounds_left_out"]["mean"] == 1  # the means leave out round 1: warm-up
+    assert "each run's round 1 left out (warm-up)" in table[-2]  # before "wrote ..."
+    for claim in ("accuracy", "overhead", "hops"):
+        assert (tmp_path / "cmp" / f"compare-{claim}.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_an_existing_run_folder_is_never_rewritten(ckks_exp: Path, tmp_path: Path) -> None:

@@ -27,8 +27,8 @@ def _all(seed: int) -> dict[str, int]:
     }
     for index, round_ in itertools.product(range(16), range(40)):
         seeds[f"shuffle {index} {round_}"] = shuffle_seed(seed, index, round_)
-    for index in range(16):
-        seeds[f"quantize {index}"] = quantize_seed(seed, index)
+    for index, round_ in itertools.product(range(16), range(40)):
+        seeds[f"quantize {index} {round_}"] = quantize_seed(seed, index, round_)
     return seeds
 
 
@@ -40,7 +40,7 @@ def test_no_two_purposes_rounds_or_clients_share_a_seed(seed: int) -> None:
 
 def test_round_17_shuffle_differs_from_the_quantization_seed() -> None:
     # the old formulas: seed * 1_000_003 + index * 7919 + r for the shuffle, + 17 for the quantizer
-    assert shuffle_seed(0, 0, 17) != quantize_seed(0, 0)
+    assert shuffle_seed(0, 0, 17) != quantize_seed(0, 0, 17)
     assert shuffle_seed(0, 1, 0) != shuffle_seed(0, 0, 7919)
 
 
@@ -53,4 +53,4 @@ def test_seeds_are_plain_ints_that_torch_and_numpy_take() -> None:
     for value in _all(2**40).values():
         assert type(value) is int and 0 <= value < 2**63
     torch.Generator().manual_seed(shuffle_seed(7, 3, 2))
-    np.random.default_rng(quantize_seed(7, 3))
+    np.random.default_rng(quantize_seed(7, 3, 2))

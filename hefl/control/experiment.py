@@ -32,12 +32,13 @@ from hefl.errors import (
     restarted,
 )
 from hefl.files import write_json_atomic
-from hefl.node.push import make_push
+from hefl.node.push import make_push, send_push
 from hefl.node.runlog import rounds_closed
 from hefl.node.transport import Timeouts, Transport
 from hefl.node.wire import TOKEN_PARAM, Kind
 from hefl.provenance import code_version, machine, versions
 from hefl.records import (
+    Fault,
     LogFormatError,
     NodeLog,
     RoundRow,
@@ -45,7 +46,7 @@ from hefl.records import (
     RunRecord,
     rows_from_json,
 )
-from hefl.results.report import format_round, human_bytes, node_table, read_logs
+from hefl.results.report import format_round, human_bytes, means_lines, node_table, read_logs
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,8 @@ class Controller:
         self.silent_since: dict[str, float] = {}  # nodes that answer nothing, since when
         self.strikes = Strikes()  # nodes whose last probe failed otherwise
         self.dropouts: set[str] = set()  # clients gone while a round deadline lets rounds go on
+        # rejoins named, by node and round: the restarted processes (their ids) that said so
+        self.rejoins_named: dict[tuple[str, int], set[Any]] = {}
         self.keyless_context = keyless_context(cfg)
         self.key_ids: dict[str, str] = {}
         self.open_nodes: list[str] = []  # nodes that said they check no credential
@@ -168,13 +171,25 @@ class Controller:
         self.began = time.monotonic()
         self.update(started=_now())
         self.write_record()
+        return self.guarded(self.start_and_follow)
+
+    def start_and_follow(self) -> list[RoundRow]:
+        self.wait_for_nodes()
+        self.push_configs()
+        self.transport.call(self.cfg.tree.root, Kind.START)
+        self.out(f"live: {self.page_address()}  (the aggregator's live page, read only)")
+        return self.follow_to_end()
+
+    def follow_to_end(self) -> list[RoundRow]:
+        rows = self.follow()
+        self.collect_logs()
+        self.rejoins_in_logs()
+        return rows
+
+    def guarded(self, work: Callable[[], list[RoundRow]]) -> list[RoundRow]:
+        """Run `work` (the rounds, to the end); whatever ends it, run.json says how."""
         try:
-            self.wait_for_nodes()
-            self.push_configs()
-            self.transport.call(self.cfg.tree.root, Kind.START)
-            self.out(f"live: {self.page_address()}  (the aggregator's live page, read only)")
-            rows = self.follow()
-            self.collect_logs()
+            rows = work()
         except BaseException as exc:
             self.update(
                 status="failed",
@@ -206,6 +221,92 @@ class Controller:
         self.summarize()
         return rows
 
+    @classmethod
+    def of_run(
+        cls, run_dir: Path, token: str, out: Callable[[str], None] = print, progress: bool = False
+    ) -> Controller:
+        """A controller for the run in `run_dir` as its files say (config.json, run.json,
+        rounds.json), to take it over or gather it; its nodes at the config's addresses."""
+        from hefl.config import parse_config
+
+        try:
+            record = RunRecord.from_json(json.loads((run_dir / "run.json").read_text()))
+            raw = json.loads((run_dir / "config.json").read_text())
+        except (OSError, ValueError, LogFormatError) as exc:
+            raise ExperimentFailed(f"{run_dir}: not a run folder ({exc})") from None
+        cfg = parse_config(raw)
+        ctl = cls(
+            raw,
+            cfg,
+            cfg.default_endpoints(),
+            record.experiment,
+            run_dir.parent,
+            token,
+            out,
+            progress=progress,
+        )
+        ctl.exp_dir = run_dir
+        ctl.record = record
+        try:
+            ctl.rows = rows_from_json(json.loads((run_dir / "rounds.json").read_text())) or []
+        except (OSError, ValueError):
+            ctl.rows = []
+        try:  # its duration counts from when it started, not from now
+            started = datetime.fromisoformat(record.started or "").timestamp()
+            ctl.began = time.monotonic() - max(0.0, time.time() - started)
+        except ValueError:
+            pass
+        return ctl
+
+    def take_over(self) -> list[RoundRow]:
+        """`main.py follow` of a run whose controller is gone: this process becomes its
+        controller, follows its rounds to the end and writes what the controller would have."""
+        self.update(controller_pid=os.getpid(), controller_since=_now(), command=tuple(sys.argv))
+        self.write_record()
+        self.out(
+            f"experiment {self.experiment}: its controller is gone; this process follows it "
+            f"from round {len(self.rows) + 1} of {self.cfg.rounds}"
+        )
+        return self.guarded(self.follow_to_end)
+
+    def gather(self, why: str) -> str:
+        """`main.py report` of a run whose controller is gone (`why`): what the nodes hold is
+        brought here. A run the nodes still run is left to them ('' is returned: `main.py
+        follow` takes it over); one they finished is recorded as finished, with its logs; one
+        that failed, or whose aggregator cannot say, as failed, after every node still in it is
+        told that it ended. Returns what was done, in a line."""
+        try:
+            status = _json_object(
+                self.transport.call(self.cfg.tree.root, Kind.STATUS, timeouts=self.brief)
+            )
+        except HeflError as exc:
+            status = {"state": "unreachable", "error": str(exc)}
+        if status.get("experiment") not in (None, self.experiment):
+            status = {
+                "state": "unknown",
+                "error": f"the aggregator now runs {status['experiment']!r}",
+            }
+        state = status.get("state")
+        if state == "running":
+            return ""
+
+        def collect() -> list[RoundRow]:
+            if state != "finished":
+                raise ExperimentFailed(f"{why}; {status.get('error') or state}")
+            rows = rows_from_json(status.get("rounds", [])) or []
+            self.rows = list(rows)
+            write_json_atomic(self.exp_dir / "rounds.json", [row.to_json() for row in rows])
+            self.collect_logs()
+            return list(rows)
+
+        try:
+            self.guarded(collect)
+        except HeflError as exc:
+            return f"recorded as failed: {exc}"
+        return (
+            f"the nodes finished it ({len(self.rows)} rounds): recorded as finished, logs gathered"
+        )
+
     def summarize(self, plots: bool = True) -> bool:
         """summary.json, summary.csv and the plots, from the logs in the folder (what
         `main.py report` rebuilds); a failure to make them is said, never fatal: the logs stand."""
@@ -213,13 +314,8 @@ class Controller:
             from hefl.results.summary import write_summary
 
             summary = write_summary(self.exp_dir, plots)
-            t = summary.totals
-            if t.rounds and t.seconds_per_round is not None:
-                split = ", ".join(f"{k} {v / t.rounds:.3f}" for k, v in t.critical_split.items())
-                self.out(
-                    f"summary: {t.rounds} rounds, {t.seconds_per_round:.3f} s per round "
-                    f"(global result to global result), of which on the critical path: {split} s"
-                )
+            for line in means_lines(summary):  # round 1 left out (warm-up), as it says
+                self.out(f"summary: {summary.totals.rounds} rounds; {line}")
         except Exception as exc:  # the run's own files are written; this is an extra
             self.out(f"warning: no summary for {self.exp_dir}: {exc} (main.py report retries)")
             log.info("summary failed", exc_info=True)
@@ -361,7 +457,7 @@ class Controller:
             self.raw, node, self.experiment, self.endpoints, self.keyless_context, samples
         )
         try:
-            resp = self.transport.call(node, Kind.CONFIG, json.dumps(body).encode())
+            resp = send_push(self.transport, node, body)
             state = _json_object(resp)
             if resp.status_code == 409:
                 refusal = str(state.get("error", ""))
@@ -443,6 +539,8 @@ class Controller:
                 ]
             )
         for node, health in healths.items():
+            if isinstance(health, dict):
+                self.rejoined(node, health)
             if isinstance(health, dict) and health.get("state") == "stopped":
                 health = NodeRetired(
                     f"{node} was retired during round {round_ + 1}: its /health says stopped "
@@ -485,6 +583,10 @@ class Controller:
         local mode, wrote theirs there already); a node still writing its last round is asked
         again."""
         deadline = time.monotonic() + self.cfg.network.read_timeout_s
+        for node, health in self.healths().items():  # a dropout may be back (rejoined, resumed)
+            if node in self.dropouts and isinstance(health, dict):
+                self.rejoined(node, health)
+                self.dropout(node, self.cfg.rounds - 1, health)
         missing = [
             n
             for n in self.cfg.nodes
@@ -516,6 +618,40 @@ class Controller:
         write_json_atomic(self.exp_dir / log_name(node), data)
         return _finished_log(data)
 
+    def fault(self, node: str, round_: int, event: str) -> None:
+        """Record what happened to a node in run.json (`faults`), as the controller saw it."""
+        self.update(faults=(*self.record.faults, Fault(node, round_, event, _now())))
+        try:
+            self.write_record()
+        except ExperimentFailed as exc:  # said; the run goes on, and run.json is tried again
+            log.warning("%s", exc)
+
+    def rejoined(self, node: str, health: dict[str, Any]) -> None:
+        """A client whose process restarted and took up its state from its own disk says the
+        round it rejoined at in /health: named once per restart."""
+        at = health.get("rejoined_at")
+        if not isinstance(at, int) or isinstance(at, bool) or health.get("node") != node:
+            return
+        named = self.rejoins_named.setdefault((node, at), set())
+        if health.get("restart_id") not in named:  # one line per restart
+            named.add(health.get("restart_id"))
+            self.dropouts.discard(node)  # back: not said again as "answers again"
+            self.name_rejoin(node, at)
+
+    def name_rejoin(self, node: str, at: int) -> None:
+        self.out(f"{node} restarted and lost its state; rejoined at round {at + 1}")
+        self.fault(node, at, "rejoined")
+
+    def rejoins_in_logs(self) -> None:
+        """At the end: the rejoins the nodes' logs record that no probe saw (a run that went on
+        for less than a probe's interval after a restart), named as the probes would have."""
+        for node, node_log in read_logs(self.exp_dir).items():
+            for at in sorted(set(node_log.rejoined or ())):
+                named = self.rejoins_named.setdefault((node, at), set())
+                while len(named) < (node_log.rejoined or ()).count(at):
+                    named.add(object())
+                    self.name_rejoin(node, at)
+
     def dropout(self, node: str, round_: int, health: dict[str, Any] | Exception) -> bool:
         """With a round deadline, a client that stops answering is a dropout, not a failure: the
         aggregator completes rounds without it while at least min_clients contribute (and stops
@@ -526,9 +662,11 @@ class Controller:
             if node in self.dropouts:  # a straggler, paused or slow: it takes part again
                 self.dropouts.discard(node)
                 self.out(f"{node} answers again (round {round_ + 1})")
+                self.fault(node, round_, "back")
             return False
         if node not in self.dropouts:
             self.dropouts.add(node)
+            self.fault(node, round_, "dropout")
             self.out(
                 f"{node} stopped answering in round {round_ + 1}: a dropout (rounds go on with "
                 f"at least {self.cfg.policy.min_clients} clients)"

@@ -142,8 +142,20 @@ def apply(raw: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def label(values: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k.split('.')[-1]}={json.dumps(v)}" for k, v in values.items())
+def label(values: Mapping[str, Any], grid: Mapping[str, Sequence[Any]] | None = None) -> str:
+    """A cell's name in the comparison: `key=value` for each grid key that varies (of more than
+    one value; every key where none varies), each key by its last part unless two share it, a
+    string value bare (`scheme=ckks`), any other as JSON (`dumb=true`)."""
+    varying = [k for k in values if grid is None or len(grid.get(k, ())) > 1] or list(values)
+    last = [k.split(".")[-1] for k in varying]
+    return ", ".join(
+        f"{short if last.count(short) == 1 else k}={_shown(values[k])}"
+        for k, short in zip(varying, last, strict=True)
+    )
+
+
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def run_sweep(
@@ -173,17 +185,15 @@ def run_sweep(
         for i, values in enumerate(grid_cells):
             for k in range(repeat):
                 n = i * repeat + k + 1
-                out(
-                    f"== cell {n}/{total}: {label(values)}"
-                    + (f" (run {k + 1})" if repeat > 1 else "")
-                )
+                name = label(values, grid)
+                out(f"== cell {n}/{total}: {name}" + (f" (run {k + 1})" if repeat > 1 else ""))
                 result = CellRun(i, k, values)
                 results.append(result)
                 try:
                     raw = apply(base, values)
                     # refused here, with its reason, before any process starts (a library too)
                     require(parse_config(raw).he_params())
-                    result.run = str(run(raw, f"{config} [{label(values)}]"))
+                    result.run = str(run(raw, f"{config} [{name}]"))
                     result.status = "finished"
                 except HeflError as exc:
                     result.status, result.error = "failed", str(exc)
@@ -199,9 +209,9 @@ def run_sweep(
         interrupted = True
         raise
     finally:
-        compare_finished(folder, results, out)
+        compare_finished(folder, results, grid, out)
         done = sum(r.status == "finished" for r in results)
-        compared = ", compare.txt, compare.json, compare.png" if done else ""
+        compared = ", compare.txt, compare.json, compare-*.png" if done else ""
         out(
             f"sweep {'interrupted' if interrupted else 'done'}: {done} of {total} runs finished; "
             f"{folder}/sweep.json{compared}"
@@ -209,18 +219,24 @@ def run_sweep(
     return folder, done == total
 
 
-def compare_finished(folder: Path, results: Sequence[CellRun], out: Callable[[str], None]) -> None:
-    """The comparison table of the finished cells (repeats of a cell grouped), into the folder."""
+def compare_finished(
+    folder: Path,
+    results: Sequence[CellRun],
+    grid: Mapping[str, Sequence[Any]],
+    out: Callable[[str], None],
+) -> None:
+    """The comparison table and figures of the finished cells (repeats of a cell grouped, each
+    named by the grid keys that vary), into the folder."""
     from hefl.results.compare import write_comparison
 
     groups: dict[int, tuple[str, list[Path]]] = {}
     for r in results:
         if r.status == "finished" and r.run is not None:
-            groups.setdefault(r.cell, (label(r.values), []))[1].append(Path(r.run))
+            groups.setdefault(r.cell, (label(r.values, grid), []))[1].append(Path(r.run))
     if not groups:
         return
     try:
-        lines, _ = write_comparison(list(groups.values()), folder)
+        lines, _, _ = write_comparison(list(groups.values()), folder)
     except (HeflError, OSError, ValueError, KeyError) as exc:
         out(f"warning: no comparison written: {exc}")
         return

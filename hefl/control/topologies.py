@@ -30,6 +30,7 @@ class Shape:
     forwarding: bool = False  # switches forward each update (dumb) instead of adding
     per_node: int = 1  # logical clients a client node hosts
     local: bool = False  # 127.0.0.1 ports instead of 10.10.x.y
+    first_port: int = LOCAL_PORT  # with `local`: node 0's port (the others take the next ones)
 
     @property
     def client_nodes(self) -> int:
@@ -53,6 +54,8 @@ def check(shape: Shape) -> None:
             f"topology: --fanout 1 takes one client node, not {shape.client_nodes}: raise "
             "--fanout or --per-node"
         )
+    if shape.local and not 1 <= shape.first_port <= 65535 - shape.client_nodes * 2:
+        raise ConfigError(f"topology: --first-port {shape.first_port} leaves no room for the tree")
     need = least_depth(shape.client_nodes, shape.fanout)
     if shape.depth < need:
         raise ConfigError(
@@ -61,10 +64,10 @@ def check(shape: Shape) -> None:
         )
 
 
-def address(number: int, local: bool) -> str:
+def address(number: int, local: bool, first_port: int = LOCAL_PORT) -> str:
     """Node `number` (from 0): 10.10.1.1, 10.10.1.2, ... (254 a third octet), or a local port."""
     if local:
-        return f"127.0.0.1:{LOCAL_PORT + number}"
+        return f"127.0.0.1:{first_port + number}"
     return f"10.10.{1 + number // 254}.{1 + number % 254}"
 
 
@@ -83,8 +86,8 @@ def topology(shape: Shape, base: dict[str, Any]) -> dict[str, Any]:
     check(shape)
     tiers = levels(shape)
     root = tiers[-1][-1] + 1
-    name = {n: address(n, shape.local) for tier in tiers for n in tier} | {
-        root: address(root, shape.local)
+    name = {n: address(n, shape.local, shape.first_port) for tier in tiers for n in tier} | {
+        root: address(root, shape.local, shape.first_port)
     }
     parent = {}
     for below, above in zip(tiers, [*tiers[1:], [root]], strict=True):

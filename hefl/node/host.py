@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import secrets
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -17,22 +18,29 @@ from hefl.errors import ConfigError, DuplicateMessage, HeflError, NotFound
 from hefl.modelspec import param_count
 from hefl.node.nodes import Node, Parts, Worker, role_class
 from hefl.node.push import Push, is_experiment_id, parse_push
+from hefl.node.rejoin import RejoinStore
 from hefl.node.runlog import RunLog
 from hefl.node.transport import Timeouts, TrafficMeter, Transport
 from hefl.provenance import code, machine
+from hefl.records import NodeLog
 from hefl.seeds import quantize_seed
 
 log = logging.getLogger(__name__)
+RESTART_ID = secrets.token_hex(8)  # this process, in /health after a rejoin: said once per restart
 
 
 class Host:
     """Holds this process's node, if any. A push builds the new node first and retires the old one
     only if that worked, so a push that fails leaves the node as it was."""
 
-    def __init__(self, log_dir: Path, token: str = "") -> None:
+    def __init__(self, log_dir: Path, token: str = "", listen: str = "") -> None:
+        """`listen`: the address this process listens on (host:port); with it, a client keeps
+        what it needs to rejoin after a restart (hefl/node/rejoin.py), under that name."""
         self.log_dir = log_dir
         self.token = token
+        self.listen = listen
         self.node: Node | None = None
+        self.rejoined: int | None = None  # the round this process rejoined its experiment at
         self._served: dict[str, str] = {}  # experiment -> the node this process was in it
         self._lock = threading.Lock()
         code()  # the code this process runs, asked now: a copy replaced later is not it
@@ -64,24 +72,70 @@ class Host:
             node = build_node(push, self.log_dir, self.token)
             try:
                 node.start()  # writes its (empty) log: a log folder it cannot write is refused here
+                if self.listen and node.role == "client":
+                    store = RejoinStore(self.log_dir, self.listen, push.experiment, push.node)
+                    store.keep_push(payload)
+                    node.store = store
             except OSError as exc:
                 node.close()
                 raise ConfigError(f"push: {push.node} cannot write its log: {exc}") from None
             swap(node)
             self.node = node
+            self.rejoined = None
             self._served[push.experiment] = push.node
         if current is not None:
             current.close()
         log.info("%s configured as %s for experiment %s", push.node, node.role, push.experiment)
         return self.health()
 
+    def rejoin(self, swap: Callable[[Node], None] = lambda node: None) -> bool:
+        """At start: rejoin the experiment this address served before its process restarted, from
+        what it kept on its own disk; whether it did. Anything missing, finished or refused leaves
+        the node unconfigured, as a fresh one (said in its log)."""
+        found = RejoinStore.find(self.log_dir, self.listen) if self.listen else None
+        if found is None:
+            return False
+        store, saved = found
+        node: Node | None = None
+        try:
+            push = parse_push(saved.push)
+            path = self.log_dir / push.experiment / log_name(push.node)
+            kept = RunLog.kept(path)
+            if kept is None or kept.finished:
+                raise ConfigError(f"{path} is missing or finished: nothing to rejoin")
+            node = build_node(push, self.log_dir, self.token, kept)
+            node.store = store
+            at = node.rejoin(saved)
+            node.start()
+        except Exception as exc:  # whatever it is, the node must come up (unconfigured)
+            log.warning("%s: not rejoining experiment %s: %s", self.listen, store.experiment, exc)
+            if node is not None:
+                node.close()
+            store.clear()
+            return False
+        with self._lock:
+            swap(node)
+            self.node = node
+            self.rejoined = at
+            self._served[push.experiment] = push.node
+        log.warning(
+            "%s restarted and lost its state; rejoined experiment %s at round %d",
+            push.node,
+            push.experiment,
+            at + 1,
+        )
+        return True
+
     def health(self) -> dict[str, Any]:
         """The node's status, and whether this process checks a credential."""
         node = self.node
+        state: dict[str, Any]
         if node is None:
             state = {"state": "idle", "role": None, "experiment": None, "round": None}
         else:
             state = node.status()
+            if self.rejoined is not None:  # the controller names the node once
+                state.update(rejoined_at=self.rejoined, restart_id=RESTART_ID)
         # machine and code: also what a retried config push (answered 409) reads back
         return {**state, "credential": bool(self.token), "machine": machine(), "code": code()}
 
@@ -126,12 +180,13 @@ def return_large_buffers(threshold: int = 1 << 20) -> bool:
         return False
 
 
-def build_node(push: Push, log_dir: Path, token: str = "") -> Node:
+def build_node(push: Push, log_dir: Path, token: str = "", kept: NodeLog | None = None) -> Node:
     """The node of `push.node`'s role, with every part it works with; a part that cannot be made
-    (no data, no GPU, no keys) is the push's fault: one line, and nothing is left running."""
+    (no data, no GPU, no keys) is the push's fault: one line, and nothing is left running.
+    `kept`: the node's log on disk, when it rejoins (its closed rounds stay in the log)."""
     cfg, role = push.cfg, push.cfg.nodes[push.node].type
     runlog = RunLog(
-        log_dir / push.experiment / log_name(push.node), push.node, role, push.experiment
+        log_dir / push.experiment / log_name(push.node), push.node, role, push.experiment, kept
     )
     hops = cfg.tree.first_hops(push.node)
     meter = TrafficMeter(runlog, push.experiment, cfg.rounds, cfg.nodes, hops)
@@ -187,24 +242,26 @@ def _keys(push: Push) -> KeyRing | None:
 
 
 def _scheme_seed(push: Push) -> int:
-    """A client's stochastic rounding (bfv) is reproducible per client; other roles never round."""
+    """The scheme's own rounding stream (a client passes each round's: ClientNode.rounding);
+    other roles never round."""
     node = push.cfg.nodes[push.node]
-    return quantize_seed(push.cfg.training.seed, node.index) if node.type == "client" else 0
+    return quantize_seed(push.cfg.training.seed, node.index, 0) if node.type == "client" else 0
 
 
 PARENT_ENV = "HEFL_PARENT_PID"  # set by local mode: the node exits when that process is gone
 
 
-def die_with_parent() -> None:
+def die_with_parent() -> bool:
     """When $HEFL_PARENT_PID names this process's parent (local mode), ask the kernel for SIGTERM
     when the parent dies (Linux: PR_SET_PDEATHSIG), and exit at once if it died already. A node
-    started by hand or by deploy/ has no such variable and lives on its own."""
+    started by hand or by deploy/ has no such variable and lives on its own. Whether it is a
+    local run's node."""
     import os
     import signal
 
     want = os.environ.pop(PARENT_ENV, "")
     if not want:
-        return
+        return False
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         pr_set_pdeathsig = 1  # linux/prctl.h
@@ -213,3 +270,4 @@ def die_with_parent() -> None:
         log.warning("cannot ask to be stopped with the local run (no prctl here)")
     if str(os.getppid()) != want:  # the parent died before the request above
         raise SystemExit(f"the local run that started this node (pid {want}) is gone")
+    return True

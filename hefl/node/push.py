@@ -1,16 +1,23 @@
-"""The config push: what the controller POSTs to /config and what a node reads from it."""
+"""The config push: what the controller POSTs to /config, what a node reads from it, and what the
+controller says of a node that refuses it for its credential."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
+
+import requests
 
 from hefl.address import check_base_url
 from hefl.config import ExperimentConfig, parse_config
-from hefl.errors import ConfigError
+from hefl.errors import ConfigError, ForeignNode, HeflError, PeerRefused, Unauthorized
+from hefl.node.transport import Transport
+from hefl.node.wire import TOKEN_HEADER, Kind
 from hefl.schema import EXPERIMENT_ID_LEN, is_safe_name, parse_section, safe_name
 
 
@@ -101,3 +108,38 @@ def parse_push(payload: Any) -> Push:
             f"push.samples: must give every client's sample count (none for {absent!r})"
         )
     return Push(cfg, body.node, body.experiment, endpoints, context, dict(body.samples))
+
+
+def send_push(transport: Transport, node: str, body: Mapping[str, Any]) -> requests.Response:
+    """POST `node` its config (make_push's body). A 401 raises ForeignNode: the node checks another
+    credential than this controller's, and the line says whose node it may be (its open /health
+    tells idle from serving another experiment) and what to do."""
+    try:
+        return transport.call(node, Kind.CONFIG, json.dumps(body).encode())
+    except PeerRefused as exc:
+        if exc.status != Unauthorized.status_code:
+            raise
+        url = transport.endpoints[node]
+        try:
+            port = urlsplit(url).port or 80
+        except ValueError:
+            port = 0
+        health = open_health(transport, node)
+        raise ForeignNode(
+            node,
+            url,
+            port,
+            bool(transport.session.headers.get(TOKEN_HEADER)),
+            str(health.get("state") or ""),
+            str(health.get("role") or ""),
+        ) from None
+
+
+def open_health(transport: Transport, node: str) -> dict[str, Any]:
+    """What a node's /health tells anyone without its credential (state and role, no secrets);
+    {} when it says nothing."""
+    try:
+        data = transport.call(node, Kind.HEALTH, timeouts=transport.timeouts.once()).json()
+    except (HeflError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

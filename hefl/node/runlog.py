@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -114,17 +115,43 @@ def _known(values: dict[str, Any], allowed: frozenset[str], what: str) -> dict[s
 class RunLog:
     """One node's records, one per round; thread-safe, written to disk whenever a round ends."""
 
-    def __init__(self, path: Path, node: str, role: str, experiment: str) -> None:
+    def __init__(
+        self, path: Path, node: str, role: str, experiment: str, kept: NodeLog | None = None
+    ) -> None:
+        """`kept`: this node's log as its process left it on disk before a restart; its closed
+        rounds stay in the log as they were (a round it had not closed starts afresh)."""
         self.path = path
         self.header: dict[str, Any] = {}  # what the node's role adds (NodeLog's header fields)
         self.node, self.role, self.experiment = node, role, experiment
         self._records: dict[int, _Open] = {}
+        self._kept: dict[int, RoundRecord] = {}
+        self._rejoined: tuple[int, ...] = ()  # the rounds it rejoined at after restarts
+        if kept is not None:
+            self._kept = {r.round: r for r in kept.iteration if r.end_time is not None}
+            self._rejoined = tuple(kept.rejoined or ())
         self._lock = threading.Lock()
         self.finished = False
         # this node's clock: every offset in the log counts from here (monotonic; no wall clocks
         # of different machines are ever compared)
         self.origin = time.monotonic()
         self.current = ""  # the timed phase running now, if any (what /health says it does)
+
+    @staticmethod
+    def kept(path: Path) -> NodeLog | None:
+        """The log a node left at `path` (None: none, or not a node log)."""
+        try:
+            return NodeLog.from_json(json.loads(path.read_text()))
+        except (OSError, ValueError, RecursionError, LogFormatError):
+            return None
+
+    def kept_rounds(self) -> list[int]:
+        """The rounds closed before a restart, kept from the log on disk."""
+        return sorted(self._kept)
+
+    def rejoined_at(self, round_: int) -> None:
+        """Say in the header that the node rejoined at `round_` after a restart."""
+        with self._lock:
+            self._rejoined = (*self._rejoined, round_)
 
     def describe(self, **values: Any) -> None:
         """Add fields to the log's header (NodeLog's)."""
@@ -134,6 +161,7 @@ class RunLog:
     def _record(self, round_: int) -> _Open:
         rec = self._records.get(round_)
         if rec is None:
+            self._kept.pop(round_, None)  # a kept round done again (a result applied again)
             now = time.monotonic()
             rec = _Open(round_, now, round(now - self.origin, 6), time.time())
             self._records[round_] = rec
@@ -281,8 +309,12 @@ class RunLog:
             experiment=self.experiment,
             format_version=FORMAT_VERSION,
             **self.header,
+            rejoined=self._rejoined or None,
             finished=self.finished,
-            iteration=tuple(self._records[r].closed() for r in sorted(self._records)),
+            iteration=tuple(
+                self._records[r].closed() if r in self._records else self._kept[r]
+                for r in sorted({*self._records, *self._kept})
+            ),
         )
 
     def _write_locked(self) -> None:

@@ -26,6 +26,7 @@ from hefl.records import (
     RunRecord,
     RunSummary,
 )
+from hefl.results.warmup import means, measured, skipped, which
 
 
 def human_bytes(n: float) -> str:
@@ -87,22 +88,29 @@ def read_logs(exp_dir: Path) -> dict[str, NodeLog]:
     return logs
 
 
-def node_table(logs: Mapping[str, NodeLog], cfg: ExperimentConfig) -> list[str]:
-    """Per node: mean body bytes sent and received per round, mean seconds per round."""
+def node_table(
+    logs: Mapping[str, NodeLog], cfg: ExperimentConfig, skip: int | None = None
+) -> list[str]:
+    """Per node: mean body bytes sent and received per round, mean seconds per round, over its
+    rounds but the warm-up ones (`skip` leading rounds; the default when None), which a last line
+    names."""
     lines = [f"{'node':<22}{'role':<11}{'sent/round':>13}{'recv/round':>13}{'s/round':>9}"]
+    numbers: list[int] = []
     for node in cfg.nodes:
         log = logs.get(node)
         if log is None:
             lines.append(f"{node:<22}{cfg.nodes[node].type:<11}  (no log: see {log_name(node)})")
             continue
-        sent = _mean(log.iteration, lambda r: r.byte_send)
-        received = _mean(log.iteration, lambda r: r.byte_received)
-        seconds = _mean(log.iteration, lambda r: r.duration_s)
+        records = log.iteration[skipped(len(log.iteration), skip) :]
+        numbers = max(numbers, [r.round for r in log.iteration], key=len)
+        sent = _mean(records, lambda r: r.byte_send)
+        received = _mean(records, lambda r: r.byte_received)
+        seconds = _mean(records, lambda r: r.duration_s)
         lines.append(
             f"{node:<22}{log.role:<11}{human_bytes(sent):>13}"
             f"{human_bytes(received):>13}{seconds:>9.2f}"
         )
-    return lines
+    return [*lines, f"per round: means over {which(numbers, skip)}"]
 
 
 def _mean(records: Sequence[RoundRecord], get: Callable[[RoundRecord], float | None]) -> float:
@@ -114,24 +122,29 @@ def _label(summary: RunSummary) -> str:
     return scheme_label(summary.scheme, summary.backend or "tenseal")
 
 
-def summary_lines(summary: RunSummary) -> list[str]:
-    """What `main.py report` prints: one line per round of summary.json, then its totals."""
+def summary_lines(summary: RunSummary, skip: int | None = None) -> list[str]:
+    """What `main.py report` prints: one line per round of summary.json, its totals (every
+    round), then the means per round over the rounds but the warm-up ones (`skip` leading
+    rounds; the default when None)."""
     described = describe(dict(summary.encryption))
+    warm = skipped(len(summary.rounds), skip)
     return [
         f"{summary.experiment}: scheme {_label(summary)}, {summary.clients} clients, "
         f"{summary.switches} switches ({summary.dumb_switches} forwarding)"
         + (f"; {described}" if described else ""),
         f"{'round':>5} {'accuracy':>9} {'loss':>8} {'s':>7} {'on wire':>10} {'agg in':>10}  "
         f"critical path: train / crypto / transfer / wait (s)  HE error max",
-        *(_round_line(row) for row in summary.rounds),
+        *(_round_line(row, i < warm) for i, row in enumerate(summary.rounds)),
         _totals_line(summary),
+        *means_lines(summary, skip),
         *(_not_completed_line(later) for later in summary.rounds_not_completed),
         *([f"no log of: {', '.join(summary.logs_missing)}"] if summary.logs_missing else []),
     ]
 
 
-def _round_line(row: RoundSummary) -> str:
-    """A completed round: its figures, its critical path's split, its HE error."""
+def _round_line(row: RoundSummary, warm_up: bool = False) -> str:
+    """A completed round: its figures, its critical path's split, its HE error; a warm-up round
+    says it is not in the means."""
     split = row.critical_path.split if row.critical_path is not None else {}
     parts = " / ".join(f"{split.get(k) or 0:.3f}" for k in SPLIT)
     he = row.he_error
@@ -140,7 +153,23 @@ def _round_line(row: RoundSummary) -> str:
         f"{row.round_s or 0:>7.3f} {human_bytes(row.bytes_on_wire):>10} "
         f"{human_bytes(row.aggregator_ingress):>10}  {parts:<45}"
         f"{'' if he is None else format(he.max_abs, '.3g')}"
-    )
+        + ("  (warm-up: not in the means)" if warm_up else "")
+    ).rstrip()
+
+
+def means_lines(summary: RunSummary, skip: int | None = None) -> list[str]:
+    """The means per round over the rounds they count (none when no round completed)."""
+    if not summary.rounds:
+        return []
+    m = means(measured(summary.rounds, skip))
+    seconds = "n/a" if m.seconds is None else f"{m.seconds:.3f}"
+    split = " / ".join(f"{m.split.get(k, 0.0):.3f}" for k in SPLIT) if m.split else "n/a"
+    return [
+        f"mean per round over {which([row.round for row in summary.rounds], skip)}: "
+        f"{seconds} s, {human_bytes(m.bytes_on_wire)} on the wire, "
+        f"{human_bytes(m.aggregator_ingress)} into the aggregator, {m.crypto_s:.3f} s in crypto "
+        f"phases (all nodes); critical path train / crypto / transfer / wait {split} s"
+    ]
 
 
 def _totals_line(summary: RunSummary) -> str:
@@ -222,7 +251,7 @@ def controller_gone(run: RunRecord) -> str:
         return ""
     began = process_start(run.controller_pid)
     try:
-        started = datetime.fromisoformat(run.started).timestamp()
+        started = datetime.fromisoformat(run.controller_since or run.started).timestamp()
     except ValueError:
         return ""
     if began is None or began > started + 5:  # the controller starts before its run does
@@ -241,7 +270,10 @@ def process_start(pid: int) -> float | None:
         )
     except (OSError, StopIteration, ValueError, IndexError):
         return None
-    ticks = float(stat[stat.rfind(")") + 2 :].split()[19])  # field 22, starttime
+    fields = stat[stat.rfind(")") + 2 :].split()
+    if fields[0] == "Z":  # a zombie: it ran, and is gone (its parent has not reaped it)
+        return None
+    ticks = float(fields[19])  # field 22, starttime
     return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 

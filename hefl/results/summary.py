@@ -38,6 +38,7 @@ from hefl.records import (
     Totals,
     rows_from_json,
 )
+from hefl.results.options import FigureOptions
 from hefl.results.table import to_csv
 from hefl.results.timeline import Timeline, critical_path, round_window, rounded
 from hefl.results.traffic import by_link, by_role, crypto_seconds, phases_by_role
@@ -349,14 +350,16 @@ def _load(exp_dir: Path, client: str, tag: str) -> np.ndarray:
     return flat.astype(np.float64)
 
 
-def write_summary(exp_dir: Path, plots: bool = True) -> RunSummary:
-    """summary.json, summary.csv and the plots of a run folder, from its logs alone; the same
-    logs always give the same bytes."""
+def write_summary(
+    exp_dir: Path, plots: bool = True, figures: FigureOptions | None = None
+) -> RunSummary:
+    """summary.json, summary.csv and the figures of a run folder (PNG, and the other formats
+    `figures` asks for), from its logs alone; the same logs always give the same bytes."""
     summary = summarize(exp_dir)
     write_json_atomic(exp_dir / "summary.json", summary.to_json())
     write_bytes_atomic(exp_dir / "summary.csv", to_csv(summary).encode())
     if plots:  # matplotlib only when asked for
         from hefl.results.plots import plot_run
 
-        plot_run(summary, exp_dir)
+        plot_run(summary, exp_dir, figures)
     return summary

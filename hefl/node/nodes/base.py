@@ -12,7 +12,8 @@ from typing import Any, ClassVar, Protocol
 
 from hefl.config import ExperimentConfig, NodeConfig
 from hefl.crypto import Scheme
-from hefl.errors import HeflError, PeerRestarted, PeerUnreachable, ProtocolError
+from hefl.errors import ConfigError, HeflError, PeerRestarted, PeerUnreachable, ProtocolError
+from hefl.node.rejoin import RejoinStore, Saved
 from hefl.node.runlog import RunLog
 from hefl.node.transport import TrafficMeter
 from hefl.node.wire import Body, Envelope, Kind, check_scope
@@ -101,10 +102,16 @@ class Node:
         self.runlog.describe(
             scheme=self.scheme.name, can_decrypt=self.scheme.can_decrypt, machine=machine()
         )
+        self.store: RejoinStore | None = None  # what a restart rejoins from (clients)
         self.error = ""
         self.stopped = ""  # why the experiment ended before this node finished
         self.round = 0
         self.closed = False
+
+    def rejoin(self, saved: Saved) -> int:
+        """Take up the experiment after a restart (clients only: an adder's sums of the open
+        round were in its memory alone)."""
+        raise ConfigError(f"{self.id}: a {self.role} does not rejoin after a restart")
 
     @property
     def max_body(self) -> int:
@@ -149,6 +156,8 @@ class Node:
         if self.error or self.stopped:  # after the end: work in flight failing, not a failure
             return
         self.error = line
+        if self.store is not None:  # a failed node does not rejoin
+            self.store.clear()
         try:
             self.runlog.flush()
         except OSError as exc2:  # a full or read-only disk: the report below still goes out
@@ -174,6 +183,8 @@ class Node:
         """Retire this node: queued work is dropped, the log is written, connections closed."""
         self.closed = True
         self.worker.close()
+        if self.store is not None:  # retired or replaced: nothing to rejoin
+            self.store.clear()
         try:
             self.runlog.flush()
         except OSError as exc:  # a full disk must not keep the connections and workers alive

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -13,13 +14,15 @@ import numpy as np
 from hefl.address import file_stem
 from hefl.config import ExperimentConfig
 from hefl.crypto import Scheme
-from hefl.errors import ExperimentFailed, OutOfWindow, PeerRefused, ProtocolError
+from hefl.errors import ConfigError, ExperimentFailed, OutOfWindow, PeerRefused, ProtocolError
 from hefl.node.aggregation import AcceptPoint, apply_sum
 from hefl.node.metrics import ClientMetrics, MetricsReport
 from hefl.node.nodes.base import Node, Parts
+from hefl.node.rejoin import RejoinStore, Saved
 from hefl.node.runlog import Stopwatch
 from hefl.node.wire import Body, Envelope, Kind
 from hefl.records import HostedClient
+from hefl.seeds import quantize_seed
 
 log = logging.getLogger(__name__)
 
@@ -94,17 +97,16 @@ class Precomputer:
 
 @dataclass
 class Slot:
-    """One logical client this node hosts: its slice's sizes, FedAvg weight and stochastic-rounding
-    stream (its data stays in the training part). Between rounds a client's model is the global
-    model, the same for every client of the node (the optimizer starts afresh each round), so the
-    node keeps that one flat array for all."""
+    """One logical client this node hosts: its slice's sizes and FedAvg weight (its data stays in
+    the training part; its stochastic rounding is keyed by round: ClientNode.rounding). Between
+    rounds a client's model is the global model, the same for every client of the node (the
+    optimizer starts afresh each round), so the node keeps that one flat array for all."""
 
     id: str  # the sender id of its updates: the node's address, or `<address>#<j>`
     index: int  # its slice index: the key of its shuffles and rounding
     samples: int  # training samples
     tests: int  # test samples
     weight: float
-    rng: np.random.Generator  # bfv's stochastic rounding, as a single-client node of `index`'s
 
 
 class Training(Protocol):
@@ -210,8 +212,67 @@ class ClientNode(Node):
         started = time.monotonic()
         with self.downward.reserve((Kind.GLOBAL, env.round), f"global of round {env.round + 1}"):
             loaded = self.scheme.load(payload)  # a refused one is not taken: a corrected retry is
+        self.keep(
+            lambda store: store.keep_global(env.round, env.headers(), payload)
+        )  # before the 202
         self.runlog.add_phase(env.round, "load", time.monotonic() - started)
         self.submit(self.apply_global, env, loaded)
+
+    def keep(self, write: Callable[[RejoinStore], None]) -> None:
+        """Write what a restart rejoins from (hefl/node/rejoin.py); a disk that refuses it ends
+        the node's chance to rejoin (its files are removed: a restart comes up unconfigured, and
+        is named as such), not the run."""
+        store = self.store
+        if store is None:
+            return
+        try:
+            write(store)
+        except OSError as exc:
+            log.warning("%s: cannot keep what a restart would rejoin from: %s", self.id, exc)
+            self.store = None
+            store.clear()
+
+    def rejoin(self, saved: Saved) -> int:
+        """After its process restarted: take up the experiment from what this node kept on its
+        own disk: the global model it last applied, and a global result it had taken but not
+        applied (applied now). It then trains the next round, sending again an update its parent
+        may hold already (refused as a duplicate: delivered) or closed without it (late: a
+        dropout); the result of that round comes down as usual. Returns the round it rejoins at."""
+        applied = saved.applied
+        if saved.model is not None:
+            if saved.model.shape != self.base.shape or saved.model.dtype != self.base.dtype:
+                raise ConfigError(
+                    f"{self.id}: the kept model is {saved.model.dtype}{list(saved.model.shape)}, "
+                    f"not this experiment's {self.base.dtype}{list(self.base.shape)}"
+                )
+            self.base = self.training.load(saved.model)
+        at = applied + 1
+        if not 0 <= at < self.cfg.rounds:
+            raise ConfigError(f"{self.id}: nothing to rejoin at round {at + 1}")
+        self.downward.take((Kind.BEGIN, 0), "begin of round 0")
+        for r in range(at):
+            self.downward.take((Kind.GLOBAL, r), f"global of round {r + 1}")
+        self.round = self.sent_round = at  # its global result is open, whether it sent or not
+        self.pause_precompute(at - 1)
+        self.runlog.rejoined_at(at)
+        # the results taken before the restart, in order from `at`: applied now (each one's
+        # apply trains the next round, whose update is refused as a duplicate or as late)
+        expect = at
+        for headers, body in saved.pending:
+            env = Envelope.from_headers(headers)
+            if (env.experiment, env.round) != (self.experiment, expect):
+                raise ConfigError(
+                    f"{self.id}: the kept global result of round {expect + 1} says experiment "
+                    f"{env.experiment!r}, round {env.round + 1}"
+                )
+            self.downward.take((Kind.GLOBAL, expect), f"global of round {expect + 1}")
+            self.pause_precompute(expect)
+            self.sent_round = expect
+            self.submit(self.apply_global, env, self.scheme.load(body))
+            expect += 1
+        if expect == at:
+            self.submit(self.train_round, at)
+        return at
 
     def train_round(self, r: int) -> None:
         """Each client in turn: train from the round's global model, then send its weighted,
@@ -284,9 +345,14 @@ class ClientNode(Node):
         clip = self.cfg.encryption.clip
         clipped = int(np.count_nonzero(np.abs(update) > clip))
         with self.step("encrypting its update"), self.runlog.phase(r, "encrypt", key):
-            parts = self.scheme.encrypt_parts(np.clip(update, -clip, clip), slot.rng)
+            parts = self.scheme.encrypt_parts(np.clip(update, -clip, clip), self.rounding(slot, r))
         self.set_figures(r, slot, train_loss=loss, train_samples=slot.samples, clipped=clipped)
         return parts, loss
+
+    def rounding(self, slot: Slot, r: int) -> np.random.Generator:
+        """`slot`'s stochastic rounding (bfv, paillier) in round `r`: a stream of its own per
+        round, so that a client that rejoined after a restart draws what it would have drawn."""
+        return np.random.default_rng(quantize_seed(self.cfg.training.seed, slot.index, r))
 
     def add_own(self, total: Any, parts: Any) -> Any:
         """`local_sum`: add one of this node's updates into their running total, as a switch
@@ -389,7 +455,10 @@ class ClientNode(Node):
         self.report(r, loss, acc, figures if self.hosts_several else [])
         self.runlog.end(r, final=r == self.cfg.rounds - 1)
         if r + 1 < self.cfg.rounds:
+            self.keep(lambda store: store.keep_model(r, self.base))  # the round is done
             self.train_round(r + 1)
+        elif self.store is not None:  # finished: nothing to rejoin
+            self.store.clear()
 
     def check_sum(self, r: int, total: np.ndarray, contributors: int) -> None:
         """A decrypted sum of `contributors` clipped updates lies within contributors x clip, plus

@@ -13,7 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from hefl.config import ExperimentConfig
-from hefl.errors import ProtocolError
+from hefl.errors import PeerUnreachable, ProtocolError
 from hefl.node.aggregation import RoundBuffer
 from hefl.node.nodes.base import Node, Parts
 from hefl.node.runlog import Stopwatch
@@ -178,7 +178,7 @@ class InnerNode(Node, ABC):
             return
         started = time.monotonic()
         sends = {
-            child: self._down[child].submit(self.transport.send, child, kind, env, payload)
+            child: self._down[child].submit(self.deliver, child, kind, env, payload)
             for child in self.children
         }
         if self.cfg.policy.tolerate_dropouts:
@@ -202,6 +202,28 @@ class InnerNode(Node, ABC):
         if failed:
             with self.step(f"sending the {kind.value} message of round {env.round + 1} down"):
                 raise failed[0][1]
+
+    def deliver(self, child: str, kind: Kind, env: Envelope, payload: Body) -> Any:
+        """Send a downward message to one child (in its own queue). A child that cannot be reached
+        (refused, reset: its process restarting) is tried again every second for
+        network.startup_timeout_s: a client that restarted rejoins from its disk and takes the
+        message then; one that answers as unconfigured, or never, fails as before."""
+        give_up = time.monotonic() + self.cfg.network.startup_timeout_s
+        while True:
+            try:
+                return self.transport.send(child, kind, env, payload)
+            except PeerUnreachable as exc:
+                if exc.silent or self.closed or time.monotonic() > give_up:
+                    raise
+                log.info(
+                    "%s: %s of round %d to %s: %s; trying again",
+                    self.id,
+                    kind.value,
+                    env.round + 1,
+                    child,
+                    exc,
+                )
+                time.sleep(1.0)
 
     def _skipped(self, kind: Kind, round_: int, child: str, sent: Future[Any]) -> None:
         """A downward message a child did not take, with a round deadline: a dropout, logged."""

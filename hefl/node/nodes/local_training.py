@@ -12,7 +12,7 @@ from hefl.data import Split, client_slices
 from hefl.model import build_model, get_flat, set_flat
 from hefl.node.aggregation import client_weight
 from hefl.node.nodes.client import Slot
-from hefl.seeds import quantize_seed, shuffle_seed
+from hefl.seeds import shuffle_seed
 from hefl.training import evaluate, pick_device, train_epochs, warm_up
 
 
@@ -37,7 +37,6 @@ class LocalTraining:
                 len(train),
                 len(test),
                 client_weight(len(train), me.client_number, self.all_samples),
-                np.random.default_rng(quantize_seed(t.seed, i)),
             )
             for c, i, (train, test) in zip(ids, indices, slices, strict=True)
         ]

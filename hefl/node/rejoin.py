@@ -1,0 +1,176 @@
+"""What a node keeps on its own disk so that it rejoins its experiment after its process restarted
+(a gunicorn worker killed by the OOM killer, systemd's Restart=on-failure): the config it was
+pushed and, for a client, the global model it last applied. Nothing comes from its peers: the
+global result of a round is a sum of changes, so a client cannot rebuild its model from the next
+one, and switches and the aggregator must never hold a model.
+
+Layout, under the node's log folder, mode 600 files in a mode 700 folder (they are the node's own,
+as its keys are):
+
+    .rejoin/<listen>.json                 which experiment and node this listening address serves
+    .rejoin/<experiment>/<node>.push.json the config push, as it came
+    .rejoin/<experiment>/<node>.model.npy a client's last applied global model
+    .rejoin/<experiment>/<node>.model.json the round of that model, and its digest
+    .rejoin/<experiment>/<node>.global-<r>.bin  a client's global result of round r, kept before
+                                           it answers for it (until the model after it is kept)
+    .rejoin/<experiment>/<node>.global-<r>.json its envelope and digest
+
+A client keeps each global result before it answers 202 for it, and its model once the round is
+done (applied, evaluated, reported, logged): a restart anywhere in between applies that result
+again from its disk, so no result its parent delivered is lost, and none comes twice.
+
+Every file is written whole or not at all (a temp file and a rename); a model whose digest does not
+match what was written (a disk that lost it) is refused, and the node starts without an
+experiment, as before."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hefl.address import file_stem
+from hefl.files import write_bytes_atomic
+
+log = logging.getLogger(__name__)
+
+FOLDER = ".rejoin"
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write `path` whole or not at all (mode 600, as mkstemp makes it), in folders of mode 700
+    from .rejoin down."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for folder in [path.parent, *path.parent.parents]:
+        if FOLDER not in folder.parts:
+            break
+        os.chmod(folder, 0o700)
+    write_bytes_atomic(path, data)
+
+
+@dataclass(frozen=True)
+class Saved:
+    """What a restarted node finds on its disk."""
+
+    push: dict[str, Any]  # the config push it was configured with
+    applied: int  # the last round whose global result it applied (-1: none; clients only)
+    model: np.ndarray | None  # that round's global model (clients; None for other roles)
+    # the global results taken (answered 202) after that model, not yet applied, by round: each
+    # one's envelope headers and body
+    pending: tuple[tuple[dict[str, str], bytes], ...] = ()
+
+
+class RejoinStore:
+    """One node's files for one experiment, on behalf of the process listening on `listen`."""
+
+    def __init__(self, log_dir: Path, listen: str, experiment: str, node: str) -> None:
+        self.root = log_dir / FOLDER
+        self.pointer = self.root / f"{file_stem(listen)}.json"
+        self.folder = self.root / experiment
+        stem = file_stem(node)
+        self.push_file = self.folder / f"{stem}.push.json"
+        self.model_file = self.folder / f"{stem}.model.npy"
+        self.model_info = self.folder / f"{stem}.model.json"
+        self.stem = stem
+        self.experiment, self.node = experiment, node
+
+    def keep_push(self, payload: Any) -> None:
+        """At configure: the push, then the pointer that names it (a crash in between leaves no
+        pointer, so the node starts unconfigured as before)."""
+        _write_private(self.push_file, json.dumps(payload).encode())
+        _write_private(
+            self.pointer,
+            json.dumps({"experiment": self.experiment, "node": self.node}).encode(),
+        )
+
+    def keep_model(self, applied: int, flat: np.ndarray) -> None:
+        """A client, after applying round `applied`'s global result (-1: the initial model)."""
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(flat), allow_pickle=False)
+        data = buf.getvalue()
+        _write_private(self.model_file, data)
+        digest = hashlib.sha256(data).hexdigest()
+        _write_private(self.model_info, json.dumps({"applied": applied, "sha256": digest}).encode())
+        for info in self.folder.glob(f"{self.stem}.global-*.json"):  # applied: not needed again
+            try:
+                done = int(info.name.rsplit("-", 1)[1].split(".")[0]) <= applied
+            except ValueError:
+                continue
+            if done:
+                info.unlink(missing_ok=True)
+                info.with_suffix(".bin").unlink(missing_ok=True)
+
+    def _global(self, round_: int, suffix: str) -> Path:
+        return self.folder / f"{self.stem}.global-{round_}.{suffix}"
+
+    def keep_global(self, round_: int, headers: dict[str, str], body: bytes | bytearray) -> None:
+        """A client, before it answers for round `round_`'s global result: the message as it
+        came (its digest last: a result without one is not taken up)."""
+        _write_private(self._global(round_, "bin"), bytes(body))
+        digest = hashlib.sha256(body).hexdigest()
+        info = {"round": round_, "headers": headers, "sha256": digest}
+        _write_private(self._global(round_, "json"), json.dumps(info).encode())
+
+    def clear(self) -> None:
+        """The experiment ended for this node (finished, failed, retired): nothing to rejoin."""
+        try:
+            if self._points_here():
+                self.pointer.unlink(missing_ok=True)
+            shutil.rmtree(self.folder, ignore_errors=True)
+        except OSError as exc:
+            log.warning("could not remove %s: %s", self.folder, exc)
+
+    def _points_here(self) -> bool:
+        try:
+            said = json.loads(self.pointer.read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(said, dict) and said.get("experiment") == self.experiment
+
+    @classmethod
+    def find(cls, log_dir: Path, listen: str) -> tuple[RejoinStore, Saved] | None:
+        """What the process listening on `listen` served before it restarted, if anything is
+        left of it; a file that is missing, cut short or altered is a warning and None."""
+        pointer = log_dir / FOLDER / f"{file_stem(listen)}.json"
+        if not pointer.is_file():
+            return None
+        try:
+            said = json.loads(pointer.read_text())
+            store = cls(log_dir, listen, str(said["experiment"]), str(said["node"]))
+            push = json.loads(store.push_file.read_text())
+            applied, model = -1, None
+            if store.model_info.is_file():
+                info = json.loads(store.model_info.read_text())
+                data = store.model_file.read_bytes()
+                if hashlib.sha256(data).hexdigest() != info["sha256"]:
+                    raise ValueError(f"{store.model_file} does not match its digest")
+                model = np.load(io.BytesIO(data), allow_pickle=False)
+                applied = int(info["applied"])
+            pending = []
+            for r in itertools.count(applied + 1):  # in order, without a gap
+                if not store._global(r, "json").is_file():
+                    break
+                info = json.loads(store._global(r, "json").read_text())
+                body = store._global(r, "bin").read_bytes()
+                if hashlib.sha256(body).hexdigest() != info["sha256"]:
+                    raise ValueError(f"{store._global(r, 'bin')} does not match its digest")
+                headers = info["headers"]
+                if not isinstance(headers, dict):
+                    raise ValueError(f"{store._global(r, 'json')}: headers are not an object")
+                pending.append(({str(k): str(v) for k, v in headers.items()}, body))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("not rejoining from %s: %s", pointer, exc)
+            return None
+        if not isinstance(push, dict):
+            log.warning("not rejoining from %s: its push is not a JSON object", pointer)
+            return None
+        return store, Saved(push, applied, model, tuple(pending))
