@@ -100,7 +100,7 @@ def test_a_failed_run_leaves_its_record_and_ends_the_surviving_nodes(cluster: Cl
         agg.kill()
         agg.wait()  # reaped: a failed test leaves no running process to warn about later
     assert agg.returncode == 1 and victim in err, err[-2000:]
-    (exp,) = (cluster.tmp / "agg").iterdir()
+    (exp,) = (d for d in (cluster.tmp / "agg").iterdir() if (d / "run.json").is_file())
     record = json.loads((exp / "run.json").read_text())
     assert record["status"] == "failed" and victim in record["error"]
     rows = json.loads((exp / "rounds.json").read_text())
@@ -224,6 +224,29 @@ def test_a_client_node_restarted_whole_rejoins_after_the_rounds_it_missed(
     missed = [r["round"] for r in rows if victim in (r.get("missing") or [])]
     assert missed and max(missed) < 9, rows  # it missed rounds, and contributed again after
     assert all(victim not in (r.get("missing") or []) for r in rows[max(missed) + 1 :])
+
+
+def test_a_restarted_switch_is_named_and_its_log_of_before_is_gathered(cluster: Cluster) -> None:
+    """A switch's worker is killed mid-run: a switch does not rejoin (its sums of the open round
+    were in its memory only), so the run stops with a line that starts with the switch and says
+    it restarted; its log of the rounds before, on its own disk, is gathered all the same."""
+    cluster.raw["aggregator"]["iteration"] = 500
+    victim = cluster.ids["sw"]
+    agg = agg_until_round(cluster, 3)
+    _, *workers = process_tree(cluster.procs[2].pid)
+    assert len(workers) == 1, workers
+    os.kill(workers[0], signal.SIGKILL)
+    _, err = finish(agg, timeout=120)
+    assert agg.returncode == 1, err[-2000:]
+    (line,) = err.strip().splitlines()
+    assert line.startswith(
+        f"error: {victim} answers as an unconfigured node: it restarted and lost its experiment"
+    ), line
+    assert cluster.health("sw")["state"] == "idle"
+    (exp,) = (d for d in (cluster.tmp / "agg").iterdir() if (d / "run.json").is_file())
+    gathered = json.loads((exp / log_name(victim)).read_text())
+    assert len([r for r in gathered["iteration"] if r["end_time"]]) >= 3
+    results_agree(exp)
 
 
 def test_a_retired_node_is_noticed_within_seconds(cluster: Cluster) -> None:

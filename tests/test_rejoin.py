@@ -72,3 +72,29 @@ def test_the_pointer_of_a_newer_experiment_survives_the_older_ones_clear(tmp_pat
     found = RejoinStore.find(tmp_path, LISTEN)
     assert found is not None and found[1].push == {"node": NODE, "new": True}
     assert json.loads(new.pointer.read_text())["experiment"] == new.experiment
+
+
+def test_nodes_sharing_a_log_folder_clear_only_their_own_files(tmp_path: Path) -> None:
+    """`nodes up` starts every node with one log folder: a client that finishes keeps its
+    neighbours' files."""
+    mine = RejoinStore(tmp_path, LISTEN, EXP, NODE)
+    other = RejoinStore(tmp_path, "127.0.0.1:7002", EXP, "127.0.0.1:7002")
+    for store in (mine, other):
+        store.keep_push({"node": store.node})
+        store.keep_model(0, np.zeros(3, dtype=np.float32))
+    mine.clear()
+    assert RejoinStore.find(tmp_path, LISTEN) is None
+    found = RejoinStore.find(tmp_path, "127.0.0.1:7002")
+    assert found is not None and found[1].applied == 0
+
+
+def test_a_pointer_that_names_no_experiment_or_address_is_refused(tmp_path: Path) -> None:
+    store = RejoinStore(tmp_path, LISTEN, EXP, NODE)
+    store.keep_push({"node": NODE})
+    victim = tmp_path / "keep.me"
+    victim.write_text("x")
+    for said in ({"experiment": "../..", "node": NODE}, {"experiment": EXP, "node": "../keep"}):
+        store.pointer.write_text(json.dumps(said))
+        assert RejoinStore.find(tmp_path, LISTEN) is None
+        RejoinStore(tmp_path, LISTEN, EXP.replace("abcd", "9999"), NODE).keep_push({})
+    assert victim.read_text() == "x"

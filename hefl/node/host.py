@@ -41,6 +41,8 @@ class Host:
         self.listen = listen
         self.node: Node | None = None
         self.rejoined: int | None = None  # the round this process rejoined its experiment at
+        # the experiment and node this address served before a restart that did not rejoin
+        self.previous: tuple[str, str] | None = None
         self._served: dict[str, str] = {}  # experiment -> the node this process was in it
         self._lock = threading.Lock()
         code()  # the code this process runs, asked now: a copy replaced later is not it
@@ -72,7 +74,7 @@ class Host:
             node = build_node(push, self.log_dir, self.token)
             try:
                 node.start()  # writes its (empty) log: a log folder it cannot write is refused here
-                if self.listen and node.role == "client":
+                if self.listen:  # clients rejoin from it; any role serves its log after a restart
                     store = RejoinStore(self.log_dir, self.listen, push.experiment, push.node)
                     store.keep_push(payload)
                     node.store = store
@@ -99,6 +101,15 @@ class Host:
         node: Node | None = None
         try:
             push = parse_push(saved.push)
+            self.previous = (push.experiment, push.node)  # /log serves its log on disk
+            if push.cfg.nodes[push.node].type != "client":
+                log.warning(
+                    "%s restarted and lost its state: a %s does not rejoin (the sums of its open "
+                    "round were in its memory only)",
+                    push.node,
+                    push.cfg.nodes[push.node].type,
+                )
+                return False
             path = self.log_dir / push.experiment / log_name(push.node)
             kept = RunLog.kept(path)
             if kept is None or kept.finished:
@@ -153,8 +164,11 @@ class Host:
         node = self.node
         if node is not None and node.experiment == experiment:
             return node.runlog.snapshot()
-        path = self.log_dir / experiment / log_name(node.id if node else "")
-        if node is None or not is_experiment_id(experiment) or not path.is_file():
+        me = node.id if node else None
+        if me is None and self.previous is not None and self.previous[0] == experiment:
+            me = self.previous[1]  # restarted, not rejoined: its log of before is on disk
+        path = self.log_dir / experiment / log_name(me or "")
+        if me is None or not is_experiment_id(experiment) or not path.is_file():
             raise NotFound(f"no log of experiment {experiment!r} on this node")
         try:
             return json.loads(path.read_text())  # type: ignore[no-any-return]

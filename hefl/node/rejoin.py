@@ -31,15 +31,16 @@ import itertools
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hefl.address import file_stem
+from hefl.address import file_stem, parse_address
+from hefl.errors import HeflError
 from hefl.files import write_bytes_atomic
+from hefl.node.push import is_experiment_id
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,20 @@ def _write_private(path: Path, data: bytes) -> None:
             break
         os.chmod(folder, 0o700)
     write_bytes_atomic(path, data)
+
+
+def _pointer(path: Path) -> tuple[str, str] | None:
+    """The experiment and node a pointer file names; None for anything else (an id that could
+    not name a folder of its own, an address that is not one)."""
+    try:
+        said = json.loads(path.read_text())
+        experiment, node = said["experiment"], said["node"]
+        parse_address(node)
+    except (OSError, ValueError, KeyError, TypeError, HeflError):
+        return None
+    if not is_experiment_id(experiment) or not isinstance(node, str):
+        return None
+    return experiment, node
 
 
 @dataclass(frozen=True)
@@ -81,11 +96,15 @@ class RejoinStore:
         self.model_file = self.folder / f"{stem}.model.npy"
         self.model_info = self.folder / f"{stem}.model.json"
         self.stem = stem
-        self.experiment, self.node = experiment, node
+        self.experiment, self.node, self.listen = experiment, node, listen
 
     def keep_push(self, payload: Any) -> None:
         """At configure: the push, then the pointer that names it (a crash in between leaves no
-        pointer, so the node starts unconfigured as before)."""
+        pointer, so the node starts unconfigured as before). What this address kept for an
+        earlier experiment goes."""
+        earlier = self.pointed()
+        if earlier is not None and earlier != (self.experiment, self.node):
+            RejoinStore(self.root.parent, self.listen, *earlier).clear()
         _write_private(self.push_file, json.dumps(payload).encode())
         _write_private(
             self.pointer,
@@ -121,20 +140,21 @@ class RejoinStore:
         _write_private(self._global(round_, "json"), json.dumps(info).encode())
 
     def clear(self) -> None:
-        """The experiment ended for this node (finished, failed, retired): nothing to rejoin."""
+        """The experiment ended for this node (finished, failed, retired): nothing to rejoin.
+        Only this node's files go (nodes started by `nodes up` share a log folder)."""
         try:
-            if self._points_here():
+            if self.pointed() == (self.experiment, self.node):
                 self.pointer.unlink(missing_ok=True)
-            shutil.rmtree(self.folder, ignore_errors=True)
+            for path in self.folder.glob(f"{self.stem}.*"):
+                path.unlink(missing_ok=True)
+            if self.folder.is_dir() and not any(self.folder.iterdir()):
+                self.folder.rmdir()
         except OSError as exc:
-            log.warning("could not remove %s: %s", self.folder, exc)
+            log.warning("could not remove %s's files in %s: %s", self.node, self.folder, exc)
 
-    def _points_here(self) -> bool:
-        try:
-            said = json.loads(self.pointer.read_text())
-        except (OSError, ValueError):
-            return False
-        return isinstance(said, dict) and said.get("experiment") == self.experiment
+    def pointed(self) -> tuple[str, str] | None:
+        """The experiment and node this address's pointer names, if any."""
+        return _pointer(self.pointer)
 
     @classmethod
     def find(cls, log_dir: Path, listen: str) -> tuple[RejoinStore, Saved] | None:
@@ -143,9 +163,12 @@ class RejoinStore:
         pointer = log_dir / FOLDER / f"{file_stem(listen)}.json"
         if not pointer.is_file():
             return None
+        named = _pointer(pointer)
+        if named is None:
+            log.warning("not rejoining: %s does not name an experiment and a node", pointer)
+            return None
         try:
-            said = json.loads(pointer.read_text())
-            store = cls(log_dir, listen, str(said["experiment"]), str(said["node"]))
+            store = cls(log_dir, listen, *named)
             push = json.loads(store.push_file.read_text())
             applied, model = -1, None
             if store.model_info.is_file():
