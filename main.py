@@ -150,6 +150,7 @@ def _parser() -> argparse.ArgumentParser:
     follow.add_argument(
         "run", nargs="?", type=Path, help="run folder (default: the latest under --log-dir)"
     )
+    follow.add_argument("--take-over", action="store_true", help=argparse.SUPPRESS)
     follow.set_defaults(func=_follow)
     from hefl.results.options import add_flags
 
@@ -318,10 +319,12 @@ def _agg(args: argparse.Namespace) -> int:
     if args.experiment is not None and not is_experiment_id(args.experiment):
         raise HeflError(f"--experiment: {args.experiment!r} is not an experiment id")
     experiment = args.experiment or new_experiment_id(cfg.name)
-    if args.detach:
+    if args.detach and args.experiment is None:  # a detached controller never detaches again
         from hefl.control.follow import detach
 
-        argv = [a for a in args.given if a != "--detach"] + ["--experiment", experiment]
+        # --detach as given, or as argparse takes it shortened (--d, --det, ...)
+        argv = [a for a in args.given if not (a.startswith("--d") and "--detach".startswith(a))]
+        argv += ["--experiment", experiment]
         run = args.log_dir / experiment
 
         def start() -> None:
@@ -333,7 +336,7 @@ def _agg(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-        return _following(run, token, start)
+        return _following(run, args.token_file, args.log_dir, start)
     ctl = Controller(
         raw,
         cfg,
@@ -350,30 +353,46 @@ def _agg(args: argparse.Namespace) -> int:
 def _follow(args: argparse.Namespace) -> int:
     from hefl.control.follow import latest_run
 
-    return _following(args.run or latest_run(args.log_dir), read_token(args.token_file))
+    run = args.run or latest_run(args.log_dir)
+    if args.take_over:
+        return _take_over(run, read_token(args.token_file))
+    return _following(run, args.token_file, args.log_dir)
 
 
-def _following(run: Path, token: str, start: Callable[[], None] = lambda: None) -> int:
-    """Follow `run`'s detached controller; Ctrl-C (or SIGTERM, SIGHUP) stops the following, not
-    the run. A run whose controller is gone is taken over: this process is then its controller,
-    and a signal stops the run as it would stop `agg`."""
+def _take_over(run: Path, token: str) -> int:
+    """A detached controller that takes over a run whose controller is gone (what `follow`
+    starts); a second one, or one that finds a live controller, leaves it."""
     from hefl.control.experiment import Controller
+    from hefl.control.follow import controlling, read_record
+    from hefl.results.report import controller_gone
+
+    with controlling(run) as mine:
+        if not mine or not controller_gone(read_record(run)):
+            return 0
+        Controller.of_run(run, token).take_over()
+    return 0
+
+
+def _following(
+    run: Path, token_file: Path, log_dir: Path, start: Callable[[], None] = lambda: None
+) -> int:
+    """Follow `run`'s detached controller; Ctrl-C (or SIGTERM, SIGHUP) stops the following, not
+    the run. A run whose controller is gone is taken over by a detached controller."""
     from hefl.control.follow import follow
 
-    took_over = False
-
-    def take_over() -> int:
-        nonlocal took_over
-        took_over = True
-        Controller.of_run(run, token, progress=sys.stdout.isatty()).take_over()
-        return 0
-
+    take_over = [
+        "follow",
+        str(run.resolve()),
+        "--take-over",
+        "--log-dir",
+        str(log_dir.resolve()),
+        "--token-file",
+        str(token_file.resolve()),
+    ]
     try:
         start()  # `agg --detach`: the controller, once it runs the following is what stops
         return follow(run, take_over)
     except KeyboardInterrupt:
-        if took_over:
-            raise
         print(f"stopped following; the run goes on: `python main.py follow {run}`")
         return 0
 

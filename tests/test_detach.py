@@ -9,6 +9,7 @@ import os
 import random
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ import pytest
 import requests
 
 from hefl.address import log_name
-from tests.helpers import ROOT, node_processes, run_main
+from tests.helpers import ROOT, command_line, node_processes, run_main
 
 pytestmark = pytest.mark.process
 
@@ -176,11 +177,37 @@ def test_a_detached_controller_outlives_its_follower_and_a_killed_one_is_gathere
         follower.communicate()
         followed = run_main("follow", "--log-dir", str(ctl_dir))  # the latest run
         assert followed.returncode == 0, followed.stderr[-2000:]
-        assert f"experiment {run.name}: its controller is gone; this process follows it" in (
-            followed.stdout
-        )
+        out = followed.stdout
+        assert "is gone: killed before it could say; a detached controller takes it over" in out
+        assert f"experiment {run.name}: its controller is gone; this process (pid " in out, out
+        taken = int(out.split("this process (pid ")[1].split(")")[0])
+        assert "from round 1 of" not in out  # the rounds closed before are not printed again
         record = json.loads((run / "run.json").read_text())
         assert record["status"] == "finished" and record["rounds_completed"] == 60
-        assert record["controller_since"] and record["command"][1:3] == ["follow", "--log-dir"]
+        assert record["controller_since"] and record["controller_pid"] == taken
+        assert "--take-over" in record["command"]
+        assert stat.S_IMODE((run / "controller.log").stat().st_mode) == 0o600  # the page's key
     finally:
         nodes("down", cfg, node_dir)
+
+
+def test_a_shortened_detach_flag_detaches_once(tmp_path: Path) -> None:
+    """argparse takes `--det` for `--detach`: the detached controller is handed neither, and a
+    controller with its experiment id never detaches again."""
+    cfg = make_config(tmp_path, rounds=2)
+    raw = json.loads(cfg.read_text())
+    raw["network"] = {"startup_timeout_s": 1}  # nobody serves: it fails at once
+    cfg.write_text(json.dumps(raw))
+    done = run_main("agg", "--config", str(cfg), "--log-dir", str(tmp_path / "ctl"), "--det")
+    assert done.returncode == 1, done.stdout + done.stderr
+    (run,) = (tmp_path / "ctl").iterdir()
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "failed" and "not answering /health" in record["error"]
+    assert not [a for a in record["command"] if a.startswith("--d")], record["command"]
+    assert record["command"].count("--experiment") == 1
+    left = [
+        pid
+        for pid in (int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit())
+        if run.name in command_line(pid) and pid != os.getpid()
+    ]
+    assert left == []  # no controller of it still running (nor detaching again)

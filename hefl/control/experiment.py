@@ -51,6 +51,7 @@ from hefl.results.report import format_round, human_bytes, means_lines, node_tab
 log = logging.getLogger(__name__)
 
 
+MAX_REJOINS = 3  # the rejoins at one round the controller names from a log (a node gives up after)
 HEALTH_EVERY_S = 3.0  # how often the controller checks that every node is alive
 
 
@@ -106,6 +107,7 @@ class Controller:
         out: Callable[[str], None] = print,
         watch: Callable[[], None] = lambda: None,
         progress: bool = False,
+        pushes: bool = True,
     ) -> None:
         """`watch` raises when the nodes cannot go on (local mode: a node process exited);
         `progress`: redraw a progress line under the round lines (on a terminal)."""
@@ -135,7 +137,9 @@ class Controller:
         self.dropouts: set[str] = set()  # clients gone while a round deadline lets rounds go on
         # rejoins named, by node and round: the restarted processes (their ids) that said so
         self.rejoins_named: dict[tuple[str, int], set[Any]] = {}
-        self.keyless_context = keyless_context(cfg)
+        # what switches and the aggregator are pushed (a controller of a run under way pushes
+        # nothing: it needs no key folder)
+        self.keyless_context = keyless_context(cfg) if pushes else b""
         self.key_ids: dict[str, str] = {}
         self.open_nodes: list[str] = []  # nodes that said they check no credential
         self.samples: dict[str, int] = {}  # each client's training samples, from its answer
@@ -180,8 +184,8 @@ class Controller:
         self.out(f"live: {self.page_address()}  (the aggregator's live page, read only)")
         return self.follow_to_end()
 
-    def follow_to_end(self) -> list[RoundRow]:
-        rows = self.follow()
+    def follow_to_end(self, shown: int = 0) -> list[RoundRow]:
+        rows = self.follow(shown)
         self.collect_logs()
         self.rejoins_in_logs()
         return rows
@@ -244,9 +248,13 @@ class Controller:
             token,
             out,
             progress=progress,
+            pushes=False,
         )
         ctl.exp_dir = run_dir
         ctl.record = record
+        for fault in record.faults:  # named already: not again
+            if fault.event == "rejoined":
+                ctl.rejoins_named.setdefault((fault.node, fault.round), set()).add(object())
         try:
             ctl.rows = rows_from_json(json.loads((run_dir / "rounds.json").read_text())) or []
         except (OSError, ValueError):
@@ -263,11 +271,20 @@ class Controller:
         controller, follows its rounds to the end and writes what the controller would have."""
         self.update(controller_pid=os.getpid(), controller_since=_now(), command=tuple(sys.argv))
         self.write_record()
+        try:  # the rounds closed so far were printed by the controller that is gone
+            status = _json_object(
+                self.transport.call(self.cfg.tree.root, Kind.STATUS, timeouts=self.brief)
+            )
+            if status.get("experiment") == self.experiment:
+                self.rows = list(rows_from_json(status.get("rounds", [])) or [])
+        except HeflError as exc:
+            log.info("the aggregator's rounds not asked: %s", exc)
+        shown = len(self.rows)
         self.out(
-            f"experiment {self.experiment}: its controller is gone; this process follows it "
-            f"from round {len(self.rows) + 1} of {self.cfg.rounds}"
+            f"experiment {self.experiment}: its controller is gone; this process (pid "
+            f"{os.getpid()}) follows it from round {shown + 1} of {self.cfg.rounds}"
         )
-        return self.guarded(self.follow_to_end)
+        return self.guarded(lambda: self.follow_to_end(shown))
 
     def gather(self, why: str) -> str:
         """`main.py report` of a run whose controller is gone (`why`): what the nodes hold is
@@ -486,9 +503,9 @@ class Controller:
             self.open_nodes.append(node)
         return ""
 
-    def follow(self) -> list[RoundRow]:
-        """Print each round as the aggregator closes it; stop on failure or a stalled round."""
-        shown = 0
+    def follow(self, shown: int = 0) -> list[RoundRow]:
+        """Print each round as the aggregator closes it (after the first `shown`, printed
+        already); stop on failure or a stalled round."""
         last_progress = began = time.monotonic()
         last_check = began - HEALTH_EVERY_S  # at once: the progress line shows what nodes do
         while True:
@@ -599,6 +616,18 @@ class Controller:
                 missing = [
                     n for n in missing if not self.dropout(n, self.cfg.rounds - 1, healths[n])
                 ]
+            if missing and time.monotonic() > deadline and self.cfg.policy.tolerate_dropouts:
+                # a client that rejoined too late for the last results (its parent stopped
+                # trying): a dropout of the last rounds, its log kept as it stands
+                for node in [n for n in missing if self.cfg.nodes[n].type == "client"]:
+                    self.out(
+                        f"{node} did not finish its log within "
+                        f"{self.cfg.network.read_timeout_s:g}s (network.read_timeout_s): a "
+                        "dropout of the last rounds; its log as it stands is kept"
+                    )
+                    self.dropouts.add(node)
+                    self.fault(node, self.cfg.rounds - 1, "dropout")
+                missing = [n for n in missing if n not in self.dropouts]
             if missing and time.monotonic() > deadline:
                 raise ExperimentFailed(
                     f"logs not finished within {self.cfg.network.read_timeout_s:g}s "
@@ -618,9 +647,11 @@ class Controller:
         write_json_atomic(self.exp_dir / log_name(node), data)
         return _finished_log(data)
 
-    def fault(self, node: str, round_: int, event: str) -> None:
+    def fault(self, node: str, round_: int, event: str, write: bool = True) -> None:
         """Record what happened to a node in run.json (`faults`), as the controller saw it."""
         self.update(faults=(*self.record.faults, Fault(node, round_, event, _now())))
+        if not write:
+            return
         try:
             self.write_record()
         except ExperimentFailed as exc:  # said; the run goes on, and run.json is tried again
@@ -638,19 +669,29 @@ class Controller:
             self.dropouts.discard(node)  # back: not said again as "answers again"
             self.name_rejoin(node, at)
 
-    def name_rejoin(self, node: str, at: int) -> None:
+    def name_rejoin(self, node: str, at: int, write: bool = True) -> None:
         self.out(f"{node} restarted and lost its state; rejoined at round {at + 1}")
-        self.fault(node, at, "rejoined")
+        self.fault(node, at, "rejoined", write)
 
     def rejoins_in_logs(self) -> None:
         """At the end: the rejoins the nodes' logs record that no probe saw (a run that went on
-        for less than a probe's interval after a restart), named as the probes would have."""
+        for less than a probe's interval after a restart), named as the probes would have. A
+        log says what it likes: only clients' rejoins at rounds of the run count, each round at
+        most a few times (a log of thousands is not thousands of lines), and run.json is
+        written once."""
+        named_any = False
         for node, node_log in read_logs(self.exp_dir).items():
-            for at in sorted(set(node_log.rejoined or ())):
+            if node not in self.cfg.nodes or self.cfg.nodes[node].type != "client":
+                continue
+            said = Counter(r for r in node_log.rejoined or () if 0 <= r < self.cfg.rounds)
+            for at, times in sorted(said.items()):
                 named = self.rejoins_named.setdefault((node, at), set())
-                while len(named) < (node_log.rejoined or ()).count(at):
+                while len(named) < min(times, MAX_REJOINS):
                     named.add(object())
-                    self.name_rejoin(node, at)
+                    self.name_rejoin(node, at, write=False)
+                    named_any = True
+        if named_any:
+            self.write_record()
 
     def dropout(self, node: str, round_: int, health: dict[str, Any] | Exception) -> bool:
         """With a round deadline, a client that stops answering is a dropout, not a failure: the

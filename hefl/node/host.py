@@ -4,6 +4,7 @@ the old one, and answers for its logs. No HTTP here: blueprints/ calls it."""
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import json
 import logging
 import secrets
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hefl.address import log_name
+from hefl.address import log_name, parse_address
 from hefl.crypto import KeyRing, Scheme, load_keyless, load_secret, make_scheme
 from hefl.errors import ConfigError, DuplicateMessage, HeflError, NotFound
 from hefl.modelspec import param_count
@@ -21,12 +22,13 @@ from hefl.node.push import Push, is_experiment_id, parse_push
 from hefl.node.rejoin import RejoinStore
 from hefl.node.runlog import RunLog
 from hefl.node.transport import Timeouts, TrafficMeter, Transport
+from hefl.node.wire import Kind
 from hefl.provenance import code, machine
 from hefl.records import NodeLog
 from hefl.seeds import quantize_seed
 
 log = logging.getLogger(__name__)
-RESTART_ID = secrets.token_hex(8)  # this process, in /health after a rejoin: said once per restart
+MAX_ATTEMPTS = 3  # rejoins at one round that each ended with the process gone: then it gives up
 
 
 class Host:
@@ -41,6 +43,9 @@ class Host:
         self.listen = listen
         self.node: Node | None = None
         self.rejoined: int | None = None  # the round this process rejoined its experiment at
+        # this process (a worker, forked from gunicorn's master: made here, not at import), in
+        # /health after a rejoin: the controller names each restart once
+        self.restart_id = secrets.token_hex(8)
         # the experiment and node this address served before a restart that did not rejoin
         self.previous: tuple[str, str] | None = None
         self._served: dict[str, str] = {}  # experiment -> the node this process was in it
@@ -101,19 +106,28 @@ class Host:
         node: Node | None = None
         try:
             push = parse_push(saved.push)
+            _is_listening_as(self.listen, push)
             self.previous = (push.experiment, push.node)  # /log serves its log on disk
-            if push.cfg.nodes[push.node].type != "client":
+            role = push.cfg.nodes[push.node].type
+            if role != "client":
                 log.warning(
-                    "%s restarted and lost its state: a %s does not rejoin (the sums of its open "
-                    "round were in its memory only)",
+                    "%s restarted and lost its state: an adding %s does not rejoin (the sums of "
+                    "its open round were in its memory only)",
                     push.node,
-                    push.cfg.nodes[push.node].type,
+                    role,
                 )
                 return False
             path = self.log_dir / push.experiment / log_name(push.node)
             kept = RunLog.kept(path)
             if kept is None or kept.finished:
                 raise ConfigError(f"{path} is missing or finished: nothing to rejoin")
+            tries = store.attempt(saved.applied + 1)
+            if tries > MAX_ATTEMPTS:
+                raise ConfigError(
+                    f"gave up: {MAX_ATTEMPTS} attempts to rejoin at round {saved.applied + 2} "
+                    "ended with this process gone"
+                )
+            _parent_runs(push, self.token)
             node = build_node(push, self.log_dir, self.token, kept)
             node.store = store
             at = node.rejoin(saved)
@@ -146,7 +160,7 @@ class Host:
         else:
             state = node.status()
             if self.rejoined is not None:  # the controller names the node once
-                state.update(rejoined_at=self.rejoined, restart_id=RESTART_ID)
+                state.update(rejoined_at=self.rejoined, restart_id=self.restart_id)
         # machine and code: also what a retried config push (answered 409) reads back
         return {**state, "credential": bool(self.token), "machine": machine(), "code": code()}
 
@@ -176,6 +190,46 @@ class Host:
             raise HeflError(
                 f"log of experiment {experiment!r} on this node is unreadable: {exc}"
             ) from None
+
+
+def _is_listening_as(listen: str, push: Push) -> None:
+    """A pointer names the node this process serves: the port it listens on, and its address
+    where both are IP addresses and it listens on one (not 0.0.0.0)."""
+    want = parse_address(push.node)
+    here = parse_address(listen)
+    port = want.port or push.cfg.network.port
+    if port != here.port:
+        raise ConfigError(f"it names {push.node} (port {port}), not this process's {listen}")
+    try:
+        same = ipaddress.ip_address(want.host) == ipaddress.ip_address(here.host)
+        wildcard = ipaddress.ip_address(here.host).is_unspecified
+    except ValueError:  # a name: not compared
+        return
+    if not (same or wildcard):
+        raise ConfigError(f"it names {push.node}, not this process's {listen}")
+
+
+def _parent_runs(push: Push, token: str) -> None:
+    """A client rejoins only an experiment its parent still runs (a node stopped with its run,
+    then started again, must not train for a run that is over)."""
+    parent = push.cfg.nodes[push.node].send
+    transport = Transport(push.endpoints, Timeouts(connect=3.0, read=5.0, retries=2), token)
+    try:
+        health = transport.call(parent, Kind.HEALTH).json()
+    except (HeflError, ValueError) as exc:
+        raise ConfigError(
+            f"its parent {parent} does not say it runs the experiment: {exc}"
+        ) from None
+    finally:
+        transport.close()
+    if not isinstance(health, dict) or (health.get("experiment"), health.get("state")) != (
+        push.experiment,
+        "running",
+    ):
+        state = health.get("state") if isinstance(health, dict) else "?"
+        raise ConfigError(
+            f"its parent {parent} no longer runs experiment {push.experiment} ({state})"
+        )
 
 
 def return_large_buffers(threshold: int = 1 << 20) -> bool:

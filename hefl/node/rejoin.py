@@ -9,8 +9,8 @@ as its keys are):
 
     .rejoin/<listen>.json                 which experiment and node this listening address serves
     .rejoin/<experiment>/<node>.push.json the config push, as it came
-    .rejoin/<experiment>/<node>.model.npy a client's last applied global model
-    .rejoin/<experiment>/<node>.model.json the round of that model, and its digest
+    .rejoin/<experiment>/<node>.model-<r>.npy a client's global model after round r's result
+    .rejoin/<experiment>/<node>.model.json  which model is the last one applied, and its digest
     .rejoin/<experiment>/<node>.global-<r>.bin  a client's global result of round r, kept before
                                            it answers for it (until the model after it is kept)
     .rejoin/<experiment>/<node>.global-<r>.json its envelope and digest
@@ -31,6 +31,7 @@ import itertools
 import json
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,20 @@ def _write_private(path: Path, data: bytes) -> None:
             break
         os.chmod(folder, 0o700)
     write_bytes_atomic(path, data)
+
+
+def _own(path: Path) -> Path:
+    """`path`, if it is this user's own and private: not a link, owned by this user, neither
+    group nor others may write it (nor read it, for a file). Anything else is a ValueError: a
+    file another account could have planted is never taken up."""
+    st = path.lstat()
+    if stat.S_ISLNK(st.st_mode):
+        raise ValueError(f"{path} is a symbolic link")
+    if st.st_uid != os.getuid():
+        raise ValueError(f"{path} belongs to user {st.st_uid}, not to this one")
+    if stat.S_IMODE(st.st_mode) & (0o022 if stat.S_ISDIR(st.st_mode) else 0o077):
+        raise ValueError(f"{path} has mode {stat.S_IMODE(st.st_mode):o}: others may change it")
+    return path
 
 
 def _pointer(path: Path) -> tuple[str, str] | None:
@@ -93,8 +108,8 @@ class RejoinStore:
         self.folder = self.root / experiment
         stem = file_stem(node)
         self.push_file = self.folder / f"{stem}.push.json"
-        self.model_file = self.folder / f"{stem}.model.npy"
         self.model_info = self.folder / f"{stem}.model.json"
+        self.attempts = self.folder / f"{stem}.attempts.json"
         self.stem = stem
         self.experiment, self.node, self.listen = experiment, node, listen
 
@@ -111,14 +126,22 @@ class RejoinStore:
             json.dumps({"experiment": self.experiment, "node": self.node}).encode(),
         )
 
+    def model_file(self, applied: int) -> Path:
+        return self.folder / f"{self.stem}.model-{applied}.npy"
+
     def keep_model(self, applied: int, flat: np.ndarray) -> None:
-        """A client, after applying round `applied`'s global result (-1: the initial model)."""
+        """A client, after applying round `applied`'s global result (-1: the initial model): the
+        model under its round's name, then the record that names it (a crash in between leaves
+        the earlier record and model, and the result kept before it: applied again)."""
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(flat), allow_pickle=False)
         data = buf.getvalue()
-        _write_private(self.model_file, data)
+        _write_private(self.model_file(applied), data)
         digest = hashlib.sha256(data).hexdigest()
         _write_private(self.model_info, json.dumps({"applied": applied, "sha256": digest}).encode())
+        for old in self.folder.glob(f"{self.stem}.model-*.npy"):
+            if old != self.model_file(applied):
+                old.unlink(missing_ok=True)
         for info in self.folder.glob(f"{self.stem}.global-*.json"):  # applied: not needed again
             try:
                 done = int(info.name.rsplit("-", 1)[1].split(".")[0]) <= applied
@@ -152,6 +175,17 @@ class RejoinStore:
         except OSError as exc:
             log.warning("could not remove %s's files in %s: %s", self.node, self.folder, exc)
 
+    def attempt(self, at: int) -> int:
+        """Count one more attempt to rejoin at round `at` (a rejoin that crashes the process
+        again must not loop for ever); how many there were, this one included."""
+        try:
+            said = json.loads(self.attempts.read_text())
+            count = int(said["count"]) + 1 if said["round"] == at else 1
+        except (OSError, ValueError, KeyError, TypeError):
+            count = 1
+        _write_private(self.attempts, json.dumps({"round": at, "count": count}).encode())
+        return count
+
     def pointed(self) -> tuple[str, str] | None:
         """The experiment and node this address's pointer names, if any."""
         return _pointer(self.pointer)
@@ -171,19 +205,22 @@ class RejoinStore:
             store = cls(log_dir, listen, *named)
             push = json.loads(store.push_file.read_text())
             applied, model = -1, None
+            for path in (log_dir / FOLDER, pointer, store.folder, store.push_file):
+                _own(path)
             if store.model_info.is_file():
-                info = json.loads(store.model_info.read_text())
-                data = store.model_file.read_bytes()
+                info = json.loads(_own(store.model_info).read_text())
+                kept = _own(store.model_file(int(info["applied"])))
+                data = kept.read_bytes()
                 if hashlib.sha256(data).hexdigest() != info["sha256"]:
-                    raise ValueError(f"{store.model_file} does not match its digest")
+                    raise ValueError(f"{kept} does not match its digest")
                 model = np.load(io.BytesIO(data), allow_pickle=False)
                 applied = int(info["applied"])
             pending = []
             for r in itertools.count(applied + 1):  # in order, without a gap
                 if not store._global(r, "json").is_file():
                     break
-                info = json.loads(store._global(r, "json").read_text())
-                body = store._global(r, "bin").read_bytes()
+                info = json.loads(_own(store._global(r, "json")).read_text())
+                body = _own(store._global(r, "bin")).read_bytes()
                 if hashlib.sha256(body).hexdigest() != info["sha256"]:
                     raise ValueError(f"{store._global(r, 'bin')} does not match its digest")
                 headers = info["headers"]
