@@ -529,16 +529,22 @@ def _nodes(args: argparse.Namespace) -> int:
     from hefl.control import nodes
 
     cfg = load_config(args.config)
+    where = "" if args.log_dir == Path("log") else f" --log-dir {args.log_dir}"
     if args.action == "up":
         started = nodes.up(cfg, args.log_dir, args.token_file)
         print(
             f"{len(started)} node(s) started, {len(cfg.nodes) - len(started)} running already; "
             f"`python main.py agg --config {args.config}` runs the experiment, "
-            f"`python main.py nodes down --config {args.config}` stops them"
+            f"`python main.py nodes down --config {args.config}{where}` stops them"
         )
     else:
         stopped = nodes.down(cfg, args.log_dir)
-        print(f"{len(stopped)} node(s) stopped")
+        print(
+            f"{len(stopped)} node(s) stopped"
+            if stopped
+            else f"no node of {args.config} runs that `nodes up{where}` started (it keeps their "
+            f"pids in {args.log_dir}/nodes/: give the --log-dir that `nodes up` was given)"
+        )
     return 0
 
 

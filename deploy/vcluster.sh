@@ -6,7 +6,7 @@
 # or Ctrl-C. Needs root (ip netns, tc). See deploy/README.md.
 set -euo pipefail
 
-USAGE="usage: deploy/vcluster.sh --config FILE [--rate 1gbit] [--delay 0.1ms] [--scheme none|ckks|bfv|paillier] [--backend tenseal|seal] [--log-dir log]"
+USAGE="usage: deploy/vcluster.sh --config FILE [--rate 1gbit] [--delay TIME (none by default; e.g. 0.1ms)] [--scheme none|ckks|bfv|paillier] [--backend tenseal|seal] [--log-dir log]"
 die() { echo "vcluster: $*" >&2; exit 1; }
 bad_usage() { echo "vcluster: $*; $USAGE" >&2; exit 2; }
 

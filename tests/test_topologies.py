@@ -76,6 +76,10 @@ def test_a_tree_that_cannot_be_built_is_refused_naming_the_flag() -> None:
     with pytest.raises(ConfigError, match="--fanout 1 takes one client node"):
         topology(Shape(clients=2, fanout=1, depth=3), BASE)
     assert topology(Shape(clients=1, fanout=1, depth=2), BASE)["others"]  # a chain of one
+    # the fewest levels of a fan-out of 1 (no --depth): found at once, and refused by name
+    depth = least_depth(4, 1)
+    with pytest.raises(ConfigError, match="--fanout 1 takes one client node"):
+        topology(Shape(clients=4, fanout=1, depth=depth), BASE)
 
 
 @pytest.mark.process

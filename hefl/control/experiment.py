@@ -413,6 +413,7 @@ class Controller:
         """Poll /health until every node answers; at the deadline name every silent node."""
         deadline = time.monotonic() + self.cfg.network.startup_timeout_s
         pending = {n: "not tried" for n in self.cfg.nodes}
+        said = False
         while pending:
             self.watch()
             for node in list(pending):
@@ -421,6 +422,13 @@ class Controller:
                     del pending[node]
                 except HeflError as exc:
                     pending[node] = str(exc)
+            if pending and not said:
+                said = True
+                self.out(
+                    f"waiting for {len(pending)} of {len(self.cfg.nodes)} nodes to answer /health "
+                    f"(at most {self.cfg.network.startup_timeout_s:g}s: "
+                    "network.startup_timeout_s)"
+                )
             if pending and time.monotonic() > deadline:
                 detail = "; ".join(
                     f"{n} ({self.endpoints[n]}): {why.split(': ')[-1]}"

@@ -38,7 +38,10 @@ class Shape:
 
 
 def least_depth(nodes: int, fanout: int) -> int:
-    """The fewest switch levels that bring `nodes` client nodes under one aggregator."""
+    """The fewest switch levels that bring `nodes` client nodes under one aggregator (a fan-out
+    of 1 brings only one: `check` says so)."""
+    if fanout < 2:
+        return 0
     depth, top = 0, nodes
     while top > fanout:
         top, depth = math.ceil(top / fanout), depth + 1
