@@ -30,9 +30,11 @@ Role = Literal["client", "switch", "aggregator"]
 class DatasetConfig:
     """Which data the clients train on and how it is split between them."""
 
-    name: Literal["digits", "mnist", "synthetic"] = "digits"
-    path: str = "data/mnist"  # mnist: folder holding the IDX files
-    download: bool = False  # mnist: fetch the IDX files when they are missing
+    name: Literal["digits", "mnist", "synthetic", "cifar10", "cifar100"] = "digits"
+    # mnist: folder holding the IDX files; cifar: the tarball or its extracted folder;
+    # "" takes data/cifar10 or data/cifar100 for CIFAR, data/mnist otherwise (dataset_folder)
+    path: str = ""
+    download: bool = False  # mnist, cifar: fetch the files when they are missing
     # mnist: side length to resize to (the original study used 12); 0 keeps 28
     resize: int = field(default=0, metadata=bounds(ge=4, le=28, also=(0,)))
     partition: Literal["iid", "dirichlet"] = "iid"
@@ -42,13 +44,29 @@ class DatasetConfig:
     samples: int = field(default=2000, metadata=bounds(gt=0))  # synthetic: number of samples
     features: int = field(default=64, metadata=bounds(gt=0))  # synthetic: input size
     classes: int = field(default=10, metadata=bounds(ge=2))  # synthetic: number of labels
+    augment: bool = False  # cifar: seeded random crop (padding 4) and horizontal flip
+    # the first max_samples training rows only, and the test rows in the same share; 0: all
+    max_samples: int = field(default=0, metadata=bounds(ge=0))
+
+    def __post_init__(self) -> None:
+        if self.augment and not self.name.startswith("cifar"):
+            raise ConfigError(
+                f"dataset.augment: only cifar10 and cifar100 are augmented, not {self.name!r}"
+            )
+
+
+def dataset_folder(ds: DatasetConfig) -> str:
+    """`dataset.path`, or its default for the dataset (data/mnist as before CIFAR came)."""
+    if ds.path:
+        return ds.path
+    return f"data/{ds.name}" if ds.name.startswith("cifar") else "data/mnist"
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """The shared model; `hidden` overrides the layer widths of an MLP."""
 
-    name: Literal["mlp", "mlp_wide", "cnn"] = "mlp"
+    name: Literal["mlp", "mlp_wide", "cnn", "resnet18", "resnet20", "nvflare_cnn"] = "mlp"
     hidden: tuple[int, ...] = field(default=(), metadata=bounds(gt=0))
 
 
@@ -65,6 +83,8 @@ class TrainingConfig:
     # torch threads per client, the same on every node
     threads: int = field(default=1, metadata=bounds(ge=1))
     save_models: bool = False  # write each round's local and global weights (.npy) beside the logs
+    # batches per round, reshuffling at each pass over the slice, in place of epochs; 0: epochs
+    steps: int = field(default=0, metadata=bounds(ge=0))
 
 
 @dataclass(frozen=True)

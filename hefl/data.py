@@ -1,4 +1,5 @@
-"""Datasets (digits, MNIST from IDX files, synthetic) and how they are sliced between clients."""
+"""Datasets (digits, MNIST from IDX files, CIFAR-10/100 from their tarballs, synthetic) and how they
+are sliced between clients."""
 
 from __future__ import annotations
 
@@ -6,14 +7,14 @@ import gzip
 import importlib.util
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from hefl.config import DatasetConfig
+from hefl.config import DatasetConfig, dataset_folder
 from hefl.errors import ConfigError
-from hefl.modelspec import num_classes
+from hefl.modelspec import CIFAR_MEAN_STD, num_classes
 from hefl.seeds import dirichlet_seed, holdout_seed, synthetic_seed
 
 log = logging.getLogger(__name__)
@@ -31,25 +32,55 @@ MNIST_MIRROR = (
 
 @dataclass(frozen=True)
 class Split:
-    """Features (float32, model input shape) and integer labels."""
+    """Features (float32, model input shape; CIFAR: uint8 until `normalise`), integer labels, and
+    whether training augments them (dataset.augment)."""
 
     x: np.ndarray
     y: np.ndarray
+    augment: bool = False
 
     def __len__(self) -> int:
         return len(self.y)
 
     def take(self, idx: np.ndarray) -> Split:
-        return Split(self.x[idx], self.y[idx])
+        return Split(self.x[idx], self.y[idx], self.augment)
 
 
 def load(ds: DatasetConfig, seed: int) -> tuple[Split, Split]:
     """The whole (train, test) data of an experiment; identical on every client for one seed."""
+    train, test = _raw(ds, seed)
+    return normalise(ds, train), normalise(ds, test)
+
+
+def _raw(ds: DatasetConfig, seed: int) -> tuple[Split, Split]:
+    """As `load`, but CIFAR's images still uint8 (a quarter of the memory until sliced), and cut
+    to `max_samples` training rows and the same share of the test rows."""
     if ds.name == "digits":
-        return _holdout(*_digits(), ds.test_fraction, seed)
-    if ds.name == "mnist":
-        return _mnist(ds)
-    return _holdout(*_synthetic(ds, seed), ds.test_fraction, seed)
+        train, test = _holdout(*_digits(), ds.test_fraction, seed)
+    elif ds.name == "mnist":
+        train, test = _mnist(ds)
+    elif ds.name in CIFAR_MEAN_STD:
+        from hefl.cifar import cifar  # imports this module: not at the top
+
+        train, test = cifar(ds)
+    else:
+        train, test = _holdout(*_synthetic(ds, seed), ds.test_fraction, seed)
+    if ds.max_samples and ds.max_samples < len(train):
+        n_test = max(1, round(len(test) * ds.max_samples / len(train)))
+        train, test = train.take(np.arange(ds.max_samples)), test.take(np.arange(n_test))
+    return replace(train, augment=ds.augment), test
+
+
+def normalise(ds: DatasetConfig, split: Split) -> Split:
+    """CIFAR: uint8 to float32, each channel less the dataset's mean and over its std (the
+    standard values); other datasets are float already."""
+    if ds.name not in CIFAR_MEAN_STD:
+        return split
+    mean, std = (
+        np.asarray(v, dtype=np.float32).reshape(1, 3, 1, 1) for v in CIFAR_MEAN_STD[ds.name]
+    )
+    x = (split.x.astype(np.float32) / np.float32(255.0) - mean) / std
+    return replace(split, x=x.astype(np.float32))
 
 
 def _holdout(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[Split, Split]:
@@ -136,7 +167,7 @@ def download_mnist(root: Path, timeout: float = 60.0) -> None:
 
 
 def _mnist(ds: DatasetConfig) -> tuple[Split, Split]:
-    root = Path(ds.path)
+    root = Path(dataset_folder(ds))
     if ds.download:
         download_mnist(root)
     arrays = {}
@@ -163,9 +194,6 @@ def _images(raw: np.ndarray, side: int) -> np.ndarray:
 
         x = F.adaptive_avg_pool2d(torch.from_numpy(x), side).numpy()  # the original study's 12x12
     return x
-
-
-# ---------------------------------------------------------------- slicing between clients
 
 
 def iid_slice(n: int, parts: int, index: int) -> np.ndarray:
@@ -197,7 +225,7 @@ def client_slices(
 ) -> tuple[list[tuple[Split, Split]], int]:
     """The (train, test) slices of clients `indices`, from one load of the data, and the number of
     training samples of all clients together."""
-    train, test = load(ds, seed)
+    train, test = _raw(ds, seed)
     if ds.partition == "dirichlet":
         skewed = dirichlet_slices(train.y, parts, ds.alpha, seed)
     out = []
@@ -211,5 +239,5 @@ def client_slices(
                 f"dataset: client {index} of {parts} gets no test samples ({len(test)} test "
                 f"samples for {parts} clients: use more data or fewer clients)"
             )
-        out.append((train.take(idx), test.take(held)))
+        out.append((normalise(ds, train.take(idx)), normalise(ds, test.take(held))))
     return out, len(train)

@@ -22,6 +22,7 @@ class Purpose(IntEnum):
     MODEL_INIT = 4
     TRAIN_SHUFFLE = 5
     QUANTIZE = 6
+    AUGMENT = 7
 
 
 def derive(seed: int, purpose: Purpose, *key: int) -> int:
@@ -60,3 +61,9 @@ def quantize_seed(seed: int, index: int, round_: int) -> int:
     """Client `index`'s stochastic rounding in round `round_` (bfv and paillier quantize): keyed by
     round, so that a client that restarted and rejoined draws what it would have drawn."""
     return derive(seed, Purpose.QUANTIZE, index, round_)
+
+
+def augment_seed(shuffle: int) -> int:
+    """The crops and flips of one client's round (dataset.augment), derived from that round's
+    `shuffle_seed`, so that the two never share a stream and training needs no other seed."""
+    return derive(shuffle, Purpose.AUGMENT)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
 import torch
@@ -12,6 +13,10 @@ from torch import nn
 from hefl.config import TrainingConfig
 from hefl.data import Split
 from hefl.errors import ConfigError
+from hefl.seeds import augment_seed
+
+PAD = 4  # dataset.augment: random crops of the image padded by 4 on each side
+EVAL_ROWS = 2048  # evaluate in chunks of this many rows (a CIFAR test slice through a ResNet)
 
 
 def pick_device(want: str) -> torch.device:
@@ -60,37 +65,74 @@ class MomentumSGD:
 def train_epochs(
     model: nn.Module, data: Split, cfg: TrainingConfig, device: torch.device, seed: int
 ) -> float:
-    """Run `cfg.epochs` of SGD over the slice; shuffles depend only on `seed`. Returns mean loss."""
+    """Run `cfg.epochs` of SGD over the slice (or `cfg.steps` batches); shuffles and augmentation
+    depend only on `seed`. Returns the mean loss."""
     x = torch.from_numpy(data.x).to(device)
     y = torch.from_numpy(data.y).to(device)
     opt = MomentumSGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     gen = torch.Generator().manual_seed(seed)
+    crops = torch.Generator().manual_seed(augment_seed(seed)) if data.augment else None
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     total, seen = 0.0, 0
-    for _ in range(cfg.epochs):
-        order = torch.randperm(len(y), generator=gen).to(device)
-        for start in range(0, len(y), cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
-            opt.zero_grad()
-            loss = loss_fn(model(x[idx]), y[idx])
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-            seen += len(idx)
+    for idx in batches(len(y), cfg, gen):
+        idx = idx.to(device)
+        inputs = x[idx] if crops is None else augment(x[idx], crops)
+        opt.zero_grad()
+        loss = loss_fn(model(inputs), y[idx])
+        loss.backward()
+        opt.step()
+        total += loss.item() * len(idx)
+        seen += len(idx)
     return total / max(seen, 1)
+
+
+def batches(n: int, cfg: TrainingConfig, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    """The rows of each batch: `cfg.epochs` passes, or `cfg.steps` batches (a new order at each
+    pass over the slice; the last batch of a pass may be short)."""
+    done = 0
+    for _ in itertools.count() if cfg.steps and n else range(cfg.epochs):
+        order = torch.randperm(n, generator=gen)
+        for start in range(0, n, cfg.batch_size):
+            if cfg.steps and done == cfg.steps:
+                return
+            done += 1
+            yield order[start : start + cfg.batch_size]
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A random crop of each image padded by PAD (zeros: the mean colour once normalised), half
+    of them mirrored left to right; the draws come from `gen` alone, on the CPU."""
+    n, _, h, w = x.shape
+    dy = torch.randint(0, 2 * PAD + 1, (n, 1), generator=gen)
+    dx = torch.randint(0, 2 * PAD + 1, (n, 1), generator=gen)
+    flip = torch.rand(n, 1, generator=gen) < 0.5
+    rows = dy + torch.arange(h)
+    cols = torch.where(flip, dx + torch.arange(w - 1, -1, -1), dx + torch.arange(w))
+    padded = nn.functional.pad(x, (PAD, PAD, PAD, PAD))
+    b = torch.arange(n)[:, None, None, None]
+    c = torch.arange(x.shape[1])[None, :, None, None]
+    at = x.device
+    return padded[b.to(at), c.to(at), rows[:, None, :, None].to(at), cols[:, None, None, :].to(at)]
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Split, device: torch.device) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) on a slice."""
+    """(mean cross-entropy, accuracy) on a slice, in chunks of EVAL_ROWS rows."""
     model.eval()
     x = torch.from_numpy(data.x).to(device)
     y = torch.from_numpy(data.y).to(device)
-    logits = model(x)
-    loss = nn.functional.cross_entropy(logits, y).item()
-    acc = (logits.argmax(dim=1) == y).float().mean().item()
-    return loss, acc
+    if len(y) <= EVAL_ROWS:  # one pass, as before chunks: the same losses to the last bit
+        logits = model(x)
+        loss = nn.functional.cross_entropy(logits, y).item()
+        return loss, (logits.argmax(dim=1) == y).float().mean().item()
+    loss_sum, right = 0.0, 0
+    for start in range(0, len(y), EVAL_ROWS):
+        logits = model(x[start : start + EVAL_ROWS])
+        part = y[start : start + EVAL_ROWS]
+        loss_sum += nn.functional.cross_entropy(logits, part, reduction="sum").item()
+        right += int((logits.argmax(dim=1) == part).sum().item())
+    return loss_sum / len(y), right / len(y)
 
 
 def warm_up(model: nn.Module, data: Split, cfg: TrainingConfig, device: torch.device) -> None:
@@ -99,8 +141,8 @@ def warm_up(model: nn.Module, data: Split, cfg: TrainingConfig, device: torch.de
     spare = copy.deepcopy(model)
     train_epochs(
         spare,
-        Split(data.x[: cfg.batch_size], data.y[: cfg.batch_size]),
-        replace(cfg, epochs=1),
+        Split(data.x[: cfg.batch_size], data.y[: cfg.batch_size], data.augment),
+        replace(cfg, epochs=1, steps=0),
         device,
         0,
     )

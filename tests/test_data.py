@@ -110,3 +110,11 @@ def test_digits_read_from_scikit_learns_file_equal_load_digits() -> None:
     bunch = load_digits()
     assert np.array_equal(x.reshape(len(y), -1), (bunch.data / 16.0).astype(np.float32))
     assert np.array_equal(y, bunch.target) and y.dtype == np.int64
+
+
+def test_max_samples_caps_training_rows_and_test_rows_in_the_same_share() -> None:
+    full_train, full_test = load(DatasetConfig(), seed=0)
+    train, test = load(DatasetConfig(max_samples=100), seed=0)
+    assert len(train) == 100 and len(test) == round(len(full_test) * 100 / len(full_train))
+    np.testing.assert_array_equal(train.x, full_train.x[:100])
+    assert load(DatasetConfig(max_samples=10**6), seed=0)[0].x.shape == full_train.x.shape

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from hefl.seeds import (
+    Purpose,
+    augment_seed,
     dirichlet_seed,
     holdout_seed,
     model_seed,
@@ -29,6 +31,7 @@ def _all(seed: int) -> dict[str, int]:
         seeds[f"shuffle {index} {round_}"] = shuffle_seed(seed, index, round_)
     for index, round_ in itertools.product(range(16), range(40)):
         seeds[f"quantize {index} {round_}"] = quantize_seed(seed, index, round_)
+        seeds[f"augment {index} {round_}"] = augment_seed(shuffle_seed(seed, index, round_))
     return seeds
 
 
@@ -54,3 +57,16 @@ def test_seeds_are_plain_ints_that_torch_and_numpy_take() -> None:
         assert type(value) is int and 0 <= value < 2**63
     torch.Generator().manual_seed(shuffle_seed(7, 3, 2))
     np.random.default_rng(quantize_seed(7, 3, 2))
+
+
+def test_purposes_keep_their_numbers() -> None:
+    # renumbering would change every run's results: new purposes go at the end
+    assert [(p.name, p.value) for p in Purpose] == [
+        ("HOLDOUT", 1),
+        ("SYNTHETIC", 2),
+        ("DIRICHLET", 3),
+        ("MODEL_INIT", 4),
+        ("TRAIN_SHUFFLE", 5),
+        ("QUANTIZE", 6),
+        ("AUGMENT", 7),
+    ]
