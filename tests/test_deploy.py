@@ -445,6 +445,31 @@ def test_data_stages_the_idx_files_on_client_hosts_only(site: Site, tmp_path: Pa
     assert proc.returncode != 0 and "no IDX files" in proc.stdout
 
 
+def test_data_stages_a_cifar_tarball_in_its_datasets_folder(site: Site, tmp_path: Path) -> None:
+    """A CIFAR-10 config: the tarball goes to each client's data/cifar10/ (dataset.path's
+    default for it), as published; IDX files and anything else beside it are not its dataset's
+    but are staged by name pattern as for MNIST."""
+    src = tmp_path / "cifar"
+    src.mkdir()
+    (src / "cifar-10-python.tar.gz").write_bytes(b"\x1f\x8b a tarball")
+    (src / "README").write_text("not a dataset file")
+    raw = json.loads(site.config.read_text())
+    raw["dataset"] = {"name": "cifar10"}
+    cfg = tmp_path / "cifar.json"
+    cfg.write_text(json.dumps(raw))
+    done = playbook(
+        "data.yml", site.settings, "-e", f"hefl_data_src={src}", "-e", f"hefl_config={cfg}"
+    )
+    assert done.returncode == 0, done.stdout[-2000:]
+    for host, role in site.roles.items():
+        staged = site.dir(host) / "data" / "cifar10"
+        if role == "client":
+            assert sorted(p.name for p in staged.iterdir()) == ["cifar-10-python.tar.gz"]
+            assert (staged / "cifar-10-python.tar.gz").read_bytes().endswith(b"a tarball")
+        else:
+            assert not staged.exists(), host
+
+
 # ----------------------------------------------------------- the controller's bootstrap script
 
 BOOTSTRAP = ROOT / "deploy" / "bootstrap.sh"
