@@ -424,14 +424,14 @@ def _report(args: argparse.Namespace) -> int:
     for run in args.runs:
         if not (run / "config.json").is_file():
             raise HeflError(f"{run}: not a run folder (no config.json)")
-        _gather_if_gone(run, read_token(args.token_file))
+        _gather_if_gone(run, args.token_file)
         for line in summary_lines(write_summary(run, figures=figures), args.skip_rounds):
             print(line)
         print(f"wrote {run}/summary.json, summary.csv and figures ({', '.join(figures.formats)})")
     return 0
 
 
-def _gather_if_gone(run: Path, token: str) -> None:
+def _gather_if_gone(run: Path, token_file: Path) -> None:
     """A run whose run.json says running while its controller is gone (killed): the nodes' logs
     and the outcome are brought here first (unless the nodes still run it: `follow` takes it
     over)."""
@@ -444,6 +444,7 @@ def _gather_if_gone(run: Path, token: str) -> None:
     why = controller_gone(read_record(run))
     if not why:
         return
+    token = read_token(token_file)  # read only here: a report of a run needs none
     done = Controller.of_run(run, token, out=lambda line: None).gather(why)
     if done:
         print(f"{run.name}: {why}; {done}")
