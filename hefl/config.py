@@ -109,6 +109,9 @@ class EncryptionConfig:
     )
     # clients: make the next update's encryptions of zero while waiting for the global result
     precompute: bool = True
+    # clients: at most this many of them (the rest of an update is encrypted at once): what they
+    # hold stays bounded for a large model (64 KiB each at the defaults: 1024 is 64 MiB)
+    precompute_window: int = field(default=1024, metadata=bounds(ge=1))
     # clients (SEAL-Python's ckks and bfv): send each fresh ciphertext as c0 and the seed of c1
     seeded: bool = True
     # switches and the aggregator (with `seeded`): a sum of at most this many seeded updates goes

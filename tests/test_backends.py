@@ -157,6 +157,14 @@ def test_precomputed_encryptions_of_zero_give_the_same_sums(
     total = add_all(switch, [switch.load(first), switch.load(second)])
     got = client.decrypt(client.load(total), 2)
     assert np.abs(got - 2 * values).max() <= bound(enc, 2)
+    # a window smaller than the update: that many made ahead, the rest encrypted at once
+    windowed, _ = pair(replace(enc, precompute_window=1), size, keys, seed=7)
+    assert windowed.precompute(lambda: False) == 1 < windowed.chunks
+    third = windowed.encrypt(values)
+    assert windowed.precomputed == 1
+    total = add_all(switch, [switch.load(first), switch.load(third)])
+    got = client.decrypt(client.load(total), 2)
+    assert np.abs(got - 2 * values).max() <= bound(enc, 2)
 
 
 @pytest.mark.parametrize("enc", BACKENDS)

@@ -134,9 +134,10 @@ class ChunkedScheme(ABC):
         return parts
 
     def precompute(self, stop: Callable[[], bool]) -> int:
-        """Make encryptions of zero for the next update's ciphertexts, one at a time, until there
-        is one for each or `stop()` says to stop; return how many were made. Only a client can
-        (it holds the key); with worker processes nothing is made (they encrypt at once)."""
+        """Make encryptions of zero for the next update's first ciphertexts, one at a time, until
+        there is one for each (at most `precompute_window`) or `stop()` says to stop; return how
+        many were made. Only a client can (it holds the key); with worker processes nothing is
+        made (they encrypt at once)."""
         if not self.can_decrypt or self._pool is not None:
             return 0
         lengths = [self.slot_count(n) for n in self.chunk_lengths()]
@@ -145,7 +146,7 @@ class ChunkedScheme(ABC):
             with self._zeros_lock:
                 batch = self._zeros
                 index = len(batch)
-            if index >= self.chunks:
+            if index >= min(self.chunks, self.enc.precompute_window):
                 break
             zero = self.encrypt_zero(lengths[index])
             with self._zeros_lock:

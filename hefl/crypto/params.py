@@ -30,6 +30,9 @@ class HeParams:
     processes: int = 1  # clients: worker processes that encrypt an update's ciphertexts
     seeded: bool = True  # clients: fresh ciphertexts as c0 and c1's seed (ckks, bfv)
     seed_list_max: int = 16  # adders: sums of at most this many seeded ones go as seed lists
+    # clients: the most encryptions of zero made ahead for the next update (the rest of its
+    # ciphertexts are encrypted at once): bounds what they hold (64 KiB each at the defaults)
+    precompute_window: int = 1024
     # paillier: the sums must have room for this many clients' values (0: the most an experiment
     # can have); keys do not depend on it
     clients: int = 0
