@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench._proc import sampled  # noqa: E402
 from hefl.provenance import bench_line  # noqa: E402
-from hefl.records import NodeLog, RunSummary  # noqa: E402
+from hefl.records import RunSummary  # noqa: E402
+from hefl.results.report import read_logs  # noqa: E402
 
 
 def cifar_tarball(folder: Path, train: int, test: int, seed: int = 0) -> Path:
@@ -99,13 +100,7 @@ def run(scheme: str, args: argparse.Namespace, data: Path, work: Path) -> None:
         return
     exp = next(p for p in log.iterdir() if (p / "summary.json").is_file())
     summary = RunSummary.from_json(json.loads((exp / "summary.json").read_text()))
-    logs = {}
-    for path in exp.glob("*.json"):
-        try:
-            found = NodeLog.from_json(json.loads(path.read_text()))
-        except Exception:
-            continue
-        logs[found.node] = found
+    logs = read_logs(exp)
     starts = [lg.iteration[0].start_time for lg in logs.values() if lg.role == "client"]
     start = min(s for s in starts if s is not None)
     from hefl.config import parse_config

@@ -608,7 +608,8 @@ class Controller:
         local mode, wrote theirs there already); a node still writing its last round is asked
         again."""
         deadline = time.monotonic() + self.cfg.network.read_timeout_s
-        for node, health in self.healths().items():  # a dropout may be back (rejoined, resumed)
+        healths = self.healths() if self.dropouts else {}  # a dropout may be back (rejoined)
+        for node, health in healths.items():
             if node in self.dropouts and isinstance(health, dict):
                 self.rejoined(node, health)
                 self.dropout(node, self.cfg.rounds - 1, health)

@@ -144,10 +144,6 @@ class RunLog:
         except (OSError, ValueError, RecursionError, LogFormatError):
             return None
 
-    def kept_rounds(self) -> list[int]:
-        """The rounds closed before a restart, kept from the log on disk."""
-        return sorted(self._kept)
-
     def rejoined_at(self, round_: int) -> None:
         """Say in the header that the node rejoined at `round_` after a restart."""
         with self._lock:

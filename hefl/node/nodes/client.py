@@ -212,9 +212,8 @@ class ClientNode(Node):
         started = time.monotonic()
         with self.downward.reserve((Kind.GLOBAL, env.round), f"global of round {env.round + 1}"):
             loaded = self.scheme.load(payload)  # a refused one is not taken: a corrected retry is
-        self.keep(
-            lambda store: store.keep_global(env.round, env.headers(), payload)
-        )  # before the 202
+        # kept before the 202: a restart from here on applies it from the disk
+        self.keep(lambda store: store.keep_global(env.round, env.headers(), payload))
         self.runlog.add_phase(env.round, "load", time.monotonic() - started)
         self.submit(self.apply_global, env, loaded)
 
@@ -268,11 +267,16 @@ class ClientNode(Node):
             self.downward.take((Kind.GLOBAL, expect), f"global of round {expect + 1}")
             self.pause_precompute(expect)
             self.sent_round = expect
-            self.submit(self.apply_global, env, self.scheme.load(body))
+            self.submit(self.apply_kept, env, body)
             expect += 1
         if expect == at:
             self.submit(self.train_round, at)
         return at
+
+    def apply_kept(self, env: Envelope, body: bytes) -> None:
+        """A global result kept on disk before a restart, loaded when its turn comes (one in
+        memory at a time, however many were kept)."""
+        self.apply_global(env, self.scheme.load(body))
 
     def train_round(self, r: int) -> None:
         """Each client in turn: train from the round's global model, then send its weighted,
