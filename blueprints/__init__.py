@@ -4,11 +4,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntity
 
 from hefl.credential import read_key
 from hefl.errors import HeflError, ProtocolError, Unauthorized
+from hefl.node.body import Incoming, spool_dir
 from hefl.node.host import Host
 from hefl.node.nodes import Node
 from hefl.node.wire import (
@@ -84,6 +87,7 @@ def create_app(server: NodeServer, node: Node | None) -> Flask:
     app.before_request(_check_token)
     app.before_request(_meter_request)
     app.after_request(_meter_answer)
+    app.teardown_request(_close_body)
     app.register_error_handler(HeflError, _on_error)
     app.register_error_handler(HTTPException, _on_http_error)
     return app
@@ -124,19 +128,131 @@ def _check_token() -> None:
         raise Unauthorized(f"{request.method} {request.path}: missing or wrong {TOKEN_HEADER}")
 
 
+STREAMED = frozenset({Kind.UPDATE, Kind.GLOBAL})  # bodies read part by part as the node asks
+
+
 def _meter_request() -> None:
-    """A round message's body is counted here, where it is read, before the node acts on it."""
+    """A round message's envelope is parsed here, before the node acts on it. An update or a
+    global result is handed on unread (hefl.node.body.Incoming: the node reads it part by part,
+    spooled to disk) and its bytes are counted when the request ends (`_meter_answer`); any other
+    round message's body is read and counted here."""
     node = current_node()
     kind = kind_at(request.path) if request.url_rule is not None else None
     if node is None or kind is None or request.method != kind.route.method:
         return
     env = Envelope.from_headers(request.headers)
-    g.body = read_body()
-    node.meter.inbound(kind, env, len(g.body), body=g.body)
     g.message = (kind, env)
+    if kind in STREAMED:
+        limit = node.scheme.max_payload_bytes
+        size = request.content_length
+        if size is not None and size > limit:
+            raise RequestEntityTooLarge()
+        g.body = Incoming(_body_reader(), spool_dir(server_log_dir()), limit)
+    else:
+        g.body = read_body()
+        node.meter.inbound(kind, env, len(g.body), body=g.body)
     wanted = kind.route.content_type
     if kind.route.strict and request.mimetype != wanted:
         raise ProtocolError(f"Content-Type must be {wanted}, got {request.mimetype or 'none'!r}")
+
+
+def server_log_dir() -> Path:
+    return Path(current_app.extensions["hefl_server"].log_dir)
+
+
+STREAM_PIECE = 64 << 10  # the most a streamed body's read asks for: each must end in time
+
+
+def _body_reader() -> Callable[[int], bytes]:
+    """`read(n)` of this request's body for hefl.node.body.Incoming: up to n bytes, b"" only at its
+    true end. A progress timeout: each read of up to 64 KiB must end within the node's
+    `network.read_timeout_s` (a large body on a slow link takes as long as it needs while it
+    keeps coming; one that stalls, or trickles below 64 KiB per that time, is cut: under gunicorn
+    the socket is shut, which frees the request thread whatever the sender does). A body cut
+    short, malformed (chunking) or stalled is a ProtocolError."""
+    stream = request.environ["wsgi.input"]
+    size = request.content_length
+    watch = _Stall(request.environ.get("gunicorn.socket"), _body_timeout())
+    g.stall = watch
+    got = 0
+
+    def read(n: int) -> bytes:
+        nonlocal got
+        want = min(n, STREAM_PIECE) if size is None else min(n, STREAM_PIECE, size - got)
+        if want <= 0:
+            return b""
+        try:
+            with watch:
+                piece = stream.read(want)
+        except (ParseException, ClientDisconnected, ValueError, OSError) as exc:
+            if watch.fired:
+                raise ProtocolError(watch.reason(got)) from None
+            raise ProtocolError(
+                f"body unreadable after {got} bytes: {type(exc).__name__}: {exc}"[:300]
+            ) from None
+        if not piece and watch.fired:
+            raise ProtocolError(watch.reason(got))
+        if not piece and size is not None:
+            raise ProtocolError(f"body ended after {got} of its {size} bytes")
+        got += len(piece)
+        return bytes(piece)
+
+    return read
+
+
+class _Stall:
+    """Shuts a socket for reading when one read (`with` block) takes longer than `seconds`; one
+    thread per body, started with its first read, ended by `close`. Without a socket (werkzeug's
+    test server), nothing happens."""
+
+    def __init__(self, sock: Any, seconds: float) -> None:
+        self.sock = sock
+        self.seconds = seconds
+        self.fired = False
+        self._since: float | None = None
+        self._closed = False
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> None:
+        if self.sock is None:
+            return
+        with self._cond:
+            self._since = time.monotonic()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._since = None
+
+    def _watch(self) -> None:
+        with self._cond:
+            while not self._closed:
+                if self._since is None:
+                    self._cond.wait()
+                    continue
+                left = self._since + self.seconds - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                self.fired = True
+                self._since = None
+                with contextlib.suppress(OSError):
+                    self.sock.shutdown(socket.SHUT_RD)
+
+    def reason(self, got: int) -> str:
+        return (
+            f"body stalled: no progress for {self.seconds:g}s (network.read_timeout_s) after "
+            f"{got} bytes"
+        )
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
 
 
 def read_body(piece_size: int = 1 << 20) -> Body:
@@ -146,7 +262,8 @@ def read_body(piece_size: int = 1 << 20) -> Body:
     and the buffer is handed on as it is (a bytearray: no second copy). Refused with 413 above the
     app's limit (chunked bodies too, as soon as they pass it) and with a 400 if the sender stops
     short or takes longer than the node's `network.read_timeout_s` (under gunicorn: the socket is
-    shut at that deadline, which frees the request thread whatever the sender does)."""
+    shut at that deadline, which frees the request thread whatever the sender does). Updates and
+    global results are not read here (`_body_reader`)."""
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     size = request.content_length
     if size is not None and limit is not None and size > limit:
@@ -210,13 +327,30 @@ def _deadline(sock: Any, seconds: float) -> Iterator[threading.Event]:
 
 def _meter_answer(response: Response) -> Response:
     """The answer to a round message crossed the wire too: count its body (a refusal's error line;
-    an accepted message is answered 202 with no body)."""
+    an accepted message is answered 202 with no body), and a streamed request's body, as far as it
+    was read."""
     message: tuple[Kind, Envelope] | None = g.pop("message", None)
-    if message is not None and not response.is_streamed:
-        sent = len(response.get_data())
-        if sent:
-            current_node().meter.inbound(*message, 0, sent, message=False)
+    if message is None:
+        return response
+    sent = len(response.get_data()) if not response.is_streamed else 0
+    body = g.get("body")
+    if isinstance(body, Incoming):
+        if response.status_code >= 400:
+            body.drain(_body_timeout())
+        current_node().meter.inbound(*message, len(body), sent, body=body, at=body.arrived)
+    elif sent:
+        current_node().meter.inbound(*message, 0, sent, message=False)
     return response
+
+
+def _close_body(exc: BaseException | None) -> None:
+    """A streamed body's spool goes when its request ends (unless the node kept it)."""
+    body = g.pop("body", None)
+    if isinstance(body, Incoming):
+        body.close()
+    stall = g.pop("stall", None)
+    if stall is not None:
+        stall.close()
 
 
 def _on_error(exc: HeflError) -> tuple[Response, int]:

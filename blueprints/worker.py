@@ -26,7 +26,7 @@ from collections import deque
 from functools import partial
 from typing import Any
 
-from gunicorn.http.body import LengthReader
+from gunicorn.http.body import ChunkedReader, LengthReader
 from gunicorn.workers.gthread import ThreadWorker
 
 HEAD_TIMEOUT_S = 10.0  # from the head's first byte (or a kept-alive connection's next) to its end
@@ -134,12 +134,14 @@ class NodeWorker(ThreadWorker):  # type: ignore[misc]
 
 
 def _body_unread(conn: Any) -> bool:
-    """Whether the request just answered on `conn` left body bytes unread (a chunked or
-    read-to-close body counts as unread: this node's peers always send a length)."""
+    """Whether the request just answered on `conn` left body bytes unread (a read-to-close body
+    counts as unread; a chunked one, the way a client streams its update, until its last chunk)."""
     mesg = getattr(conn.parser, "mesg", None)
     reader = getattr(getattr(mesg, "body", None), "reader", None)
     if reader is None:
         return False
     if isinstance(reader, LengthReader):
         return bool(reader.length > 0)
+    if isinstance(reader, ChunkedReader):
+        return reader.parser is not None or reader.buf.tell() > 0
     return True

@@ -98,6 +98,12 @@ class ForeignNode(PeerRefused):
         self.state = state
 
 
+class TooLarge(ProtocolError):
+    """A body longer than any this node takes (found as it is read)."""
+
+    status_code = 413
+
+
 class NotFound(HeflError, LookupError):
     """What a request asks for does not exist here (no log of that experiment on this node)."""
 

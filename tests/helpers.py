@@ -496,7 +496,7 @@ def process_tree(pid: int) -> list[int]:
 
 
 def experiment_dir(log_dir: Path) -> Path:
-    (found,) = [p for p in log_dir.iterdir() if p.is_dir()]
+    (found,) = [p for p in log_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
     return found
 
 

@@ -30,6 +30,7 @@ from hefl.crypto import KeyRing, load_keyless, load_secret, make_scheme, read_ke
 from hefl.errors import HeflError
 from hefl.modelspec import param_count
 from hefl.node.aggregation import client_weight
+from hefl.node.body import spool_dir
 from hefl.node.nodes import Node, Parts, Worker, role_class
 from hefl.node.nodes.client import Slot
 from hefl.node.runlog import RunLog
@@ -164,6 +165,7 @@ class MemoryNetwork:
                     Worker(f"{node}-worker"),
                     samples={} if conf.type == "client" else samples,
                     training=parts.get(node),
+                    spool=spool_dir(folder),
                 ),
             )
             made.start()

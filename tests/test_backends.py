@@ -228,7 +228,7 @@ def test_load_refuses_foreign_or_broken_ciphertexts(enc: HeParams, keys: dict[st
     zeros = frame([bytes(len(p)) for p in parts])
     bomb = frame([b"\x28\xb5\x2f\xfd" + b"\x00" * 16] * client.chunks)
     cases: list[tuple[bytes, str]] = [
-        (good[:-50], "header says"),
+        (good[:-50], "ends inside"),
         (b"x" * 100, "not a framed"),
         (foreign, "ciphertext|payload"),
         (same_key_other_size, f"holds 1 ciphertexts, expected {client.chunks}"),

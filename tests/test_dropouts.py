@@ -97,7 +97,7 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Faulty]:
             except ProcessLookupError:
                 pass
         proc.kill()
-    (exp,) = (work / "log").iterdir()
+    (exp,) = (p for p in (work / "log").iterdir() if not p.name.startswith("."))
     yield Faulty(proc, "".join(lines) + out, err, exp)
     assert wait_gone(str(work)) == []
 

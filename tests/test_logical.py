@@ -439,10 +439,10 @@ def test_a_node_that_adds_its_clients_sends_nothing_for_a_round_closed_before_it
     trained: list[str] = []
     train_one = node.train_one
 
-    def closing(r: int, slot: Any) -> Any:
+    def closing(r: int, slot: Any, **kw: Any) -> Any:
         trained.append(slot.id)
         node.downward.take((Kind.GLOBAL, 0), "global of round 1")  # closes during the first
-        return train_one(r, slot)
+        return train_one(r, slot, **kw)
 
     node.train_one = closing  # type: ignore[method-assign]
     node.train_round(0)

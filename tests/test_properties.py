@@ -5,6 +5,7 @@ class of that parser (a one-line 4xx at a node), never another exception."""
 from __future__ import annotations
 
 import copy
+import io
 import json
 from typing import Any
 
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 
 from hefl.address import check_base_url, file_stem, log_name, parse_address
 from hefl.config import parse_config
-from hefl.crypto.frame import frame, frame_lengths, unframe
+from hefl.crypto.frame import frame, frame_lengths, read_parts, unframe
 from hefl.errors import ConfigError, ProtocolError
 from hefl.node.push import parse_push
 from hefl.node.wire import PREFIX, Envelope
@@ -212,6 +213,7 @@ def test_any_bytes_are_parts_or_a_protocol_error(payload: bytes, count: int) -> 
         one_line(exc)
         return
     assert len(parts) == count and 8 + 4 * count + sum(map(len, parts)) == len(payload)
+    assert list(read_parts(io.BytesIO(payload).read, count)) == parts  # as read from a socket
 
 
 @FAST
@@ -219,7 +221,11 @@ def test_any_bytes_are_parts_or_a_protocol_error(payload: bytes, count: int) -> 
 def test_a_changed_frame_header_is_caught(parts: list[bytes], data: Any) -> None:
     """Any change to a frame's declared count or lengths is refused, or still matches the size."""
     body = bytearray(frame(parts))
-    at = data.draw(st.integers(min_value=0, max_value=8 + 4 * len(parts) - 1))
+    framing, at_part = list(range(8)), 8  # magic and count, then each part's length before it
+    for p in parts:
+        framing += range(at_part, at_part + 4)
+        at_part += 4 + len(p)
+    at = data.draw(st.sampled_from(framing))
     body[at] = data.draw(st.integers(min_value=0, max_value=255))
     try:
         got = list(unframe(bytes(body), len(parts)))

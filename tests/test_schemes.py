@@ -120,7 +120,7 @@ def test_load_refuses_foreign_or_broken_ciphertexts(
     foreign = make_scheme(other_enc, 5000, load_secret(other_enc, tmp_path)).encrypt(np.zeros(5000))
     short = schemes(name, 100, key_dirs)[0].encrypt(np.zeros(100))
     for bad, match in (
-        (good[:-50], "payload is|header says"),
+        (good[:-50], "payload is|ends inside"),
         (b"x" * 100, "not a framed"),
         (foreign, "ciphertext|payload"),
         (short, "holds"),

@@ -18,11 +18,12 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 
-from hefl.crypto.frame import Payload, frame, frame_lengths, unframe
+from hefl.crypto.frame import Payload, frame, frame_head, frame_lengths, frame_part, unframe
+from hefl.crypto.frame import stream as frame_stream
 from hefl.crypto.params import HeParams, slots
 from hefl.errors import ProtocolError
 
@@ -52,6 +53,8 @@ class ChunkedScheme(ABC):
         self._zeros_lock = threading.Lock()
         self.precomputed = 0  # how many ciphertexts of the last update used one
         self.adding_s = 0.0  # seconds spent adding ciphertexts (not loading them), ever
+        # seconds `stream` spent encrypting and serializing, ever (the sender times them apart)
+        self.streamed_s = [0.0, 0.0]
         self._pool: Pool | None = None
         self.part_limit = part_bytes  # no part is read further than this (not even its form)
         self.max_payload_bytes = self.chunks * part_bytes + 8 + 4 * self.chunks
@@ -166,11 +169,15 @@ class ChunkedScheme(ABC):
 
     def form(self, payload: Payload) -> str | None:
         """The form of the payload's first part (a payload has one form); None if it is not a
-        frame of this scheme's parts (the message is refused elsewhere, with its reason)."""
-        try:
-            first = next(iter(unframe(payload, self.chunks)), None)
-        except ProtocolError:
-            return None
+        frame of this scheme's parts (the message is refused elsewhere, with its reason). A body
+        read as it arrived tells the first part it read, if any."""
+        if not isinstance(payload, bytes | bytearray):
+            first = getattr(payload, "first_part", None)
+        else:
+            try:
+                first = next(iter(unframe(payload, self.chunks)), None)
+            except ProtocolError:
+                return None
         if first is None or len(first) > self.part_limit:
             return None
         return self.part_form(first)
@@ -181,12 +188,22 @@ class ChunkedScheme(ABC):
 
     def check(self, payload: Payload) -> None:
         """The payload's shape only: a frame of the right number of ciphertexts, none empty or
-        oversized."""
+        oversized (a body still arriving is read to its end, into its spool)."""
+        if not isinstance(payload, bytes | bytearray):
+            for i, part in enumerate(unframe(payload, self.chunks, self.part_limit)):
+                if not part:
+                    raise ProtocolError(f"ciphertext {i} is empty")
+            return
         if len(payload) > self.max_payload_bytes or 0 in frame_lengths(payload, self.chunks):
             raise ProtocolError(
                 f"payload of {len(payload)} bytes is not {self.chunks} ciphertexts "
                 f"of this experiment"
             )
+
+    def verify(self, payload: Payload) -> None:
+        """Deserialize and check every ciphertext of a payload, holding one at a time."""
+        for _ in self._parts(payload):
+            pass
 
     def check_sum(self, payload: Payload, contributors: int) -> None:
         """Ciphertexts cannot be looked into: their values are checked by the clients that
@@ -224,15 +241,11 @@ class ChunkedScheme(ABC):
         return total
 
     def _parts(self, payload: Payload) -> Iterator[Any]:
-        """The payload's ciphertexts, each deserialized and checked as it is asked for."""
+        """The payload's ciphertexts, each deserialized and checked as it is asked for (a part
+        longer than a ciphertext of this experiment is refused before it is read)."""
         for i, (part, want) in enumerate(
-            zip(unframe(payload, self.chunks), self.chunk_lengths(), strict=True)
+            zip(unframe(payload, self.chunks, self.part_limit), self.chunk_lengths(), strict=True)
         ):
-            if len(part) > self.part_limit:  # before any parsing: a ciphertext cannot be larger
-                raise ProtocolError(
-                    f"ciphertext {i} is {len(part)} bytes, a ciphertext of this experiment has "
-                    f"at most {self.part_limit}"
-                )
             yield self.load_part(i, part, self.slot_count(want))
 
     def add_into(self, total: list[Any] | None, loaded: list[Any]) -> list[Any]:
@@ -246,7 +259,48 @@ class ChunkedScheme(ABC):
         return total
 
     def serialize(self, total: list[Any]) -> bytes:
-        return frame([ct if isinstance(ct, bytes) else self.dump_part(ct) for ct in total])
+        return frame([self._dumped(ct) for ct in total])
+
+    def _dumped(self, ct: Any) -> bytes:
+        return ct if isinstance(ct, bytes) else self.dump_part(ct)
+
+    def write(self, total: list[Any], out: BinaryIO) -> None:
+        """`serialize` into a file, one ciphertext at a time (never the whole payload in memory);
+        each ciphertext of `total` is dropped once written (the total is not used again)."""
+        out.write(frame_head(len(total)))
+        for i, ct in enumerate(total):
+            part = self._dumped(ct)
+            total[i] = None
+            out.write(frame_part(part))
+            out.write(part)
+
+    def stream(self, values: np.ndarray, rng: np.random.Generator | None = None) -> Iterator[bytes]:
+        """An update encrypted and serialized one ciphertext at a time as it is sent (a framed
+        body's pieces: hefl.crypto.frame.stream); a fresh call encrypts again."""
+        if values.shape != (self.size,):
+            raise ValueError(f"update has shape {values.shape}, expected ({self.size},)")
+        chunks = self.encode(values, rng)
+        with self._zeros_lock:
+            zeros, self._zeros = self._zeros, []
+        self.precomputed = min(len(zeros), len(chunks))
+
+        def parts() -> Iterator[bytes]:
+            for i in range(len(chunks)):
+                started = time.monotonic()
+                if i < len(zeros):
+                    ct = self.add_plain(zeros[i], chunks[i])
+                    zeros[i] = None  # used once
+                else:
+                    ct = self.encrypt_chunk(chunks[i])
+                chunks[i] = None
+                middle = time.monotonic()
+                part = self.dump_part(ct)
+                del ct
+                self.streamed_s[0] += middle - started
+                self.streamed_s[1] += time.monotonic() - middle
+                yield part
+
+        return frame_stream(parts(), len(chunks))
 
     def decrypt(self, loaded: list[Any], contributors: int) -> np.ndarray:
         parts = [

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 import numpy as np
 
@@ -11,6 +12,7 @@ from hefl.crypto.frame import Payload
 from hefl.errors import ProtocolError
 
 WIRE = np.dtype("<f4")
+BLOCK = 1 << 20  # bytes of values a body still arriving is read and checked in
 
 
 class PlainScheme:
@@ -45,22 +47,38 @@ class PlainScheme:
         return 0
 
     def check(self, payload: Payload) -> None:
+        if not isinstance(payload, bytes | bytearray):
+            for _ in self._blocks(payload):  # read to its end (into its spool), sizes checked
+                pass
+            return
         if len(payload) != self.max_payload_bytes:
             raise ProtocolError(
                 f"payload is {len(payload)} bytes, expected {self.max_payload_bytes} "
                 f"({self.size} float32 values)"
             )
 
+    def _blocks(self, payload: Payload) -> Iterator[np.ndarray]:
+        """The payload's values in blocks (a body still arriving: as it is read, of fixed size)."""
+        if isinstance(payload, bytes | bytearray):
+            self.check(payload)
+            yield np.frombuffer(payload, dtype=WIRE)
+            return
+        blocks = payload.blocks(self.max_payload_bytes, BLOCK)  # type: ignore[attr-defined]
+        for block in blocks:
+            yield np.frombuffer(block, dtype=WIRE)
+
     def check_sum(self, payload: Payload, contributors: int) -> None:
         """The values of a sum of `contributors` clipped updates are finite and within
         contributors x clip (float32 rounding aside): an adder refuses anything else before adding
         it, so that NaN or a huge value cannot spoil the round for every client."""
-        values = self.load(payload)
-        bad = np.count_nonzero(~np.isfinite(values))
+        bad, top = 0, 0.0
+        for values in self._blocks(payload):
+            bad += int(np.count_nonzero(~np.isfinite(values)))
+            if not bad and values.size:
+                top = max(top, float(np.max(np.abs(values))))
         if bad:
             raise ProtocolError(f"payload holds {bad} non-finite values")
-        if self.clip is not None and values.size:
-            top = float(np.max(np.abs(values)))
+        if self.clip is not None:
             bound = contributors * self.clip * (1 + 1e-6)
             if top > bound:
                 raise ProtocolError(
@@ -69,8 +87,10 @@ class PlainScheme:
                 )
 
     def load(self, payload: Payload) -> np.ndarray:
-        self.check(payload)
-        return np.frombuffer(payload, dtype=WIRE)
+        if isinstance(payload, bytes | bytearray):
+            self.check(payload)
+            return np.frombuffer(payload, dtype=WIRE)
+        return np.concatenate(list(self._blocks(payload)))
 
     def add_into(self, total: np.ndarray | None, loaded: np.ndarray) -> np.ndarray:
         """A float64 running total: float64 holds the sum of a few float32 values exactly (unless
@@ -84,11 +104,34 @@ class PlainScheme:
         return total
 
     def load_into(self, total: np.ndarray | None, payload: Payload) -> np.ndarray:
-        """Load (check the size: all or nothing) and add into the float64 total."""
-        return self.add_into(total, self.load(payload))
+        """Load (check the size: all or nothing) and add into the float64 total. A body still
+        arriving is read to its end first (each block checked as it comes, into its spool), then
+        added block by block from the spool: nothing is added unless all of it came."""
+        if isinstance(payload, bytes | bytearray):
+            return self.add_into(total, self.load(payload))
+        self.check(payload)
+        if total is None:
+            total = np.zeros(self.size, dtype=np.float64)
+        at = 0
+        for values in self._blocks(payload):
+            started = time.monotonic()
+            total[at : at + values.size] += values
+            self.adding_s += time.monotonic() - started
+            at += values.size
+        return total
 
     def serialize(self, total: np.ndarray) -> bytes:
         return total.astype(WIRE).tobytes()
+
+    def write(self, total: np.ndarray, out: BinaryIO) -> None:
+        """`serialize` into a file, a block at a time."""
+        step = BLOCK // WIRE.itemsize
+        for at in range(0, total.size, step):
+            out.write(total[at : at + step].astype(WIRE).tobytes())
+
+    def verify(self, payload: Payload) -> None:
+        """Every value of the payload is read: the size is all that is checked."""
+        self.check(payload)
 
     def decrypt(self, loaded: np.ndarray, contributors: int) -> np.ndarray:
         return loaded.astype(np.float64)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 
@@ -53,7 +53,9 @@ class Scheme(Protocol):
         ones are finite and within contributors x clip; ciphertexts cannot be looked into."""
         ...
 
-    def load(self, payload: Payload) -> Any: ...
+    def load(self, payload: Payload) -> Any:
+        """Every part of a payload, loaded and checked (a body still arriving is read as it is)."""
+        ...
 
     def add_into(self, total: Any | None, loaded: Any) -> Any:
         """The running total with `loaded` added; the first call (total None) may return `loaded`
@@ -66,6 +68,14 @@ class Scheme(Protocol):
         ...
 
     def serialize(self, total: Any) -> bytes: ...
+
+    def write(self, total: Any, out: BinaryIO) -> None:
+        """`serialize` into a file a part at a time; `total` is not used again."""
+        ...
+
+    def verify(self, payload: Payload) -> None:
+        """Load and check every part of a payload without keeping it (a forwarding switch)."""
+        ...
 
     def decrypt(self, loaded: Any, contributors: int) -> np.ndarray: ...
 

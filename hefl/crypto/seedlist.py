@@ -143,8 +143,11 @@ class ListedScheme(ChunkedScheme):
 
     def stays_listed(self, total: list[Any], payload: Payload) -> bool:
         """Whether adding the payload keeps the sum a seed list (by its first part's head)."""
-        first = next(iter(unframe(payload, self.chunks)), b"") if self.chunks else b""
-        shape = self.part_shape(first) if 0 < len(first) <= self.part_limit else None
+        try:  # at most one part is read (a body still arriving: from the wire, into its spool)
+            first = next(iter(unframe(payload, self.chunks, self.part_limit)), b"")
+        except ProtocolError:
+            first = b""  # refused with its reason when it loads
+        shape = self.part_shape(first) if first else None
         seeds = shape[1] if shape is not None else 0
         most = self.lists.most if self.lists is not None else 0
         return 0 < seeds and len(total[0].seeds) + seeds <= most

@@ -59,6 +59,7 @@ class Inbox:
     payloads: dict[str, Any] = field(default_factory=dict)  # as the scheme loaded them
     envelopes: dict[str, Envelope] = field(default_factory=dict)
     total: Any = None
+    filling: int = 0  # payloads being combined into `total` now
 
 
 class RoundBuffer:
@@ -89,6 +90,7 @@ class RoundBuffer:
         self._closed: set[int] = set()
         self._expected: dict[int, tuple[str, ...]] = {}
         self._lock = threading.Lock()
+        self._filled = threading.Condition(self._lock)  # a payload was combined (or failed to)
 
     def open(self, round_: int, only: bool = False) -> None:
         """Take messages for `round_` from now on; with `only`, for no other round."""
@@ -138,16 +140,28 @@ class RoundBuffer:
 
     def fill(self, env: Envelope, payload: Any) -> bool:
         """Store (or combine) a reserved message's payload; True when it completes its round (every
-        expected sender is in). A round closed meanwhile (its deadline passed) refuses it."""
+        expected sender is in). A round closed meanwhile (its deadline passed) refuses it. Combining
+        happens outside the buffer's lock (a body may still be arriving: a node's other requests
+        go on meanwhile) and one at a time (the caller's turn); `release` waits for it to end."""
         with self._lock:
             if env.round not in self._open:
                 raise OutOfWindow(f"round {env.round + 1} from {env.sender!r}: round closed")
             inbox = self._inboxes.setdefault(env.round, Inbox())
+            inbox.filling += 1
+        try:
             if self.combine is None:
                 inbox.payloads[env.sender] = payload
             else:
                 inbox.total = self.combine(inbox.total, payload)
+        except BaseException:
+            with self._lock:
+                inbox.filling -= 1
+                self._filled.notify_all()
+            raise
+        with self._lock:  # in the total and among the envelopes at once, for `release`
             inbox.envelopes[env.sender] = env
+            inbox.filling -= 1
+            self._filled.notify_all()
             return set(self._expected.get(env.round, self.senders)) <= inbox.envelopes.keys()
 
     def expect(self, round_: int, senders: Sequence[str]) -> None:
@@ -168,8 +182,12 @@ class RoundBuffer:
             return self.fill(env, payload)
 
     def release(self, round_: int) -> Inbox:
-        """Hand over a complete round and close it; its (round, sender) keys stay taken."""
+        """Hand over a complete round and close it; its (round, sender) keys stay taken. A payload
+        being combined into it is added first (it was accepted before the round closed)."""
         with self._lock:
+            inbox = self._inboxes.get(round_)
+            if inbox is not None:
+                self._filled.wait_for(lambda: inbox.filling == 0)
             if round_ in self._open:
                 self._closed.add(round_)
             self._open.discard(round_)

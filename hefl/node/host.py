@@ -17,6 +17,7 @@ from hefl.address import log_name, parse_address
 from hefl.crypto import KeyRing, Scheme, load_keyless, load_secret, make_scheme
 from hefl.errors import ConfigError, DuplicateMessage, HeflError, NotFound
 from hefl.modelspec import param_count
+from hefl.node.body import clear_spools, spool_dir
 from hefl.node.nodes import Node, Parts, Worker, role_class
 from hefl.node.push import Push, is_experiment_id, parse_push
 from hefl.node.rejoin import RejoinStore
@@ -50,6 +51,7 @@ class Host:
         self.previous: tuple[str, str] | None = None
         self._served: dict[str, str] = {}  # experiment -> the node this process was in it
         self._lock = threading.Lock()
+        clear_spools(log_dir)
         code()  # the code this process runs, asked now: a copy replaced later is not it
 
     def configure(
@@ -279,6 +281,7 @@ def build_node(push: Push, log_dir: Path, token: str = "", kept: NodeLog | None 
             keys.key_id if keys else "",
             push.samples,
             training,
+            spool_dir(log_dir),
         )
         node = role_class(role)(cfg, push.node, push.experiment, parts)
         if role != "client":

@@ -154,11 +154,23 @@ class RejoinStore:
     def _global(self, round_: int, suffix: str) -> Path:
         return self.folder / f"{self.stem}.global-{round_}.{suffix}"
 
-    def keep_global(self, round_: int, headers: dict[str, str], body: bytes | bytearray) -> None:
+    def keep_global(self, round_: int, headers: dict[str, str], body: Any) -> None:
         """A client, before it answers for round `round_`'s global result: the message as it
-        came (its digest last: a result without one is not taken up)."""
-        _write_private(self._global(round_, "bin"), bytes(body))
-        digest = hashlib.sha256(body).hexdigest()
+        came (its digest last: a result without one is not taken up). A body read as it arrived
+        (hefl.node.body.Incoming) is its spool file, moved here whole."""
+        target = self._global(round_, "bin")
+        if isinstance(body, bytes | bytearray):
+            _write_private(target, bytes(body))
+            digest = hashlib.sha256(body).hexdigest()
+        else:
+            kept = body.keep()
+            summed = hashlib.sha256()
+            with open(kept.path, "rb") as f:
+                while block := f.read(1 << 20):
+                    summed.update(block)
+            _write_private(target, b"")  # the folders, private
+            os.replace(kept.path, target)
+            digest = summed.hexdigest()
         info = {"round": round_, "headers": headers, "sha256": digest}
         _write_private(self._global(round_, "json"), json.dumps(info).encode())
 

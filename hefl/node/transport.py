@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, cast
 import requests
 
 from hefl.errors import PeerRefused, PeerRestarted, PeerUnreachable
+from hefl.node.body import FileBody, Outgoing, PartStream
 from hefl.node.wire import TOKEN_HEADER, Body, Envelope, Kind
 
 if TYPE_CHECKING:
@@ -65,9 +66,9 @@ class TrafficMeter:
         # update sender -> the child it arrives through (topology.first_hops)
         self.hops = dict(hops or {})
         # the node's scheme's `form` (set once it has one): updates and results log their form
-        self.form_of: Callable[[Body], str | None] | None = None
+        self.form_of: Callable[[Any], str | None] | None = None
 
-    def form(self, kind: Kind, body: Body | None) -> str | None:
+    def form(self, kind: Kind, body: object | None) -> str | None:
         if body is None or self.form_of is None or kind not in (Kind.UPDATE, Kind.GLOBAL):
             return None
         return self.form_of(body)
@@ -83,7 +84,7 @@ class TrafficMeter:
         sent: int,
         received: int,
         at: float,
-        body: Body | None = None,
+        body: object | None = None,
     ) -> None:
         """One attempt of a request this node made to `peer`, begun at `at` (monotonic)."""
         if self.counts(env):
@@ -100,10 +101,12 @@ class TrafficMeter:
         received: int,
         sent: int = 0,
         message: bool = True,
-        body: Body | None = None,
+        body: object | None = None,
+        at: float | None = None,
     ) -> None:
         """A request this node answers (`body`: the request's, for its form); `message` False
-        adds the answer's body to one already counted."""
+        adds the answer's body to one already counted; `at`: when its body had arrived
+        (monotonic; default now)."""
         if self.counts(env):
             if kind is Kind.UPDATE:
                 peer = self.hops.get(env.sender, STRANGER)
@@ -118,6 +121,7 @@ class TrafficMeter:
                 False,
                 message,
                 kind.value,
+                at,
                 form=self.form(kind, body),
             )
 
@@ -146,7 +150,7 @@ class Transport:
         if token:
             self.session.headers[TOKEN_HEADER] = token
 
-    def send(self, peer: str, kind: Kind, env: Envelope, body: Body = b"") -> requests.Response:
+    def send(self, peer: str, kind: Kind, env: Envelope, body: Outgoing = b"") -> requests.Response:
         """A round message, metered. A 409 (the peer has it already) counts as delivered; another
         4xx raises ProtocolError; no answer after the retries raises PeerUnreachable."""
         if kind.route.direction is None:
@@ -174,7 +178,13 @@ class Transport:
             raise PeerUnreachable(f"{peer!r} is not a node of this experiment") from None
 
     def _call(
-        self, peer: str, kind: Kind, body: Body, env: Envelope | None, arg: str, timeouts: Timeouts
+        self,
+        peer: str,
+        kind: Kind,
+        body: Outgoing,
+        env: Envelope | None,
+        arg: str,
+        timeouts: Timeouts,
     ) -> requests.Response:
         route = kind.route
         url = self.url(peer, kind, arg)
@@ -193,7 +203,7 @@ class Transport:
                     route.method,
                     url,
                     # a reader of memoryviews (requests' stubs know only bytes and str)
-                    data=cast(Any, _BodyReader(body)) if body else None,
+                    data=_request_data(body),
                     headers=headers,
                     timeout=(timeouts.connect, timeouts.read),
                 )
@@ -230,13 +240,24 @@ class Transport:
         )
 
     def _count(
-        self, kind: Kind, peer: str, env: Envelope | None, body: Body, received: int, at: float
+        self, kind: Kind, peer: str, env: Envelope | None, body: Outgoing, received: int, at: float
     ) -> None:
         if self.meter is not None and env is not None:
             self.meter.outbound(kind, peer, env, len(body), received, at, body)
 
     def close(self) -> None:
         self.session.close()
+
+
+def _request_data(body: Outgoing) -> Any:
+    """What requests sends for a body: a file in blocks with its length, a stream of parts chunked
+    (made anew for each attempt), bytes in blocks of a view."""
+    if isinstance(body, FileBody):
+        return body.sender()
+    if isinstance(body, PartStream):
+        return body.pieces()
+    # a reader of memoryviews (requests' stubs know only bytes and str)
+    return cast(Any, _BodyReader(body)) if body else None
 
 
 class _BodyReader:

@@ -8,15 +8,18 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from hefl.config import ExperimentConfig, NodeConfig
 from hefl.crypto import Scheme
+from hefl.crypto.frame import Payload
 from hefl.errors import ConfigError, HeflError, PeerRestarted, PeerUnreachable, ProtocolError
+from hefl.node.body import FileBody, Outgoing, new_spool
 from hefl.node.rejoin import RejoinStore, Saved
 from hefl.node.runlog import RunLog
 from hefl.node.transport import TrafficMeter
-from hefl.node.wire import Body, Envelope, Kind, check_scope
+from hefl.node.wire import Envelope, Kind, check_scope
 from hefl.provenance import machine
 
 log = logging.getLogger(__name__)
@@ -25,7 +28,7 @@ log = logging.getLogger(__name__)
 class Sender(Protocol):
     """What a node sends through: the Transport, or a fake in unit tests."""
 
-    def send(self, peer: str, kind: Kind, env: Envelope, body: Body = b"") -> Any: ...
+    def send(self, peer: str, kind: Kind, env: Envelope, body: Outgoing = b"") -> Any: ...
 
     def close(self) -> None: ...
 
@@ -80,6 +83,8 @@ class Parts:
     samples: Mapping[str, int] = field(default_factory=dict)
     # clients: what trains (hefl.node.nodes.local_training.LocalTraining; a test's own part)
     training: Any = None
+    # where large bodies go on disk (hefl.node.body); None: they are made in memory
+    spool: Path | None = None
 
 
 class Node:
@@ -99,6 +104,7 @@ class Node:
         self.meter = parts.meter
         self.worker = parts.worker
         self.key_id = parts.key_id
+        self.spool = parts.spool
         self.runlog.describe(
             scheme=self.scheme.name, can_decrypt=self.scheme.can_decrypt, machine=machine()
         )
@@ -192,12 +198,26 @@ class Node:
         self.transport.close()
         self.scheme.close()
 
+    def dump(self, total: Any) -> Outgoing:
+        """A round's total as the body that carries it: written to a file a part at a time (sent
+        from there, then removed), or serialized in memory where the node has no spool folder."""
+        if self.spool is None:
+            return self.scheme.serialize(total)
+        out, path = new_spool(self.spool, "out-")
+        try:
+            with out:
+                self.scheme.write(total, out)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return FileBody(path)
+
     def envelope(
         self, round_: int, samples: int = 0, contributors: int = 0, members: int = 0
     ) -> Envelope:
         return Envelope(self.experiment, round_, self.id, samples, contributors, members)
 
-    def check_downward(self, env: Envelope, payload: Body, allow_empty: bool = False) -> None:
+    def check_downward(self, env: Envelope, payload: Payload, allow_empty: bool = False) -> None:
         """A begin or global message must come from the parent, for this experiment, in range."""
         check_scope(env, self.experiment, self.cfg.rounds)
         if env.sender != self.node_cfg.send:

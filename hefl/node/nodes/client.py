@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -14,13 +15,15 @@ import numpy as np
 from hefl.address import file_stem
 from hefl.config import ExperimentConfig
 from hefl.crypto import Scheme
+from hefl.crypto.frame import Payload
 from hefl.errors import ConfigError, ExperimentFailed, OutOfWindow, PeerRefused, ProtocolError
 from hefl.node.aggregation import AcceptPoint, apply_sum
+from hefl.node.body import Outgoing, PartStream
 from hefl.node.metrics import ClientMetrics, MetricsReport
 from hefl.node.nodes.base import Node, Parts
 from hefl.node.rejoin import RejoinStore, Saved
 from hefl.node.runlog import Stopwatch
-from hefl.node.wire import Body, Envelope, Kind
+from hefl.node.wire import Envelope, Kind
 from hefl.records import HostedClient
 from hefl.seeds import quantize_seed
 
@@ -174,7 +177,7 @@ class ClientNode(Node):
             self.precomputer = Precomputer(self.scheme)
             self.precomputer.resume(-1)  # until the begin message comes
 
-    def on_begin(self, env: Envelope, payload: Body) -> None:
+    def on_begin(self, env: Envelope, payload: Payload) -> None:
         """The aggregator's begin message (round 0), once: start training."""
         self.check_downward(env, payload, allow_empty=True)
         if env.round != 0:
@@ -183,7 +186,7 @@ class ClientNode(Node):
         self.pause_precompute(-1)
         self.submit(self.train_round, 0)
 
-    def on_global(self, env: Envelope, payload: Body) -> None:
+    def on_global(self, env: Envelope, payload: Payload) -> None:
         """A round's global result, once; loaded (and so checked) here, applied on the worker."""
         self.check_downward(env, payload)
         sent = self.sent_round
@@ -293,9 +296,13 @@ class ClientNode(Node):
                 log.warning("%s: round %d closed before its turn", slot.id, r + 1)
                 self.set_figures(r, slot, late=True, skipped=True)
                 continue
-            parts, loss = self.train_one(r, slot)
-            precomputed += self.scheme.precomputed
+            streams = self.streams and not self.local_sum
+            parts, loss = self.train_one(r, slot, encrypt=not streams)
             losses.append((loss * slot.samples, slot.samples))
+            if streams:  # encrypted and serialized a ciphertext at a time as it is sent
+                precomputed += self.send_stream(r, parts, slot)
+                continue
+            precomputed += self.scheme.precomputed
             if self.local_sum:
                 with self.runlog.phase(r, "aggregate"):
                     total = self.add_own(total, parts)
@@ -331,9 +338,53 @@ class ClientNode(Node):
         if self.precomputer is not None and r + 1 < self.cfg.rounds:
             self.precomputer.resume(r)  # the next update's, while this round's result is on its way
 
-    def train_one(self, r: int, slot: Slot) -> tuple[Any, float]:
-        """One client's training of round `r` from the global model: its update encrypted, and
-        its mean training loss."""
+    def send_stream(self, r: int, update: np.ndarray, slot: Slot) -> int:
+        """Send one client's clipped update, encrypted and serialized a ciphertext at a time as
+        it goes out (never the whole encrypted update in memory); an attempt that fails part way
+        is encrypted again (fresh randomness and seeds; the same rounding). The encrypt and
+        serialize phases are the seconds spent on them inside the send, the send phase the rest.
+        Returns how many ciphertexts used a precomputed encryption of zero."""
+        key = self.client_key(slot)
+        first = [True]
+
+        def pieces() -> Iterator[bytes]:
+            if not first[0]:
+                log.info("%s: sending the update of round %d again, encrypted anew", slot.id, r + 1)
+            first[0] = False
+            made: Iterator[bytes] = self.scheme.stream(  # type: ignore[attr-defined]
+                update, self.rounding(slot, r)
+            )
+            return made
+
+        streamed = self.scheme.streamed_s  # type: ignore[attr-defined]
+        enc0, ser0 = streamed
+        started = time.monotonic()
+        body = PartStream(pieces)
+        with self.step("encrypting and sending its update"):
+            self.send_update(r, body, self.envelope_of(r, [slot]), slot, phase=False)
+        ended = time.monotonic()
+        encrypting, serializing = streamed[0] - enc0, streamed[1] - ser0
+        sending = max(0.0, ended - started - encrypting - serializing)
+        # interleaved part by part; the spans lay them out one after the other
+        self.runlog.add_phase(r, "encrypt", encrypting, end=started + encrypting, client=key)
+        self.runlog.add_phase(r, "serialize", serializing, end=ended - sending, client=key)
+        self.runlog.add_phase(r, "send", sending, end=ended, client=key)
+        return int(self.scheme.precomputed)
+
+    @property
+    def streams(self) -> bool:
+        """Whether updates are encrypted as they are sent: ciphertexts made in this process (not
+        in worker processes) by a node that spools (a real node, not a unit test's fake)."""
+        return (
+            self.spool is not None
+            and hasattr(self.scheme, "stream")
+            and self.cfg.encryption.processes == 1
+        )
+
+    def train_one(self, r: int, slot: Slot, encrypt: bool = True) -> tuple[Any, float]:
+        """One client's training of round `r` from the global model: its update encrypted (or,
+        without `encrypt`, clipped only: `send_stream` encrypts it), and its mean training
+        loss."""
         key = self.client_key(slot)
         with self.step("training"), self.runlog.phase(r, "train", key):
             # every client of the node starts from the global model
@@ -348,9 +399,11 @@ class ClientNode(Node):
             )
         clip = self.cfg.encryption.clip
         clipped = int(np.count_nonzero(np.abs(update) > clip))
+        self.set_figures(r, slot, train_loss=loss, train_samples=slot.samples, clipped=clipped)
+        if not encrypt:
+            return np.clip(update, -clip, clip), loss
         with self.step("encrypting its update"), self.runlog.phase(r, "encrypt", key):
             parts = self.scheme.encrypt_parts(np.clip(update, -clip, clip), self.rounding(slot, r))
-        self.set_figures(r, slot, train_loss=loss, train_samples=slot.samples, clipped=clipped)
         return parts, loss
 
     def rounding(self, slot: Slot, r: int) -> np.random.Generator:
@@ -374,13 +427,16 @@ class ClientNode(Node):
             mask |= 1 << s.index
         return Envelope(self.experiment, r, sender, sum(s.samples for s in slots), len(slots), mask)
 
-    def send_update(self, r: int, payload: bytes, env: Envelope, slot: Slot | None) -> None:
+    def send_update(
+        self, r: int, payload: Outgoing, env: Envelope, slot: Slot | None, phase: bool = True
+    ) -> None:
         """Send one update up; one that came late (the round closed at its deadline) is logged:
-        the round's result comes down all the same."""
+        the round's result comes down all the same. `phase`: time it as the send phase (a
+        stream's caller splits the time itself)."""
         self.sent_round = r  # before it goes: the result can come back before the answer does
         with (
             self.step(f"sending its update to {self.node_cfg.send}"),
-            self.runlog.phase(r, "send", self.client_key(slot)),
+            self.runlog.phase(r, "send", self.client_key(slot)) if phase else nullcontext(),
         ):
             try:
                 self.transport.send(self.node_cfg.send, Kind.UPDATE, env, payload)

@@ -3,21 +3,24 @@ add them."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from hefl.config import ExperimentConfig
+from hefl.crypto.frame import Payload
 from hefl.errors import PeerUnreachable, ProtocolError
 from hefl.node.aggregation import RoundBuffer
+from hefl.node.body import FileBody, Incoming, Outgoing
 from hefl.node.nodes.base import Node, Parts
 from hefl.node.runlog import Stopwatch
-from hefl.node.wire import Body, Envelope, Kind
+from hefl.node.wire import Envelope, Kind
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +52,14 @@ class InnerNode(Node, ABC):
             for child in self.children
         }
 
-    def on_update(self, env: Envelope, payload: Body) -> None:
+    def on_update(self, env: Envelope, payload: Payload) -> None:
         """Accept one child's update (a duplicate raises DuplicateMessage) and add it to its round's
         total at once; the work a complete round causes goes to the worker. The payload is loaded
         (for ciphertexts: deserialized and checked in this node's context) once, here, one
-        ciphertext at a time; one refused part way is taken back out of the total."""
-        # reserved first: a retried update is refused before it costs a deserialization
+        ciphertext at a time, as its parts come from the socket; one refused part way is taken
+        back out of the total (read again from the body's spool on disk). One update is added at a
+        time: one that arrives meanwhile is spooled to disk as it comes, then added from there."""
+        # reserved first: a retried update is refused before its body is read
         with self.buffer.reserve(env):
             members = self.check_members(env)
             if env.samples <= 0:
@@ -67,22 +72,41 @@ class InnerNode(Node, ABC):
                         f"clients declared {want}"
                     )
             self.scheme.check_sum(payload, env.contributors)  # plaintext: finite, in range
-            with self._adding:
+            with self.adding_turn(payload):
                 started, added = time.monotonic(), self.scheme.adding_s
+                wire = getattr(payload, "wire_s", 0.0)
                 if self.adds:  # deserialized, checked and added in one pass
                     complete = self.buffer.fill(env, payload)
                 else:
-                    self.scheme.load(payload)  # checked, then forwarded as it came
+                    self.scheme.verify(payload)  # checked, then forwarded as it came
+                    if isinstance(payload, Incoming):
+                        payload = payload.keep()
                     complete = self.buffer.fill(env, None)
-                # the pass split into loading (and checking) and adding, one after the other
+                # the pass split into loading (and checking) and adding, one after the other;
+                # the time spent waiting for the body's bytes is the sender's, not this node's
                 ended, adding = time.monotonic(), self.scheme.adding_s - added
+                waited = getattr(payload, "wire_s", 0.0) - wire
                 self.runlog.add_phase(
-                    env.round, "load", ended - started - adding, end=ended - adding
+                    env.round, "load", ended - started - adding - waited, end=ended - adding
                 )
                 self.runlog.add_phase(env.round, "aggregate", adding, end=ended)
                 # started before the worker may stop it (`accepted` submits a complete round)
                 self.first_update.start(env.round, first=True)
         self.accepted(env, payload, complete)
+
+    @contextlib.contextmanager
+    def adding_turn(self, payload: Payload) -> Iterator[None]:
+        """This update's turn to be added: at once if no other is being added (its parts are added
+        as they arrive); else its body is first read to its end into its spool (a sender is never
+        left waiting on a full socket), then added from there when the turn comes."""
+        if not self._adding.acquire(blocking=False):
+            if isinstance(payload, Incoming):
+                payload.read_all()
+            self._adding.acquire()
+        try:
+            yield
+        finally:
+            self._adding.release()
 
     def check_members(self, env: Envelope) -> int:
         """The clients an update adds (its mask): all the clients below its sender, or, with a
@@ -111,7 +135,7 @@ class InnerNode(Node, ABC):
         """How the buffer folds an update into its round's total (under its lock)."""
         return self.scheme.load_into(total, payload) if self.adds else None
 
-    def accepted(self, env: Envelope, payload: Body, complete: bool) -> None:
+    def accepted(self, env: Envelope, payload: Any, complete: bool) -> None:
         if complete:
             self.submit(self.complete, env.round)
 
@@ -119,14 +143,15 @@ class InnerNode(Node, ABC):
     def complete(self, round_: int) -> None:
         """Add (or close) a round whose updates have all arrived; runs on the worker."""
 
-    def add_round(self, round_: int) -> tuple[Envelope, Body]:
+    def add_round(self, round_: int) -> tuple[Envelope, Outgoing]:
         """Release a round (complete, or at its deadline with what came) and add its payloads into
         one message of this node's; its log names who contributed and who is missing."""
         self.round = round_
         self.runlog.add_phase(round_, "wait", self.first_update.stop(round_))
         inbox = self.buffer.release(round_)
         with self.runlog.phase(round_, "serialize"):
-            payload = self.scheme.serialize(inbox.total)
+            payload = self.dump(inbox.total)
+        inbox.total = None
         envs = inbox.envelopes.values()
         members = self.members_of(envs)
         env = self.envelope(
@@ -166,7 +191,7 @@ class InnerNode(Node, ABC):
                     "%s: flush of round %d at %s failed: %s", self.id, round_ + 1, child, exc
                 )
 
-    def send_down(self, kind: Kind, env: Envelope, payload: Body) -> None:
+    def send_down(self, kind: Kind, env: Envelope, payload: Outgoing) -> None:
         """Send a begin or global message to every child at once, timed as the round's `send`
         phase (until the last child answered; wall time only: the sending threads' CPU is not the
         worker's). Every child that failed is logged; the first one's error is raised. With a
@@ -181,6 +206,8 @@ class InnerNode(Node, ABC):
             child: self._down[child].submit(self.deliver, child, kind, env, payload)
             for child in self.children
         }
+        if isinstance(payload, FileBody):
+            remove_when_done(payload, list(sends.values()))
         if self.cfg.policy.tolerate_dropouts:
             wait(sends.values(), timeout=self.cfg.policy.deadline_s)
             self.runlog.add_phase(env.round, "send", time.monotonic() - started)
@@ -203,7 +230,7 @@ class InnerNode(Node, ABC):
             with self.step(f"sending the {kind.value} message of round {env.round + 1} down"):
                 raise failed[0][1]
 
-    def deliver(self, child: str, kind: Kind, env: Envelope, payload: Body) -> Any:
+    def deliver(self, child: str, kind: Kind, env: Envelope, payload: Outgoing) -> Any:
         """Send a downward message to one child (in its own queue). A child that cannot be reached
         (refused, reset: its process restarting) is tried again every second for
         network.startup_timeout_s: a client that restarted rejoins from its disk and takes the
@@ -242,3 +269,21 @@ class InnerNode(Node, ABC):
         super().close()
         for pool in (self._fan_out, *self._down.values()):
             pool.shutdown(wait=False, cancel_futures=True)
+
+
+def remove_when_done(body: FileBody, sends: list[Future[Any]]) -> None:
+    """Remove a file body once every send of it ended (sent, failed or cancelled)."""
+    left = [len(sends)]
+    lock = threading.Lock()
+
+    def one_done(_: Future[Any]) -> None:
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            body.remove()
+
+    if not sends:
+        body.remove()
+    for f in sends:
+        f.add_done_callback(one_done)

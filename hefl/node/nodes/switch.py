@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from hefl.config import ExperimentConfig
+from hefl.crypto.frame import Payload
 from hefl.errors import OutOfWindow, ProtocolError
 from hefl.node.aggregation import AcceptPoint
+from hefl.node.body import FileBody, Incoming, Outgoing
 from hefl.node.nodes.base import Parts
 from hefl.node.nodes.inner import InnerNode
 from hefl.node.runlog import Stopwatch
-from hefl.node.wire import Body, Envelope, Kind
+from hefl.node.wire import Envelope, Kind
 
 
 class SwitchNode(InnerNode):
@@ -25,7 +28,7 @@ class SwitchNode(InnerNode):
         self.awaiting_global = Stopwatch()  # from forwarding up to the global result's arrival
         self.sent_round = -1  # the round whose update this switch sent up last: its global is due
 
-    def accepted(self, env: Envelope, payload: Body, complete: bool) -> None:
+    def accepted(self, env: Envelope, payload: Any, complete: bool) -> None:
         if self.forwards:
             if complete:  # the children's wait ends with the last arrival, not after forwarding it
                 self.runlog.add_phase(env.round, "wait", self.first_update.stop(env.round))
@@ -33,14 +36,18 @@ class SwitchNode(InnerNode):
         elif complete:
             self.submit(self.complete, env.round)
 
-    def forward(self, env: Envelope, payload: Body, last: bool) -> None:
+    def forward(self, env: Envelope, payload: Outgoing, last: bool) -> None:
         """Dumb switch: pass one child's message upstream unchanged (the original's base case)."""
         self.round = env.round
         if last:  # before it goes: the result can come back before the answer does
             self.sent_round = env.round
-        with self.step(f"forwarding an update to {self.node_cfg.send}"):
-            with self.runlog.phase(env.round, "send"):
-                self.transport.send(self.node_cfg.send, Kind.UPDATE, env, payload)
+        try:
+            with self.step(f"forwarding an update to {self.node_cfg.send}"):
+                with self.runlog.phase(env.round, "send"):
+                    self.transport.send(self.node_cfg.send, Kind.UPDATE, env, payload)
+        finally:
+            if isinstance(payload, FileBody):
+                payload.remove()
         if last:
             self.buffer.release(env.round)
             self.awaiting_global.start(env.round)
@@ -50,12 +57,16 @@ class SwitchNode(InnerNode):
             return
         env, payload = self.add_round(round_)
         self.sent_round = round_  # before it goes: the result can come back before the answer
-        with self.step(f"sending its sum up to {self.node_cfg.send}"):
-            with self.runlog.phase(round_, "send"):
-                self.transport.send(self.node_cfg.send, Kind.UPDATE, env, payload)
+        try:
+            with self.step(f"sending its sum up to {self.node_cfg.send}"):
+                with self.runlog.phase(round_, "send"):
+                    self.transport.send(self.node_cfg.send, Kind.UPDATE, env, payload)
+        finally:
+            if isinstance(payload, FileBody):
+                payload.remove()
         self.awaiting_global.start(round_)
 
-    def on_flush(self, env: Envelope, payload: Body) -> None:
+    def on_flush(self, env: Envelope, payload: Payload) -> None:
         """The parent's round deadline passed: child switches flush first (so that their partial
         sums are here), then this switch sends up what it has, at once: a partial sum with its
         true contributor and sample counts, or nothing. Late updates of the round then get 422.
@@ -85,13 +96,13 @@ class SwitchNode(InnerNode):
         finally:
             done.set()
 
-    def on_begin(self, env: Envelope, payload: Body) -> None:
+    def on_begin(self, env: Envelope, payload: Payload) -> None:
         self._on_down(Kind.BEGIN, env, payload)
 
-    def on_global(self, env: Envelope, payload: Body) -> None:
+    def on_global(self, env: Envelope, payload: Payload) -> None:
         self._on_down(Kind.GLOBAL, env, payload)
 
-    def _on_down(self, kind: Kind, env: Envelope, payload: Body) -> None:
+    def _on_down(self, kind: Kind, env: Envelope, payload: Payload) -> None:
         """Accept a begin or global message from the parent, once; the worker relays it. Its
         window: begin is round 1's; a global result only that of the round this switch sent up
         last (a retry of one taken is a duplicate, 409)."""
@@ -108,9 +119,14 @@ class SwitchNode(InnerNode):
         self.downward.take((kind, env.round), f"{kind.value} of round {env.round + 1}")
         # begin opens round 0, global r round r + 1: before the children hear of it
         self.buffer.open(env.round + (kind is Kind.GLOBAL), only=True)
-        self.submit(self.relay, kind, env, payload)
+        # a result read as it arrived is relayed from its spool, which the relay removes
+        self.submit(
+            self.relay, kind, env, payload.keep() if isinstance(payload, Incoming) else payload
+        )
 
-    def relay(self, kind: Kind, env: Envelope, payload: Body) -> None:
+    def relay(self, kind: Kind, env: Envelope, payload: Outgoing) -> None:
+        """Send a begin or global message on to every child (a file body is removed once every
+        child has it, or failed: see InnerNode.send_down)."""
         r = env.round
         if kind is Kind.GLOBAL:
             self.runlog.add_phase(r, "wait", self.awaiting_global.stop(r))

@@ -1,0 +1,172 @@
+"""Bodies read part by part as they arrive (hefl.node.body.Incoming): parts checked before they are
+read, a second pass from the spool on disk, a part refused in the middle of a large update taken
+back out of the total to the bit, and updates encrypted as they are sent."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from hefl.crypto import HeParams, load_keyless, load_secret, make_scheme, read_keyless
+from hefl.crypto.frame import frame, unframe
+from hefl.errors import ProtocolError, TooLarge
+from hefl.node.body import Incoming, spool_dir
+
+TOLERANCE = {"ckks": 1e-4, "bfv": 8 * 2 / (2**16 - 1)}  # bfv: one quantization step per client
+
+
+def schemes(name: str, size: int, key_dirs: dict[str, Path]) -> tuple[Any, Any]:
+    """(a client's scheme, a switch's scheme) of one experiment."""
+    enc, key_dir = HeParams(scheme=name), key_dirs[name]
+    return (
+        make_scheme(enc, size, load_secret(enc, key_dir)),
+        make_scheme(enc, size, load_keyless(enc, read_keyless(enc, key_dir))),
+    )
+
+
+def reader(body: bytes, asked: list[int] | None = None) -> Callable[[int], bytes]:
+    """A socket's `read` over `body`, in pieces of 1000 bytes at most (what asked is kept)."""
+    stream = io.BytesIO(body)
+
+    def read(n: int) -> bytes:
+        if asked is not None:
+            asked.append(n)
+        return stream.read(min(n, 1000))
+
+    return read
+
+
+OPEN: list[Incoming] = []
+
+
+@pytest.fixture(autouse=True)
+def _closed() -> Iterator[None]:
+    """Every body a test made is closed after it (its spool removed)."""
+    yield
+    while OPEN:
+        OPEN.pop().close()
+
+
+def incoming(
+    body: bytes, tmp_path: Path, asked: list[int] | None = None, limit: int = 1 << 30
+) -> Incoming:
+    made = Incoming(reader(body, asked), spool_dir(tmp_path), limit)
+    OPEN.append(made)
+    return made
+
+
+def test_parts_arrive_as_read_and_a_second_pass_reads_the_spool(tmp_path: Path) -> None:
+    parts = [bytes([i]) * (700 * i + 1) for i in range(5)]
+    body = incoming(frame(parts), tmp_path)
+    first = body.parts(5)
+    assert next(first) == parts[0] and body.received < len(frame(parts))  # not all read yet
+    assert list(first) == parts[1:] and body.done and len(body) == len(frame(parts))
+    assert list(body.parts(5)) == parts  # again, from the spool
+    assert body.path.read_bytes() == frame(parts)
+    body.close()
+    assert not body.path.exists()
+
+
+@pytest.mark.parametrize(
+    ("cut", "match"),
+    [
+        (lambda b: b[:-10], "body ends inside ciphertext 2"),
+        (lambda b: b + b"x", "bytes after its 3 ciphertexts"),
+        (lambda b: b"HEF1" + b[4:], "not a framed ciphertext list"),
+        (lambda b: b[:4] + b"\x02" + b[5:], "holds 2 ciphertexts, expected 3"),
+    ],
+)
+def test_a_body_cut_short_or_malformed_is_refused_in_one_line(
+    tmp_path: Path, cut: Callable[[bytes], bytes], match: str
+) -> None:
+    body = incoming(cut(frame([b"a" * 100, b"b" * 100, b"c" * 100])), tmp_path)
+    with pytest.raises(ProtocolError, match=match):
+        list(body.parts(3))
+    body.close()
+
+
+def test_a_part_longer_than_a_ciphertext_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    asked: list[int] = []
+    body = incoming(frame([b"a" * 10, b"b" * 50_000]), tmp_path, asked)
+    with pytest.raises(ProtocolError, match="ciphertext 1 is 50000 bytes.* at most 4096"):
+        list(body.parts(2, limit=4096))
+    assert body.received < 100 and max(asked) <= 4096  # its bytes were never asked for
+
+
+def test_a_body_past_the_limit_is_too_large(tmp_path: Path) -> None:
+    body = incoming(frame([b"a" * 5000]), tmp_path, limit=3000)
+    with pytest.raises(TooLarge):
+        list(body.parts(1))
+
+
+@pytest.mark.parametrize("name", ["ckks", "bfv"])
+def test_a_bad_part_in_the_middle_of_a_large_body_is_refused_with_the_total_unchanged(
+    name: str, key_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    """An update of 40 ciphertexts read as it arrives; ciphertext 20 is junk: the 20 already added
+    are taken back out (read again from the spool), to the bit; a truncated body likewise; the
+    genuine update then adds."""
+    chunks = 40
+    size = chunks * (2048 if name == "ckks" else 8192)
+    client, switch = schemes(name, size, key_dirs)
+    rng = np.random.default_rng(5)
+    a, b = rng.uniform(-1, 1, size), rng.uniform(-1, 1, size)
+    total = switch.load_into(None, client.encrypt(a))
+    before = switch.serialize(total)
+    parts = list(unframe(client.encrypt(b), chunks))
+    bad = [*parts[:20], b"\x00" * len(parts[20]), *parts[21:]]
+    for body, match in (
+        (frame(bad), "ciphertext 20"),
+        (frame(parts)[: -len(parts[-1]) // 2], "body ends inside ciphertext 39"),
+    ):
+        arriving = incoming(body, tmp_path)
+        with pytest.raises(ProtocolError, match=match):
+            switch.load_into(total, arriving)
+        assert switch.serialize(total) == before
+        arriving.close()
+    total = switch.load_into(total, incoming(frame(parts), tmp_path))
+    got = client.decrypt(client.load(switch.serialize(total)), 2)
+    np.testing.assert_allclose(got, a + b, atol=TOLERANCE[name])
+
+
+def test_an_update_streamed_as_it_is_encrypted_adds_like_one_made_whole(
+    key_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    """`stream` encrypts and serializes one ciphertext at a time; what it sends loads and adds as
+    an update made at once would, and a second call (a retry) encrypts anew."""
+    size = 5 * 2048
+    client, switch = schemes("ckks", size, key_dirs)
+    values = np.random.default_rng(2).uniform(-1, 1, size)
+    sent = b"".join(client.stream(values))
+    again = b"".join(client.stream(values))
+    assert sent[:8] == client.encrypt(values)[:8] and sent != again  # fresh randomness
+    total = switch.load_into(None, incoming(sent, tmp_path))
+    total = switch.load_into(total, again)
+    got = client.decrypt(client.load(switch.serialize(total)), 2)
+    np.testing.assert_allclose(got, 2 * values, atol=2 * TOLERANCE["ckks"])
+    out = io.BytesIO()
+    switch.write(total, out)
+    assert np.allclose(client.decrypt(client.load(out.getvalue()), 2), 2 * values, atol=1e-3)
+
+
+def test_a_plain_body_is_checked_whole_before_any_of_it_is_added(tmp_path: Path) -> None:
+    from hefl.crypto.plain import WIRE, PlainScheme
+
+    scheme = PlainScheme(600_000, clip=1.0)
+    good = np.full(600_000, 0.5, dtype=WIRE)
+    total = scheme.load_into(None, incoming(good.tobytes(), tmp_path))
+    bad = good.copy()
+    bad[400_000] = np.nan  # in the last block
+    with pytest.raises(ProtocolError, match="1 non-finite"):
+        body = incoming(bad.tobytes(), tmp_path)
+        scheme.check_sum(body, 1)
+    with pytest.raises(ProtocolError, match="payload is 2399996 bytes"):
+        scheme.load_into(total, incoming(good.tobytes()[:-4], tmp_path))
+    assert np.all(total == 0.5)
+    total = scheme.load_into(total, incoming(good.tobytes(), tmp_path))
+    assert np.all(total == 1.0)
