@@ -154,7 +154,7 @@ def main() -> int:
     hidden = max(1, (args.params - 10) // (FEATURES + 11)) if args.params else args.hidden
     size = FEATURES * hidden + hidden + hidden * 10 + 10
     enc = HeParams(scheme=args.scheme)
-    with tempfile.TemporaryDirectory(dir=ROOT) as tmp:  # on disk, beside the code (not tmpfs)
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:  # on disk (not tmpfs)
         keys = Path(tmp) / "keys"
         if args.scheme != "none":
             generate_keys(enc, keys)
