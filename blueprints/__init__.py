@@ -201,47 +201,36 @@ def _body_reader() -> Callable[[int], bytes]:
 
 
 class _Stall:
-    """Shuts a socket for reading when one read (`with` block) takes longer than `seconds`; one
-    thread per body, started with its first read, ended by `close`. Without a socket (werkzeug's
-    test server), nothing happens."""
+    """Shuts a socket for reading when one read (`with` block) has taken longer than `seconds`:
+    a thread per body, started with its first read, looks every `seconds` / 8 (a read is not
+    signalled: a body of 270 MB takes thousands of them); ended by `close`. Without a socket
+    (werkzeug's test server), nothing happens."""
 
     def __init__(self, sock: Any, seconds: float) -> None:
         self.sock = sock
         self.seconds = seconds
         self.fired = False
-        self._since: float | None = None
-        self._closed = False
-        self._cond = threading.Condition()
+        self._since: float | None = None  # when the read in progress began
+        self._closed = threading.Event()
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> None:
-        if self.sock is None:
-            return
-        with self._cond:
-            self._since = time.monotonic()
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._watch, daemon=True)
-                self._thread.start()
-            self._cond.notify()
+        self._since = time.monotonic()
+        if self._thread is None and self.sock is not None:
+            self._thread = threading.Thread(target=self._watch, daemon=True)
+            self._thread.start()
 
     def __exit__(self, *exc: object) -> None:
-        with self._cond:
-            self._since = None
+        self._since = None
 
     def _watch(self) -> None:
-        with self._cond:
-            while not self._closed:
-                if self._since is None:
-                    self._cond.wait()
-                    continue
-                left = self._since + self.seconds - time.monotonic()
-                if left > 0:
-                    self._cond.wait(left)
-                    continue
+        while not self._closed.wait(self.seconds / 8):
+            since = self._since
+            if since is not None and time.monotonic() - since > self.seconds:
                 self.fired = True
-                self._since = None
                 with contextlib.suppress(OSError):
                     self.sock.shutdown(socket.SHUT_RD)
+                return
 
     def reason(self, got: int) -> str:
         return (
@@ -250,9 +239,7 @@ class _Stall:
         )
 
     def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
+        self._closed.set()
 
 
 def read_body(piece_size: int = 1 << 20) -> Body:

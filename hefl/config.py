@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
+
+import numpy as np
 
 from hefl.address import base_url, log_name, parse_address
 from hefl.crypto.params import HeParams, check_encryption
@@ -21,6 +24,7 @@ from hefl.schema import (
     parse_value,
     safe_name,
 )
+from hefl.seeds import sample_seed
 from hefl.topology import Tree, check_topology
 
 Role = Literal["client", "switch", "aggregator"]
@@ -156,6 +160,9 @@ class AggregatorConfig:
     iteration: int = field(default=10, metadata=bounds(ge=1, le=100_000))
     # with network.round_deadline_s: the fewest clients a round may complete with (0: every one)
     min_clients: int = field(default=0, metadata=bounds(ge=0))
+    # clients drawn each round (fixed size, without replacement, from a seeded stream of its own;
+    # the same on every node): only they train and send; 0: every client, every round
+    clients_per_round: int = field(default=0, metadata=bounds(ge=0))
     key: str = ""  # the original study's placeholder: accepted, never used as key material
 
 
@@ -193,6 +200,7 @@ class RoundPolicy:
 
     @classmethod
     def of(cls, network: NetworkConfig, aggregator: AggregatorConfig, clients: int) -> RoundPolicy:
+        """`clients`: how many clients a round draws (every client without sampling)."""
         deadline = network.round_deadline_s
         if not deadline:
             return cls(0.0, clients, False, False)
@@ -218,17 +226,37 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         tree = Tree(self.nodes, self.aggregator.ip)
         object.__setattr__(self, "tree", tree)
-        policy = RoundPolicy.of(self.network, self.aggregator, len(tree.logical))
+        policy = RoundPolicy.of(self.network, self.aggregator, self.per_round)
         object.__setattr__(self, "policy", policy)
 
     @property
     def rounds(self) -> int:
         return self.aggregator.iteration
 
+    @property
+    def per_round(self) -> int:
+        """How many clients each round draws: aggregator.clients_per_round, or every client."""
+        return self.aggregator.clients_per_round or len(self.tree.logical)
+
+    @property
+    def samples_clients(self) -> bool:
+        """Whether rounds draw some of the clients (aggregator.clients_per_round below them all)."""
+        return self.per_round < len(self.tree.logical)
+
+    def sampled(self, round_: int) -> tuple[str, ...]:
+        """The clients round `round_` draws, in slice order: every client, or
+        aggregator.clients_per_round of them drawn without replacement from the round's own
+        seeded stream (hefl.seeds.sample_seed): the same on every node, so that each knows whom
+        to expect without asking."""
+        clients = self.tree.clients()
+        if not self.samples_clients:
+            return clients
+        return _draw(clients, self.per_round, sample_seed(self.training.seed, round_))
+
     def he_params(self) -> HeParams:
         """The encryption's parameters for this experiment's schemes: Paillier's packing leaves
         room for the sum of every logical client."""
-        return replace(self.encryption.he_params(), clients=len(self.tree.logical))
+        return replace(self.encryption.he_params(), clients=self.per_round)
 
     def default_endpoints(self) -> dict[str, str]:
         """Base URL of every node: its address, with the default port where it names none."""
@@ -265,13 +293,25 @@ def parse_config(raw: Any) -> ExperimentConfig:
     check_topology(nodes, agg.ip)
     cfg = ExperimentConfig(aggregator=agg, nodes=nodes, name=name, **sections)
     check_model(cfg.model, cfg.dataset)
-    check_encryption(cfg.he_params(), len(cfg.tree.clients()))
-    if agg.min_clients > len(cfg.tree.clients()):
+    if agg.clients_per_round > len(cfg.tree.clients()):
         raise ConfigError(
-            f"aggregator.min_clients: {agg.min_clients} is more than the "
+            f"aggregator.clients_per_round: {agg.clients_per_round} is more than the "
             f"{len(cfg.tree.clients())} clients of this config"
         )
+    check_encryption(cfg.he_params(), cfg.per_round)
+    if agg.min_clients > cfg.per_round:
+        what = "clients drawn each round" if cfg.samples_clients else "clients of this config"
+        raise ConfigError(
+            f"aggregator.min_clients: {agg.min_clients} is more than the {cfg.per_round} {what}"
+        )
     return cfg
+
+
+@functools.lru_cache(maxsize=256)
+def _draw(clients: tuple[str, ...], k: int, seed: int) -> tuple[str, ...]:
+    """`k` of `clients` without replacement, in their order (Flower's fixed-size sampling)."""
+    picked = np.random.default_rng(seed).choice(len(clients), size=k, replace=False)
+    return tuple(clients[i] for i in sorted(int(i) for i in picked))
 
 
 def _parse_nodes(others: Any, agg: AggregatorConfig) -> dict[str, NodeConfig]:

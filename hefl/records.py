@@ -247,6 +247,7 @@ class ClientFigures(Record):
     clipped: int | None = field(default=None, metadata=OPTIONAL)  # values cut to the clip
     late: bool | None = field(default=None, metadata=OPTIONAL)  # its update came after the close
     skipped: bool | None = field(default=None, metadata=OPTIONAL)  # not trained: round closed
+    idle: bool | None = field(default=None, metadata=OPTIONAL)  # not drawn this round
     update_bytes: int | None = field(default=None, metadata=OPTIONAL)
     loss: float | None = field(default=None, metadata=OPTIONAL)  # of the round's global model
     accuracy: float | None = field(default=None, metadata=OPTIONAL)
@@ -286,6 +287,7 @@ class RoundRecord(Record):
     clipped: int | None = field(default=None, metadata=OPTIONAL)
     late: bool | None = field(default=None, metadata=OPTIONAL)
     skipped: bool | None = field(default=None, metadata=OPTIONAL)
+    idle: bool | None = field(default=None, metadata=OPTIONAL)
     update_bytes: int | None = field(default=None, metadata=OPTIONAL)
     precomputed: int | None = field(default=None, metadata=OPTIONAL)
     precompute_s: float | None = field(default=None, metadata=OPTIONAL)
@@ -393,6 +395,8 @@ class RoundRow(Record):
     test_samples: int | None = None
     duration_s: float | None = field(default=None, metadata=OPTIONAL)
     aggregator_received: int | None = field(default=None, metadata=OPTIONAL)
+    # with aggregator.clients_per_round: the clients the round drew, in slice order
+    sampled: tuple[str, ...] | None = field(default=None, metadata=OPTIONAL)
 
 
 MISSING_SHOWN = 8  # the missing clients a round line names (a row lists them all)

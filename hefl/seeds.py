@@ -23,6 +23,7 @@ class Purpose(IntEnum):
     TRAIN_SHUFFLE = 5
     QUANTIZE = 6
     AUGMENT = 7
+    SAMPLE = 8
 
 
 def derive(seed: int, purpose: Purpose, *key: int) -> int:
@@ -67,3 +68,8 @@ def augment_seed(shuffle: int) -> int:
     """The crops and flips of one client's round (dataset.augment), derived from that round's
     `shuffle_seed`, so that the two never share a stream and training needs no other seed."""
     return derive(shuffle, Purpose.AUGMENT)
+
+
+def sample_seed(seed: int, round_: int) -> int:
+    """Which clients round `round_` draws (aggregator.clients_per_round): the same on every node."""
+    return derive(seed, Purpose.SAMPLE, round_)

@@ -69,4 +69,5 @@ def test_purposes_keep_their_numbers() -> None:
         ("TRAIN_SHUFFLE", 5),
         ("QUANTIZE", 6),
         ("AUGMENT", 7),
+        ("SAMPLE", 8),
     ]

@@ -15,7 +15,7 @@ import pytest
 from hefl.crypto import HeParams, load_keyless, load_secret, make_scheme, read_keyless
 from hefl.crypto.frame import frame, unframe
 from hefl.errors import ProtocolError, TooLarge
-from hefl.node.body import Incoming, spool_dir
+from hefl.node.body import AHEAD, Incoming, spool_dir
 
 TOLERANCE = {"ckks": 1e-4, "bfv": 8 * 2 / (2**16 - 1)}  # bfv: one quantization step per client
 
@@ -92,10 +92,11 @@ def test_a_body_cut_short_or_malformed_is_refused_in_one_line(
 
 def test_a_part_longer_than_a_ciphertext_is_refused_before_it_is_read(tmp_path: Path) -> None:
     asked: list[int] = []
-    body = incoming(frame([b"a" * 10, b"b" * 50_000]), tmp_path, asked)
-    with pytest.raises(ProtocolError, match="ciphertext 1 is 50000 bytes.* at most 4096"):
+    body = incoming(frame([b"a" * 10, b"b" * 500_000]), tmp_path, asked)
+    with pytest.raises(ProtocolError, match="ciphertext 1 is 500000 bytes.* at most 4096"):
         list(body.parts(2, limit=4096))
-    assert body.received < 100 and max(asked) <= 4096  # its bytes were never asked for
+    # no more than one read-ahead of 64 KiB was asked for: the part itself never was
+    assert body.received <= AHEAD and len(asked) == 1 and max(asked) <= AHEAD
 
 
 def test_a_body_past_the_limit_is_too_large(tmp_path: Path) -> None:

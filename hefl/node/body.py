@@ -27,6 +27,7 @@ from hefl.errors import ProtocolError, TooLarge
 
 BLOCK = 1 << 18  # what a file body sends per write: 256 KiB (see transport._BodyReader)
 SPOOL = ".spool"  # under a node's log folder
+AHEAD = 64 << 10  # the least an Incoming body asks the wire for
 FIRST_PART_MOST = 16 << 20  # the most of a file body's first part read for its form
 
 
@@ -82,17 +83,20 @@ class Incoming:
         self.path = Path(name)
         self._out: BinaryIO = os.fdopen(fd, "wb")
         self._kept = False
+        self._tail, self._tail_at = b"", 0  # the bytes pulled last, and where they start
 
     def __len__(self) -> int:
         return self.received
 
     def _pull(self, n: int) -> bytes:
-        """Up to `n` more bytes from the wire, appended to the spool."""
+        """Up to `n` more bytes from the wire (at least 64 KiB asked for: a part's 4-byte length
+        is not a read of its own), appended to the spool; the last ones pulled stay in memory
+        (`_tail`) for the pass reading them."""
         if self.done:
             return b""
         started = time.monotonic()
         try:
-            got = self._read(n)
+            got = self._read(max(n, AHEAD))
         except BaseException:
             self.broken = True
             raise
@@ -107,6 +111,7 @@ class Incoming:
         if self.received > self.limit:
             raise TooLarge(f"body is more than the {self.limit} bytes a payload here may have")
         self._out.write(got)
+        self._tail, self._tail_at = got, self.received - len(got)
         return got
 
     @contextlib.contextmanager
@@ -119,12 +124,14 @@ class Incoming:
 
             def read(n: int) -> bytes:
                 nonlocal at
-                if at < self.received:
+                if at >= self.received and not self._pull(n):
+                    return b""
+                if at >= self._tail_at:  # pulled last: in memory
+                    got = self._tail[at - self._tail_at : at - self._tail_at + n]
+                else:
                     self._out.flush()
                     spooled.seek(at)
-                    got = spooled.read(min(n, self.received - at))
-                else:
-                    got = self._pull(n)
+                    got = spooled.read(min(n, self._tail_at - at))
                 at += len(got)
                 return got
 
@@ -277,12 +284,23 @@ class PartStream:
         return self.sent
 
     def pieces(self) -> Iterator[bytes]:
+        """The body in chunks of about 256 KiB (a ciphertext's few KiB, each with its length, in
+        a chunk of its own would cost a chunk header and a system call apiece)."""
         self.sent = 0
+        batch: list[bytes] = []
+        size = 0
         for i, piece in enumerate(self._make()):
             if i == 2 and self.first_part is None:  # head, length, then the first part
                 self.first_part = bytes(piece)
-            self.sent += len(piece)
-            yield piece
+            batch.append(piece)
+            size += len(piece)
+            if size >= BLOCK:
+                self.sent += size
+                yield b"".join(batch)
+                batch, size = [], 0
+        if batch:
+            self.sent += size
+            yield b"".join(batch)
 
 
 # what a node sends: bytes, a file, or a stream of parts

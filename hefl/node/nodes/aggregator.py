@@ -48,7 +48,7 @@ class AggregatorNode(InnerNode):
 
     def send_begin(self) -> None:
         self.runlog.begin(0)
-        self.buffer.open(0, only=True)
+        self.open_round(0)
         self.arm(0)
         self.send_down(Kind.BEGIN, self.envelope(0), b"")
         self.first_update.start(0)
@@ -79,12 +79,13 @@ class AggregatorNode(InnerNode):
         present = members.bit_count()
         if present < self.cfg.policy.min_clients:
             came = set(self.cfg.tree.members(members))
-            missing = [c for c in self.cfg.tree.clients() if c not in came]
+            drawn = self.cfg.sampled(round_)
+            missing = [c for c in drawn if c not in came]
             named = ", ".join(missing[:MISSING_SHOWN])
             if len(missing) > MISSING_SHOWN:
                 named += f", ... ({len(missing)} in all)"
             raise ProtocolError(
-                f"round {round_ + 1}: {present} of {len(self.cfg.tree.clients())} clients "
+                f"round {round_ + 1}: {present} of {len(drawn)} clients "
                 f"contributed within network.round_deadline_s "
                 f"({self.cfg.policy.deadline_s:g}s), min_clients {self.cfg.policy.min_clients}; "
                 f"missing: {named}"
@@ -96,7 +97,7 @@ class AggregatorNode(InnerNode):
         if not self.buffer.is_open(round_):  # done already (at its deadline)
             return
         env, payload = self.add_round(round_)
-        everyone = len(self.cfg.tree.clients())
+        everyone = len(self.cfg.sampled(round_))
         if not self.cfg.policy.min_clients <= env.contributors <= everyone:
             raise ProtocolError(
                 f"round {round_ + 1} adds {env.contributors} clients, expected "
@@ -112,7 +113,7 @@ class AggregatorNode(InnerNode):
             self.runlog.begin(round_ + 1)
         # before anyone hears of it: updates of the next round, metrics of this one (from the
         # clients that contributed)
-        self.buffer.open(round_ + 1, only=True)
+        self.open_round(round_ + 1)
         self.metrics.expect(round_, list(dict.fromkeys(self.cfg.tree.node_of(c) for c in present)))
         self.metrics.open(round_)
         self.arm(round_ + 1)
@@ -158,7 +159,7 @@ class AggregatorNode(InnerNode):
         reports = list(payloads.values())
         loss: float | None = None  # no contributor reported in time: no figure, not a made-up one
         accuracy: float | None = None
-        present = self.round_members.get(r, self.cfg.tree.clients())
+        present = self.round_members.get(r, self.cfg.sampled(r))
         counted = set(present)
         # the round's contributors' figures only: a node's clients that missed the round (a
         # deadline) evaluated its result too, and so did a straggler that reported in time
@@ -189,11 +190,12 @@ class AggregatorNode(InnerNode):
             client_byte_send=byte_send,
             client_byte_received=byte_received,
             contributors=len(present),
-            missing=tuple(c for c in self.cfg.tree.clients() if c not in counted),
+            missing=tuple(c for c in self.cfg.sampled(r) if c not in counted),
             reports=len(figures),
             test_samples=reported,
             duration_s=rec.duration_s,
             aggregator_received=rec.byte_received_up,  # what reached it: the updates
+            sampled=self.cfg.sampled(r) if self.cfg.samples_clients else None,
         )
         self.rows.append(row)
         log.info("%s round %d: accuracy %s loss %s", self.id, r + 1, row.accuracy, row.loss)

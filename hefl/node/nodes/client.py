@@ -200,10 +200,15 @@ class ClientNode(Node):
                 # it would never come again and the client would wait forever); a round with a
                 # gap before it stays closed
                 window.add(env.round)
+        before = (Kind.GLOBAL, env.round - 1) if env.round else (Kind.BEGIN, 0)
+        if not self.drawn(env.round) and self.downward.taken(before):
+            # a round that drew none of this node's clients: its result can come while the node
+            # still applies the one before (its parent sends them in order)
+            window.add(env.round)
         if env.round not in window and not self.downward.taken((Kind.GLOBAL, env.round)):
             last = f"the last update it sent is round {sent + 1}" if sent >= 0 else "no update sent"
             raise OutOfWindow(f"global result of round {env.round + 1} is not open here ({last})")
-        everyone = len(self.cfg.tree.clients())
+        everyone = len(self.cfg.sampled(env.round))
         low = self.cfg.policy.min_clients
         if not low <= env.contributors <= everyone or env.samples <= 0:
             want = f"{everyone}" if low == everyone else f"{low} to {everyone}"
@@ -288,7 +293,15 @@ class ClientNode(Node):
         self.runlog.begin(r)
         total: Any = None
         precomputed, losses, skipped = 0, [], False
+        mine = self.drawn(r)
+        if not mine:  # aggregator.clients_per_round drew none of them: they wait for the result
+            self.sent_round = r
+            self.runlog.set(r, idle=True)
         for slot in self.slots:
+            if slot not in mine:
+                if self.hosts_several:
+                    self.runlog.set_client(r, slot.id, idle=True)
+                continue
             if self.downward.taken((Kind.GLOBAL, r)):
                 skipped = True
                 # the round closed at its deadline without this node's last clients: they skip it
@@ -313,11 +326,11 @@ class ClientNode(Node):
             self.send_update(r, payload, self.envelope_of(r, [slot]), slot)
         if self.local_sum and skipped:  # closed: the sum of those that trained would be refused
             self.runlog.set(r, late=True)
-        elif self.local_sum:
+        elif self.local_sum and mine:
             with self.runlog.phase(r, "serialize"):
                 payload = self.scheme.serialize(total)
             del total
-            self.send_update(r, payload, self.envelope_of(r, self.slots), None)
+            self.send_update(r, payload, self.envelope_of(r, mine), None)
         if (
             self.hosts_several and losses
         ):  # the node's clients together (each one's are under `clients`)
@@ -380,6 +393,14 @@ class ClientNode(Node):
             and hasattr(self.scheme, "stream")
             and self.cfg.encryption.processes == 1
         )
+
+    def drawn(self, r: int) -> list[Slot]:
+        """This node's clients that round `r` draws (aggregator.clients_per_round; all of them
+        without sampling)."""
+        if not self.cfg.samples_clients:
+            return list(self.slots)
+        drawn = set(self.cfg.sampled(r))
+        return [s for s in self.slots if s.id in drawn]
 
     def train_one(self, r: int, slot: Slot, encrypt: bool = True) -> tuple[Any, float]:
         """One client's training of round `r` from the global model: its update encrypted (or,
@@ -499,6 +520,10 @@ class ClientNode(Node):
             )
             self.base = self.training.load(new)
         self.save(f"r{r}.global", self.base)
+        if not self.drawn(r):  # the round's figures are its contributors': nothing to report
+            self.runlog.end(r, final=r == self.cfg.rounds - 1)
+            self.next_round(r)
+            return
         figures = []
         for slot in self.slots:
             with self.runlog.phase(r, "evaluate", self.client_key(slot)):
@@ -514,6 +539,11 @@ class ClientNode(Node):
         self.runlog.set(r, loss=loss, accuracy=acc, test_samples=tests, total_samples=env.samples)
         self.report(r, loss, acc, figures if self.hosts_several else [])
         self.runlog.end(r, final=r == self.cfg.rounds - 1)
+        self.next_round(r)
+
+    def next_round(self, r: int) -> None:
+        """Round `r` is done here: keep the model (a restart rejoins from it) and train the next
+        round, or, after the last, clear what a restart would rejoin from."""
         if r + 1 < self.cfg.rounds:
             self.keep(lambda store: store.keep_model(r, self.base))  # the round is done
             self.train_round(r + 1)

@@ -108,10 +108,34 @@ class InnerNode(Node, ABC):
         finally:
             self._adding.release()
 
+    def drawn_under(self, node: str, round_: int) -> tuple[str, ...]:
+        """The clients below `node` that round `round_` draws (every one without sampling)."""
+        below = self.cfg.tree.clients_under(node)
+        if not self.cfg.samples_clients:
+            return below
+        drawn = set(self.cfg.sampled(round_))
+        return tuple(c for c in below if c in drawn)
+
+    def expected(self, round_: int) -> tuple[str, ...]:
+        """The senders round `round_` waits for: those with a drawn client below them."""
+        return tuple(s for s in self.cfg.tree.contributors(self.id) if self.drawn_under(s, round_))
+
+    def open_round(self, round_: int) -> None:
+        """Take updates of `round_` (and of no other) from now on, from the senders it draws."""
+        self.buffer.open(round_, only=True)
+        if self.cfg.samples_clients:
+            self.buffer.expect(round_, self.expected(round_))
+
     def check_members(self, env: Envelope) -> int:
-        """The clients an update adds (its mask): all the clients below its sender, or, with a
-        round deadline, some of them (a partial sum a switch sent at the deadline)."""
-        clients = self.cfg.tree.clients_under(env.sender)
+        """The clients an update adds (its mask): all the clients below its sender that the round
+        drew, or, with a round deadline, some of them (a partial sum a switch sent at the
+        deadline)."""
+        clients = self.drawn_under(env.sender, env.round)
+        if not clients:
+            raise ProtocolError(
+                f"{env.sender!r} has no client drawn in round {env.round + 1} "
+                "(aggregator.clients_per_round)"
+            )
         if not env.members and env.contributors != len(clients):
             raise ProtocolError(
                 f"{env.sender!r} claims {env.contributors} contributors; "
@@ -169,7 +193,7 @@ class InnerNode(Node, ABC):
 
     def record_members(self, round_: int, members: int) -> None:
         present = set(self.cfg.tree.members(members))
-        below = self.cfg.tree.clients_under(self.id)
+        below = self.drawn_under(self.id, round_)
         self.runlog.set(
             round_,
             contributors=tuple(c for c in below if c in present),

@@ -118,11 +118,23 @@ class SwitchNode(InnerNode):
                 )
         self.downward.take((kind, env.round), f"{kind.value} of round {env.round + 1}")
         # begin opens round 0, global r round r + 1: before the children hear of it
-        self.buffer.open(env.round + (kind is Kind.GLOBAL), only=True)
+        opened = env.round + (kind is Kind.GLOBAL)
+        self.open_round(opened)
+        if opened < self.cfg.rounds and not self.expected(opened):
+            self.nothing_drawn(opened)
         # a result read as it arrived is relayed from its spool, which the relay removes
         self.submit(
             self.relay, kind, env, payload.keep() if isinstance(payload, Incoming) else payload
         )
+
+    def nothing_drawn(self, round_: int) -> None:
+        """Round `round_` draws no client below this switch (aggregator.clients_per_round): it
+        sends nothing up (its parent does not wait for it) and takes the round's result when it
+        comes, to relay it down. Done at once, before the round's result can come."""
+        self.buffer.release(round_)
+        self.record_members(round_, 0)
+        self.sent_round = round_
+        self.awaiting_global.start(round_)
 
     def relay(self, kind: Kind, env: Envelope, payload: Outgoing) -> None:
         """Send a begin or global message on to every child (a file body is removed once every
