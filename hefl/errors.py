@@ -104,6 +104,12 @@ class TooLarge(ProtocolError):
     status_code = 413
 
 
+class NoSpace(HeflError, OSError):
+    """A body cannot be spooled: the node's disk is full (or refuses the write)."""
+
+    status_code = 507
+
+
 class NotFound(HeflError, LookupError):
     """What a request asks for does not exist here (no log of that experiment on this node)."""
 

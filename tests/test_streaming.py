@@ -14,7 +14,7 @@ import pytest
 
 from hefl.crypto import HeParams, load_keyless, load_secret, make_scheme, read_keyless
 from hefl.crypto.frame import frame, unframe
-from hefl.errors import ProtocolError, TooLarge
+from hefl.errors import NoSpace, ProtocolError, TooLarge
 from hefl.node.body import AHEAD, Incoming, spool_dir
 
 TOLERANCE = {"ckks": 1e-4, "bfv": 8 * 2 / (2**16 - 1)}  # bfv: one quantization step per client
@@ -171,3 +171,21 @@ def test_a_plain_body_is_checked_whole_before_any_of_it_is_added(tmp_path: Path)
     assert np.all(total == 0.5)
     total = scheme.load_into(total, incoming(good.tobytes(), tmp_path))
     assert np.all(total == 1.0)
+
+
+def test_a_body_that_cannot_be_spooled_is_refused_as_no_space(tmp_path: Path) -> None:
+    """A full disk (here: a spool file that refuses writes) is a 507 naming the reason, not a 500
+    with a traceback; nothing is left behind."""
+    body = incoming(frame([b"a" * 100_000]), tmp_path)
+
+    class Full(io.BufferedWriter):
+        def write(self, data: Any) -> int:
+            raise OSError(28, "No space left on device")
+
+    body._out.close()
+    body._out = Full(io.FileIO(body.path, "wb"))  # type: ignore[assignment]
+    with pytest.raises(NoSpace, match="cannot spool the body: No space left on device") as err:
+        list(body.parts(1))
+    assert err.value.status_code == 507
+    body.close()
+    assert not body.path.exists()

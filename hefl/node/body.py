@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from hefl.crypto.frame import HEAD, LENGTH, MAGIC, NO_LIMIT, read_parts
-from hefl.errors import ProtocolError, TooLarge
+from hefl.errors import NoSpace, ProtocolError, TooLarge
 
 BLOCK = 1 << 18  # what a file body sends per write: 256 KiB (see transport._BodyReader)
 SPOOL = ".spool"  # under a node's log folder
@@ -35,8 +35,11 @@ def spool_dir(log_dir: Path) -> Path:
     """Where this process spools bodies: a private folder of its own under the log folder (nodes
     started together may share a log folder)."""
     folder = log_dir / SPOOL / str(os.getpid())
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(log_dir / SPOOL, 0o700)
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(log_dir / SPOOL, 0o700)
+    except OSError as exc:
+        raise NoSpace(f"cannot make the spool folder {folder}: {exc.strerror or exc}") from None
     return folder
 
 
@@ -79,7 +82,10 @@ class Incoming:
         self.done = False  # the body's end was read
         self.broken = False  # reading it failed (cut short, stalled): nothing more comes
         self.first_part: bytes | None = None  # the first part, once read (its form is logged)
-        fd, name = tempfile.mkstemp(prefix="in-", suffix=".part", dir=folder)
+        try:
+            fd, name = tempfile.mkstemp(prefix="in-", suffix=".part", dir=folder)
+        except OSError as exc:
+            raise NoSpace(f"cannot spool the body in {folder}: {exc.strerror or exc}") from None
         self.path = Path(name)
         self._out: BinaryIO = os.fdopen(fd, "wb")
         self._kept = False
@@ -105,12 +111,16 @@ class Incoming:
         self.arrived = time.monotonic()
         if not got:
             self.done = True
-            self._out.flush()
+            self._flush()
             return b""
         self.received += len(got)
         if self.received > self.limit:
             raise TooLarge(f"body is more than the {self.limit} bytes a payload here may have")
-        self._out.write(got)
+        try:
+            self._out.write(got)
+        except OSError as exc:
+            self.broken = True
+            raise NoSpace(f"cannot spool the body: {exc.strerror or exc}") from None
         self._tail, self._tail_at = got, self.received - len(got)
         return got
 
@@ -118,7 +128,7 @@ class Incoming:
     def _reader(self) -> Iterator[Callable[[int], bytes]]:
         """A pass from the body's start: what was read already comes from the spool, the rest from
         the wire (and goes to the spool as it comes)."""
-        self._out.flush()
+        self._flush()
         with open(self.path, "rb") as spooled:
             at = 0
 
@@ -129,13 +139,20 @@ class Incoming:
                 if at >= self._tail_at:  # pulled last: in memory
                     got = self._tail[at - self._tail_at : at - self._tail_at + n]
                 else:
-                    self._out.flush()
+                    self._flush()
                     spooled.seek(at)
                     got = spooled.read(min(n, self._tail_at - at))
                 at += len(got)
                 return got
 
             yield read
+
+    def _flush(self) -> None:
+        try:
+            self._out.flush()
+        except OSError as exc:
+            self.broken = True
+            raise NoSpace(f"cannot spool the body: {exc.strerror or exc}") from None
 
     def parts(self, count: int, limit: int = NO_LIMIT) -> Iterator[bytes]:
         """The body's parts (hefl.crypto.frame.read_parts), from its start; the first pass reads
@@ -189,6 +206,7 @@ class Incoming:
     def keep(self) -> FileBody:
         """The whole body as a file the node keeps (removed by its new owner)."""
         self.read_all()
+        self._flush()
         self._out.close()
         self._kept = True
         return FileBody(self.path, first_part=self.first_part)

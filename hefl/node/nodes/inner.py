@@ -4,6 +4,7 @@ add them."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import logging
 import threading
@@ -176,6 +177,7 @@ class InnerNode(Node, ABC):
         with self.runlog.phase(round_, "serialize"):
             payload = self.dump(inbox.total)
         inbox.total = None
+        trim_memory()
         envs = inbox.envelopes.values()
         members = self.members_of(envs)
         env = self.envelope(
@@ -293,6 +295,17 @@ class InnerNode(Node, ABC):
         super().close()
         for pool in (self._fan_out, *self._down.values()):
             pool.shutdown(wait=False, cancel_futures=True)
+
+
+def trim_memory() -> bool:
+    """Hand the free memory of every malloc arena back to the system (glibc's malloc_trim): a
+    round's total is made by a request thread (in its arena) and freed here; without this, the
+    next round's total, made by another thread, takes a second total's worth (a ResNet-18
+    switch peaked at 595 MiB, with it 418). False where the C library has none."""
+    try:
+        return bool(ctypes.CDLL(None).malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
 
 
 def remove_when_done(body: FileBody, sends: list[Future[Any]]) -> None:
