@@ -88,6 +88,11 @@ def test_only_the_drawn_clients_train_and_every_client_applies_each_result(
     rows = status["rounds"]
     assert [tuple(row["sampled"]) for row in rows] == [cfg.sampled(r) for r in range(6)]
     assert all(row["contributors"] == 2 and row["missing"] == [] for row in rows)
+    # the live page: a client not drawn in the last round says so
+    last = cfg.sampled(5)
+    for c in CLIENTS:
+        text = status["nodes"][c]["text"]
+        assert text == ("in round 6" if c in last else "not drawn in round 6"), (c, text)
     want = fedavg_sampled(cfg)
     for c in CLIENTS:
         np.testing.assert_allclose(net.nodes[c].base, want, rtol=0, atol=1e-6)

@@ -231,11 +231,14 @@ class AggregatorNode(InnerNode):
             return {}
         last = rows[-1]
         missing = set(last.missing)
+        drawn = set(self.cfg.sampled(last.round))
         out = {}
         for node in self.cfg.tree.client_nodes():
             hosted = self.cfg.tree.hosted(node)
             gone = sum(c in missing for c in hosted)
             text = f"{'missing from' if gone else 'in'} round {last.round + 1}"
+            if not drawn & set(hosted):
+                text = f"not drawn in round {last.round + 1}"
             if gone and len(hosted) > 1:
                 text = f"{gone} of its {len(hosted)} clients {text}"
             out[node] = {"missing": gone > 0, "text": text}
