@@ -147,7 +147,9 @@ def _meter_request() -> None:
         size = request.content_length
         if size is not None and size > limit:
             raise RequestEntityTooLarge()
-        g.body = Incoming(_body_reader(), spool_dir(server_log_dir()), limit)
+        body = Incoming(_body_reader(), node.spool or spool_dir(server_log_dir()), limit)
+        body.on_cancel = g.stall.cut
+        g.body = body
     else:
         g.body = read_body()
         node.meter.inbound(kind, env, len(g.body), body=g.body)
@@ -160,14 +162,14 @@ def server_log_dir() -> Path:
     return Path(current_app.extensions["hefl_server"].log_dir)
 
 
-STREAM_PIECE = 64 << 10  # the most a streamed body's read asks for: each must end in time
+STREAM_PIECE = 1 << 20  # the most a streamed body's read asks for: each must end in time
 
 
 def _body_reader() -> Callable[[int], bytes]:
     """`read(n)` of this request's body for hefl.node.body.Incoming: up to n bytes, b"" only at its
-    true end. A progress timeout: each read of up to 64 KiB must end within the node's
+    true end. A progress timeout: each read of up to 1 MiB must end within the node's
     `network.read_timeout_s` (a large body on a slow link takes as long as it needs while it
-    keeps coming; one that stalls, or trickles below 64 KiB per that time, is cut: under gunicorn
+    keeps coming; one that stalls, or trickles below 1 MiB per that time, is cut: under gunicorn
     the socket is shut, which frees the request thread whatever the sender does). A body cut
     short, malformed (chunking) or stalled is a ProtocolError."""
     stream = request.environ["wsgi.input"]
@@ -231,6 +233,12 @@ class _Stall:
                 with contextlib.suppress(OSError):
                     self.sock.shutdown(socket.SHUT_RD)
                 return
+
+    def cut(self) -> None:
+        """Stop the body now (its round closed): a blocked read returns at once."""
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RD)
 
     def reason(self, got: int) -> str:
         return (

@@ -165,7 +165,7 @@ class MemoryNetwork:
                     Worker(f"{node}-worker"),
                     samples={} if conf.type == "client" else samples,
                     training=parts.get(node),
-                    spool=spool_dir(folder),
+                    spool=spool_dir(folder, f"n{len(self.nodes)}"),
                 ),
             )
             made.start()

@@ -189,3 +189,90 @@ def test_a_body_that_cannot_be_spooled_is_refused_as_no_space(tmp_path: Path) ->
     assert err.value.status_code == 507
     body.close()
     assert not body.path.exists()
+
+
+def test_a_deadline_cuts_an_update_still_arriving_and_takes_it_back_out(
+    key_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    """With a round deadline, a child's ckks update that is still arriving when the parent flushes
+    (its sender stalled half way) holds nothing up: the flush cuts it (as the HTTP layer shuts its
+    socket), its parts are taken back out of the total, its sender is told the round closed
+    (422), and the switch sends up at once the sum of the update that came whole."""
+    import threading
+    import time
+
+    from hefl.config import parse_config
+    from hefl.errors import OutOfWindow
+    from hefl.modelspec import param_count
+    from hefl.node.nodes import Parts, role_class
+    from hefl.node.runlog import RunLog
+    from hefl.node.transport import TrafficMeter
+    from hefl.node.wire import Envelope, Kind
+    from tests.helpers import AGG, C0, C1, EXP, S0, FakeTransport, InlineWorker, tree_config
+
+    raw = tree_config(clients=2, leaves=1, spine=False, rounds=2, encryption={"scheme": "ckks"})
+    raw["network"] = {"round_deadline_s": 60}
+    raw["encryption"]["key_dir"] = str(key_dirs["ckks"])
+    cfg = parse_config(raw)
+    size = param_count(cfg.model, cfg.dataset)
+    client, switch_scheme = schemes("ckks", size, key_dirs)
+    runlog = RunLog(tmp_path / "s0.json", S0, "switch", EXP)
+
+    class Reading(FakeTransport):
+        """Keeps each body as sent (a file body is removed once sent)."""
+
+        def send(self, peer: str, kind: Kind, env: Envelope, body: Any = b"") -> None:
+            data = body if isinstance(body, bytes | bytearray) else body.path.read_bytes()
+            super().send(peer, kind, env, bytes(data))
+
+    transport = Reading()
+    meter = TrafficMeter(runlog, EXP, cfg.rounds, cfg.nodes)
+    spool = spool_dir(tmp_path, "s0")
+    parts = Parts(transport, switch_scheme, runlog, meter, InlineWorker("t"), spool=spool)
+    switch = role_class("switch")(cfg, S0, EXP, parts)
+    switch.start()
+    switch.on_begin(Envelope(EXP, 0, AGG), b"")
+    whole = client.encrypt(np.full(size, 0.25))
+    switch.on_update(Envelope(EXP, 0, C1, 20, 1, 1 << 1), whole)  # C1's came whole
+
+    stalled, cut = threading.Event(), threading.Event()
+    body = frame(list(unframe(client.encrypt(np.full(size, 0.5)), client.chunks)))
+    half = len(body) // 2
+    sent = [0]
+
+    def trickle(n: int) -> bytes:  # half the body, then nothing until the socket is shut
+        if sent[0] >= half:
+            stalled.set()
+            cut.wait(30)
+            return b""
+        piece = body[sent[0] : min(half, sent[0] + n)]
+        sent[0] += len(piece)
+        return piece
+
+    arriving = incoming(b"", tmp_path)
+    arriving._read = trickle
+    arriving.on_cancel = cut.set
+    answer: list[BaseException] = []
+
+    def update() -> None:
+        try:
+            switch.on_update(Envelope(EXP, 0, C0, 10, 1, 1 << 0), arriving)
+        except BaseException as exc:
+            answer.append(exc)
+
+    thread = threading.Thread(target=update)
+    thread.start()
+    assert stalled.wait(30)
+    started = time.monotonic()
+    done = threading.Event()
+    switch.flush_round(0, done)
+    assert done.is_set() and time.monotonic() - started < 5
+    thread.join(30)
+    assert len(answer) == 1 and isinstance(answer[0], OutOfWindow), answer
+    (up,) = [m for m in transport.sent if m[1] is Kind.UPDATE]
+    assert (up[2].contributors, up[2].members) == (1, 1 << 1)
+    got = client.decrypt(client.load(up[3]), 1)
+    np.testing.assert_allclose(got, np.full(size, 0.25), atol=TOLERANCE["ckks"])
+    assert not list(spool.iterdir())  # the sum's file went once sent
+    switch.close()
+    assert not spool.exists()  # a retired node's spool folder goes, with anything left in it

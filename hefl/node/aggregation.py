@@ -60,6 +60,8 @@ class Inbox:
     envelopes: dict[str, Envelope] = field(default_factory=dict)
     total: Any = None
     filling: int = 0  # payloads being combined into `total` now
+    # how to stop each payload being combined (a body still arriving: hefl.node.body.Incoming)
+    cancels: dict[str, Callable[[], None]] = field(default_factory=dict)
 
 
 class RoundBuffer:
@@ -148,6 +150,9 @@ class RoundBuffer:
                 raise OutOfWindow(f"round {env.round + 1} from {env.sender!r}: round closed")
             inbox = self._inboxes.setdefault(env.round, Inbox())
             inbox.filling += 1
+            cancel = getattr(payload, "cancel", None)
+            if cancel is not None:
+                inbox.cancels[env.sender] = cancel
         try:
             if self.combine is None:
                 inbox.payloads[env.sender] = payload
@@ -156,11 +161,19 @@ class RoundBuffer:
         except BaseException:
             with self._lock:
                 inbox.filling -= 1
+                inbox.cancels.pop(env.sender, None)
                 self._filled.notify_all()
+                closed = env.round not in self._open
+            if closed:  # cut short by the round's close (its deadline): taken back out, late
+                raise OutOfWindow(
+                    f"round {env.round + 1} from {env.sender!r}: round closed while its update "
+                    "arrived"
+                ) from None
             raise
         with self._lock:  # in the total and among the envelopes at once, for `release`
             inbox.envelopes[env.sender] = env
             inbox.filling -= 1
+            inbox.cancels.pop(env.sender, None)
             self._filled.notify_all()
             return set(self._expected.get(env.round, self.senders)) <= inbox.envelopes.keys()
 
@@ -183,10 +196,16 @@ class RoundBuffer:
 
     def release(self, round_: int) -> Inbox:
         """Hand over a complete round and close it; its (round, sender) keys stay taken. A payload
-        being combined into it is added first (it was accepted before the round closed)."""
+        still being combined into it (a body still arriving, at a deadline) is cut short: what it
+        added is taken back out, its sender told the round closed; this waits for that (CPU
+        work, not the sender's bytes)."""
         with self._lock:
             inbox = self._inboxes.get(round_)
-            if inbox is not None:
+            if inbox is not None and inbox.filling:
+                self._closed.add(round_)
+                self._open.discard(round_)
+                for cancel in list(inbox.cancels.values()):
+                    cancel()
                 self._filled.wait_for(lambda: inbox.filling == 0)
             if round_ in self._open:
                 self._closed.add(round_)

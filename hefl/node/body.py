@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -27,14 +28,17 @@ from hefl.errors import NoSpace, ProtocolError, TooLarge
 
 BLOCK = 1 << 18  # what a file body sends per write: 256 KiB (see transport._BodyReader)
 SPOOL = ".spool"  # under a node's log folder
-AHEAD = 64 << 10  # the least an Incoming body asks the wire for
+AHEAD = 1 << 20  # the least an Incoming body asks the wire for
 FIRST_PART_MOST = 16 << 20  # the most of a file body's first part read for its form
 
 
-def spool_dir(log_dir: Path) -> Path:
+def spool_dir(log_dir: Path, node: str = "") -> Path:
     """Where this process spools bodies: a private folder of its own under the log folder (nodes
-    started together may share a log folder)."""
-    folder = log_dir / SPOOL / str(os.getpid())
+    started together may share a log folder, even across machines: the host's name is in it);
+    `node`: a node's own folder in it (removed when the node is retired)."""
+    folder = log_dir / SPOOL / f"{_host()}-{os.getpid()}"
+    if node:
+        folder /= node
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(log_dir / SPOOL, 0o700)
@@ -50,9 +54,21 @@ def clear_spools(log_dir: Path) -> None:
     if not root.is_dir():
         return
     for folder in root.iterdir():
-        pid = int(folder.name) if folder.name.isdigit() else 0
-        if not pid or (pid != os.getpid() and _alive(pid)):
-            continue
+        host, _, pid_text = folder.name.rpartition("-")
+        pid = int(pid_text) if pid_text.isdigit() else 0
+        if host != _host() or not pid or (pid != os.getpid() and _alive(pid)):
+            continue  # another machine's (a shared folder), or a live process's
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _host() -> str:
+    """This machine's name as a folder name can hold it."""
+    return "".join(c if c.isalnum() or c in "._" else "_" for c in socket.gethostname())[:64]
+
+
+def remove_spool(folder: Path | None) -> None:
+    """A retired node's spool folder, with whatever its dropped work still held."""
+    if folder is not None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -81,6 +97,8 @@ class Incoming:
         self.arrived = time.monotonic()  # when its last bytes were read (monotonic)
         self.done = False  # the body's end was read
         self.broken = False  # reading it failed (cut short, stalled): nothing more comes
+        self.cancelled = False  # `cancel` was called: nothing more is read from the wire
+        self.on_cancel: Callable[[], None] | None = None  # what else `cancel` does (the HTTP layer)
         self.first_part: bytes | None = None  # the first part, once read (its form is logged)
         try:
             fd, name = tempfile.mkstemp(prefix="in-", suffix=".part", dir=folder)
@@ -94,12 +112,22 @@ class Incoming:
     def __len__(self) -> int:
         return self.received
 
+    def cancel(self) -> None:
+        """Stop reading: the next read from the wire fails (a read blocked on the socket returns
+        at once where `on_cancel` shuts it); a pass over what was spooled still works."""
+        self.cancelled = True
+        if self.on_cancel is not None:
+            self.on_cancel()
+
     def _pull(self, n: int) -> bytes:
-        """Up to `n` more bytes from the wire (at least 64 KiB asked for: a part's 4-byte length
+        """Up to `n` more bytes from the wire (at least 1 MiB asked for: a part's 4-byte length
         is not a read of its own), appended to the spool; the last ones pulled stay in memory
         (`_tail`) for the pass reading them."""
         if self.done:
             return b""
+        if self.cancelled:
+            self.broken = True
+            raise ProtocolError("reading the body was stopped: its round closed")
         started = time.monotonic()
         try:
             got = self._read(max(n, AHEAD))
@@ -169,7 +197,7 @@ class Incoming:
             left = size
             while left:
                 want = min(block, left)
-                got = read(want)
+                got = bytearray(read(want))
                 while len(got) < want and (more := read(want - len(got))):
                     got += more
                 if len(got) < want:
@@ -177,7 +205,7 @@ class Incoming:
                         f"payload is {size - left + len(got)} bytes, expected {size}"
                     )
                 left -= want
-                yield got
+                yield bytes(got)
             if read(1):
                 raise ProtocolError(f"payload is more than the {size} bytes expected")
 

@@ -281,7 +281,7 @@ def build_node(push: Push, log_dir: Path, token: str = "", kept: NodeLog | None 
             keys.key_id if keys else "",
             push.samples,
             training,
-            spool_dir(log_dir),
+            spool_dir(log_dir, secrets.token_hex(4)),
         )
         node = role_class(role)(cfg, push.node, push.experiment, parts)
         if role != "client":

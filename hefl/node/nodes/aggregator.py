@@ -96,7 +96,10 @@ class AggregatorNode(InnerNode):
         """Send the round's sum down; the next round starts as it goes (its wait after it went)."""
         if not self.buffer.is_open(round_):  # done already (at its deadline)
             return
-        env, payload = self.add_round(round_)
+        made = self.add_round(round_)
+        if made is None:
+            raise ProtocolError(f"round {round_ + 1}: no update came")
+        env, payload = made
         everyone = len(self.cfg.sampled(round_))
         if not self.cfg.policy.min_clients <= env.contributors <= everyone:
             raise ProtocolError(

@@ -15,7 +15,7 @@ from hefl.config import ExperimentConfig, NodeConfig
 from hefl.crypto import Scheme
 from hefl.crypto.frame import Payload
 from hefl.errors import ConfigError, HeflError, PeerRestarted, PeerUnreachable, ProtocolError
-from hefl.node.body import FileBody, Outgoing, new_spool
+from hefl.node.body import FileBody, Outgoing, new_spool, remove_spool
 from hefl.node.rejoin import RejoinStore, Saved
 from hefl.node.runlog import RunLog
 from hefl.node.transport import TrafficMeter
@@ -197,6 +197,7 @@ class Node:
             log.error("%s: could not write its log when retired: %s", self.id, exc)
         self.transport.close()
         self.scheme.close()
+        remove_spool(self.spool)  # files of work that was dropped (a queued relay, a forward)
 
     def dump(self, total: Any) -> Outgoing:
         """A round's total as the body that carries it: written to a file a part at a time (sent

@@ -80,9 +80,9 @@ class InnerNode(Node, ABC):
                     complete = self.buffer.fill(env, payload)
                 else:
                     self.scheme.verify(payload)  # checked, then forwarded as it came
-                    if isinstance(payload, Incoming):
-                        payload = payload.keep()
                     complete = self.buffer.fill(env, None)
+                    if isinstance(payload, Incoming):  # taken: its spool is the worker's now
+                        payload = payload.keep()
                 # the pass split into loading (and checking) and adding, one after the other;
                 # the time spent waiting for the body's bytes is the sender's, not this node's
                 ended, adding = time.monotonic(), self.scheme.adding_s - added
@@ -168,12 +168,16 @@ class InnerNode(Node, ABC):
     def complete(self, round_: int) -> None:
         """Add (or close) a round whose updates have all arrived; runs on the worker."""
 
-    def add_round(self, round_: int) -> tuple[Envelope, Outgoing]:
-        """Release a round (complete, or at its deadline with what came) and add its payloads into
-        one message of this node's; its log names who contributed and who is missing."""
+    def add_round(self, round_: int) -> tuple[Envelope, Outgoing] | None:
+        """Release a round (complete, or at its deadline with what came: an update still arriving
+        is cut short and taken back out) and add its payloads into one message of this node's;
+        its log names who contributed and who is missing. None: nothing came (at a deadline)."""
         self.round = round_
         self.runlog.add_phase(round_, "wait", self.first_update.stop(round_))
         inbox = self.buffer.release(round_)
+        if not inbox.envelopes:
+            self.record_members(round_, 0)
+            return None
         with self.runlog.phase(round_, "serialize"):
             payload = self.dump(inbox.total)
         inbox.total = None

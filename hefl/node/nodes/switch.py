@@ -55,8 +55,12 @@ class SwitchNode(InnerNode):
     def complete(self, round_: int) -> None:
         if not self.buffer.is_open(round_):  # sent already (complete and flushed at once)
             return
-        env, payload = self.add_round(round_)
+        made = self.add_round(round_)
         self.sent_round = round_  # before it goes: the result can come back before the answer
+        if made is None:  # at the deadline, with nothing in: nothing goes up
+            self.awaiting_global.start(round_)
+            return
+        env, payload = made
         try:
             with self.step(f"sending its sum up to {self.node_cfg.send}"):
                 with self.runlog.phase(round_, "send"):
@@ -82,9 +86,9 @@ class SwitchNode(InnerNode):
         try:
             if not self.buffer.is_open(round_):
                 return  # sent already, or not begun here
-            arrived = self.buffer.arrived(round_)
-            if self.forwards or not arrived:
-                # a dumb switch forwarded each update as it came; with nothing, nothing goes up
+            if self.forwards:
+                # a dumb switch forwarded each update as it came
+                arrived = self.buffer.arrived(round_)
                 members = self.members_of(arrived)
                 self.runlog.add_phase(round_, "wait", self.first_update.stop(round_))
                 self.buffer.release(round_)
