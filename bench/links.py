@@ -315,15 +315,20 @@ def cell(args: argparse.Namespace, out: Path, rate: str, scheme: str, adding: bo
         )
         return f
     w = measure_workload(f, args.workload, summary, raw, sampler)
-    hops = " ".join(f"{w.hop_mib[k]:6.3g}" if k in w.hop_mib else f"{'-':>6}" for k in HOPS)
-    peak = [w.peak_mib.get(r, math.nan) for r in ("client", "switch", "aggregator")]
-    print(
-        f"{rate:8} {scheme:16} {kind:10} {w.round_s:8.2f} {w.training:8.2f} {w.crypto:7.2f} "
-        f"{w.transfer:8.2f} {w.waiting:7.2f} {100 * w.he_share:5.0f} {hops} "
-        f"{peak[0]:10.0f} {peak[1]:7.0f} {peak[2]:7.0f}",
-        flush=True,
-    )
+    print(wide_line(w), flush=True)
     return w
+
+
+def wide_line(w: WorkloadRow) -> str:
+    """A --workload row as printed (MiB under 1 with three decimals: a digits update is 50 KB)."""
+    hops = [w.hop_mib.get(k) for k in HOPS]
+    mib = " ".join(f"{'-':>6}" if v is None else f"{v:6.{1 if v >= 1 else 3}f}" for v in hops)
+    peak = [w.peak_mib.get(r, math.nan) for r in ("client", "switch", "aggregator")]
+    return (
+        f"{w.rate:8} {w.scheme:16} {w.switches:10} {w.round_s:8.2f} {w.training:8.2f} "
+        f"{w.crypto:7.2f} {w.transfer:8.2f} {w.waiting:7.2f} {100 * w.he_share:5.0f} {mib} "
+        f"{peak[0]:10.0f} {peak[1]:7.0f} {peak[2]:7.0f}"
+    )
 
 
 def arguments() -> argparse.Namespace:

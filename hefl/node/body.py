@@ -321,6 +321,7 @@ class PartStream:
     def __init__(self, make: Callable[[], Iterator[bytes]]) -> None:
         self._make = make
         self.sent = 0  # bytes of the last attempt, as they went out
+        self.ended_at: float | None = None  # when the last attempt's last piece was made
         self.first_part: bytes | None = None
 
     def __bool__(self) -> bool:
@@ -333,6 +334,7 @@ class PartStream:
         """The body in chunks of about 256 KiB (a ciphertext's few KiB, each with its length, in
         a chunk of its own would cost a chunk header and a system call apiece)."""
         self.sent = 0
+        self.ended_at = None
         batch: list[bytes] = []
         size = 0
         for i, piece in enumerate(self._make()):
@@ -347,6 +349,7 @@ class PartStream:
         if batch:
             self.sent += size
             yield b"".join(batch)
+        self.ended_at = time.monotonic()
 
 
 # what a node sends: bytes, a file, or a stream of parts

@@ -184,7 +184,8 @@ class RunLog:
         (outbound) or answered; `message` False adds bytes to an exchange already counted (an
         answer's body). A message is also listed in `messages` with its time on this node's
         clock, `at` (monotonic; default now): when the request went (outbound: the attempt's
-        start) or when its body had arrived (inbound), as an offset from the round's start."""
+        start; a body made as it is sent, a client's streamed update: when its last part went)
+        or when its body had arrived (inbound), as an offset from the round's start."""
         at = time.monotonic() if at is None else at
         with self._lock:
             rec = self._record(round_)

@@ -243,6 +243,9 @@ class Transport:
         self, kind: Kind, peer: str, env: Envelope | None, body: Outgoing, received: int, at: float
     ) -> None:
         if self.meter is not None and env is not None:
+            if isinstance(body, PartStream) and body.ended_at is not None:
+                # a body made as it went (encrypted while sent): it went when its last part did
+                at = body.ended_at
             self.meter.outbound(kind, peer, env, len(body), received, at, body)
 
     def close(self) -> None:
