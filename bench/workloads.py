@@ -134,12 +134,14 @@ def run(scheme: str, args: argparse.Namespace, data: Path, work: Path) -> None:
         idle_kb = usage.rss_before(start)
         idle = None if idle_kb is None else idle_kb / 1024
         peak = usage.peak_kb / 1024
+        # the bound is an adder's: a client's peak is its training's (its idle RSS is taken
+        # before it trains), so a client's says only how much of the peak the update could be
         bound = None if idle is None or not update else idle + 1.5 * update / 2**20
-        within = (
-            ""
-            if bound is None
-            else f", bound {bound:.0f} MiB: {'within' if peak <= bound else 'ABOVE'}"
-        )
+        within = ""
+        if bound is not None and role != "client":
+            within = f", bound {bound:.0f} MiB: {'within' if peak <= bound else 'ABOVE'}"
+        elif bound is not None:
+            within = " (training's peak; the bound is for switches and the aggregator)"
         print(
             f"      {role:<10} {node:<15} idle {('n/a' if idle is None else f'{idle:.0f} MiB')}, "
             f"peak {peak:.0f} MiB{within}"
@@ -147,7 +149,9 @@ def run(scheme: str, args: argparse.Namespace, data: Path, work: Path) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="resnet18", choices=["resnet18", "resnet20", "nvflare_cnn"])
     p.add_argument("--schemes", default="none,ckks,bfv")
     p.add_argument("--rounds", type=int, default=2)

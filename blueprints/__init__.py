@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hmac
 import logging
 import socket
@@ -149,6 +150,7 @@ def _meter_request() -> None:
             raise RequestEntityTooLarge()
         body = Incoming(_body_reader(), node.spool or spool_dir(server_log_dir()), limit)
         body.on_cancel = g.stall.cut
+        body.on_done = functools.partial(_count_body, node, kind, env, body)
         g.body = body
     else:
         g.body = read_body()
@@ -156,6 +158,14 @@ def _meter_request() -> None:
     wanted = kind.route.content_type
     if kind.route.strict and request.mimetype != wanted:
         raise ProtocolError(f"Content-Type must be {wanted}, got {request.mimetype or 'none'!r}")
+
+
+def _count_body(node: Node, kind: Kind, env: Envelope, body: Incoming) -> None:
+    """A streamed body's bytes, counted once its end was read: before the node acts on it (a
+    client's report of the round's bytes must hold its global result's)."""
+    if not g.get("counted"):
+        g.counted = True
+        node.meter.inbound(kind, env, len(body), body=body, at=body.arrived)
 
 
 def server_log_dir() -> Path:
@@ -329,9 +339,10 @@ def _meter_answer(response: Response) -> Response:
         return response
     sent = len(response.get_data()) if not response.is_streamed else 0
     body = g.get("body")
-    if isinstance(body, Incoming):
+    if isinstance(body, Incoming) and not g.get("counted"):  # refused before its end was read
         if response.status_code >= 400:
             body.drain(_body_timeout())
+        g.counted = True
         current_node().meter.inbound(*message, len(body), sent, body=body, at=body.arrived)
     elif sent:
         current_node().meter.inbound(*message, 0, sent, message=False)

@@ -205,6 +205,7 @@ def test_a_shortened_detach_flag_detaches_once(tmp_path: Path) -> None:
     assert record["status"] == "failed" and "not answering /health" in record["error"]
     assert not [a for a in record["command"] if a.startswith("--d")], record["command"]
     assert record["command"].count("--experiment") == 1
+
     def left() -> list[int]:
         return [
             pid

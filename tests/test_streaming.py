@@ -276,3 +276,17 @@ def test_a_deadline_cuts_an_update_still_arriving_and_takes_it_back_out(
     assert not list(spool.iterdir())  # the sum's file went once sent
     switch.close()
     assert not spool.exists()  # a retired node's spool folder goes, with anything left in it
+
+
+def test_a_body_says_once_when_its_end_was_read(tmp_path: Path) -> None:
+    """`on_done` (the HTTP layer counts the body's bytes there) comes once the body's end was read,
+    before whoever read it acts on it: a client's report of the round's bytes holds its global
+    result's, however fast it applies it."""
+    parts = [b"a" * 3000, b"b" * 3000]
+    body = incoming(frame(parts), tmp_path)
+    seen: list[int] = []
+    body.on_done = lambda: seen.append(len(body))
+    reading = body.parts(2)
+    assert next(reading) == parts[0] and seen == []
+    assert list(reading) == parts[1:] and seen == [len(frame(parts))]
+    assert list(body.parts(2)) == parts and seen == [len(frame(parts))]  # from the spool: no more

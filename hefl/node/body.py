@@ -99,6 +99,8 @@ class Incoming:
         self.broken = False  # reading it failed (cut short, stalled): nothing more comes
         self.cancelled = False  # `cancel` was called: nothing more is read from the wire
         self.on_cancel: Callable[[], None] | None = None  # what else `cancel` does (the HTTP layer)
+        # called once the body's end was read, before the node acts on it (its bytes are counted)
+        self.on_done: Callable[[], None] | None = None
         self.first_part: bytes | None = None  # the first part, once read (its form is logged)
         try:
             fd, name = tempfile.mkstemp(prefix="in-", suffix=".part", dir=folder)
@@ -140,6 +142,8 @@ class Incoming:
         if not got:
             self.done = True
             self._flush()
+            if self.on_done is not None:
+                self.on_done()
             return b""
         self.received += len(got)
         if self.received > self.limit:
