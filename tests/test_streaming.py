@@ -290,3 +290,18 @@ def test_a_body_says_once_when_its_end_was_read(tmp_path: Path) -> None:
     assert next(reading) == parts[0] and seen == []
     assert list(reading) == parts[1:] and seen == [len(frame(parts))]
     assert list(body.parts(2)) == parts and seen == [len(frame(parts))]  # from the spool: no more
+
+
+def test_a_kept_body_is_a_file_with_its_first_part(tmp_path: Path) -> None:
+    """`keep` (a switch relays a global result from it) reads the rest of the body and hands its
+    spool on whole, framed or not (a plaintext body has no first part), and asking for the first
+    part afterwards does not touch the closed spool."""
+    framed = incoming(frame([b"x" * 5000, b"y" * 10]), tmp_path)
+    kept = framed.keep()
+    assert kept.path.read_bytes() == frame([b"x" * 5000, b"y" * 10])
+    assert kept.first_part == b"x" * 5000 == framed.first_part
+    plain = incoming(b"\0" * 70_000, tmp_path)
+    kept_plain = plain.keep()
+    assert kept_plain.size == 70_000 and kept_plain.first_part is None and plain.first_part is None
+    kept.remove()
+    kept_plain.remove()

@@ -101,7 +101,7 @@ class Incoming:
         self.on_cancel: Callable[[], None] | None = None  # what else `cancel` does (the HTTP layer)
         # called once the body's end was read, before the node acts on it (its bytes are counted)
         self.on_done: Callable[[], None] | None = None
-        self.first_part: bytes | None = None  # the first part, once read (its form is logged)
+        self._first: bytes | None = None  # the first part, once read (its form is logged)
         try:
             fd, name = tempfile.mkstemp(prefix="in-", suffix=".part", dir=folder)
         except OSError as exc:
@@ -191,9 +191,20 @@ class Incoming:
         them from the wire."""
         with self._reader() as read:
             for i, part in enumerate(read_parts(read, count, limit)):
-                if i == 0 and self.first_part is None:
-                    self.first_part = part
+                if i == 0 and self._first is None:
+                    self._first = part
                 yield part
+
+    @property
+    def first_part(self) -> bytes | None:
+        """The first part of a framed body, once it was read (for its form): as a pass read it,
+        or from the spool (a body read whole before anyone parsed it); None if not a framed
+        body."""
+        if self._first is None and self.received:
+            if not self._out.closed:
+                self._flush()
+            self._first = _first_part(self.path, self.received)
+        return self._first
 
     def blocks(self, size: int, block: int) -> Iterator[bytes]:
         """An unframed body of exactly `size` bytes in blocks of `block` (the last one shorter)."""
@@ -239,9 +250,10 @@ class Incoming:
         """The whole body as a file the node keeps (removed by its new owner)."""
         self.read_all()
         self._flush()
+        first = self.first_part
         self._out.close()
         self._kept = True
-        return FileBody(self.path, first_part=self.first_part)
+        return FileBody(self.path, first_part=first)
 
     def close(self) -> None:
         """The request ended: the spool goes, unless it was kept."""
@@ -265,14 +277,7 @@ class FileBody:
         """The first part of a framed body (its form is logged), read from the file once; None
         if it is not one, or it is gone."""
         if self._first is None:
-            try:
-                with open(self.path, "rb") as f:
-                    head = f.read(HEAD.size + LENGTH.size)
-                    if len(head) == HEAD.size + LENGTH.size and head[:4] == MAGIC:
-                        (n,) = LENGTH.unpack_from(head, HEAD.size)
-                        self._first = f.read(min(n, FIRST_PART_MOST))
-            except OSError:
-                return None
+            self._first = _first_part(self.path, self.size)
         return self._first
 
     def __len__(self) -> int:
@@ -290,6 +295,22 @@ class FileBody:
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def _first_part(path: Path, size: int) -> bytes | None:
+    """The first part of the framed body in `path` (of `size` bytes so far), if it is whole there
+    and not larger than FIRST_PART_MOST; else None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEAD.size + LENGTH.size)
+            if len(head) < HEAD.size + LENGTH.size or head[:4] != MAGIC:
+                return None
+            (n,) = LENGTH.unpack_from(head, HEAD.size)
+            if n > FIRST_PART_MOST or HEAD.size + LENGTH.size + n > size:
+                return None
+            return f.read(n)
+    except OSError:
+        return None
 
 
 class FileSender:

@@ -120,16 +120,21 @@ class SwitchNode(InnerNode):
                     f"global result of round {env.round + 1} is not open here (the last update "
                     f"this switch sent up: {last})"
                 )
-        self.downward.take((kind, env.round), f"{kind.value} of round {env.round + 1}")
+        # a result read as it arrived is relayed from its spool, which the relay removes; kept
+        # before the message is taken: one that cannot be kept is not taken, and a retry is
+        relayed = payload.keep() if isinstance(payload, Incoming) else payload
+        try:
+            self.downward.take((kind, env.round), f"{kind.value} of round {env.round + 1}")
+        except BaseException:
+            if isinstance(relayed, FileBody):
+                relayed.remove()
+            raise
         # begin opens round 0, global r round r + 1: before the children hear of it
         opened = env.round + (kind is Kind.GLOBAL)
         self.open_round(opened)
         if opened < self.cfg.rounds and not self.expected(opened):
             self.nothing_drawn(opened)
-        # a result read as it arrived is relayed from its spool, which the relay removes
-        self.submit(
-            self.relay, kind, env, payload.keep() if isinstance(payload, Incoming) else payload
-        )
+        self.submit(self.relay, kind, env, relayed)
 
     def nothing_drawn(self, round_: int) -> None:
         """Round `round_` draws no client below this switch (aggregator.clients_per_round): it
