@@ -129,10 +129,14 @@ class Sampler:
             node.hwm_kb[pid] = max(node.hwm_kb.get(pid, 0), mem.get("VmHWM", 0))
             node.rss.setdefault(pid, []).append((now, mem.get("VmRSS", 0)))
 
+    def find(self, pid: int) -> str | None:
+        """The node a process says it is, from its own command line (None: it does not say)."""
+        return label_of(pid)
+
     def label(self, pid: int, parent: int) -> str | None:
         """Kept once known (a process between fork and exec shows its parent's command line)."""
         if pid not in self.labels:
-            found = label_of(pid) or self.labels.get(parent)
+            found = self.find(pid) or self.labels.get(parent)
             if found is None:
                 return None
             self.labels[pid] = found

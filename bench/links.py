@@ -258,14 +258,8 @@ class HostSampler(Sampler):
     """Samples the processes below deploy/vcluster.sh: each belongs to the node whose `--host` it,
     or an ancestor, was started with (a virtual cluster's nodes have no `--label`)."""
 
-    def label(self, pid: int, parent: int) -> str | None:
-        """Kept once known (a process between fork and exec shows its parent's command line)."""
-        if pid not in self.labels:
-            found = host_of(pid) or self.labels.get(parent)
-            if found is None:
-                return None
-            self.labels[pid] = found
-        return self.labels[pid]
+    def find(self, pid: int) -> str | None:
+        return host_of(pid)
 
 
 def vcluster(cfg: Path, rate: str, out: Path, sample: bool) -> tuple[Path | str, Sampler | None]:

@@ -121,20 +121,27 @@ class ChunkedScheme(ABC):
         """The ciphertexts of `chunks`: added to precomputed encryptions of zero where there are
         some, else encrypted here, or in worker processes when there are several chunks each
         (those come back serialized already: `serialize` takes them as they are)."""
-        with self._zeros_lock:
-            zeros, self._zeros = self._zeros, []
-        self.precomputed = min(len(zeros), len(chunks))
+        zeros = self._take_zeros(len(chunks))
         if not zeros and self._pool is not None and len(chunks) >= 2 * self.enc.processes:
             return list(self._pool.encrypt(chunks))
-        parts = []
-        for i, chunk in enumerate(chunks):
-            if i < len(zeros):
-                ct = self.add_plain(zeros[i], chunk)
-                zeros[i] = None  # used once
-            else:
-                ct = self.encrypt_chunk(chunk)
-            parts.append(ct)
-        return parts
+        return [self._encrypt_at(i, chunk, zeros) for i, chunk in enumerate(chunks)]
+
+    def _take_zeros(self, chunks: int) -> list[Any]:
+        """The precomputed encryptions of zero, for an update of `chunks` ciphertexts (taken: the
+        next update's are made anew)."""
+        with self._zeros_lock:
+            zeros, self._zeros = self._zeros, []
+        self.precomputed = min(len(zeros), chunks)
+        return zeros
+
+    def _encrypt_at(self, index: int, chunk: Any, zeros: list[Any]) -> Any:
+        """Ciphertext `index`: its precomputed encryption of zero plus the chunk (used once), or
+        encrypted at once."""
+        if index < len(zeros):
+            ct = self.add_plain(zeros[index], chunk)
+            zeros[index] = None
+            return ct
+        return self.encrypt_chunk(chunk)
 
     def precompute(self, stop: Callable[[], bool]) -> int:
         """Make encryptions of zero for the next update's first ciphertexts, one at a time, until
@@ -280,18 +287,12 @@ class ChunkedScheme(ABC):
         if values.shape != (self.size,):
             raise ValueError(f"update has shape {values.shape}, expected ({self.size},)")
         chunks = self.encode(values, rng)
-        with self._zeros_lock:
-            zeros, self._zeros = self._zeros, []
-        self.precomputed = min(len(zeros), len(chunks))
+        zeros = self._take_zeros(len(chunks))
 
         def parts() -> Iterator[bytes]:
             for i in range(len(chunks)):
                 started = time.monotonic()
-                if i < len(zeros):
-                    ct = self.add_plain(zeros[i], chunks[i])
-                    zeros[i] = None  # used once
-                else:
-                    ct = self.encrypt_chunk(chunks[i])
+                ct = self._encrypt_at(i, chunks[i], zeros)
                 chunks[i] = None
                 middle = time.monotonic()
                 part = self.dump_part(ct)

@@ -109,7 +109,8 @@ class PlainScheme:
         added block by block from the spool: nothing is added unless all of it came."""
         if isinstance(payload, bytes | bytearray):
             return self.add_into(total, self.load(payload))
-        self.check(payload)
+        if not getattr(payload, "done", False) or len(payload) != self.max_payload_bytes:
+            self.check(payload)  # else read whole already (check_sum): the size is right
         if total is None:
             total = np.zeros(self.size, dtype=np.float64)
         at = 0

@@ -102,12 +102,7 @@ class Incoming:
         # called once the body's end was read, before the node acts on it (its bytes are counted)
         self.on_done: Callable[[], None] | None = None
         self._first: bytes | None = None  # the first part, once read (its form is logged)
-        try:
-            fd, name = tempfile.mkstemp(prefix="in-", suffix=".part", dir=folder)
-        except OSError as exc:
-            raise NoSpace(f"cannot spool the body in {folder}: {exc.strerror or exc}") from None
-        self.path = Path(name)
-        self._out: BinaryIO = os.fdopen(fd, "wb")
+        self._out, self.path = new_spool(folder, "in-")
         self._kept = False
         self._tail, self._tail_at = b"", 0  # the bytes pulled last, and where they start
 
@@ -334,7 +329,10 @@ class FileSender:
 
 def new_spool(folder: Path, prefix: str) -> tuple[BinaryIO, Path]:
     """A private file to write a body into (`prefix`: what it is, for someone looking)."""
-    fd, name = tempfile.mkstemp(prefix=prefix, suffix=".part", dir=folder)
+    try:
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=".part", dir=folder)
+    except OSError as exc:
+        raise NoSpace(f"cannot spool a body in {folder}: {exc.strerror or exc}") from None
     return os.fdopen(fd, "wb"), Path(name)
 
 

@@ -218,13 +218,18 @@ class Node:
     ) -> Envelope:
         return Envelope(self.experiment, round_, self.id, samples, contributors, members)
 
-    def check_downward(self, env: Envelope, payload: Payload, allow_empty: bool = False) -> None:
-        """A begin or global message must come from the parent, for this experiment, in range."""
+    def check_downward(
+        self, env: Envelope, payload: Payload, allow_empty: bool = False, shape: bool = True
+    ) -> None:
+        """A begin or global message must come from the parent, for this experiment, in range;
+        with `shape`, its payload is a frame of this experiment's parts (a caller that loads the
+        payload next, which checks every part, passes False: a body still arriving is not read
+        twice)."""
         check_scope(env, self.experiment, self.cfg.rounds)
         if env.sender != self.node_cfg.send:
             raise ProtocolError(f"{env.sender!r} is not this node's parent {self.node_cfg.send!r}")
-        if not (allow_empty and not payload):
-            self.scheme.check(payload)  # a relay checks the shape; a client loads it as well
+        if shape and not (allow_empty and not payload):
+            self.scheme.check(payload)
 
     def status(self) -> dict[str, Any]:
         state = "failed" if self.error else ("finished" if self.runlog.finished else "running")

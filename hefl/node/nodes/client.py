@@ -188,7 +188,7 @@ class ClientNode(Node):
 
     def on_global(self, env: Envelope, payload: Payload) -> None:
         """A round's global result, once; loaded (and so checked) here, applied on the worker."""
-        self.check_downward(env, payload)
+        self.check_downward(env, payload, shape=False)
         sent = self.sent_round
         window = {sent}
         if self.cfg.policy.partial_rounds and self.downward.taken((Kind.BEGIN, 0)):
